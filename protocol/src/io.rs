@@ -1,0 +1,97 @@
+//! Reading and writing frames over tokio streams (QUIC streams in Tern).
+//! Only the length prefix and body are read; what a body means is left to the
+//! caller, which decodes it with [`crate::frame::decode_message`].
+
+use crate::frame::{encode_frame, FrameError, LENGTH_PREFIX};
+use bytes::Bytes;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why reading a frame from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// The frame itself was bad.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream failed underneath.
+    #[error("stream read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Read one frame body. `Ok(None)` means the stream ended cleanly between
+/// frames; a stream ending inside a frame is [`FrameError::Truncated`].
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, ReadFrameError> {
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    let mut got = 0;
+    while got < LENGTH_PREFIX {
+        let n = reader.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated.into())
+            };
+        }
+        got += n;
+    }
+    let size = u32::from_be_bytes(prefix) as usize;
+    if size > max {
+        return Err(FrameError::TooLarge { size, max }.into());
+    }
+    let mut body = vec![0u8; size];
+    match reader.read_exact(&mut body).await {
+        Ok(_) => Ok(Some(Bytes::from(body))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(FrameError::Truncated.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write `msg` as one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, M: Message>(
+    writer: &mut W,
+    msg: &M,
+) -> std::io::Result<()> {
+    writer.write_all(&encode_frame(msg)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+
+    #[tokio::test]
+    async fn reads_what_was_written_then_eof() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let msg = pb::ControlRequest {
+            request: Some(pb::control_request::Request::Challenge(
+                pb::ChallengeRequest {},
+            )),
+        };
+        let m2 = msg.clone();
+        tokio::spawn(async move {
+            write_frame(&mut a, &m2).await.unwrap();
+        });
+        let body = read_frame(&mut b, 1024).await.unwrap().unwrap();
+        assert_eq!(
+            crate::frame::decode_message::<pb::ControlRequest>(&body).unwrap(),
+            msg
+        );
+        assert!(read_frame(&mut b, 1024).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, 1024).await,
+            Err(ReadFrameError::Frame(FrameError::Truncated))
+        ));
+    }
+}
