@@ -1,0 +1,157 @@
+//! The relay's configuration: one struct, read from TOML, with every default
+//! in code. `tern-relay.example.toml` at the repository root shows each field
+//! with its default; command-line flags override the file.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tern_protocol::limits;
+
+/// Everything a relay can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory holding the database, the TLS key and the certificate.
+    pub data_dir: PathBuf,
+    /// Host name or address put in the relay URL; defaults to the listen IP.
+    pub public_host: Option<String>,
+    /// Limits on what peers may send and store.
+    pub limits: Limits,
+}
+
+/// Limits that protect the relay. Each refusal is a typed error to the peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame read from a peer, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest envelope payload, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Most envelopes one mailbox holds before sends to it are refused.
+    pub mailbox_max_envelopes: u64,
+    /// Most payload bytes one mailbox holds before sends to it are refused.
+    pub mailbox_max_bytes: u64,
+    /// How long an unacknowledged envelope is kept, in seconds.
+    pub envelope_ttl_secs: u64,
+    /// How long a message id is remembered to make retried sends no-ops.
+    pub dedup_window_secs: u64,
+    /// How often the sweeper deletes expired envelopes, in seconds.
+    pub sweep_interval_secs: u64,
+    /// Most envelopes pushed to a device and not yet acknowledged.
+    pub push_window: u32,
+    /// Most bidirectional streams a connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// A connection silent for this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Most send tokens one mailbox may hold.
+    pub max_tokens_per_mailbox: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: PathBuf::from("tern-relay-data"),
+            public_host: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: limits::DEFAULT_MAX_FRAME,
+            max_envelope_bytes: limits::DEFAULT_MAX_ENVELOPE,
+            mailbox_max_envelopes: limits::DEFAULT_MAILBOX_MAX_ENVELOPES,
+            mailbox_max_bytes: limits::DEFAULT_MAILBOX_MAX_BYTES,
+            envelope_ttl_secs: limits::DEFAULT_ENVELOPE_TTL_SECS,
+            dedup_window_secs: 7 * 24 * 60 * 60,
+            sweep_interval_secs: 60,
+            push_window: limits::DEFAULT_PUSH_WINDOW,
+            max_concurrent_streams: 16,
+            idle_timeout_secs: 60,
+            max_tokens_per_mailbox: 10_000,
+        }
+    }
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid relay TOML.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value makes no sense.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl RelayConfig {
+    /// Read a TOML config file; fields it omits keep their defaults.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: RelayConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuse values that would make the relay unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_envelope_bytes + 1024 > l.max_frame_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.max_frame_bytes must exceed limits.max_envelope_bytes by at least 1024"
+                    .into(),
+            ));
+        }
+        if l.push_window == 0 || l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "push_window, envelope_ttl_secs must be positive and max_concurrent_streams at least 2"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let text = include_str!("../../tern-relay.example.toml");
+        let parsed: RelayConfig = toml::from_str(text).unwrap();
+        assert_eq!(parsed, RelayConfig::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults_and_unknown_fields_are_refused() {
+        let c: RelayConfig = toml::from_str("[limits]\nenvelope_ttl_secs = 5\n").unwrap();
+        assert_eq!(c.limits.envelope_ttl_secs, 5);
+        assert_eq!(c.listen, RelayConfig::default().listen);
+        assert!(toml::from_str::<RelayConfig>("bogus = 1\n").is_err());
+    }
+}

@@ -1,0 +1,439 @@
+//! One QUIC connection: accepts its streams and drives them. A stream starts
+//! with one byte naming its kind: [`STREAM_CONTROL`] (one request, one
+//! response) or [`STREAM_MESSAGES`] (the long-lived message stream). This
+//! module only decodes frames, calls [`RelayCore`], awaits durability and
+//! writes answers back.
+
+use crate::clock::Clock;
+use crate::core::{Accepted, ConnAuth, RelayCore};
+use crate::hub::Hub;
+use crate::store::{Durable, MailboxId, MailboxStore};
+use quinn::{RecvStream, SendStream};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tern_protocol::frame::{decode_message, FrameError};
+use tern_protocol::io::{read_frame, write_frame, ReadFrameError};
+use tern_protocol::pb::{self, client_frame::Frame as In, relay_frame::Frame as Out};
+use tern_protocol::{limits, ErrorCode, WireError};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, Instrument};
+
+use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
+
+/// How long a new stream may take to say what kind it is.
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envelopes fetched from the store per batch while draining a mailbox.
+const DRAIN_BATCH: usize = 128;
+/// Frames queued for one stream's writer.
+const WRITE_QUEUE: usize = 256;
+/// Sends awaiting durability on one stream before reading pauses.
+const DURABILITY_QUEUE: usize = 1024;
+
+/// What every connection shares.
+pub struct Shared<S, C> {
+    /// The protocol core.
+    pub core: RelayCore<S, C>,
+    /// Subscriptions.
+    pub hub: Arc<Hub>,
+}
+
+/// Drive one connection until it closes.
+pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: quinn::Connection) {
+    let mut exporter = [0u8; 32];
+    if conn
+        .export_keying_material(&mut exporter, tern_protocol::AUTH_EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        conn.close(1u32.into(), b"no keying material");
+        return;
+    }
+    let auth = Arc::new(Mutex::new(ConnAuth::default()));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("connection ended: {e}");
+                return;
+            }
+        };
+        let (shared, auth) = (Arc::clone(&shared), Arc::clone(&auth));
+        let span = tracing::debug_span!("stream", id = %send.id());
+        tokio::spawn(
+            async move { stream(shared, auth, exporter, send, recv).await }.instrument(span),
+        );
+    }
+}
+
+async fn stream<S: MailboxStore, C: Clock>(
+    shared: Arc<Shared<S, C>>,
+    auth: Arc<Mutex<ConnAuth>>,
+    exporter: [u8; 32],
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut kind = [0u8; 1];
+    match tokio::time::timeout(STREAM_HEADER_TIMEOUT, recv.read_exact(&mut kind)).await {
+        Ok(Ok(())) => {}
+        _ => {
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    }
+    match kind[0] {
+        STREAM_CONTROL => control(&shared, &auth, &exporter, send, recv).await,
+        STREAM_MESSAGES => messages(shared, auth, send, recv).await,
+        _ => {
+            let frame = error_frame(WireError::new(
+                ErrorCode::Unsupported,
+                "unknown stream kind",
+            ));
+            let _ = write_frame(&mut send, &frame).await;
+            let _ = send.finish();
+        }
+    }
+}
+
+fn error_frame(e: WireError) -> pb::RelayFrame {
+    pb::RelayFrame {
+        frame: Some(Out::Error(e.into())),
+    }
+}
+
+fn read_error(e: &ReadFrameError) -> Option<WireError> {
+    match e {
+        ReadFrameError::Frame(FrameError::TooLarge { size, max }) => Some(WireError::new(
+            ErrorCode::FrameTooLarge,
+            format!("frame of {size} bytes exceeds the maximum of {max}"),
+        )),
+        ReadFrameError::Frame(FrameError::Malformed(m)) => {
+            Some(WireError::new(ErrorCode::Malformed, m.clone()))
+        }
+        _ => None,
+    }
+}
+
+async fn control<S: MailboxStore, C: Clock>(
+    shared: &Shared<S, C>,
+    auth: &Mutex<ConnAuth>,
+    exporter: &[u8; 32],
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    use pb::control_response::Response;
+    let max = shared.core.limits().max_frame_bytes;
+    let response = match read_frame(&mut recv, max).await {
+        Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
+            Ok(req) => {
+                let writes = !matches!(
+                    req.request,
+                    Some(pb::control_request::Request::Challenge(_))
+                        | Some(pb::control_request::Request::Authenticate(_))
+                );
+                let resp = match auth.lock() {
+                    Ok(mut a) => shared.core.control(&mut a, exporter, req),
+                    Err(_) => return,
+                };
+                let ok = !matches!(resp.response, Some(Response::Error(_)));
+                if writes && ok {
+                    if let Err(e) = shared.core.durable().await {
+                        tracing::warn!("control write not durable: {e}");
+                        let e =
+                            WireError::new(ErrorCode::StorageUnavailable, "storage unavailable")
+                                .retry_after(1_000);
+                        pb::ControlResponse {
+                            response: Some(Response::Error(e.into())),
+                        }
+                    } else {
+                        resp
+                    }
+                } else {
+                    resp
+                }
+            }
+            Err(e) => pb::ControlResponse {
+                response: Some(Response::Error(
+                    WireError::new(ErrorCode::Malformed, e.to_string()).into(),
+                )),
+            },
+        },
+        Ok(None) => return,
+        Err(e) => match read_error(&e) {
+            Some(w) => pb::ControlResponse {
+                response: Some(Response::Error(w.into())),
+            },
+            None => return,
+        },
+    };
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+}
+
+/// A reply waiting for the store to be durable before it is sent.
+struct PendingReply {
+    durable: Option<Durable>,
+    frame: pb::RelayFrame,
+    wake: Option<MailboxId>,
+}
+
+/// The window state shared by a message stream's reader and its pusher.
+#[derive(Default)]
+struct Window {
+    in_flight: Mutex<BTreeSet<u64>>,
+    opened: Notify,
+}
+
+async fn messages<S: MailboxStore, C: Clock>(
+    shared: Arc<Shared<S, C>>,
+    auth: Arc<Mutex<ConnAuth>>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel::<pb::RelayFrame>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if write_frame(&mut send, &frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+
+    // Replies leave in the order their sends arrived, each after the flush
+    // that made it durable; one flush usually releases many.
+    let (reply_tx, mut reply_rx) = mpsc::channel::<PendingReply>(DURABILITY_QUEUE);
+    let hub = Arc::clone(&shared.hub);
+    let replies_out = out_tx.clone();
+    let replier = tokio::spawn(async move {
+        while let Some(mut p) = reply_rx.recv().await {
+            if let Some(durable) = p.durable.take() {
+                if let Err(e) = durable.await {
+                    tracing::warn!("send not durable: {e}");
+                    if let Some(Out::SendResult(r)) = &mut p.frame.frame {
+                        r.seq = 0;
+                        r.duplicate = false;
+                        r.error = Some(
+                            WireError::new(ErrorCode::StorageUnavailable, "storage unavailable")
+                                .retry_after(1_000)
+                                .into(),
+                        );
+                    }
+                    p.wake = None;
+                }
+            }
+            if let Some(m) = p.wake {
+                hub.stored(&m);
+            }
+            if replies_out.send(p.frame).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let window = Arc::new(Window::default());
+    let mut pusher: Option<tokio::task::JoinHandle<()>> = None;
+    let max = shared.core.limits().max_frame_bytes;
+    loop {
+        let body = match read_frame(&mut recv, max).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(w) = read_error(&e) {
+                    let _ = out_tx.send(error_frame(w)).await;
+                }
+                // After an oversize length the stream cannot be resynced.
+                break;
+            }
+        };
+        let frame = match decode_message::<pb::ClientFrame>(&body) {
+            Ok(pb::ClientFrame { frame: Some(f) }) => f,
+            Ok(pb::ClientFrame { frame: None }) => {
+                let e = WireError::new(ErrorCode::Unsupported, "unknown or empty frame");
+                let _ = out_tx.send(error_frame(e)).await;
+                continue;
+            }
+            Err(e) => {
+                let e = WireError::new(ErrorCode::Malformed, e.to_string());
+                let _ = out_tx.send(error_frame(e)).await;
+                continue;
+            }
+        };
+        match frame {
+            In::Send(s) => {
+                let reply = send_reply(&shared, &s);
+                if reply_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            In::Ack(a) => {
+                let owner = auth.lock().map(|a| a.mailbox()).unwrap_or(None);
+                let result = match auth.lock() {
+                    Ok(conn) => shared.core.ack(&conn, &a.seqs),
+                    Err(_) => break,
+                };
+                match result {
+                    Ok(_) => {
+                        if let Ok(mut f) = window.in_flight.lock() {
+                            for s in &a.seqs {
+                                f.remove(s);
+                            }
+                        }
+                        window.opened.notify_one();
+                    }
+                    Err(e) => {
+                        debug!(owner = ?owner.map(short), "ack refused: {e}");
+                        let _ = out_tx.send(error_frame(e)).await;
+                    }
+                }
+            }
+            In::Subscribe(sub) => {
+                let Some(mailbox) = auth.lock().map(|a| a.mailbox()).unwrap_or(None) else {
+                    let e = WireError::new(ErrorCode::NotAuthenticated, "authenticate first");
+                    let _ = out_tx.send(error_frame(e)).await;
+                    continue;
+                };
+                if pusher.is_some() {
+                    continue;
+                }
+                let size = match sub.window {
+                    0 => shared.core.limits().push_window,
+                    n => n.min(limits::MAX_PUSH_WINDOW),
+                };
+                let task = push(
+                    Arc::clone(&shared),
+                    mailbox,
+                    size as usize,
+                    Arc::clone(&window),
+                    out_tx.clone(),
+                );
+                let span = tracing::debug_span!("push", mailbox = %short(mailbox));
+                pusher = Some(tokio::spawn(task.instrument(span)));
+            }
+        }
+    }
+    if let Some(p) = pusher {
+        p.abort();
+    }
+    drop(reply_tx);
+    drop(out_tx);
+    let _ = replier.await;
+    let _ = writer.await;
+}
+
+fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) -> PendingReply {
+    let result = |seq, duplicate, error: Option<WireError>| pb::RelayFrame {
+        frame: Some(Out::SendResult(pb::SendResult {
+            request_id: s.request_id,
+            seq,
+            duplicate,
+            error: error.map(Into::into),
+        })),
+    };
+    match shared.core.send(s) {
+        Ok(Accepted::Stored {
+            mailbox,
+            seq,
+            duplicate,
+        }) => PendingReply {
+            durable: Some(shared.core.durable()),
+            frame: result(seq, duplicate, None),
+            wake: Some(mailbox),
+        },
+        Ok(Accepted::Ephemeral { mailbox }) => {
+            shared
+                .hub
+                .ephemeral(&mailbox, shared.core.ephemeral_envelope(s));
+            PendingReply {
+                durable: None,
+                frame: result(0, false, None),
+                wake: None,
+            }
+        }
+        Err(e) => PendingReply {
+            durable: None,
+            frame: result(0, false, Some(e)),
+            wake: None,
+        },
+    }
+}
+
+/// Push a mailbox's envelopes to its device: what is stored first (in
+/// batches, within the window), then `CaughtUp`, then whatever arrives.
+async fn push<S: MailboxStore, C: Clock>(
+    shared: Arc<Shared<S, C>>,
+    mailbox: MailboxId,
+    window_size: usize,
+    window: Arc<Window>,
+    out: mpsc::Sender<pb::RelayFrame>,
+) {
+    let mut sub = shared.hub.subscribe(mailbox);
+    let mut last_seq = 0u64;
+    let mut caught_up = false;
+    loop {
+        let room = window
+            .in_flight
+            .lock()
+            .map(|f| window_size.saturating_sub(f.len()))
+            .unwrap_or(0);
+        if room > 0 {
+            let want = room.min(DRAIN_BATCH);
+            let batch = match shared.core.store().fetch(&mailbox, last_seq, want) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("fetch failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let full = batch.len() == want;
+            for e in batch {
+                last_seq = e.seq;
+                if let Ok(mut f) = window.in_flight.lock() {
+                    f.insert(e.seq);
+                }
+                let env = pb::Envelope {
+                    seq: e.seq,
+                    message_id: e.message_id.to_vec().into(),
+                    received_at_ms: e.received_ms,
+                    payload: e.payload.into(),
+                    ephemeral: false,
+                };
+                if out
+                    .send(pb::RelayFrame {
+                        frame: Some(Out::Envelope(env)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            if !caught_up {
+                caught_up = true;
+                let frame = pb::RelayFrame {
+                    frame: Some(Out::CaughtUp(pb::CaughtUp {})),
+                };
+                if out.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = sub.wake.notified() => {}
+            _ = window.opened.notified() => {}
+            Some(env) = sub.ephemeral.recv() => {
+                if out.send(pb::RelayFrame { frame: Some(Out::Envelope(env)) }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A mailbox id shortened for logs.
+pub fn short(mailbox: MailboxId) -> String {
+    hex::encode(&mailbox[..4])
+}

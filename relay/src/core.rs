@@ -1,0 +1,340 @@
+//! The relay's protocol logic without sockets: registration, challenge-response
+//! authentication, send tokens, sends, fetches, acks and expiry. It takes
+//! decoded requests and returns responses; the QUIC driver in
+//! [`crate::connection`] only moves frames in and out, and awaits durability.
+
+use crate::clock::Clock;
+use crate::config::Limits;
+use crate::store::{
+    Durable, MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, StoreError, Swept, TokenHash,
+};
+use ed25519_dalek::{Signature, VerifyingKey};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tern_protocol::pb::{self, control_request::Request, control_response::Response};
+use tern_protocol::{
+    auth_signed_bytes, ErrorCode, WireError, MAILBOX_ID_LEN, NONCE_LEN, TOKEN_LEN,
+};
+
+/// What one connection has proven so far.
+#[derive(Debug, Default)]
+pub struct ConnAuth {
+    nonce: Option<[u8; NONCE_LEN]>,
+    mailbox: Option<MailboxId>,
+}
+
+impl ConnAuth {
+    /// The mailbox this connection authenticated for, if any.
+    pub fn mailbox(&self) -> Option<MailboxId> {
+        self.mailbox
+    }
+}
+
+/// A send the relay accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored (or already stored); reply once the store is durable.
+    Stored {
+        /// The target mailbox.
+        mailbox: MailboxId,
+        /// Its sequence number there.
+        seq: u64,
+        /// True if the message id was already stored.
+        duplicate: bool,
+    },
+    /// Ephemeral: pass to the connected recipient, never store.
+    Ephemeral {
+        /// The target mailbox.
+        mailbox: MailboxId,
+    },
+}
+
+/// The relay's request handling over a store and a clock.
+pub struct RelayCore<S, C> {
+    store: Arc<S>,
+    clock: C,
+    limits: Limits,
+}
+
+fn store_error(e: StoreError) -> WireError {
+    match e {
+        StoreError::UnknownMailbox => WireError::new(ErrorCode::UnknownMailbox, "no such mailbox"),
+        StoreError::QuotaExceeded { .. } => {
+            WireError::new(ErrorCode::QuotaExceeded, e.to_string()).retry_after(60_000)
+        }
+        StoreError::Unavailable(_) => {
+            tracing::warn!("storage unavailable: {e}");
+            WireError::new(
+                ErrorCode::StorageUnavailable,
+                "relay storage is unavailable",
+            )
+            .retry_after(1_000)
+        }
+        StoreError::MailboxExists | StoreError::Corrupt(_) => {
+            tracing::error!("store: {e}");
+            WireError::new(ErrorCode::Internal, "internal relay error").retry_after(1_000)
+        }
+    }
+}
+
+fn fixed<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N], WireError> {
+    bytes.try_into().map_err(|_| {
+        WireError::new(
+            ErrorCode::Malformed,
+            format!("{what} must be {N} bytes, not {}", bytes.len()),
+        )
+    })
+}
+
+/// SHA-256 of a send token, the form in which the relay keeps it.
+pub fn token_hash(token: &[u8]) -> TokenHash {
+    Sha256::digest(token).into()
+}
+
+impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
+    /// A core over `store`, stamping time from `clock`.
+    pub fn new(store: Arc<S>, clock: C, limits: Limits) -> Self {
+        Self {
+            store,
+            clock,
+            limits,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Answer one control request. `exporter` is this TLS session's keying
+    /// material, which authentication signatures must cover.
+    pub fn control(
+        &self,
+        conn: &mut ConnAuth,
+        exporter: &[u8],
+        req: pb::ControlRequest,
+    ) -> pb::ControlResponse {
+        let result = match req.request {
+            Some(Request::Register(r)) => self.register(&r).map(Response::Registered),
+            Some(Request::Challenge(_)) => Ok(Response::Challenge(self.challenge(conn))),
+            Some(Request::Authenticate(a)) => self
+                .authenticate(conn, exporter, &a)
+                .map(Response::Authenticated),
+            Some(Request::CreateToken(_)) => self.create_token(conn).map(Response::TokenCreated),
+            Some(Request::RevokeToken(r)) => self
+                .revoke_token(conn, &r.token)
+                .map(Response::TokenRevoked),
+            None => Err(WireError::new(
+                ErrorCode::Unsupported,
+                "unknown or empty request",
+            )),
+        };
+        pb::ControlResponse {
+            response: Some(result.unwrap_or_else(|e| Response::Error(e.into()))),
+        }
+    }
+
+    fn register(&self, r: &pb::Register) -> Result<pb::Registered, WireError> {
+        let key: [u8; 32] = fixed(&r.auth_key, "auth_key")?;
+        VerifyingKey::from_bytes(&key)
+            .map_err(|_| WireError::new(ErrorCode::Malformed, "auth_key is not an Ed25519 key"))?;
+        loop {
+            let mut id = [0u8; MAILBOX_ID_LEN];
+            rand::thread_rng().fill_bytes(&mut id);
+            match self.store.create_mailbox(id, key, self.clock.now_ms()) {
+                Ok(()) => {
+                    return Ok(pb::Registered {
+                        mailbox_id: id.to_vec().into(),
+                    })
+                }
+                Err(StoreError::MailboxExists) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+    }
+
+    fn challenge(&self, conn: &mut ConnAuth) -> pb::Challenge {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        conn.nonce = Some(nonce);
+        pb::Challenge {
+            nonce: nonce.to_vec().into(),
+        }
+    }
+
+    fn authenticate(
+        &self,
+        conn: &mut ConnAuth,
+        exporter: &[u8],
+        a: &pb::Authenticate,
+    ) -> Result<pb::Authenticated, WireError> {
+        let failed = || WireError::new(ErrorCode::AuthFailed, "authentication failed");
+        // A nonce is good for one attempt.
+        let nonce = conn
+            .nonce
+            .take()
+            .ok_or_else(|| WireError::new(ErrorCode::AuthFailed, "ask for a challenge first"))?;
+        if !bool::from(nonce.ct_eq(&a.nonce[..])) || a.nonce.len() != NONCE_LEN {
+            return Err(failed());
+        }
+        let mailbox: MailboxId = fixed(&a.mailbox_id, "mailbox_id")?;
+        let record = self
+            .store
+            .mailbox(&mailbox)
+            .map_err(store_error)?
+            .ok_or_else(failed)?;
+        let key = VerifyingKey::from_bytes(&record.auth_key).map_err(|_| failed())?;
+        let sig = Signature::from_slice(&a.signature).map_err(|_| failed())?;
+        key.verify_strict(&auth_signed_bytes(exporter, &nonce, &mailbox), &sig)
+            .map_err(|_| failed())?;
+        conn.mailbox = Some(mailbox);
+        Ok(pb::Authenticated {
+            mailbox_id: mailbox.to_vec().into(),
+            pending: record.envelopes,
+        })
+    }
+
+    fn owner(&self, conn: &ConnAuth) -> Result<MailboxId, WireError> {
+        conn.mailbox
+            .ok_or_else(|| WireError::new(ErrorCode::NotAuthenticated, "authenticate first"))
+    }
+
+    fn create_token(&self, conn: &ConnAuth) -> Result<pb::TokenCreated, WireError> {
+        let mailbox = self.owner(conn)?;
+        let mut token = [0u8; TOKEN_LEN];
+        rand::thread_rng().fill_bytes(&mut token);
+        self.store
+            .add_token(
+                token_hash(&token),
+                mailbox,
+                self.limits.max_tokens_per_mailbox,
+            )
+            .map_err(|e| match e {
+                StoreError::QuotaExceeded { .. } => {
+                    WireError::new(ErrorCode::QuotaExceeded, "too many send tokens")
+                }
+                e => store_error(e),
+            })?;
+        Ok(pb::TokenCreated {
+            token: token.to_vec().into(),
+        })
+    }
+
+    fn revoke_token(&self, conn: &ConnAuth, token: &[u8]) -> Result<pb::TokenRevoked, WireError> {
+        let mailbox = self.owner(conn)?;
+        let token: [u8; TOKEN_LEN] = fixed(token, "token")?;
+        if self
+            .store
+            .revoke_token(&token_hash(&token), &mailbox)
+            .map_err(store_error)?
+        {
+            Ok(pb::TokenRevoked {})
+        } else {
+            Err(WireError::new(
+                ErrorCode::TokenInvalid,
+                "not a token of this mailbox",
+            ))
+        }
+    }
+
+    /// Check and apply one send. For a stored envelope the caller must await
+    /// [`Self::durable`] before telling the sender it succeeded.
+    pub fn send(&self, s: &pb::Send) -> Result<Accepted, WireError> {
+        let mailbox: MailboxId = fixed(&s.mailbox_id, "mailbox_id")?;
+        let message_id: MessageId = fixed(&s.message_id, "message_id")?;
+        if s.payload.len() > self.limits.max_envelope_bytes {
+            return Err(WireError::new(
+                ErrorCode::EnvelopeTooLarge,
+                format!(
+                    "envelope of {} bytes exceeds the maximum of {}",
+                    s.payload.len(),
+                    self.limits.max_envelope_bytes
+                ),
+            ));
+        }
+        // Unknown and revoked tokens get the same answer, so a blocked sender
+        // cannot tell that it was blocked.
+        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
+        if s.token.len() != TOKEN_LEN {
+            return Err(invalid());
+        }
+        let record = self
+            .store
+            .token(&token_hash(&s.token))
+            .map_err(store_error)?;
+        let Some(record) = record.filter(|r| !r.revoked) else {
+            return Err(invalid());
+        };
+        if !bool::from(record.mailbox.ct_eq(&mailbox)) {
+            return Err(invalid());
+        }
+        if s.ephemeral {
+            return Ok(Accepted::Ephemeral { mailbox });
+        }
+        let now = self.clock.now_ms();
+        let env = NewEnvelope {
+            message_id,
+            payload: &s.payload,
+            now_ms: now,
+            expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
+            dedup_until_ms: now.saturating_add(self.limits.dedup_window_secs.saturating_mul(1000)),
+        };
+        let quota = Quota {
+            max_envelopes: self.limits.mailbox_max_envelopes,
+            max_bytes: self.limits.mailbox_max_bytes,
+        };
+        let appended = self
+            .store
+            .append(&mailbox, env, quota)
+            .map_err(store_error)?;
+        Ok(Accepted::Stored {
+            mailbox,
+            seq: appended.seq,
+            duplicate: appended.duplicate,
+        })
+    }
+
+    /// Resolves once every write so far is durable.
+    pub fn durable(&self) -> Durable {
+        self.store.durable()
+    }
+
+    /// Delete acknowledged envelopes of the connection's mailbox.
+    pub fn ack(&self, conn: &ConnAuth, seqs: &[u64]) -> Result<u64, WireError> {
+        let mailbox = self.owner(conn)?;
+        if seqs.len() > tern_protocol::limits::MAX_ACK_SEQS {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                "too many sequence numbers in one ack",
+            ));
+        }
+        self.store.ack(&mailbox, seqs).map_err(store_error)
+    }
+
+    /// Delete whatever has expired by now.
+    pub fn sweep(&self) -> Result<Swept, WireError> {
+        self.store.sweep(self.clock.now_ms()).map_err(store_error)
+    }
+
+    /// The ephemeral envelope to pass on for an accepted ephemeral send.
+    pub fn ephemeral_envelope(&self, s: &pb::Send) -> pb::Envelope {
+        pb::Envelope {
+            seq: 0,
+            message_id: s.message_id.clone(),
+            received_at_ms: self.clock.now_ms(),
+            payload: s.payload.clone(),
+            ephemeral: true,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

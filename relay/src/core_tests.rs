@@ -1,0 +1,363 @@
+//! The relay core driven directly, with a real sled store in a temp dir and
+//! a manual clock: no sockets, fast and deterministic.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::store::SledStore;
+use ed25519_dalek::{Signer, SigningKey};
+use pb::control_response::Response as R;
+
+struct Harness {
+    core: RelayCore<SledStore, ManualClock>,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(limits: Limits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let clock = ManualClock::new(1_700_000_000_000);
+    Harness {
+        core: RelayCore::new(store, clock.clone(), limits),
+        clock,
+        _dir: dir,
+    }
+}
+
+fn req(r: Request) -> pb::ControlRequest {
+    pb::ControlRequest { request: Some(r) }
+}
+
+fn error_code(resp: &pb::ControlResponse) -> Option<ErrorCode> {
+    match &resp.response {
+        Some(R::Error(e)) => Some(WireError::from(e.clone()).code),
+        _ => None,
+    }
+}
+
+/// Register a device and authenticate a connection for it.
+fn login(h: &Harness, key: &SigningKey, exporter: &[u8]) -> (ConnAuth, MailboxId) {
+    let mut conn = ConnAuth::default();
+    let reg = h.core.control(
+        &mut conn,
+        exporter,
+        req(Request::Register(pb::Register {
+            auth_key: key.verifying_key().to_bytes().to_vec().into(),
+        })),
+    );
+    let Some(R::Registered(r)) = reg.response else {
+        panic!("{reg:?}")
+    };
+    let mailbox: MailboxId = r.mailbox_id[..].try_into().unwrap();
+    authenticate(h, &mut conn, key, exporter, &mailbox).unwrap();
+    (conn, mailbox)
+}
+
+fn authenticate(
+    h: &Harness,
+    conn: &mut ConnAuth,
+    key: &SigningKey,
+    exporter: &[u8],
+    mailbox: &MailboxId,
+) -> Result<(), ErrorCode> {
+    let ch = h.core.control(
+        conn,
+        exporter,
+        req(Request::Challenge(pb::ChallengeRequest {})),
+    );
+    let Some(R::Challenge(c)) = ch.response else {
+        panic!("{ch:?}")
+    };
+    let sig = key.sign(&auth_signed_bytes(exporter, &c.nonce, mailbox));
+    let resp = h.core.control(
+        conn,
+        exporter,
+        req(Request::Authenticate(pb::Authenticate {
+            mailbox_id: mailbox.to_vec().into(),
+            nonce: c.nonce,
+            signature: sig.to_bytes().to_vec().into(),
+        })),
+    );
+    error_code(&resp).map_or(Ok(()), Err)
+}
+
+fn token(h: &Harness, conn: &mut ConnAuth) -> Vec<u8> {
+    let resp = h.core.control(
+        conn,
+        &[0; 32],
+        req(Request::CreateToken(pb::CreateToken {})),
+    );
+    let Some(R::TokenCreated(t)) = resp.response else {
+        panic!("{resp:?}")
+    };
+    t.token.to_vec()
+}
+
+fn send(mailbox: &MailboxId, token: &[u8], id: u8, payload: &[u8]) -> pb::Send {
+    pb::Send {
+        request_id: u64::from(id),
+        mailbox_id: mailbox.to_vec().into(),
+        token: token.to_vec().into(),
+        message_id: vec![id; 16].into(),
+        payload: payload.to_vec().into(),
+        ephemeral: false,
+    }
+}
+
+#[test]
+fn authentication_is_bound_to_the_tls_session_and_nonce() {
+    let h = harness(Limits::default());
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let (_, mailbox) = login(&h, &key, &[1; 32]);
+
+    // A signature made for another TLS session (exporter) is refused.
+    let mut conn = ConnAuth::default();
+    let ch = h.core.control(
+        &mut conn,
+        &[2; 32],
+        req(Request::Challenge(pb::ChallengeRequest {})),
+    );
+    let Some(R::Challenge(c)) = ch.response else {
+        panic!()
+    };
+    let sig = key.sign(&auth_signed_bytes(&[1; 32], &c.nonce, &mailbox));
+    let auth = |conn: &mut ConnAuth, nonce: &bytes::Bytes| {
+        h.core.control(
+            conn,
+            &[2; 32],
+            req(Request::Authenticate(pb::Authenticate {
+                mailbox_id: mailbox.to_vec().into(),
+                nonce: nonce.clone(),
+                signature: sig.to_bytes().to_vec().into(),
+            })),
+        )
+    };
+    assert_eq!(
+        error_code(&auth(&mut conn, &c.nonce)),
+        Some(ErrorCode::AuthFailed)
+    );
+    // The nonce was spent by the failed attempt.
+    assert_eq!(
+        error_code(&auth(&mut conn, &c.nonce)),
+        Some(ErrorCode::AuthFailed)
+    );
+    assert_eq!(conn.mailbox(), None);
+
+    // Another key cannot log in to this mailbox.
+    let other = SigningKey::from_bytes(&[8; 32]);
+    let mut conn = ConnAuth::default();
+    assert_eq!(
+        authenticate(&h, &mut conn, &other, &[1; 32], &mailbox),
+        Err(ErrorCode::AuthFailed)
+    );
+
+    // Token operations need an authenticated connection.
+    let resp = h.core.control(
+        &mut conn,
+        &[1; 32],
+        req(Request::CreateToken(pb::CreateToken {})),
+    );
+    assert_eq!(error_code(&resp), Some(ErrorCode::NotAuthenticated));
+}
+
+#[test]
+fn sends_are_sequenced_deduplicated_and_acked() {
+    let h = harness(Limits::default());
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let t = token(&h, &mut conn);
+
+    let a = h.core.send(&send(&mailbox, &t, 1, b"one")).unwrap();
+    let b = h.core.send(&send(&mailbox, &t, 2, b"two")).unwrap();
+    let again = h.core.send(&send(&mailbox, &t, 1, b"one")).unwrap();
+    assert_eq!(
+        a,
+        Accepted::Stored {
+            mailbox,
+            seq: 1,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        b,
+        Accepted::Stored {
+            mailbox,
+            seq: 2,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        again,
+        Accepted::Stored {
+            mailbox,
+            seq: 1,
+            duplicate: true
+        }
+    );
+
+    let stored = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(stored[0].payload, b"one");
+
+    assert_eq!(h.core.ack(&conn, &[1, 99]).unwrap(), 1);
+    let left = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    // A retry of an acked message is still recognised within the window.
+    let retry = h.core.send(&send(&mailbox, &t, 1, b"one")).unwrap();
+    assert_eq!(
+        retry,
+        Accepted::Stored {
+            mailbox,
+            seq: 1,
+            duplicate: true
+        }
+    );
+    assert_eq!(h.core.store().fetch(&mailbox, 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn revoked_made_up_and_foreign_tokens_are_refused() {
+    let h = harness(Limits::default());
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let (mut conn2, mailbox2) = login(&h, &SigningKey::from_bytes(&[9; 32]), &[2; 32]);
+    let t = token(&h, &mut conn);
+    let t2 = token(&h, &mut conn2);
+
+    let code = |s: &pb::Send| h.core.send(s).unwrap_err().code;
+    assert_eq!(
+        code(&send(&mailbox, &[5; 32], 1, b"x")),
+        ErrorCode::TokenInvalid
+    );
+    assert_eq!(code(&send(&mailbox, &t2, 1, b"x")), ErrorCode::TokenInvalid);
+    assert_eq!(
+        code(&send(&mailbox, &t[..10], 1, b"x")),
+        ErrorCode::TokenInvalid
+    );
+    h.core.send(&send(&mailbox2, &t2, 1, b"x")).unwrap();
+
+    // Another mailbox's owner cannot revoke this token.
+    let resp = h.core.control(
+        &mut conn2,
+        &[2; 32],
+        req(Request::RevokeToken(pb::RevokeToken {
+            token: t.clone().into(),
+        })),
+    );
+    assert_eq!(error_code(&resp), Some(ErrorCode::TokenInvalid));
+    h.core.send(&send(&mailbox, &t, 2, b"x")).unwrap();
+
+    let resp = h.core.control(
+        &mut conn,
+        &[1; 32],
+        req(Request::RevokeToken(pb::RevokeToken {
+            token: t.clone().into(),
+        })),
+    );
+    assert_eq!(error_code(&resp), None);
+    assert_eq!(code(&send(&mailbox, &t, 3, b"x")), ErrorCode::TokenInvalid);
+}
+
+#[test]
+fn limits_refuse_with_typed_errors_and_keep_what_is_stored() {
+    let limits = Limits {
+        max_envelope_bytes: 100,
+        mailbox_max_envelopes: 2,
+        ..Limits::default()
+    };
+    let h = harness(limits);
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let t = token(&h, &mut conn);
+    let err = h.core.send(&send(&mailbox, &t, 1, &[0; 101])).unwrap_err();
+    assert_eq!(err.code, ErrorCode::EnvelopeTooLarge);
+    h.core.send(&send(&mailbox, &t, 1, b"a")).unwrap();
+    h.core.send(&send(&mailbox, &t, 2, b"b")).unwrap();
+    let err = h.core.send(&send(&mailbox, &t, 3, b"c")).unwrap_err();
+    assert_eq!(err.code, ErrorCode::QuotaExceeded);
+    assert!(err.retry_after_ms > 0);
+    assert_eq!(h.core.store().fetch(&mailbox, 0, 10).unwrap().len(), 2);
+    // Acking makes room again.
+    h.core.ack(&conn, &[1]).unwrap();
+    h.core.send(&send(&mailbox, &t, 3, b"c")).unwrap();
+
+    let bad = pb::Send {
+        message_id: vec![1; 3].into(),
+        ..send(&mailbox, &t, 4, b"d")
+    };
+    assert_eq!(h.core.send(&bad).unwrap_err().code, ErrorCode::Malformed);
+}
+
+#[test]
+fn expired_envelopes_are_swept_and_fresh_ones_kept() {
+    let limits = Limits {
+        envelope_ttl_secs: 3600,
+        dedup_window_secs: 60,
+        ..Limits::default()
+    };
+    let h = harness(limits);
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let t = token(&h, &mut conn);
+    h.core.send(&send(&mailbox, &t, 1, b"old")).unwrap();
+    h.clock.advance(1_800_000);
+    h.core.send(&send(&mailbox, &t, 2, b"new")).unwrap();
+    // The first message id's de-duplication window (60 s) is over.
+    assert_eq!(
+        h.core.sweep().unwrap(),
+        Swept {
+            envelopes: 0,
+            dedup_entries: 1
+        }
+    );
+    h.clock.advance(1_800_001);
+    assert_eq!(
+        h.core.sweep().unwrap(),
+        Swept {
+            envelopes: 1,
+            dedup_entries: 1
+        }
+    );
+    let left = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        vec![b"new".to_vec()]
+    );
+    assert_eq!(
+        h.core.store().mailbox(&mailbox).unwrap().unwrap().envelopes,
+        1
+    );
+}
+
+#[tokio::test]
+async fn durability_resolves_after_writes() {
+    let h = harness(Limits::default());
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let t = token(&h, &mut conn);
+    h.core.send(&send(&mailbox, &t, 1, b"a")).unwrap();
+    h.core.durable().await.unwrap();
+}
+
+#[test]
+fn store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mailbox = [3u8; 16];
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.create_mailbox(mailbox, [1; 32], 0).unwrap();
+        let env = NewEnvelope {
+            message_id: [4; 16],
+            payload: b"kept",
+            now_ms: 0,
+            expires_ms: 10,
+            dedup_until_ms: 10,
+        };
+        let quota = Quota {
+            max_envelopes: 10,
+            max_bytes: 1000,
+        };
+        store.append(&mailbox, env, quota).unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let got = store.fetch(&mailbox, 0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"kept");
+    assert_eq!(store.mailbox(&mailbox).unwrap().unwrap().next_seq, 2);
+}

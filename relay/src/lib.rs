@@ -1,0 +1,22 @@
+//! tern-relay: the server half of Tern. It holds per-device mailboxes of
+//! opaque sealed envelopes, accepts sends from anyone holding a send token,
+//! pushes envelopes to the authenticated owner, deletes them on ack and
+//! expires them after a TTL. It never sees who sent what, nor any content.
+//!
+//! Layout, after mini-redis: [`core`] is the protocol logic without sockets,
+//! [`store`] the durable state behind a trait, [`connection`] drives one QUIC
+//! connection, [`server`] runs the endpoint, [`hub`] tracks subscriptions.
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod core;
+pub mod hub;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Limits, RelayConfig};
+pub use server::{RunningRelay, StartError};

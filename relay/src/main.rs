@@ -1,0 +1,117 @@
+//! `tern-relay`: run a Tern relay, or print the URL of an existing one.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tern_relay::{RelayConfig, RunningRelay, SystemClock};
+
+/// A Tern relay: durable mailboxes of end-to-end encrypted envelopes over QUIC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (defaults: 127.0.0.1:4433, data in ./tern-relay-data).
+    Run {
+        /// UDP address to listen on.
+        #[arg(long, env = "TERN_RELAY_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Data directory (database, TLS key and certificate).
+        #[arg(long, env = "TERN_RELAY_DATA")]
+        data: Option<PathBuf>,
+        /// TOML config file (see tern-relay.example.toml).
+        #[arg(long, env = "TERN_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the URL of the relay whose data is in DIR.
+    Url {
+        /// Data directory.
+        #[arg(long, default_value = "tern-relay-data")]
+        data: PathBuf,
+        /// Address clients reach the relay at.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        listen: SocketAddr,
+        /// Host name to put in the URL instead of the listen IP.
+        #[arg(long)]
+        public_host: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            listen,
+            data,
+            config,
+        } => {
+            let mut cfg = match config {
+                Some(path) => RelayConfig::load(&path)?,
+                None => RelayConfig::default(),
+            };
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = data {
+                cfg.data_dir = d;
+            }
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(run(cfg))
+        }
+        Command::Url {
+            data,
+            listen,
+            public_host,
+        } => {
+            if !data.join("cert.der").exists() {
+                anyhow::bail!(
+                    "no relay data in {} (run `tern-relay run` first)",
+                    data.display()
+                );
+            }
+            let host = public_host.unwrap_or_else(|| listen.ip().to_string());
+            let url = tern_relay::server::url_for(&data, &host, listen.port())?;
+            println!("{url}");
+            Ok(())
+        }
+    }
+}
+
+async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
+    let relay = RunningRelay::start(cfg, Arc::new(SystemClock)).await?;
+    println!("relay url: {}", relay.url);
+    wait_for_signal().await?;
+    eprintln!("shutting down");
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The relay as a running service: opens the store and TLS identity, binds
+//! the QUIC endpoint, accepts connections, runs the expiry sweeper, and shuts
+//! down gracefully (close connections, flush the store).
+
+use crate::clock::Clock;
+use crate::config::RelayConfig;
+use crate::connection::{self, Shared};
+use crate::core::RelayCore;
+use crate::hub::Hub;
+use crate::store::{SledStore, StoreError, Swept};
+use crate::tls::{TlsError, TlsIdentity};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_protocol::url::RelayUrl;
+use tern_protocol::WireError;
+use tokio::sync::watch;
+use tracing::{info, Instrument};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    /// The TLS identity could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// A relay serving on a socket.
+pub struct RunningRelay {
+    /// The bound UDP address.
+    pub local_addr: SocketAddr,
+    /// The URL clients use, with the certificate fingerprint.
+    pub url: RelayUrl,
+    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The relay URL for the TLS identity in `data_dir`, without starting.
+pub fn url_for(data_dir: &std::path::Path, host: &str, port: u16) -> Result<RelayUrl, TlsError> {
+    let id = TlsIdentity::load_or_create(data_dir)?;
+    Ok(RelayUrl {
+        host: host.to_string(),
+        port,
+        fingerprint: id.fingerprint(),
+    })
+}
+
+fn transport(config: &RelayConfig) -> quinn::TransportConfig {
+    let l = &config.limits;
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(l.max_concurrent_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    let idle = Duration::from_secs(l.idle_timeout_secs);
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    // Bound what one slow or hostile peer can make the relay buffer.
+    let frame = l.max_frame_bytes as u32;
+    t.stream_receive_window(quinn::VarInt::from_u32(frame.saturating_mul(2)));
+    t.receive_window(quinn::VarInt::from_u32(frame.saturating_mul(8)));
+    t.send_window(u64::from(frame) * 8);
+    t
+}
+
+impl RunningRelay {
+    /// Open the data directory and start serving on `config.listen`.
+    pub async fn start(config: RelayConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        config.validate()?;
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let identity = TlsIdentity::load_or_create(dir)?;
+        let store = Arc::new(SledStore::open(&dir.join("db"))?);
+        let core = RelayCore::new(store, clock, config.limits.clone());
+        let shared = Arc::new(Shared {
+            core,
+            hub: Arc::new(Hub::default()),
+        });
+
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport(&config)));
+        let endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let host = config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| local_addr.ip().to_string());
+        let url = RelayUrl {
+            host,
+            port: local_addr.port(),
+            fingerprint: identity.fingerprint(),
+        };
+
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ));
+        let sweeper = tokio::spawn(sweep_loop(
+            Arc::clone(&shared),
+            Duration::from_secs(config.limits.sweep_interval_secs.max(1)),
+            stop_rx,
+        ));
+        info!(%local_addr, "relay listening");
+        Ok(Self {
+            local_addr,
+            url,
+            shared,
+            endpoint,
+            stop,
+            tasks: vec![accept, sweeper],
+        })
+    }
+
+    /// Delete expired envelopes now rather than at the next sweep.
+    pub async fn sweep_now(&self) -> Result<Swept, WireError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.core.sweep())
+            .await
+            .unwrap_or_else(|_| {
+                Err(WireError::new(
+                    tern_protocol::ErrorCode::Internal,
+                    "sweep failed",
+                ))
+            })
+    }
+
+    /// Number of devices subscribed right now.
+    pub fn subscribers(&self) -> usize {
+        self.shared.hub.subscribers()
+    }
+
+    /// Stop accepting, close connections, and flush the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Err(e) = self.shared.core.store().flush() {
+            tracing::error!("final flush failed: {e}");
+        }
+        info!("relay stopped");
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = stop.changed() => return,
+        };
+        let shared = Arc::clone(&shared);
+        let remote = incoming.remote_address();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    let span = tracing::info_span!("conn", id = conn.stable_id(), %remote);
+                    connection::serve(shared, conn).instrument(span).await
+                }
+                Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+async fn sweep_loop(
+    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || s.core.sweep()).await {
+            Ok(Ok(swept)) if swept.envelopes + swept.dedup_entries > 0 => {
+                info!(
+                    envelopes = swept.envelopes,
+                    dedup = swept.dedup_entries,
+                    "swept expired"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!("sweep failed: {e}"),
+            _ => {}
+        }
+    }
+}
