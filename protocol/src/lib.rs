@@ -31,6 +31,11 @@ pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-tern/1 auth";
 /// Domain separation prefix of the bytes a device signs to authenticate.
 pub const AUTH_SIGNATURE_CONTEXT: &[u8] = b"tern/1 auth";
 
+/// First byte of a control stream: one request frame, one response frame.
+pub const STREAM_CONTROL: u8 = 1;
+/// First byte of the message stream: sends, pushes and acks as frames.
+pub const STREAM_MESSAGES: u8 = 2;
+
 /// Length of a mailbox id in bytes.
 pub const MAILBOX_ID_LEN: usize = 16;
 /// Length of a client message id in bytes.

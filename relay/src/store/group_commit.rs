@@ -165,7 +165,7 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         let n = flushes.load(Ordering::SeqCst);
-        assert!(n >= 1 && n < 200, "{n} flushes for 200 writes");
+        assert!((1..200).contains(&n), "{n} flushes for 200 writes");
     }
 
     #[tokio::test]

@@ -1,0 +1,301 @@
+//! `tern`: the command-line Tern client. It parses arguments, calls
+//! tern-client, and prints; nothing else lives here.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+use tern_client::{Client, Event, SendOutcome};
+use tern_protocol::url::RelayUrl;
+
+/// Tern: end-to-end encrypted chat through relays that see only sealed envelopes.
+#[derive(Parser)]
+#[command(name = "tern", version, about)]
+struct Cli {
+    /// Where this account lives (default: the user's data directory).
+    #[arg(long, global = true, env = "TERN_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account and register a mailbox on a relay.
+    Init {
+        /// The relay URL printed by `tern-relay run`.
+        #[arg(long)]
+        relay: String,
+        /// The name contacts see.
+        #[arg(long)]
+        name: String,
+    },
+    /// Print an invite code to give to one contact.
+    Invite {
+        /// Also draw it as a QR code.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Accept an invite code and add its maker as a contact.
+    Accept {
+        /// The invite code.
+        code: String,
+        /// Your name for this contact.
+        #[arg(long)]
+        name: String,
+    },
+    /// List contacts.
+    Contacts {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message (queued on disk if the relay is unreachable).
+    Send {
+        /// Contact name.
+        contact: String,
+        /// The message.
+        text: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch, store, acknowledge and print everything waiting.
+    Recv {
+        /// Keep waiting this many seconds after the backlog for new messages.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay connected and print messages as they arrive (Ctrl-C to stop).
+    Listen {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the local conversation with a contact.
+    History {
+        /// Contact name.
+        contact: String,
+        /// At most this many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block a contact: revoke the send token they hold for your mailbox.
+    Block {
+        /// Contact name.
+        contact: String,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        eprintln!("tern: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(h) = home {
+        return Ok(h);
+    }
+    directories::ProjectDirs::from("org", "tern", "tern")
+        .map(|d| d.data_dir().to_path_buf())
+        .context("no home directory found; pass --home or set TERN_HOME")
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn print_event(e: &Event, as_json: bool) {
+    let line = match (e, as_json) {
+        (Event::Message(m), true) => json!({
+            "type": "message", "id": m.id, "from": m.from, "text": m.text,
+            "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
+        })
+        .to_string(),
+        (Event::Message(m), false) => format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text),
+        (Event::ContactAdded { name }, true) => {
+            json!({ "type": "contact", "name": name }).to_string()
+        }
+        (Event::ContactAdded { name }, false) => {
+            format!("* {name} accepted your invite and is now a contact")
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Deliver what waits in the outbox, telling the user what changed.
+async fn flush_outbox(client: &mut Client) -> Result<()> {
+    let report = client.flush_outbox().await?;
+    if !report.sent.is_empty() {
+        eprintln!(
+            "delivered {} queued message(s) to their relays",
+            report.sent.len()
+        );
+    }
+    for (id, e) in &report.failed {
+        eprintln!("message {id} was refused: {e}");
+    }
+    if !report.queued.is_empty() {
+        eprintln!(
+            "{} message(s) still queued: {}",
+            report.queued.len(),
+            report.queued[0].1
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let home = home_dir(cli.home)?;
+    match cli.command {
+        Command::Init { relay, name } => {
+            let url: RelayUrl = relay.parse().context("bad --relay")?;
+            let client = Client::init(&home, &url, &name).await?;
+            println!(
+                "account {} created in {}",
+                client.profile().name,
+                home.display()
+            );
+            println!(
+                "mailbox {} on {}",
+                hex_short(&client.profile().mailbox_id),
+                client.profile().relay_url
+            );
+        }
+        Command::Invite { qr } => {
+            let mut client = Client::open(&home)?;
+            let code = client.invite().await?;
+            println!("{code}");
+            if qr {
+                let qr = qrcode::QrCode::new(code.as_bytes()).context("drawing the QR code")?;
+                let art = qr
+                    .render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build();
+                println!("{art}");
+            }
+        }
+        Command::Accept { code, name } => {
+            let mut client = Client::open(&home)?;
+            let contact = client.accept(&code, &name).await?;
+            println!("added contact {}", contact.name);
+            if client.outbox_len()? > 0 {
+                eprintln!("their relay is unreachable; the introduction is queued and goes out with the next send or recv");
+            }
+        }
+        Command::Contacts { json } => {
+            let client = Client::open(&home)?;
+            for c in client.contacts()? {
+                if json {
+                    println!(
+                        "{}",
+                        json!({ "name": c.name, "relay": c.relay_url, "identity_key": hex(&c.identity_key) })
+                    );
+                } else {
+                    println!("{}\t{}", c.name, c.relay_url);
+                }
+            }
+        }
+        Command::Send {
+            contact,
+            text,
+            json,
+        } => {
+            let mut client = Client::open(&home)?;
+            let (id, outcome) = client.send_text(&contact, &text).await?;
+            match (outcome, json) {
+                (SendOutcome::Sent, false) => println!("sent {id}"),
+                (SendOutcome::Queued(why), false) => println!(
+                    "queued {id}: {why}; it goes out with the next `tern send` or `tern recv`"
+                ),
+                (SendOutcome::Sent, true) => println!("{}", json!({ "id": id, "status": "sent" })),
+                (SendOutcome::Queued(why), true) => {
+                    println!("{}", json!({ "id": id, "status": "queued", "reason": why }))
+                }
+            }
+        }
+        Command::Recv { wait, json } => {
+            let mut client = Client::open(&home)?;
+            flush_outbox(&mut client).await?;
+            for e in client.receive(Duration::from_secs(wait)).await? {
+                print_event(&e, json);
+            }
+        }
+        Command::Listen { json } => {
+            let mut client = Client::open(&home)?;
+            let mut print = |e: Event| print_event(&e, json);
+            tokio::select! {
+                r = client.listen(&mut print) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Command::History {
+            contact,
+            limit,
+            json,
+        } => {
+            let client = Client::open(&home)?;
+            for m in client.history(&contact, limit)? {
+                let who = if m.outgoing {
+                    client.profile().name.clone()
+                } else {
+                    contact.clone()
+                };
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "type": "message", "id": m.id, "from": who, "text": m.text,
+                            "sent_at": time(m.sent_at_ms), "outgoing": m.outgoing,
+                            "status": format!("{:?}", m.status).to_lowercase(),
+                        })
+                    );
+                } else {
+                    let mark = match &m.status {
+                        tern_client::Status::Queued => " (queued)",
+                        tern_client::Status::Failed(_) => " (failed)",
+                        _ => "",
+                    };
+                    println!("[{}] {}: {}{}", time(m.sent_at_ms), who, m.text, mark);
+                }
+            }
+        }
+        Command::Block { contact } => {
+            let mut client = Client::open(&home)?;
+            client.block(&contact).await?;
+            println!("blocked {contact}: the relay now refuses their messages");
+        }
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_short(b: &[u8]) -> String {
+    hex(&b[..b.len().min(4)])
+}

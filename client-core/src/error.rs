@@ -1,0 +1,83 @@
+//! Errors of client operations, in the user's terms.
+
+use tern_protocol::{ErrorCode, WireError};
+use thiserror::Error;
+
+/// What went wrong in a client operation.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No account in this home directory yet.
+    #[error("no tern account in {0} (run `tern init` first)")]
+    NoAccount(std::path::PathBuf),
+    /// An account already exists in this home directory.
+    #[error("a tern account already exists in {0}")]
+    AccountExists(std::path::PathBuf),
+    /// No contact by that name.
+    #[error("no contact named {0:?}")]
+    UnknownContact(String),
+    /// A contact by that name exists already.
+    #[error("a contact named {0:?} already exists")]
+    ContactExists(String),
+    /// The invite code was refused.
+    #[error(transparent)]
+    Invite(#[from] tern_protocol::invite::InviteError),
+    /// A relay URL was refused.
+    #[error(transparent)]
+    RelayUrl(#[from] tern_protocol::url::RelayUrlError),
+    /// The relay could not be reached or the connection broke.
+    #[error("cannot reach relay {relay}: {reason}")]
+    Unreachable {
+        /// Which relay.
+        relay: String,
+        /// Why.
+        reason: String,
+    },
+    /// The relay refused a request.
+    #[error("relay refused: {0}")]
+    Refused(WireError),
+    /// The relay answered something the protocol does not allow.
+    #[error("relay broke the protocol: {0}")]
+    Protocol(String),
+    /// A message is larger than any relay accepts.
+    #[error("message too large ({size} bytes, at most {max})")]
+    TooLarge {
+        /// Its size sealed.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Cryptography failed (a bad key, a damaged store).
+    #[error("crypto: {0}")]
+    Crypto(#[from] tern_crypto::CryptoError),
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Whether the relay refused because the token is invalid (the contact
+    /// blocked us or the token was made up).
+    pub fn is_token_invalid(&self) -> bool {
+        matches!(self, ClientError::Refused(e) if e.code == ErrorCode::TokenInvalid)
+    }
+}
+
+impl From<sled::Error> for ClientError {
+    fn from(e: sled::Error) -> Self {
+        ClientError::Store(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ClientError {
+    fn from(e: serde_json::Error) -> Self {
+        ClientError::Store(format!("bad record: {e}"))
+    }
+}

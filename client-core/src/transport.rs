@@ -1,0 +1,434 @@
+//! Connections to relays: QUIC with the relay's certificate pinned by the
+//! fingerprint in its URL, control requests on their own streams, and the
+//! long-lived message stream with many sends in flight.
+
+use crate::error::ClientError;
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tern_protocol::frame::decode_message;
+use tern_protocol::io::{read_frame, write_frame};
+use tern_protocol::pb::{self, control_request::Request, control_response::Response};
+use tern_protocol::url::RelayUrl;
+use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
+use tokio::io::AsyncWriteExt;
+
+/// How long connecting to a relay may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one control request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame a client reads.
+const MAX_FRAME: usize = limits::DEFAULT_MAX_FRAME;
+
+/// Accepts exactly the certificate whose SHA-256 the relay URL names.
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(seen.ct_eq(&self.fingerprint)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCertificate {
+        fingerprint: url.fingerprint,
+        provider: Arc::clone(&provider),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![tern_protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    transport.max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// QUIC endpoints for reaching relays, one per address family, reused for
+/// every relay this client talks to.
+#[derive(Default)]
+pub struct Dialer {
+    endpoints: HashMap<bool, quinn::Endpoint>,
+}
+
+impl Dialer {
+    /// Connect to the relay at `url`.
+    pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            relay: url.authority(),
+            reason,
+        };
+        let addr: SocketAddr = tokio::net::lookup_host(url.authority())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("no address".into()))?;
+        let v6 = addr.is_ipv6();
+        let endpoint = match self.endpoints.get(&v6) {
+            Some(e) => e.clone(),
+            None => {
+                let bind: SocketAddr = if v6 {
+                    "[::]:0".parse()
+                } else {
+                    "0.0.0.0:0".parse()
+                }
+                .map_err(|_| unreachable("bad bind address".into()))?;
+                let e = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+                self.endpoints.insert(v6, e.clone());
+                e
+            }
+        };
+        let connecting = endpoint
+            .connect_with(client_config(url)?, addr, "tern-relay")
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(RelayLink {
+            conn,
+            relay: url.authority(),
+        })
+    }
+}
+
+/// One connection to one relay.
+pub struct RelayLink {
+    conn: quinn::Connection,
+    relay: String,
+}
+
+impl RelayLink {
+    fn broken(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable {
+            relay: self.relay.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Send one control request on its own stream and read the answer.
+    pub async fn control(&self, request: Request) -> Result<Response, ClientError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.broken(e))?;
+            send.write_all(&[STREAM_CONTROL])
+                .await
+                .map_err(|e| self.broken(e))?;
+            write_frame(
+                &mut send,
+                &pb::ControlRequest {
+                    request: Some(request),
+                },
+            )
+            .await
+            .map_err(|e| self.broken(e))?;
+            send.finish().map_err(|e| self.broken(e))?;
+            let body = read_frame(&mut recv, MAX_FRAME)
+                .await
+                .map_err(|e| self.broken(e))?
+                .ok_or_else(|| ClientError::Protocol("control stream closed early".into()))?;
+            decode_message::<pb::ControlResponse>(&body)
+                .map_err(|e| ClientError::Protocol(e.to_string()))
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.broken("request timed out"))??;
+        match resp.response {
+            Some(Response::Error(e)) => Err(ClientError::Refused(WireError::from(e))),
+            Some(r) => Ok(r),
+            None => Err(ClientError::Protocol("empty control response".into())),
+        }
+    }
+
+    /// Register a new mailbox owned by `auth_key`; returns its id.
+    pub async fn register(&self, auth_key: [u8; 32]) -> Result<[u8; 16], ClientError> {
+        match self
+            .control(Request::Register(pb::Register {
+                auth_key: auth_key.to_vec().into(),
+            }))
+            .await?
+        {
+            Response::Registered(r) => fixed(&r.mailbox_id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Prove ownership of `mailbox` by signing the relay's challenge bound to
+    /// this TLS session. Returns how many envelopes are waiting.
+    pub async fn authenticate(
+        &self,
+        mailbox: &[u8; 16],
+        sign: impl Fn(&[u8]) -> [u8; 64],
+    ) -> Result<u64, ClientError> {
+        let nonce = match self
+            .control(Request::Challenge(pb::ChallengeRequest {}))
+            .await?
+        {
+            Response::Challenge(c) => c.nonce,
+            other => return Err(unexpected(&other)),
+        };
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, tern_protocol::AUTH_EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Protocol("no TLS keying material".into()))?;
+        let signature = sign(&tern_protocol::auth_signed_bytes(
+            &exporter, &nonce, mailbox,
+        ));
+        let auth = pb::Authenticate {
+            mailbox_id: mailbox.to_vec().into(),
+            nonce,
+            signature: signature.to_vec().into(),
+        };
+        match self.control(Request::Authenticate(auth)).await? {
+            Response::Authenticated(a) => Ok(a.pending),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Mint a send token for the authenticated mailbox.
+    pub async fn create_token(&self) -> Result<[u8; 32], ClientError> {
+        match self
+            .control(Request::CreateToken(pb::CreateToken {}))
+            .await?
+        {
+            Response::TokenCreated(t) => fixed(&t.token),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Revoke a send token of the authenticated mailbox.
+    pub async fn revoke_token(&self, token: &[u8; 32]) -> Result<(), ClientError> {
+        match self
+            .control(Request::RevokeToken(pb::RevokeToken {
+                token: token.to_vec().into(),
+            }))
+            .await?
+        {
+            Response::TokenRevoked(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Open the message stream.
+    pub async fn messages(&self) -> Result<MessageStream, ClientError> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.broken(e))?;
+        send.write_all(&[STREAM_MESSAGES])
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(MessageStream {
+            send,
+            recv,
+            relay: self.relay.clone(),
+            next_request: 1,
+        })
+    }
+
+    /// Close the connection politely.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+fn fixed<const N: usize>(b: &Bytes) -> Result<[u8; N], ClientError> {
+    b[..]
+        .try_into()
+        .map_err(|_| ClientError::Protocol(format!("expected {N} bytes")))
+}
+
+fn unexpected(r: &Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {r:?}"))
+}
+
+/// One envelope to deposit.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Target mailbox.
+    pub mailbox: [u8; 16],
+    /// Send token for it.
+    pub token: [u8; 32],
+    /// Message id (stable across retries).
+    pub message_id: [u8; 16],
+    /// Sealed payload.
+    pub payload: Vec<u8>,
+}
+
+/// The long-lived message stream of one connection.
+pub struct MessageStream {
+    send: SendStream,
+    recv: RecvStream,
+    relay: String,
+    next_request: u64,
+}
+
+impl MessageStream {
+    fn broken(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable {
+            relay: self.relay.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Send many envelopes with all of them in flight at once; returns each
+    /// one's result in order (`Ok(seq)` once the relay has it durably).
+    pub async fn send_all(
+        &mut self,
+        items: &[Outgoing],
+    ) -> Result<Vec<Result<u64, WireError>>, ClientError> {
+        let first = self.next_request;
+        for item in items {
+            let send = pb::Send {
+                request_id: self.next_request,
+                mailbox_id: item.mailbox.to_vec().into(),
+                token: item.token.to_vec().into(),
+                message_id: item.message_id.to_vec().into(),
+                payload: item.payload.clone().into(),
+                ephemeral: false,
+            };
+            self.next_request += 1;
+            let frame = pb::ClientFrame {
+                frame: Some(pb::client_frame::Frame::Send(send)),
+            };
+            write_frame(&mut self.send, &frame)
+                .await
+                .map_err(|e| self.broken(e))?;
+        }
+        let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+        let mut missing = items.len();
+        while missing > 0 {
+            match self.next().await? {
+                Some(pb::relay_frame::Frame::SendResult(r)) => {
+                    let Some(slot) = r
+                        .request_id
+                        .checked_sub(first)
+                        .and_then(|i| results.get_mut(i as usize))
+                    else {
+                        continue;
+                    };
+                    if slot.is_none() {
+                        missing -= 1;
+                    }
+                    *slot = Some(match r.error {
+                        Some(e) => Err(WireError::from(e)),
+                        None => Ok(r.seq),
+                    });
+                }
+                Some(pb::relay_frame::Frame::Error(e)) => {
+                    return Err(ClientError::Refused(WireError::from(e)))
+                }
+                Some(_) => {}
+                None => return Err(self.broken("relay closed the stream")),
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Ask the relay to push this (authenticated) mailbox's envelopes.
+    pub async fn subscribe(&mut self, window: u32) -> Result<(), ClientError> {
+        let frame = pb::ClientFrame {
+            frame: Some(pb::client_frame::Frame::Subscribe(pb::Subscribe { window })),
+        };
+        write_frame(&mut self.send, &frame)
+            .await
+            .map_err(|e| self.broken(e))
+    }
+
+    /// Acknowledge envelopes so the relay deletes them.
+    pub async fn ack(&mut self, seqs: Vec<u64>) -> Result<(), ClientError> {
+        let frame = pb::ClientFrame {
+            frame: Some(pb::client_frame::Frame::Ack(pb::Ack { seqs })),
+        };
+        write_frame(&mut self.send, &frame)
+            .await
+            .map_err(|e| self.broken(e))
+    }
+
+    /// The next frame from the relay; `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<pb::relay_frame::Frame>, ClientError> {
+        loop {
+            let body = match read_frame(&mut self.recv, MAX_FRAME).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.broken(e)),
+            };
+            let frame = decode_message::<pb::RelayFrame>(&body)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(f) = frame.frame {
+                return Ok(Some(f));
+            }
+        }
+    }
+
+    /// Finish our side of the stream.
+    pub async fn finish(&mut self) {
+        let _ = self.send.finish();
+        let _ = self.send.flush().await;
+    }
+}
