@@ -34,11 +34,16 @@ impl WireError {
         self
     }
 
-    /// Whether a client may try the same request again later unchanged.
+    /// Whether a client should keep the request and try it again later
+    /// unchanged. A full mailbox is retryable: its owner drains it, and a
+    /// message must not be lost to a limit.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.code,
-            ErrorCode::RateLimited | ErrorCode::StorageUnavailable | ErrorCode::Internal
+            ErrorCode::RateLimited
+                | ErrorCode::StorageUnavailable
+                | ErrorCode::Internal
+                | ErrorCode::QuotaExceeded
         )
     }
 }

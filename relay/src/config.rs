@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tern_protocol::limits;
 
+/// Largest `max_frame_bytes` accepted (16 MiB): QUIC windows are sized from it.
+pub const MAX_FRAME_CEILING: usize = 16 << 20;
+
 /// Everything a relay can be told.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -126,9 +129,27 @@ impl RelayConfig {
                     .into(),
             ));
         }
-        if l.push_window == 0 || l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 {
+        if l.max_frame_bytes > MAX_FRAME_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_frame_bytes may be at most {MAX_FRAME_CEILING}"
+            )));
+        }
+        if l.push_window == 0 || l.push_window > limits::MAX_PUSH_WINDOW {
+            return Err(ConfigError::Invalid(format!(
+                "limits.push_window must be between 1 and {}",
+                limits::MAX_PUSH_WINDOW
+            )));
+        }
+        // QUIC reads an idle timeout of 0 as "never", which would let dead
+        // peers hold their connection state forever.
+        if l.idle_timeout_secs == 0 || l.idle_timeout_secs > 3600 {
             return Err(ConfigError::Invalid(
-                "push_window, envelope_ttl_secs must be positive and max_concurrent_streams at least 2"
+                "limits.idle_timeout_secs must be between 1 and 3600".into(),
+            ));
+        }
+        if l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 || l.sweep_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_concurrent_streams must be at least 2, envelope_ttl_secs and sweep_interval_secs positive"
                     .into(),
             ));
         }
@@ -153,5 +174,19 @@ mod tests {
         assert_eq!(c.limits.envelope_ttl_secs, 5);
         assert_eq!(c.listen, RelayConfig::default().listen);
         assert!(toml::from_str::<RelayConfig>("bogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        let mut c = RelayConfig::default();
+        c.limits.idle_timeout_secs = 0;
+        assert!(c.validate().is_err());
+        let mut c = RelayConfig::default();
+        c.limits.push_window = limits::MAX_PUSH_WINDOW + 1;
+        assert!(c.validate().is_err());
+        let mut c = RelayConfig::default();
+        c.limits.max_frame_bytes = c.limits.max_envelope_bytes;
+        assert!(c.validate().is_err());
+        RelayConfig::default().validate().unwrap();
     }
 }

@@ -28,6 +28,10 @@ enum Command {
         /// TOML config file (see tern-relay.example.toml).
         #[arg(long, env = "TERN_RELAY_CONFIG")]
         config: Option<PathBuf>,
+        /// Host name or address to put in the relay URL (needed when
+        /// listening on 0.0.0.0 or [::]).
+        #[arg(long, env = "TERN_RELAY_PUBLIC_HOST")]
+        public_host: Option<String>,
     },
     /// Print the URL of the relay whose data is in DIR.
     Url {
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             data,
             config,
+            public_host,
         } => {
             let mut cfg = match config {
                 Some(path) => RelayConfig::load(&path)?,
@@ -67,6 +72,15 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data {
                 cfg.data_dir = d;
+            }
+            if public_host.is_some() {
+                cfg.public_host = public_host;
+            }
+            if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() {
+                anyhow::bail!(
+                    "listening on {} needs --public-host (or public_host in the config) for the relay URL",
+                    cfg.listen
+                );
             }
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(run(cfg))

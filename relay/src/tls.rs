@@ -52,11 +52,15 @@ impl TlsIdentity {
                 key: PrivatePkcs8KeyDer::from(key),
             });
         }
+        // First start, or a first start that crashed half way: make a fresh
+        // pair. Each file is written under a temporary name, synced and then
+        // renamed, the certificate last, so a crash never leaves a pair that
+        // does not match.
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let made = rcgen::generate_simple_self_signed(vec!["tern-relay".to_string()])?;
         let key = made.key_pair.serialize_der();
-        write_private(&key_path, &key).map_err(io(&key_path))?;
-        std::fs::write(&cert_path, made.cert.der()).map_err(io(&cert_path))?;
+        write_atomically(&key_path, &key, true).map_err(io(&key_path))?;
+        write_atomically(&cert_path, made.cert.der(), false).map_err(io(&cert_path))?;
         Ok(Self {
             cert: made.cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key),
@@ -83,18 +87,22 @@ impl TlsIdentity {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write;
+    let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    options.write(true).create(true).truncate(true);
+    if private {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
     }
-    let mut f = options.open(path)?;
+    let mut f = options.open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -108,5 +116,22 @@ mod tests {
         let b = TlsIdentity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         a.server_config().unwrap();
+    }
+
+    #[test]
+    fn a_half_written_identity_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), b"stale").unwrap();
+        let id = TlsIdentity::load_or_create(dir.path()).unwrap();
+        id.server_config().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
     }
 }
