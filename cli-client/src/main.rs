@@ -184,6 +184,7 @@ async fn run(cli: Cli) -> Result<()> {
                 hex_short(&client.profile().mailbox_id),
                 client.profile().relay_url
             );
+            client.close().await;
         }
         Command::Invite { qr } => {
             let mut client = Client::open(&home)?;
@@ -197,6 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .build();
                 println!("{art}");
             }
+            client.close().await;
         }
         Command::Accept { code, name } => {
             let mut client = Client::open(&home)?;
@@ -205,6 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
             if client.outbox_len()? > 0 {
                 eprintln!("their relay is unreachable; the introduction is queued and goes out with the next send or recv");
             }
+            client.close().await;
         }
         Command::Contacts { json } => {
             let client = Client::open(&home)?;
@@ -236,6 +239,7 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{}", json!({ "id": id, "status": "queued", "reason": why }))
                 }
             }
+            client.close().await;
         }
         Command::Recv { wait, json } => {
             let mut client = Client::open(&home)?;
@@ -243,6 +247,7 @@ async fn run(cli: Cli) -> Result<()> {
             for e in client.receive(Duration::from_secs(wait)).await? {
                 print_event(&e, json);
             }
+            client.close().await;
         }
         Command::Listen { json } => {
             let mut client = Client::open(&home)?;
@@ -286,6 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Block { contact } => {
             let mut client = Client::open(&home)?;
             client.block(&contact).await?;
+            client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
         }
     }

@@ -458,7 +458,7 @@ impl Client {
         for chunk in outgoing.chunks(256) {
             results.extend(stream.send_all(chunk).await?);
         }
-        stream.finish().await;
+        stream.finish(Duration::from_secs(2)).await;
         link.close();
         Ok(results)
     }
@@ -561,7 +561,7 @@ impl Client {
         if !acks.is_empty() {
             stream.ack(acks).await?;
         }
-        stream.finish().await;
+        stream.finish(Duration::from_secs(2)).await;
         link.close();
         Ok(())
     }
@@ -760,6 +760,11 @@ impl Client {
             .contact_named(name)?
             .ok_or_else(|| ClientError::UnknownContact(name.into()))?;
         self.store.history(&contact.identity_key, limit)
+    }
+
+    /// Close relay connections politely (bounded wait); call before exiting.
+    pub async fn close(self) {
+        self.dialer.wait_idle(Duration::from_secs(1)).await;
     }
 
     /// Messages still waiting in the outbox.

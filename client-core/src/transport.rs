@@ -20,7 +20,6 @@ use tern_protocol::io::{read_frame, write_frame};
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::url::RelayUrl;
 use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
-use tokio::io::AsyncWriteExt;
 
 /// How long connecting to a relay may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,6 +120,14 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// Wait (at most `wait`) until closed connections have told their relays,
+    /// so relays free their state now rather than after an idle timeout.
+    pub async fn wait_idle(&self, wait: Duration) {
+        for e in self.endpoints.values() {
+            let _ = tokio::time::timeout(wait, e.wait_idle()).await;
+        }
+    }
+
     /// Connect to the relay at `url`.
     pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
@@ -291,6 +298,12 @@ impl RelayLink {
         })
     }
 
+    /// A raw bidirectional stream, for tools and tests that write the stream
+    /// kind byte and frames themselves (fuzzers, protocol conformance tests).
+    pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
+        self.conn.open_bi().await.map_err(|e| self.broken(e))
+    }
+
     /// Close the connection politely.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
@@ -426,9 +439,13 @@ impl MessageStream {
         }
     }
 
-    /// Finish our side of the stream.
-    pub async fn finish(&mut self) {
+    /// Finish our side of the stream and wait (at most `wait`) for the relay
+    /// to end its side, so everything we wrote (the last acks) has arrived
+    /// before the connection is closed. Frames still arriving are dropped
+    /// unacknowledged; the relay keeps them for next time.
+    pub async fn finish(&mut self, wait: Duration) {
         let _ = self.send.finish();
-        let _ = self.send.flush().await;
+        let _ = tokio::time::timeout(wait, async { while let Ok(Some(_)) = self.next().await {} })
+            .await;
     }
 }
