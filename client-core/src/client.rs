@@ -9,7 +9,7 @@ use crate::error::ClientError;
 use crate::store::{
     message_key, Contact, ContactId, LocalStore, OutboxItem, Profile, Status, StoredMessage,
 };
-use crate::transport::{Dialer, Outgoing, RelayLink};
+use crate::transport::{Dialer, MessageStream, Outgoing, RelayLink};
 use prost::Message;
 use rand::RngCore;
 use std::collections::BTreeMap;
@@ -327,6 +327,7 @@ impl Client {
             });
         }
         let item = OutboxItem {
+            position: self.store.next_position()?,
             message_id: id,
             contact: contact.identity_key,
             message_key: entry.map(|(k, _)| k.to_vec()),
@@ -508,6 +509,7 @@ impl Client {
         stream.subscribe(0).await?;
         let mut deadline: Option<Instant> = None;
         let mut acks = Vec::new();
+        let mut shown = Vec::new();
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d.into(), stream.next()).await {
@@ -518,8 +520,8 @@ impl Client {
                     match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
                         Ok(n) => n?,
                         Err(_) => {
-                            self.store.flush().await?;
-                            stream.ack(std::mem::take(&mut acks)).await?;
+                            self.settle(&mut stream, &mut acks, &mut shown, on_event)
+                                .await?;
                             continue;
                         }
                     }
@@ -530,19 +532,19 @@ impl Client {
                 Some(Frame::Envelope(env)) => {
                     let seq = env.seq;
                     if let Some(event) = self.accept_envelope(env)? {
-                        on_event(event);
+                        shown.push(event);
                     }
                     if seq != 0 {
                         acks.push(seq);
                     }
                     if acks.len() >= ACK_BATCH {
-                        self.store.flush().await?;
-                        stream.ack(std::mem::take(&mut acks)).await?;
+                        self.settle(&mut stream, &mut acks, &mut shown, on_event)
+                            .await?;
                     }
                 }
                 Some(Frame::CaughtUp(_)) => {
-                    self.store.flush().await?;
-                    stream.ack(std::mem::take(&mut acks)).await?;
+                    self.settle(&mut stream, &mut acks, &mut shown, on_event)
+                        .await?;
                     if let Some(w) = wait {
                         deadline = Some(Instant::now() + w);
                     }
@@ -557,12 +559,31 @@ impl Client {
                 }
             }
         }
-        self.store.flush().await?;
-        if !acks.is_empty() {
-            stream.ack(acks).await?;
-        }
+        self.settle(&mut stream, &mut acks, &mut shown, on_event)
+            .await?;
         stream.finish(Duration::from_secs(2)).await;
         link.close();
+        Ok(())
+    }
+
+    /// Make what was received durable, then show it, then acknowledge it.
+    /// Showing only after the flush means a crash cannot show a message that
+    /// the next run would show again; acking only after it means a crash
+    /// cannot lose one.
+    async fn settle(
+        &self,
+        stream: &mut MessageStream,
+        acks: &mut Vec<u64>,
+        shown: &mut Vec<Event>,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        self.store.flush().await?;
+        for e in shown.drain(..) {
+            on_event(e);
+        }
+        if !acks.is_empty() {
+            stream.ack(std::mem::take(acks)).await?;
+        }
         Ok(())
     }
 
@@ -585,21 +606,28 @@ impl Client {
             Some(c) => self.load_session(&c.identity_key)?,
             None => None,
         };
-        let (session, plaintext, used_one_time_key) = match existing {
+        // A first message uses up a one-time key. It is used up on a copy of
+        // the account that replaces this one only once the message is
+        // stored, so a message that turns out unusable burns no key.
+        let (session, plaintext, account) = match existing {
             Some(mut s) if !olm.is_pre_key() || s.matches_pre_key(&olm) => match s.decrypt(&olm) {
-                Ok(p) => (s, p, false),
+                Ok(p) => (s, p, None),
                 Err(e) => {
                     warn!("dropping a message that does not decrypt: {e}");
                     return Ok(None);
                 }
             },
-            _ if olm.is_pre_key() => match self.account.accept_session(&sender, &olm.body) {
-                Ok((s, p)) => (s, p, true),
-                Err(e) => {
-                    warn!("dropping a first message that does not decrypt: {e}");
-                    return Ok(None);
+            _ if olm.is_pre_key() => {
+                let pickle = self.account.to_encrypted_pickle(&self.key);
+                let mut candidate = DeviceAccount::from_encrypted_pickle(&pickle, &self.key)?;
+                match candidate.accept_session(&sender, &olm.body) {
+                    Ok((s, p)) => (s, p, Some(candidate)),
+                    Err(e) => {
+                        warn!("dropping a first message that does not decrypt: {e}");
+                        return Ok(None);
+                    }
                 }
-            },
+            }
             _ => {
                 warn!("dropping a message from an unknown sender");
                 return Ok(None);
@@ -663,9 +691,10 @@ impl Client {
         };
         self.store
             .commit_incoming(&contact, new_contact, &pickle, &id, entry_ref)?;
-        if used_one_time_key {
+        if let Some(account) = account {
             // Saved after the message, so a crash in between cannot lose it
             // (the one-time key would be gone before the message is stored).
+            self.account = account;
             self.save_account()?;
         }
         Ok(event)

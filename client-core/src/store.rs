@@ -83,6 +83,10 @@ pub struct StoredMessage {
 /// A sealed envelope waiting to be deposited.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxItem {
+    /// Position in the outbox: items go out in the order they were written,
+    /// so a contact's introduction always reaches the relay before the
+    /// messages that follow it.
+    pub position: u64,
     /// Message id (stable across retries).
     pub message_id: [u8; 16],
     /// The contact it is for.
@@ -135,7 +139,19 @@ pub fn message_key(contact: &ContactId, at_ms: u64, id: &[u8; 16]) -> Vec<u8> {
     k
 }
 
+/// Outbox key: position (8, BE) then message id, so iteration is FIFO.
+fn outbox_key(item: &OutboxItem) -> Vec<u8> {
+    let mut k = item.position.to_be_bytes().to_vec();
+    k.extend_from_slice(&item.message_id);
+    k
+}
+
 impl LocalStore {
+    /// A number larger than any handed out before (survives restarts).
+    pub fn next_position(&self) -> Result<u64, ClientError> {
+        Ok(self.db.generate_id()?)
+    }
+
     /// Open (or create) the store at `path` with `key`.
     pub fn open(path: &Path, key: StoreKey) -> Result<Self, ClientError> {
         let db = sled::open(path)?;
@@ -264,14 +280,15 @@ impl LocalStore {
             Some((k, m)) => Some((k.to_vec(), self.seal_value("messages", k, m)?)),
             None => None,
         };
-        let out = self.seal_value("outbox", &item.message_id, item)?;
+        let okey = outbox_key(item);
+        let out = self.seal_value("outbox", &okey, item)?;
         (&self.sessions, &self.messages, &self.outbox)
             .transaction(|(sessions, messages, outbox)| -> TxResult<()> {
                 sessions.insert(&item.contact[..], session_pickle)?;
                 if let Some((k, v)) = &msg {
                     messages.insert(&k[..], &v[..])?;
                 }
-                outbox.insert(&item.message_id[..], &out[..])?;
+                outbox.insert(&okey[..], &out[..])?;
                 Ok(())
             })
             .map_err(tx_err)
@@ -332,7 +349,7 @@ impl LocalStore {
                     .insert(&k[..], self.seal_value("messages", k, &m)?)?;
             }
         }
-        self.outbox.remove(item.message_id)?;
+        self.outbox.remove(outbox_key(item))?;
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use tern_protocol::io::{read_frame, write_frame};
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::url::RelayUrl;
 use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
+use tokio::sync::mpsc;
 
 /// How long connecting to a relay may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -290,9 +291,12 @@ impl RelayLink {
         send.write_all(&[STREAM_MESSAGES])
             .await
             .map_err(|e| self.broken(e))?;
+        let (tx, frames) = mpsc::channel(FRAME_QUEUE);
+        let reader = tokio::spawn(read_frames(recv, self.relay.clone(), tx));
         Ok(MessageStream {
             send,
-            recv,
+            frames,
+            reader,
             relay: self.relay.clone(),
             next_request: 1,
         })
@@ -333,12 +337,51 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// Frames read ahead of the caller on one message stream.
+const FRAME_QUEUE: usize = 64;
+
+/// Read the relay's frames in a task of its own, so that a caller may
+/// cancel [`MessageStream::next`] (a timeout, a `select!`) without losing
+/// half a frame and falling out of step with the stream.
+async fn read_frames(
+    mut recv: RecvStream,
+    relay: String,
+    tx: mpsc::Sender<Result<pb::relay_frame::Frame, ClientError>>,
+) {
+    loop {
+        let item = match read_frame(&mut recv, MAX_FRAME).await {
+            Ok(Some(body)) => match decode_message::<pb::RelayFrame>(&body) {
+                Ok(pb::RelayFrame { frame: Some(f) }) => Ok(f),
+                // A frame kind this client does not know: skip it.
+                Ok(pb::RelayFrame { frame: None }) => continue,
+                Err(e) => Err(ClientError::Protocol(e.to_string())),
+            },
+            Ok(None) => return,
+            Err(e) => Err(ClientError::Unreachable {
+                relay: relay.clone(),
+                reason: e.to_string(),
+            }),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// The long-lived message stream of one connection.
 pub struct MessageStream {
     send: SendStream,
-    recv: RecvStream,
+    frames: mpsc::Receiver<Result<pb::relay_frame::Frame, ClientError>>,
+    reader: tokio::task::JoinHandle<()>,
     relay: String,
     next_request: u64,
+}
+
+impl Drop for MessageStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl MessageStream {
@@ -424,18 +467,12 @@ impl MessageStream {
     }
 
     /// The next frame from the relay; `None` when the stream ended.
+    /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Result<Option<pb::relay_frame::Frame>, ClientError> {
-        loop {
-            let body = match read_frame(&mut self.recv, MAX_FRAME).await {
-                Ok(Some(b)) => b,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.broken(e)),
-            };
-            let frame = decode_message::<pb::RelayFrame>(&body)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if let Some(f) = frame.frame {
-                return Ok(Some(f));
-            }
+        match self.frames.recv().await {
+            Some(Ok(f)) => Ok(Some(f)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::hub::Hub;
 use crate::store::{Durable, MailboxId, MailboxStore};
 use quinn::{RecvStream, SendStream};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_protocol::frame::{decode_message, FrameError};
@@ -49,6 +50,9 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         return;
     }
     let auth = Arc::new(Mutex::new(ConnAuth::default()));
+    // One subscription per connection, so a peer cannot multiply the
+    // envelopes queued for it by opening more streams.
+    let subscribed = Arc::new(AtomicBool::new(false));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -57,10 +61,14 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
                 return;
             }
         };
-        let (shared, auth) = (Arc::clone(&shared), Arc::clone(&auth));
+        let (shared, auth, sub) = (
+            Arc::clone(&shared),
+            Arc::clone(&auth),
+            Arc::clone(&subscribed),
+        );
         let span = tracing::debug_span!("stream", id = %send.id());
         tokio::spawn(
-            async move { stream(shared, auth, exporter, send, recv).await }.instrument(span),
+            async move { stream(shared, auth, sub, exporter, send, recv).await }.instrument(span),
         );
     }
 }
@@ -68,6 +76,7 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
 async fn stream<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     auth: Arc<Mutex<ConnAuth>>,
+    subscribed: Arc<AtomicBool>,
     exporter: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
@@ -82,7 +91,7 @@ async fn stream<S: MailboxStore, C: Clock>(
     }
     match kind[0] {
         STREAM_CONTROL => control(&shared, &auth, &exporter, send, recv).await,
-        STREAM_MESSAGES => messages(shared, auth, send, recv).await,
+        STREAM_MESSAGES => messages(shared, auth, subscribed, send, recv).await,
         _ => {
             let frame = error_frame(WireError::new(
                 ErrorCode::Unsupported,
@@ -186,6 +195,7 @@ struct Window {
 async fn messages<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     auth: Arc<Mutex<ConnAuth>>,
+    subscribed: Arc<AtomicBool>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -295,6 +305,14 @@ async fn messages<S: MailboxStore, C: Clock>(
                 if pusher.is_some() {
                     continue;
                 }
+                if subscribed.swap(true, Ordering::SeqCst) {
+                    let e = WireError::new(
+                        ErrorCode::Unsupported,
+                        "this connection is already subscribed on another stream",
+                    );
+                    let _ = out_tx.send(error_frame(e)).await;
+                    continue;
+                }
                 let size = match sub.window {
                     0 => shared.core.limits().push_window,
                     n => n.min(limits::MAX_PUSH_WINDOW),
@@ -313,6 +331,7 @@ async fn messages<S: MailboxStore, C: Clock>(
     }
     if let Some(p) = pusher {
         p.abort();
+        subscribed.store(false, Ordering::SeqCst);
     }
     drop(reply_tx);
     drop(out_tx);

@@ -185,6 +185,14 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             return Err(failed());
         }
         let mailbox: MailboxId = fixed(&a.mailbox_id, "mailbox_id")?;
+        // One connection serves one mailbox: its pushes and acks must never
+        // mix two mailboxes' sequence numbers.
+        if conn.mailbox.is_some_and(|m| m != mailbox) {
+            return Err(WireError::new(
+                ErrorCode::AuthFailed,
+                "this connection is authenticated for another mailbox",
+            ));
+        }
         let record = self
             .store
             .mailbox(&mailbox)

@@ -174,3 +174,43 @@ async fn users_on_two_relays_talk_both_ways() {
     assert!(bob.receive_rest().await.is_empty());
     assert!(alice.receive_rest().await.is_empty());
 }
+
+/// An introduction queued while the inviter's relay is down goes out before
+/// the texts written after it, so the inviter learns the contact first and
+/// then reads every text, in order. (With an unordered outbox the texts
+/// could reach the relay first, be dropped as coming from a stranger, and
+/// burn the one-time key the introduction needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introduction_and_texts_queued_together_arrive_in_order() {
+    let mut relay_a = TestRelay::start().await;
+    let relay_b = TestRelay::start().await;
+    let mut alice = TestUser::new(&relay_a, "alice").await;
+    let mut bob = TestUser::new(&relay_b, "bob").await;
+
+    let code = alice.client.invite().await.unwrap();
+    relay_a.stop().await;
+    bob.client.accept(&code, "alice").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let text = format!("queued {i}");
+        let (_, outcome) = bob.client.send_text("alice", &text).await.unwrap();
+        assert!(matches!(outcome, SendOutcome::Queued(_)), "{outcome:?}");
+        sent.push(text);
+    }
+    assert_eq!(bob.client.outbox_len().unwrap(), 4);
+
+    relay_a.restart().await;
+    let report = bob.client.flush_outbox().await.unwrap();
+    assert_eq!(report.sent.len(), 4, "{report:?}");
+
+    let events = alice
+        .receive_until("the hello and 3 texts", |e| e.len() >= 4)
+        .await;
+    assert_eq!(events[0], Event::ContactAdded { name: "bob".into() });
+    let got = tern_tests::messages(&events);
+    assert_eq!(
+        texts(&got),
+        sent.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(alice.receive_rest().await.is_empty());
+}

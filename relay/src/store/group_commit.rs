@@ -87,12 +87,19 @@ impl GroupCommit {
                         return Err(e);
                     }
                 }
+                if gc.stopped.load(Ordering::SeqCst) || !gc.running() {
+                    return Err(StoreError::Unavailable("the store is closed".into()));
+                }
                 gc.kick();
                 if rx.changed().await.is_err() {
                     return Err(StoreError::Unavailable("flusher stopped".into()));
                 }
             }
         }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.lock().map(|t| t.is_some()).unwrap_or(false)
     }
 
     fn kick(&self) {
@@ -166,6 +173,14 @@ mod tests {
         }
         let n = flushes.load(Ordering::SeqCst);
         assert!((1..200).contains(&n), "{n} flushes for 200 writes");
+    }
+
+    #[tokio::test]
+    async fn waits_after_stop_fail_instead_of_hanging() {
+        let gc = GroupCommit::start(|| Ok(()));
+        gc.stop();
+        gc.wrote();
+        assert!(gc.wait().await.is_err());
     }
 
     #[tokio::test]

@@ -186,7 +186,13 @@ impl SledStore {
         let mut swept = (0, 0);
         match kind {
             Some(KIND_ENVELOPE) => {
-                let seq = u64_at(rest, 16)?;
+                let Ok(seq) = u64_at(rest, 16) else {
+                    // A damaged index entry: drop it rather than stall every
+                    // later sweep on it.
+                    tracing::warn!("removing a damaged expiry entry");
+                    self.tree.apply_batch(batch).map_err(unavailable)?;
+                    return Ok(swept);
+                };
                 let ekey = envelope_key(&mailbox, seq);
                 if let Some(v) = self.tree.get(&ekey).map_err(unavailable)? {
                     batch.remove(ekey);
