@@ -19,11 +19,15 @@ use tern_crypto::{DeviceAccount, OlmCiphertext, PairSession, StoreKey};
 use tern_protocol::invite::{decode_invite, encode_invite, validate_address};
 use tern_protocol::pb::{self, content::Body, relay_frame::Frame};
 use tern_protocol::url::RelayUrl;
-use tern_protocol::{limits, WireError};
+use tern_protocol::{limits, ErrorCode, WireError};
 use tracing::{debug, warn};
 
 const KEY_FILE: &str = "store.key";
 const STORE_DIR: &str = "store";
+/// How many times one outbox flush waits for a relay that asked for a pause.
+const OUTBOX_RETRY_ROUNDS: usize = 3;
+/// The longest pause one outbox flush waits for.
+const MAX_OUTBOX_WAIT: Duration = Duration::from_secs(5);
 /// Envelopes processed between one durable flush-and-ack and the next.
 const ACK_BATCH: usize = 64;
 
@@ -399,8 +403,33 @@ impl Client {
         Ok((hex_id, SendOutcome::Queued(reason)))
     }
 
-    /// Try to deliver everything in the outbox, relay by relay.
+    /// Try to deliver everything in the outbox, relay by relay. A relay that
+    /// asks us to slow down (`RATE_LIMITED`, `STORAGE_UNAVAILABLE` with a
+    /// short `retry_after`) is waited for and tried again, a few times.
     pub async fn flush_outbox(&mut self) -> Result<OutboxReport, ClientError> {
+        let mut report = OutboxReport::default();
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_OUTBOX_WAIT);
+        for round in 0..=OUTBOX_RETRY_ROUNDS {
+            let (r, wait) = self.flush_round().await?;
+            report.sent.extend(r.sent);
+            report.failed.extend(r.failed);
+            report.queued = r.queued;
+            match wait {
+                Some(w) if round < OUTBOX_RETRY_ROUNDS && !report.queued.is_empty() => {
+                    let delay = backoff.next_delay(Some(w));
+                    debug!("relay asked to slow down; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => break,
+            }
+        }
+        self.store.flush().await?;
+        Ok(report)
+    }
+
+    /// One pass over the outbox. Returns what happened and, if a relay asked
+    /// for a short pause, how long.
+    async fn flush_round(&mut self) -> Result<(OutboxReport, Option<Duration>), ClientError> {
         let mut by_relay: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
         for item in self.store.outbox()? {
             by_relay
@@ -409,55 +438,95 @@ impl Client {
                 .push(item);
         }
         let mut report = OutboxReport::default();
+        let mut wait: Option<Duration> = None;
         for (relay, items) in by_relay {
-            let ids = || items.iter().map(|i| hex::encode(i.message_id));
             let results = match self.deposit(&relay, &items).await {
                 Ok(r) => r,
                 Err(e) => {
                     debug!("outbox for {relay} stays queued: {e}");
-                    report.queued.extend(ids().map(|i| (i, e.to_string())));
+                    let reason = e.to_string();
+                    report.queued.extend(
+                        items
+                            .iter()
+                            .map(|i| (hex::encode(i.message_id), reason.clone())),
+                    );
                     continue;
                 }
             };
             for (item, result) in items.iter().zip(results) {
                 let id = hex::encode(item.message_id);
                 match result {
-                    Ok(_) => {
+                    Some(Ok(_)) => {
                         self.store.settle(item, Status::Sent)?;
                         report.sent.push(id);
                     }
-                    Err(e) if e.is_retryable() => report.queued.push((id, e.to_string())),
-                    Err(e) => {
+                    Some(Err(e)) if e.is_retryable() => {
+                        let after = Duration::from_millis(e.retry_after_ms);
+                        let pause = matches!(
+                            e.code,
+                            ErrorCode::RateLimited | ErrorCode::StorageUnavailable
+                        );
+                        if pause && after <= MAX_OUTBOX_WAIT {
+                            wait = Some(wait.map_or(after, |w| w.max(after)));
+                        }
+                        report.queued.push((id, e.to_string()));
+                    }
+                    Some(Err(e)) => {
                         self.store.settle(item, Status::Failed(e.to_string()))?;
                         report.failed.push((id, e));
                     }
+                    None => report
+                        .queued
+                        .push((id, "waiting for an earlier message to this contact".into())),
                 }
             }
         }
-        self.store.flush().await?;
-        Ok(report)
+        Ok((report, wait))
     }
 
+    /// Deposit `items` (in outbox order) on one relay. Each mailbox's first
+    /// item goes first and the rest only once it is stored, so a contact's
+    /// introduction can never land after the texts that depend on it (a rate
+    /// limit may refuse one send of a pipelined batch and pass the next).
+    /// `None` for an item held back this time.
     async fn deposit(
         &mut self,
         relay: &str,
         items: &[OutboxItem],
-    ) -> Result<Vec<Result<u64, WireError>>, ClientError> {
+    ) -> Result<Vec<Option<Result<u64, WireError>>>, ClientError> {
         let url: RelayUrl = relay.parse()?;
         let link = self.dialer.connect(&url).await?;
         let mut stream = link.messages().await?;
-        let outgoing: Vec<Outgoing> = items
+        let outgoing = |i: &OutboxItem| Outgoing {
+            mailbox: i.mailbox_id,
+            token: i.token,
+            message_id: i.message_id,
+            payload: i.payload.clone(),
+        };
+        let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+        let mut seen = std::collections::HashSet::new();
+        let (firsts, rest): (Vec<usize>, Vec<usize>) =
+            (0..items.len()).partition(|&i| seen.insert(items[i].mailbox_id));
+        for chunk in firsts.chunks(256) {
+            let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();
+            for (&i, r) in chunk.iter().zip(stream.send_all(&batch).await?) {
+                results[i] = Some(r);
+            }
+        }
+        let stored: std::collections::HashSet<[u8; 16]> = firsts
             .iter()
-            .map(|i| Outgoing {
-                mailbox: i.mailbox_id,
-                token: i.token,
-                message_id: i.message_id,
-                payload: i.payload.clone(),
-            })
+            .filter(|&&i| matches!(results[i], Some(Ok(_))))
+            .map(|&i| items[i].mailbox_id)
             .collect();
-        let mut results = Vec::with_capacity(outgoing.len());
-        for chunk in outgoing.chunks(256) {
-            results.extend(stream.send_all(chunk).await?);
+        let rest: Vec<usize> = rest
+            .into_iter()
+            .filter(|&i| stored.contains(&items[i].mailbox_id))
+            .collect();
+        for chunk in rest.chunks(256) {
+            let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();
+            for (&i, r) in chunk.iter().zip(stream.send_all(&batch).await?) {
+                results[i] = Some(r);
+            }
         }
         stream.finish(Duration::from_secs(2)).await;
         link.close();

@@ -50,7 +50,15 @@ impl WireError {
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code.as_str_name(), self.detail)
+        write!(f, "{}: {}", self.code.as_str_name(), self.detail)?;
+        if self.retry_after_ms > 0 {
+            write!(
+                f,
+                " (retry after {:.1} s)",
+                self.retry_after_ms as f64 / 1000.0
+            )?;
+        }
+        Ok(())
     }
 }
 

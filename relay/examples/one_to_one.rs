@@ -11,7 +11,7 @@ use std::time::Instant;
 use tern_client::transport::{Dialer, Outgoing};
 use tern_crypto::DeviceAccount;
 use tern_protocol::pb::relay_frame::Frame;
-use tern_relay::{RelayConfig, RunningRelay, SystemClock};
+use tern_relay::{RateConfig, RelayConfig, RunningRelay, SystemClock};
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
@@ -43,6 +43,8 @@ async fn one_run(messages: usize, in_flight: usize) -> Result<f64, Box<dyn std::
     let config = RelayConfig {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_path_buf(),
+        // One token and one connection carry the whole load here.
+        rates: RateConfig::unlimited(),
         ..RelayConfig::default()
     };
     let relay = RunningRelay::start(config, Arc::new(SystemClock)).await?;

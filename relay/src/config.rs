@@ -22,6 +22,75 @@ pub struct RelayConfig {
     pub public_host: Option<String>,
     /// Limits on what peers may send and store.
     pub limits: Limits,
+    /// Rate limits (0 turns one off).
+    pub rates: RateConfig,
+}
+
+/// Rate limits. Each is a sustained rate and a burst; a rate of 0 turns
+/// that limit off (for benchmarks and closed deployments).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// Connection attempts per second the relay admits in all.
+    pub handshakes_per_sec: u32,
+    /// Burst of connection attempts admitted at once (a restart's reconnects).
+    pub handshakes_burst: u32,
+    /// Above this many attempts a second, clients must first prove their
+    /// address with a QUIC Retry.
+    pub retry_above_handshakes_per_sec: u32,
+    /// Connection attempts per second from one IP address.
+    pub connections_per_ip_per_sec: u32,
+    /// Burst of connection attempts from one IP address.
+    pub connections_per_ip_burst: u32,
+    /// Registrations per minute from one IP address.
+    pub registrations_per_ip_per_min: u32,
+    /// Burst of registrations from one IP address.
+    pub registrations_per_ip_burst: u32,
+    /// Sends per second with one send token.
+    pub sends_per_token_per_sec: u32,
+    /// Burst of sends with one send token.
+    pub sends_per_token_burst: u32,
+    /// Frames and requests per second on one connection.
+    pub frames_per_connection_per_sec: u32,
+    /// Burst of frames and requests on one connection.
+    pub frames_per_connection_burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            handshakes_per_sec: 2_000,
+            handshakes_burst: 5_000,
+            retry_above_handshakes_per_sec: 500,
+            connections_per_ip_per_sec: 50,
+            connections_per_ip_burst: 200,
+            registrations_per_ip_per_min: 20,
+            registrations_per_ip_burst: 50,
+            sends_per_token_per_sec: 200,
+            sends_per_token_burst: 2_000,
+            frames_per_connection_per_sec: 10_000,
+            frames_per_connection_burst: 20_000,
+        }
+    }
+}
+
+impl RateConfig {
+    /// Every rate limit off.
+    pub fn unlimited() -> Self {
+        Self {
+            handshakes_per_sec: 0,
+            handshakes_burst: 0,
+            retry_above_handshakes_per_sec: 0,
+            connections_per_ip_per_sec: 0,
+            connections_per_ip_burst: 0,
+            registrations_per_ip_per_min: 0,
+            registrations_per_ip_burst: 0,
+            sends_per_token_per_sec: 0,
+            sends_per_token_burst: 0,
+            frames_per_connection_per_sec: 0,
+            frames_per_connection_burst: 0,
+        }
+    }
 }
 
 /// Limits that protect the relay. Each refusal is a typed error to the peer.
@@ -59,6 +128,7 @@ impl Default for RelayConfig {
             data_dir: PathBuf::from("tern-relay-data"),
             public_host: None,
             limits: Limits::default(),
+            rates: RateConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use crate::clock::Clock;
 use crate::core::{Accepted, ConnAuth, RelayCore};
 use crate::hub::Hub;
+use crate::rate::ConnectionRate;
 use crate::store::{Durable, MailboxId, MailboxStore};
 use quinn::{RecvStream, SendStream};
 use std::collections::BTreeSet;
@@ -31,6 +32,17 @@ const WRITE_QUEUE: usize = 256;
 /// Sends awaiting durability on one stream before reading pauses.
 const DURABILITY_QUEUE: usize = 1024;
 
+/// What one connection's streams share.
+struct ConnState {
+    /// What the connection has proven.
+    auth: Mutex<ConnAuth>,
+    /// One subscription per connection, so a peer cannot multiply the
+    /// envelopes queued for it by opening more streams.
+    subscribed: AtomicBool,
+    /// Frames and requests per second on this connection.
+    rate: ConnectionRate,
+}
+
 /// What every connection shares.
 pub struct Shared<S, C> {
     /// The protocol core.
@@ -49,10 +61,11 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         conn.close(1u32.into(), b"no keying material");
         return;
     }
-    let auth = Arc::new(Mutex::new(ConnAuth::default()));
-    // One subscription per connection, so a peer cannot multiply the
-    // envelopes queued for it by opening more streams.
-    let subscribed = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState {
+        auth: Mutex::new(ConnAuth::new(conn.remote_address().ip())),
+        subscribed: AtomicBool::new(false),
+        rate: shared.core.rates().connection(),
+    });
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -61,22 +74,17 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
                 return;
             }
         };
-        let (shared, auth, sub) = (
-            Arc::clone(&shared),
-            Arc::clone(&auth),
-            Arc::clone(&subscribed),
-        );
+        let (shared, state) = (Arc::clone(&shared), Arc::clone(&state));
         let span = tracing::debug_span!("stream", id = %send.id());
         tokio::spawn(
-            async move { stream(shared, auth, sub, exporter, send, recv).await }.instrument(span),
+            async move { stream(shared, state, exporter, send, recv).await }.instrument(span),
         );
     }
 }
 
 async fn stream<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
-    auth: Arc<Mutex<ConnAuth>>,
-    subscribed: Arc<AtomicBool>,
+    state: Arc<ConnState>,
     exporter: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
@@ -90,8 +98,8 @@ async fn stream<S: MailboxStore, C: Clock>(
         }
     }
     match kind[0] {
-        STREAM_CONTROL => control(&shared, &auth, &exporter, send, recv).await,
-        STREAM_MESSAGES => messages(shared, auth, subscribed, send, recv).await,
+        STREAM_CONTROL => control(&shared, &state, &exporter, send, recv).await,
+        STREAM_MESSAGES => messages(shared, state, send, recv).await,
         _ => {
             let frame = error_frame(WireError::new(
                 ErrorCode::Unsupported,
@@ -124,14 +132,25 @@ fn read_error(e: &ReadFrameError) -> Option<WireError> {
 
 async fn control<S: MailboxStore, C: Clock>(
     shared: &Shared<S, C>,
-    auth: &Mutex<ConnAuth>,
+    state: &ConnState,
     exporter: &[u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
     use pb::control_response::Response;
     let max = shared.core.limits().max_frame_bytes;
-    let response = match read_frame(&mut recv, max).await {
+    let read = read_frame(&mut recv, max).await;
+    if matches!(read, Ok(Some(_))) {
+        if let Err(e) = state.rate.check() {
+            let response = pb::ControlResponse {
+                response: Some(Response::Error(e.into())),
+            };
+            let _ = write_frame(&mut send, &response).await;
+            let _ = send.finish();
+            return;
+        }
+    }
+    let response = match read {
         Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
             Ok(req) => {
                 let writes = !matches!(
@@ -139,7 +158,7 @@ async fn control<S: MailboxStore, C: Clock>(
                     Some(pb::control_request::Request::Challenge(_))
                         | Some(pb::control_request::Request::Authenticate(_))
                 );
-                let resp = match auth.lock() {
+                let resp = match state.auth.lock() {
                     Ok(mut a) => shared.core.control(&mut a, exporter, req),
                     Err(_) => return,
                 };
@@ -194,8 +213,7 @@ struct Window {
 
 async fn messages<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
-    auth: Arc<Mutex<ConnAuth>>,
-    subscribed: Arc<AtomicBool>,
+    state: Arc<ConnState>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -268,6 +286,21 @@ async fn messages<S: MailboxStore, C: Clock>(
                 continue;
             }
         };
+        if let Err(e) = state.rate.check() {
+            let frame = match &frame {
+                In::Send(s) => send_result(s.request_id, Err(e)),
+                _ => error_frame(e),
+            };
+            let reply = PendingReply {
+                durable: None,
+                frame,
+                wake: None,
+            };
+            if reply_tx.send(reply).await.is_err() {
+                break;
+            }
+            continue;
+        }
         match frame {
             In::Send(s) => {
                 let reply = send_reply(&shared, &s);
@@ -276,8 +309,8 @@ async fn messages<S: MailboxStore, C: Clock>(
                 }
             }
             In::Ack(a) => {
-                let owner = auth.lock().map(|a| a.mailbox()).unwrap_or(None);
-                let result = match auth.lock() {
+                let owner = state.auth.lock().map(|a| a.mailbox()).unwrap_or(None);
+                let result = match state.auth.lock() {
                     Ok(conn) => shared.core.ack(&conn, &a.seqs),
                     Err(_) => break,
                 };
@@ -297,7 +330,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                 }
             }
             In::Subscribe(sub) => {
-                let Some(mailbox) = auth.lock().map(|a| a.mailbox()).unwrap_or(None) else {
+                let Some(mailbox) = state.auth.lock().map(|a| a.mailbox()).unwrap_or(None) else {
                     let e = WireError::new(ErrorCode::NotAuthenticated, "authenticate first");
                     let _ = out_tx.send(error_frame(e)).await;
                     continue;
@@ -305,7 +338,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                 if pusher.is_some() {
                     continue;
                 }
-                if subscribed.swap(true, Ordering::SeqCst) {
+                if state.subscribed.swap(true, Ordering::SeqCst) {
                     let e = WireError::new(
                         ErrorCode::Unsupported,
                         "this connection is already subscribed on another stream",
@@ -331,7 +364,7 @@ async fn messages<S: MailboxStore, C: Clock>(
     }
     if let Some(p) = pusher {
         p.abort();
-        subscribed.store(false, Ordering::SeqCst);
+        state.subscribed.store(false, Ordering::SeqCst);
     }
     drop(reply_tx);
     drop(out_tx);
@@ -339,15 +372,23 @@ async fn messages<S: MailboxStore, C: Clock>(
     let _ = writer.await;
 }
 
-fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) -> PendingReply {
-    let result = |seq, duplicate, error: Option<WireError>| pb::RelayFrame {
+/// The answer to one send: its sequence number, or why it was refused.
+fn send_result(request_id: u64, result: Result<(u64, bool), WireError>) -> pb::RelayFrame {
+    let (seq, duplicate, error) = match result {
+        Ok((seq, duplicate)) => (seq, duplicate, None),
+        Err(e) => (0, false, Some(e.into())),
+    };
+    pb::RelayFrame {
         frame: Some(Out::SendResult(pb::SendResult {
-            request_id: s.request_id,
+            request_id,
             seq,
             duplicate,
-            error: error.map(Into::into),
+            error,
         })),
-    };
+    }
+}
+
+fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) -> PendingReply {
     match shared.core.send(s) {
         Ok(Accepted::Stored {
             mailbox,
@@ -355,7 +396,7 @@ fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) ->
             duplicate,
         }) => PendingReply {
             durable: Some(shared.core.durable()),
-            frame: result(seq, duplicate, None),
+            frame: send_result(s.request_id, Ok((seq, duplicate))),
             wake: Some(mailbox),
         },
         Ok(Accepted::Ephemeral { mailbox }) => {
@@ -364,13 +405,13 @@ fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) ->
                 .ephemeral(&mailbox, shared.core.ephemeral_envelope(s));
             PendingReply {
                 durable: None,
-                frame: result(0, false, None),
+                frame: send_result(s.request_id, Ok((0, false))),
                 wake: None,
             }
         }
         Err(e) => PendingReply {
             durable: None,
-            frame: result(0, false, Some(e)),
+            frame: send_result(s.request_id, Err(e)),
             wake: None,
         },
     }

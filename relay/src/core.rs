@@ -5,12 +5,14 @@
 
 use crate::clock::Clock;
 use crate::config::Limits;
+use crate::rate::Rates;
 use crate::store::{
     Durable, MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, StoreError, Swept, TokenHash,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
@@ -23,9 +25,18 @@ use tern_protocol::{
 pub struct ConnAuth {
     nonce: Option<[u8; NONCE_LEN]>,
     mailbox: Option<MailboxId>,
+    remote: Option<IpAddr>,
 }
 
 impl ConnAuth {
+    /// State for a new connection from `remote`.
+    pub fn new(remote: IpAddr) -> Self {
+        Self {
+            remote: Some(remote),
+            ..Self::default()
+        }
+    }
+
     /// The mailbox this connection authenticated for, if any.
     pub fn mailbox(&self) -> Option<MailboxId> {
         self.mailbox
@@ -56,6 +67,7 @@ pub struct RelayCore<S, C> {
     store: Arc<S>,
     clock: C,
     limits: Limits,
+    rates: Rates,
 }
 
 fn store_error(e: StoreError) -> WireError {
@@ -95,12 +107,18 @@ pub fn token_hash(token: &[u8]) -> TokenHash {
 
 impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     /// A core over `store`, stamping time from `clock`.
-    pub fn new(store: Arc<S>, clock: C, limits: Limits) -> Self {
+    pub fn new(store: Arc<S>, clock: C, limits: Limits, rates: Rates) -> Self {
         Self {
             store,
             clock,
             limits,
+            rates,
         }
+    }
+
+    /// The rate limiters.
+    pub fn rates(&self) -> &Rates {
+        &self.rates
     }
 
     /// The limits in force.
@@ -122,7 +140,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         req: pb::ControlRequest,
     ) -> pb::ControlResponse {
         let result = match req.request {
-            Some(Request::Register(r)) => self.register(&r).map(Response::Registered),
+            Some(Request::Register(r)) => self.register(conn, &r).map(Response::Registered),
             Some(Request::Challenge(_)) => Ok(Response::Challenge(self.challenge(conn))),
             Some(Request::Authenticate(a)) => self
                 .authenticate(conn, exporter, &a)
@@ -141,8 +159,9 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         }
     }
 
-    fn register(&self, r: &pb::Register) -> Result<pb::Registered, WireError> {
+    fn register(&self, conn: &ConnAuth, r: &pb::Register) -> Result<pb::Registered, WireError> {
         let key: [u8; 32] = fixed(&r.auth_key, "auth_key")?;
+        self.rates.registration(conn.remote)?;
         VerifyingKey::from_bytes(&key)
             .map_err(|_| WireError::new(ErrorCode::Malformed, "auth_key is not an Ed25519 key"))?;
         loop {
@@ -273,16 +292,15 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         if s.token.len() != TOKEN_LEN {
             return Err(invalid());
         }
-        let record = self
-            .store
-            .token(&token_hash(&s.token))
-            .map_err(store_error)?;
+        let hash = token_hash(&s.token);
+        let record = self.store.token(&hash).map_err(store_error)?;
         let Some(record) = record.filter(|r| !r.revoked) else {
             return Err(invalid());
         };
         if !bool::from(record.mailbox.ct_eq(&mailbox)) {
             return Err(invalid());
         }
+        self.rates.send(&hash)?;
         if s.ephemeral {
             return Ok(Accepted::Ephemeral { mailbox });
         }

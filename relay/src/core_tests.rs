@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::config::RateConfig;
+use crate::rate::Rates;
 use crate::store::SledStore;
 use ed25519_dalek::{Signer, SigningKey};
 use pb::control_response::Response as R;
@@ -18,7 +20,12 @@ fn harness(limits: Limits) -> Harness {
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
     let clock = ManualClock::new(1_700_000_000_000);
     Harness {
-        core: RelayCore::new(store, clock.clone(), limits),
+        core: RelayCore::new(
+            store,
+            clock.clone(),
+            limits,
+            Rates::new(&RateConfig::default()),
+        ),
         clock,
         _dir: dir,
     }

@@ -13,10 +13,11 @@ pub mod config;
 pub mod connection;
 pub mod core;
 pub mod hub;
+pub mod rate;
 pub mod server;
 pub mod store;
 pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Limits, RelayConfig};
+pub use config::{Limits, RateConfig, RelayConfig};
 pub use server::{RunningRelay, StartError};

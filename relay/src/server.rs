@@ -7,6 +7,7 @@ use crate::config::RelayConfig;
 use crate::connection::{self, Shared};
 use crate::core::RelayCore;
 use crate::hub::Hub;
+use crate::rate::{Admission, Rates};
 use crate::store::{SledStore, StoreError, Swept};
 use crate::tls::{TlsError, TlsIdentity};
 use std::net::SocketAddr;
@@ -95,7 +96,12 @@ impl RunningRelay {
         })?;
         let identity = TlsIdentity::load_or_create(dir)?;
         let store = Arc::new(SledStore::open(&dir.join("db"))?);
-        let core = RelayCore::new(store, clock, config.limits.clone());
+        let core = RelayCore::new(
+            store,
+            clock,
+            config.limits.clone(),
+            Rates::new(&config.rates),
+        );
         let shared = Arc::new(Shared {
             core,
             hub: Arc::new(Hub::default()),
@@ -190,8 +196,26 @@ async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             _ = stop.changed() => return,
         };
-        let shared = Arc::clone(&shared);
         let remote = incoming.remote_address();
+        match shared
+            .core
+            .rates()
+            .admit(remote.ip(), incoming.remote_address_validated())
+        {
+            Admission::Accept => {}
+            Admission::Retry if incoming.may_retry() => {
+                if let Err(e) = incoming.retry() {
+                    tracing::debug!(%remote, "retry failed: {e}");
+                }
+                continue;
+            }
+            Admission::Retry | Admission::Refuse => {
+                tracing::debug!(%remote, "connection attempt refused by rate limit");
+                incoming.refuse();
+                continue;
+            }
+        }
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             match incoming.await {
                 Ok(conn) => {
@@ -215,6 +239,7 @@ async fn sweep_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        shared.core.rates().forget_idle();
         let s = Arc::clone(&shared);
         match tokio::task::spawn_blocking(move || s.core.sweep()).await {
             Ok(Ok(swept)) if swept.envelopes + swept.dedup_entries > 0 => {

@@ -134,6 +134,7 @@ async fn launch(
         data_dir: dir.to_path_buf(),
         public_host: None,
         limits: limits.clone(),
+        ..RelayConfig::default()
     };
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -414,4 +415,20 @@ pub fn random16() -> [u8; 16] {
 /// 32 random bytes (a made-up token).
 pub fn random32() -> [u8; 32] {
     rand::random()
+}
+
+impl TestUser {
+    /// Create an account named `name` on the relay at `url` (a relay this
+    /// process does not run, such as a `tern-relay` child process).
+    pub async fn on(url: &RelayUrl, name: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let client = Client::init(&home.path().join("home"), url, name)
+            .await
+            .unwrap_or_else(|e| panic!("init {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            client,
+            home,
+        }
+    }
 }

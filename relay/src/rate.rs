@@ -1,0 +1,265 @@
+//! Rate limits, with governor's GCRA limiters rather than hand-rolled
+//! buckets: connection attempts (globally and per source address, with QUIC
+//! address validation demanded first when attempts spike), registrations
+//! per source address, sends per send token, and frames per connection.
+//! Every refusal is `RATE_LIMITED` with the time after which the same
+//! request would be allowed, which clients honour when backing off.
+
+use crate::config::RateConfig;
+use crate::store::TokenHash;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use tern_protocol::{ErrorCode, WireError};
+
+type Instant = <DefaultClock as governor::clock::Clock>::Instant;
+
+/// What to do with a new connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead with the handshake.
+    Accept,
+    /// Attempts are spiking: make the client prove its address first (a
+    /// QUIC Retry costs it one round trip and defeats spoofed floods).
+    Retry,
+    /// Over the limit: refuse; the client backs off and tries again.
+    Refuse,
+}
+
+fn quota(per_period: u32, burst: u32, per_minute: bool) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_period)?;
+    let q = if per_minute {
+        Quota::per_minute(rate)
+    } else {
+        Quota::per_second(rate)
+    };
+    Some(match NonZeroU32::new(burst) {
+        Some(b) => q.allow_burst(b),
+        None => q,
+    })
+}
+
+fn direct(q: Option<Quota>) -> Option<DefaultDirectRateLimiter> {
+    q.map(RateLimiter::direct)
+}
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(q: Option<Quota>) -> Option<DefaultKeyedRateLimiter<K>> {
+    q.map(RateLimiter::keyed)
+}
+
+fn limited(what: &str, until: &NotUntil<Instant>) -> WireError {
+    let wait = until.wait_time_from(DefaultClock::default().now());
+    WireError::new(
+        ErrorCode::RateLimited,
+        format!("too many {what}; slow down"),
+    )
+    .retry_after(wait.as_millis().max(1) as u64)
+}
+
+/// The relay's shared limiters. A rate of 0 in the config turns a limit off.
+pub struct Rates {
+    handshakes: Option<DefaultDirectRateLimiter>,
+    retry_above: Option<DefaultDirectRateLimiter>,
+    connections_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    registrations_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    sends_per_token: Option<DefaultKeyedRateLimiter<TokenHash>>,
+    frames_per_connection: Option<Quota>,
+}
+
+/// One connection's own limiter of frames and requests.
+pub struct ConnectionRate(Option<DefaultDirectRateLimiter>);
+
+impl ConnectionRate {
+    /// Count one frame or request; `Err` when over the limit.
+    pub fn check(&self) -> Result<(), WireError> {
+        match &self.0 {
+            Some(l) => l
+                .check()
+                .map_err(|u| limited("frames on this connection", &u)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Rates {
+    /// Limiters as configured.
+    pub fn new(c: &RateConfig) -> Self {
+        Self {
+            handshakes: direct(quota(c.handshakes_per_sec, c.handshakes_burst, false)),
+            retry_above: direct(quota(
+                c.retry_above_handshakes_per_sec,
+                c.retry_above_handshakes_per_sec,
+                false,
+            )),
+            connections_per_ip: keyed(quota(
+                c.connections_per_ip_per_sec,
+                c.connections_per_ip_burst,
+                false,
+            )),
+            registrations_per_ip: keyed(quota(
+                c.registrations_per_ip_per_min,
+                c.registrations_per_ip_burst,
+                true,
+            )),
+            sends_per_token: keyed(quota(
+                c.sends_per_token_per_sec,
+                c.sends_per_token_burst,
+                false,
+            )),
+            frames_per_connection: quota(
+                c.frames_per_connection_per_sec,
+                c.frames_per_connection_burst,
+                false,
+            ),
+        }
+    }
+
+    /// Decide on a connection attempt from `ip` (`validated`: the client
+    /// already proved its address with a Retry token).
+    pub fn admit(&self, ip: IpAddr, validated: bool) -> Admission {
+        let spiking = self
+            .retry_above
+            .as_ref()
+            .is_some_and(|l| l.check().is_err());
+        if spiking && !validated {
+            return Admission::Retry;
+        }
+        if self.handshakes.as_ref().is_some_and(|l| l.check().is_err()) {
+            return Admission::Refuse;
+        }
+        if self
+            .connections_per_ip
+            .as_ref()
+            .is_some_and(|l| l.check_key(&ip).is_err())
+        {
+            return Admission::Refuse;
+        }
+        Admission::Accept
+    }
+
+    /// Count a registration from `ip`.
+    pub fn registration(&self, ip: Option<IpAddr>) -> Result<(), WireError> {
+        match (&self.registrations_per_ip, ip) {
+            (Some(l), Some(ip)) => l
+                .check_key(&ip)
+                .map_err(|u| limited("registrations from this address", &u)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Count a send with the token whose hash is `token`.
+    pub fn send(&self, token: &TokenHash) -> Result<(), WireError> {
+        match &self.sends_per_token {
+            Some(l) => l
+                .check_key(token)
+                .map_err(|u| limited("sends with this token", &u)),
+            None => Ok(()),
+        }
+    }
+
+    /// A fresh limiter for one connection.
+    pub fn connection(&self) -> ConnectionRate {
+        ConnectionRate(direct(self.frames_per_connection))
+    }
+
+    /// Forget keys that are back to full allowance, so the keyed tables stay
+    /// as small as the set of recently active addresses and tokens.
+    pub fn forget_idle(&self) {
+        if let Some(l) = &self.connections_per_ip {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some(l) = &self.registrations_per_ip {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some(l) = &self.sends_per_token {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RateConfig {
+        RateConfig {
+            handshakes_per_sec: 1000,
+            handshakes_burst: 1000,
+            retry_above_handshakes_per_sec: 5,
+            connections_per_ip_per_sec: 1,
+            connections_per_ip_burst: 3,
+            registrations_per_ip_per_min: 1,
+            registrations_per_ip_burst: 2,
+            sends_per_token_per_sec: 1,
+            sends_per_token_burst: 4,
+            frames_per_connection_per_sec: 1,
+            frames_per_connection_burst: 10,
+        }
+    }
+
+    #[test]
+    fn per_address_connections_are_limited_per_address() {
+        let r = Rates::new(&config());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let got: Vec<_> = (0..4).map(|_| r.admit(a, true)).collect();
+        assert_eq!(got[..3], [Admission::Accept; 3]);
+        assert_eq!(got[3], Admission::Refuse);
+        assert_eq!(r.admit(b, true), Admission::Accept);
+    }
+
+    #[test]
+    fn a_spike_demands_address_validation_first() {
+        let r = Rates::new(&config());
+        let ips: Vec<IpAddr> = (0..20)
+            .map(|i| format!("10.0.1.{i}").parse().unwrap())
+            .collect();
+        let got: Vec<_> = ips.iter().map(|ip| r.admit(*ip, false)).collect();
+        assert!(got[..5].iter().all(|a| *a == Admission::Accept), "{got:?}");
+        assert!(got[5..].iter().all(|a| *a == Admission::Retry), "{got:?}");
+        // A client that came back with a Retry token is let through.
+        assert_eq!(r.admit(ips[19], true), Admission::Accept);
+    }
+
+    #[test]
+    fn refusals_are_typed_and_say_when_to_retry() {
+        let r = Rates::new(&config());
+        let token = [9u8; 32];
+        for _ in 0..4 {
+            r.send(&token).unwrap();
+        }
+        let e = r.send(&token).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert!(e.retry_after_ms > 0 && e.retry_after_ms <= 1000, "{e:?}");
+        r.send(&[8u8; 32]).unwrap();
+
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        r.registration(Some(ip)).unwrap();
+        r.registration(Some(ip)).unwrap();
+        assert_eq!(
+            r.registration(Some(ip)).unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+
+        let conn = r.connection();
+        for _ in 0..10 {
+            conn.check().unwrap();
+        }
+        assert_eq!(conn.check().unwrap_err().code, ErrorCode::RateLimited);
+    }
+
+    #[test]
+    fn zero_turns_a_limit_off() {
+        let r = Rates::new(&RateConfig::unlimited());
+        for _ in 0..10_000 {
+            r.send(&[1; 32]).unwrap();
+            assert_eq!(
+                r.admit("10.0.0.1".parse().unwrap(), false),
+                Admission::Accept
+            );
+        }
+    }
+}
