@@ -167,6 +167,15 @@ impl PairSession {
         );
         let pickle: SessionPickle =
             serde_json::from_slice(&json).map_err(|_| CryptoError::Pickle)?;
+        // A damaged or forged pickle can hold a low-order peer ratchet key
+        // that no live session would accept, on which encrypt would fail.
+        // Try an encryption on a throwaway copy, so such a pickle is refused
+        // here and encrypt stays infallible (found by fuzzing crypto_open).
+        let probe: SessionPickle =
+            serde_json::from_slice(&json).map_err(|_| CryptoError::Pickle)?;
+        if Session::from_pickle(probe).encrypt(b"").is_err() {
+            return Err(CryptoError::Pickle);
+        }
         Ok(Self::new(Session::from_pickle(pickle)))
     }
 }
@@ -194,6 +203,20 @@ pub(crate) fn pickle_json<T: serde::Serialize>(value: &T) -> Zeroizing<Vec<u8>> 
 
 #[cfg(test)]
 mod tests {
+
+    /// A pickle whose sending ratchet holds a low-order peer key (found by
+    /// the crypto_open fuzz target) is refused when loaded, instead of
+    /// loading and then panicking on the next encrypt.
+    #[test]
+    fn pickle_with_low_order_ratchet_key_is_refused() {
+        let json = include_bytes!("../tests/vectors/low_order_session_pickle.json");
+        let key = StoreKey::from_bytes([7; 32]);
+        let data = key.encrypt(PICKLE_AAD, json);
+        assert!(matches!(
+            PairSession::from_encrypted_pickle(&data, &key),
+            Err(CryptoError::Pickle)
+        ));
+    }
     use super::*;
 
     #[test]
