@@ -107,7 +107,11 @@ fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    // A relay that vanishes without a word is given up on after 12 s (the
+    // relay's own idle timeout is longer); keep-alives hold a quiet
+    // connection open well inside that.
+    transport.keep_alive_interval(Some(Duration::from_secs(4)));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(12)).ok());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     Ok(config)

@@ -7,6 +7,9 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Bytes reserved up front for a frame body; larger bodies grow as they arrive.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
 /// Why reading a frame from a stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadFrameError {
@@ -41,14 +44,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if size > max {
         return Err(FrameError::TooLarge { size, max }.into());
     }
-    let mut body = vec![0u8; size];
-    match reader.read_exact(&mut body).await {
-        Ok(_) => Ok(Some(Bytes::from(body))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(FrameError::Truncated.into())
-        }
-        Err(e) => Err(e.into()),
+    // Grow the buffer as bytes arrive rather than allocating what the
+    // prefix claims: a peer announcing a large frame and sending nothing
+    // costs nothing.
+    let mut body = Vec::with_capacity(size.min(INITIAL_BODY_CAPACITY));
+    let got = (&mut *reader)
+        .take(size as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if got < size {
+        return Err(FrameError::Truncated.into());
     }
+    Ok(Some(Bytes::from(body)))
 }
 
 /// Write `msg` as one frame.

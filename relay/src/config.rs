@@ -119,6 +119,11 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Most send tokens one mailbox may hold.
     pub max_tokens_per_mailbox: u64,
+    /// Below this much free space on the data directory's disk, new sends,
+    /// registrations and tokens are refused (STORAGE_UNAVAILABLE) while
+    /// deliveries and acks go on; they resume by themselves when space
+    /// returns. The reserve keeps the database from ever meeting a full disk.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -147,6 +152,7 @@ impl Default for Limits {
             max_concurrent_streams: 16,
             idle_timeout_secs: 60,
             max_tokens_per_mailbox: 10_000,
+            min_free_disk_bytes: 128 << 20,
         }
     }
 }

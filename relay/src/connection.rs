@@ -74,6 +74,10 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
                 return;
             }
         };
+        // Opening a stream counts against the connection's rate; over it,
+        // the connection waits before it gets another.
+        let limited = state.rate.check().err();
+        throttle(limited.as_ref()).await;
         let (shared, state) = (Arc::clone(&shared), Arc::clone(&state));
         let span = tracing::debug_span!("stream", id = %send.id());
         tokio::spawn(
@@ -111,6 +115,15 @@ async fn stream<S: MailboxStore, C: Clock>(
     }
 }
 
+/// Over its rate, a connection's reading pauses until it is allowed again
+/// (at most a second), so QUIC flow control pushes back on the peer.
+async fn throttle(limited: Option<&WireError>) {
+    if let Some(e) = limited {
+        let pause = Duration::from_millis(e.retry_after_ms.clamp(1, 1_000));
+        tokio::time::sleep(pause).await;
+    }
+}
+
 fn error_frame(e: WireError) -> pb::RelayFrame {
     pb::RelayFrame {
         frame: Some(Out::Error(e.into())),
@@ -139,16 +152,20 @@ async fn control<S: MailboxStore, C: Clock>(
 ) {
     use pb::control_response::Response;
     let max = shared.core.limits().max_frame_bytes;
-    let read = read_frame(&mut recv, max).await;
-    if matches!(read, Ok(Some(_))) {
-        if let Err(e) = state.rate.check() {
-            let response = pb::ControlResponse {
-                response: Some(Response::Error(e.into())),
-            };
-            let _ = write_frame(&mut send, &response).await;
-            let _ = send.finish();
-            return;
-        }
+    // The request must arrive whole within the header timeout, so a stream
+    // that announces a frame and trickles it cannot pin a buffer forever.
+    let Ok(read) = tokio::time::timeout(STREAM_HEADER_TIMEOUT, read_frame(&mut recv, max)).await
+    else {
+        let _ = send.reset(1u32.into());
+        return;
+    };
+    if let Err(e) = state.rate.check() {
+        let response = pb::ControlResponse {
+            response: Some(Response::Error(e.into())),
+        };
+        let _ = write_frame(&mut send, &response).await;
+        let _ = send.finish();
+        return;
     }
     let response = match read {
         Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
@@ -273,23 +290,32 @@ async fn messages<S: MailboxStore, C: Clock>(
                 break;
             }
         };
+        // Every frame counts against the connection's rate, garbage too.
+        let limited = state.rate.check().err();
         let frame = match decode_message::<pb::ClientFrame>(&body) {
             Ok(pb::ClientFrame { frame: Some(f) }) => f,
             Ok(pb::ClientFrame { frame: None }) => {
                 let e = WireError::new(ErrorCode::Unsupported, "unknown or empty frame");
-                let _ = out_tx.send(error_frame(e)).await;
+                // A peer that does not read its errors gets no more reads.
+                if out_tx.send(error_frame(e)).await.is_err() {
+                    break;
+                }
+                throttle(limited.as_ref()).await;
                 continue;
             }
             Err(e) => {
                 let e = WireError::new(ErrorCode::Malformed, e.to_string());
-                let _ = out_tx.send(error_frame(e)).await;
+                if out_tx.send(error_frame(e)).await.is_err() {
+                    break;
+                }
+                throttle(limited.as_ref()).await;
                 continue;
             }
         };
-        if let Err(e) = state.rate.check() {
+        if let Some(e) = limited {
             let frame = match &frame {
-                In::Send(s) => send_result(s.request_id, Err(e)),
-                _ => error_frame(e),
+                In::Send(s) => send_result(s.request_id, Err(e.clone())),
+                _ => error_frame(e.clone()),
             };
             let reply = PendingReply {
                 durable: None,
@@ -299,6 +325,7 @@ async fn messages<S: MailboxStore, C: Clock>(
             if reply_tx.send(reply).await.is_err() {
                 break;
             }
+            throttle(Some(&e)).await;
             continue;
         }
         match frame {

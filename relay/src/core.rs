@@ -13,6 +13,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
@@ -68,6 +69,7 @@ pub struct RelayCore<S, C> {
     clock: C,
     limits: Limits,
     rates: Rates,
+    disk_low: AtomicBool,
 }
 
 fn store_error(e: StoreError) -> WireError {
@@ -113,6 +115,25 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             clock,
             limits,
             rates,
+            disk_low: AtomicBool::new(false),
+        }
+    }
+
+    /// Tell the core whether the disk is nearly full. While it is, requests
+    /// that store something new are refused; deliveries and acks go on.
+    pub fn set_disk_low(&self, low: bool) {
+        self.disk_low.store(low, Ordering::Relaxed);
+    }
+
+    fn check_disk(&self) -> Result<(), WireError> {
+        if self.disk_low.load(Ordering::Relaxed) {
+            Err(WireError::new(
+                ErrorCode::StorageUnavailable,
+                "the relay's disk is nearly full",
+            )
+            .retry_after(5_000))
+        } else {
+            Ok(())
         }
     }
 
@@ -161,6 +182,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 
     fn register(&self, conn: &ConnAuth, r: &pb::Register) -> Result<pb::Registered, WireError> {
         let key: [u8; 32] = fixed(&r.auth_key, "auth_key")?;
+        self.check_disk()?;
         self.rates.registration(conn.remote)?;
         VerifyingKey::from_bytes(&key)
             .map_err(|_| WireError::new(ErrorCode::Malformed, "auth_key is not an Ed25519 key"))?;
@@ -235,6 +257,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 
     fn create_token(&self, conn: &ConnAuth) -> Result<pb::TokenCreated, WireError> {
         let mailbox = self.owner(conn)?;
+        self.check_disk()?;
         let mut token = [0u8; TOKEN_LEN];
         rand::thread_rng().fill_bytes(&mut token);
         self.store
@@ -304,6 +327,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         if s.ephemeral {
             return Ok(Accepted::Ephemeral { mailbox });
         }
+        self.check_disk()?;
         let now = self.clock.now_ms();
         let env = NewEnvelope {
             message_id,

@@ -111,11 +111,20 @@ impl RunningRelay {
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport(&config)));
+        let reset_key = crate::tls::load_or_create_reset_key(dir)?;
+        let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        let bind = |source| StartError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind(std::io::Error::other("no async runtime for the endpoint")))?;
         let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+            quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind)?;
         let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -131,6 +140,12 @@ impl RunningRelay {
         };
 
         let (stop, stop_rx) = watch::channel(false);
+        let disk = tokio::spawn(disk_watch(
+            Arc::clone(&shared),
+            dir.clone(),
+            config.limits.min_free_disk_bytes,
+            stop_rx.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::clone(&shared),
@@ -148,7 +163,7 @@ impl RunningRelay {
             shared,
             endpoint,
             stop,
-            tasks: vec![accept, sweeper],
+            tasks: vec![accept, sweeper, disk],
         })
     }
 
@@ -225,6 +240,43 @@ async fn accept_loop(
                 Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),
             }
         });
+    }
+}
+
+/// Watch the free space of the data directory's disk once a second and
+/// tell the core when it drops below the reserve, and when it returns.
+async fn disk_watch(
+    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    dir: std::path::PathBuf,
+    min_free: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut low = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let d = dir.clone();
+        let free = match tokio::task::spawn_blocking(move || fs2::available_space(&d)).await {
+            Ok(Ok(free)) => free,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read free disk space: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now_low = free < min_free;
+        if now_low != low {
+            if now_low {
+                tracing::warn!(free, min_free, "disk nearly full: refusing new sends");
+            } else {
+                info!(free, "disk space is back: accepting sends");
+            }
+            low = now_low;
+            shared.core.set_disk_low(low);
+        }
     }
 }
 

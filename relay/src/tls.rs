@@ -9,6 +9,28 @@ use std::sync::Arc;
 
 const CERT_FILE: &str = "cert.der";
 const KEY_FILE: &str = "key.der";
+const RESET_KEY_FILE: &str = "reset.key";
+
+/// The secret behind QUIC stateless resets, kept across restarts: a relay
+/// that restarts on the same address can then tell clients at once that
+/// their old connections are gone, instead of leaving them to wait for an
+/// idle timeout.
+pub fn load_or_create_reset_key(dir: &Path) -> Result<[u8; 32], TlsError> {
+    let path = dir.join(RESET_KEY_FILE);
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let key: [u8; 32] = rand::random();
+    write_atomically(&path, &key, true).map_err(io)?;
+    Ok(key)
+}
 
 /// Why the relay's TLS identity could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
