@@ -124,6 +124,10 @@ pub struct Limits {
     /// deliveries and acks go on; they resume by themselves when space
     /// returns. The reserve keeps the database from ever meeting a full disk.
     pub min_free_disk_bytes: u64,
+    /// Most connections open at once from one IP address (0: no limit);
+    /// each idle connection holds some memory, so this bounds what one
+    /// address can make the relay hold.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for RelayConfig {
@@ -153,6 +157,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             max_tokens_per_mailbox: 10_000,
             min_free_disk_bytes: 128 << 20,
+            max_connections_per_ip: 1_000,
         }
     }
 }

@@ -7,7 +7,7 @@
 use crate::clock::Clock;
 use crate::core::{Accepted, ConnAuth, RelayCore};
 use crate::hub::Hub;
-use crate::rate::ConnectionRate;
+use crate::rate::{ConnectionRate, ConnectionSlots};
 use crate::store::{Durable, MailboxId, MailboxStore};
 use quinn::{RecvStream, SendStream};
 use std::collections::BTreeSet;
@@ -49,6 +49,8 @@ pub struct Shared<S, C> {
     pub core: RelayCore<S, C>,
     /// Subscriptions.
     pub hub: Arc<Hub>,
+    /// Connections open per address.
+    pub slots: ConnectionSlots,
 }
 
 /// Drive one connection until it closes.

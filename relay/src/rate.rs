@@ -67,6 +67,52 @@ pub struct Rates {
     frames_per_connection: Option<Quota>,
 }
 
+/// Connections open at once per IP address.
+pub struct ConnectionSlots {
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    max: u32,
+}
+
+/// One open connection's place; frees it when dropped.
+pub struct Slot<'a> {
+    slots: &'a ConnectionSlots,
+    ip: IpAddr,
+}
+
+impl ConnectionSlots {
+    /// At most `max` connections per address (0: no limit).
+    pub fn new(max: u32) -> Self {
+        Self {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    /// Take a place for a connection from `ip`, if one is free.
+    pub fn acquire(&self, ip: IpAddr) -> Option<Slot<'_>> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if self.max != 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { slots: self, ip })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 /// One connection's own limiter of frames and requests.
 pub struct ConnectionRate(Option<DefaultDirectRateLimiter>);
 
@@ -249,6 +295,18 @@ mod tests {
             conn.check().unwrap();
         }
         assert_eq!(conn.check().unwrap_err().code, ErrorCode::RateLimited);
+    }
+
+    #[test]
+    fn connection_slots_are_freed_when_dropped() {
+        let slots = ConnectionSlots::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = slots.acquire(ip).unwrap();
+        let _b = slots.acquire(ip).unwrap();
+        assert!(slots.acquire(ip).is_none());
+        assert!(slots.acquire("10.0.0.2".parse().unwrap()).is_some());
+        drop(a);
+        assert!(slots.acquire(ip).is_some());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::config::RelayConfig;
 use crate::connection::{self, Shared};
 use crate::core::RelayCore;
 use crate::hub::Hub;
-use crate::rate::{Admission, Rates};
+use crate::rate::{Admission, ConnectionSlots, Rates};
 use crate::store::{SledStore, StoreError, Swept};
 use crate::tls::{TlsError, TlsIdentity};
 use std::net::SocketAddr;
@@ -105,6 +105,7 @@ impl RunningRelay {
         let shared = Arc::new(Shared {
             core,
             hub: Arc::new(Hub::default()),
+            slots: ConnectionSlots::new(config.limits.max_connections_per_ip),
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -232,6 +233,12 @@ async fn accept_loop(
         }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
+            let slots = Arc::clone(&shared);
+            let Some(_slot) = slots.slots.acquire(remote.ip()) else {
+                tracing::debug!(%remote, "too many connections from this address");
+                incoming.refuse();
+                return;
+            };
             match incoming.await {
                 Ok(conn) => {
                     let span = tracing::info_span!("conn", id = conn.stable_id(), %remote);

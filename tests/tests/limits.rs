@@ -173,3 +173,45 @@ async fn a_spike_of_attempts_is_served_after_address_validation() {
     }
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("relay"),
+        limits: tern_relay::Limits {
+            max_connections_per_ip: 2,
+            ..tern_relay::Limits::default()
+        },
+        ..RelayConfig::default()
+    };
+    let relay = RunningRelay::start(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut dialer = Dialer::default();
+        let link = dialer.connect(&relay.url).await.unwrap();
+        held.push((dialer, link));
+    }
+    let mut dialer = Dialer::default();
+    assert!(
+        dialer.connect(&relay.url).await.is_err(),
+        "a third connection was admitted"
+    );
+    // Closing one frees its place.
+    let (closing_dialer, closing) = held.remove(0);
+    closing.close();
+    closing_dialer.wait_idle(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut dialer = Dialer::default();
+        if dialer.connect(&relay.url).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed place never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.shutdown().await;
+}
