@@ -6,119 +6,12 @@
 //! workspace in the same directory); `cargo test --workspace` builds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ok, tern, Relay};
+
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn relay_binary() -> PathBuf {
-    let tern = Path::new(env!("CARGO_BIN_EXE_tern"));
-    let relay = tern
-        .parent()
-        .unwrap()
-        .join(format!("tern-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        relay.exists(),
-        "{} is missing: build it first (cargo build -p tern-relay, or cargo test --workspace)",
-        relay.display()
-    );
-    relay
-}
-
-/// A `tern-relay run` process; killed when dropped, so a failing test does
-/// not leave it behind.
-struct Relay {
-    child: Child,
-    url: String,
-}
-
-impl Relay {
-    fn start(data: &Path, listen: &str) -> Self {
-        let mut child = Command::new(relay_binary())
-            .args(["run", "--listen", listen, "--data"])
-            .arg(data)
-            .env_remove("TERN_RELAY_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("relay url: ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let mut relay = Self {
-            child,
-            url: String::new(),
-        };
-        relay.url = rx.recv_timeout(DEADLINE).expect("the relay printed no URL");
-        relay
-    }
-
-    fn port(&self) -> u16 {
-        let (_, rest) = self.url.rsplit_once(':').unwrap();
-        rest.split_once('?').unwrap().0.parse().unwrap()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Run `tern --home HOME ARGS...` to completion within [`DEADLINE`].
-fn tern(home: &Path, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("TERN_HOME")
-        .env_remove("TERN_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("tern {args:?} did not finish");
-        }
-    }
-}
-
-/// Run `tern`, insist it succeeded, return its stdout.
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = tern(home, args);
-    assert!(
-        out.status.success(),
-        "tern {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use std::path::Path;
 
 /// Run `tern ... recv --json` and parse its lines.
 fn recv_json(home: &Path) -> Vec<Value> {

@@ -7,16 +7,17 @@
 //! workspace in the same directory); `cargo test --workspace` builds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ok, tern, tern_cmd, Relay};
+
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// `tern send` processes killed at random.
 const SENDS: usize = 30;
 /// Texts sent before the `recv` processes are killed.
@@ -63,107 +64,6 @@ fn timed(home: &Path, args: &[&str]) -> (Duration, String) {
     let start = Instant::now();
     let out = ok(home, args);
     (start.elapsed().min(Duration::from_secs(3)), out)
-}
-
-fn relay_binary() -> PathBuf {
-    let tern = Path::new(env!("CARGO_BIN_EXE_tern"));
-    let relay = tern
-        .parent()
-        .unwrap()
-        .join(format!("tern-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        relay.exists(),
-        "{} is missing: build it first (cargo build -p tern-relay, or cargo test --workspace)",
-        relay.display()
-    );
-    relay
-}
-
-/// A `tern-relay run` process; killed when dropped, so a failing test does
-/// not leave it behind.
-struct Relay {
-    child: Child,
-    url: String,
-}
-
-impl Relay {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(relay_binary())
-            .args(["run", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env_remove("TERN_RELAY_CONFIG")
-            .env_remove("TERN_RELAY_LISTEN")
-            .env_remove("TERN_RELAY_DATA")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("relay url: ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let mut relay = Self {
-            child,
-            url: String::new(),
-        };
-        relay.url = rx.recv_timeout(DEADLINE).expect("the relay printed no URL");
-        relay
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tern_cmd(home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("TERN_HOME")
-        .env_remove("TERN_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Run `tern --home HOME ARGS...` to completion within [`DEADLINE`].
-fn tern(home: &Path, args: &[&str]) -> Output {
-    let child = tern_cmd(home, args).spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("tern {args:?} did not finish");
-        }
-    }
-}
-
-/// Run `tern`, insist it succeeded, return its stdout.
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = tern(home, args);
-    assert!(
-        out.status.success(),
-        "tern {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// How a `tern` run that was killed at a random moment ended.
@@ -285,7 +185,7 @@ fn befriended(dir: &Path, relay: &Relay) -> (PathBuf, PathBuf) {
 fn a_killed_send_loses_nothing_it_reported_and_stores_nothing_twice() {
     let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"));
+    let relay = Relay::start(&dir.path().join("relay"), "127.0.0.1:0");
     let (a, b) = befriended(dir.path(), &relay);
     let mut delays = Delays::new("crash-send");
 
@@ -394,7 +294,7 @@ fn a_killed_send_loses_nothing_it_reported_and_stores_nothing_twice() {
 fn a_killed_recv_shows_nothing_twice_and_loses_nothing() {
     let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"));
+    let relay = Relay::start(&dir.path().join("relay"), "127.0.0.1:0");
     let (a, b) = befriended(dir.path(), &relay);
     let mut delays = Delays::new("crash-recv");
 
