@@ -314,20 +314,19 @@ async fn messages<S: MailboxStore, C: Clock>(
                 continue;
             }
         };
-        if let Some(e) = limited {
-            let frame = match &frame {
-                In::Send(s) => send_result(s.request_id, Err(e.clone())),
-                _ => error_frame(e.clone()),
-            };
+        // Over the rate, a send is refused (its sender retries later); acks
+        // and subscriptions are still applied, since dropping an ack would
+        // only shrink the window and redeliver. Either way reading pauses.
+        if let (Some(e), In::Send(send)) = (&limited, &frame) {
             let reply = PendingReply {
                 durable: None,
-                frame,
+                frame: send_result(send.request_id, Err(e.clone())),
                 wake: None,
             };
             if reply_tx.send(reply).await.is_err() {
                 break;
             }
-            throttle(Some(&e)).await;
+            throttle(limited.as_ref()).await;
             continue;
         }
         match frame {
@@ -390,6 +389,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                 pusher = Some(tokio::spawn(task.instrument(span)));
             }
         }
+        throttle(limited.as_ref()).await;
     }
     if let Some(p) = pusher {
         p.abort();
