@@ -1,0 +1,381 @@
+//! `tern-bench`: the load generator and benchmark suite for the Tern relay.
+//! It drives a real relay over real QUIC on 127.0.0.1 with opaque payloads
+//! (the relay never decrypts, so this measures the relay), prints a table
+//! per workload and can write the figures as JSON.
+//!
+//! Every run starts a fresh relay with its data in a new temporary
+//! directory; every loop is bounded by a count and by a timeout.
+
+mod drain;
+mod idle;
+mod pairs;
+mod proc;
+mod progress;
+mod relay;
+mod report;
+mod traffic;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+use relay::{BenchRelay, RELAY_THREAD};
+use report::Report;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// Load generator and benchmarks for the Tern relay (loopback only).
+#[derive(Parser, Debug)]
+#[command(name = "tern-bench", version)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Runs of each setting (a median row is printed when more than one).
+    #[arg(long, global = true, default_value_t = 1)]
+    runs: usize,
+    /// Directory under which each run's relay data directory is made
+    /// (default: the system temp dir). Durable acks mean fsync, so the
+    /// filesystem matters.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Run the relay as a child process, so its CPU and RSS are its own.
+    #[arg(long, global = true)]
+    spawn_relay: bool,
+    /// Worker threads of the in-process relay's runtime.
+    #[arg(long, global = true, default_value_t = 2)]
+    relay_threads: usize,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, global = true, default_value_t = 2)]
+    client_threads: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Workload {
+    /// Online 1:1: K sender/receiver pairs sending as fast as their
+    /// windows allow; delivered msgs/s and end-to-end latency.
+    Online(OnlineArgs),
+    /// A fixed offered rate across pairs (paced sends); latency under load.
+    Rate(RateArgs),
+    /// Queue N envelopes for one offline device, then drain them.
+    Drain(DrainArgs),
+    /// N connected, authenticated, idle devices; RSS per connection.
+    Idle(IdleArgs),
+    /// Run a relay with the bench configuration (used by --spawn-relay).
+    #[command(hide = true)]
+    Serve {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct OnlineArgs {
+    /// Sender/receiver pairs; a list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    pairs: Vec<usize>,
+    /// Messages in total per run, split evenly across pairs.
+    #[arg(long, default_value_t = 50_000)]
+    messages: u64,
+    /// Payload bytes (at least 16: send time and index).
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Sends in flight per sender.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Push window each receiver subscribes with.
+    #[arg(long, default_value_t = 256)]
+    push_window: u32,
+    /// Receivers acknowledge after this many envelopes.
+    #[arg(long, default_value_t = 64)]
+    ack_batch: usize,
+    /// Bound on each run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RateArgs {
+    /// Offered rate across all pairs, messages per second.
+    #[arg(long, default_value_t = 5_000.0)]
+    rate: f64,
+    /// How long to offer it, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Sender/receiver pairs sharing the rate.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Most sends in flight per sender (a full window delays sends, and the
+    /// delay counts in latency).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Push window each receiver subscribes with.
+    #[arg(long, default_value_t = 256)]
+    push_window: u32,
+    /// Receivers acknowledge after this many envelopes.
+    #[arg(long, default_value_t = 32)]
+    ack_batch: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DrainArgs {
+    /// Envelopes queued for the offline device.
+    #[arg(long, default_value_t = 100_000)]
+    envelopes: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Sends in flight while storing.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Push window the device subscribes with (the relay caps it).
+    #[arg(long, default_value_t = 1024)]
+    push_window: u32,
+    /// Acknowledge after this many envelopes.
+    #[arg(long, default_value_t = 256)]
+    ack_batch: usize,
+    /// Bound on each phase, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct IdleArgs {
+    /// Connections to hold open; a list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize])]
+    connections: Vec<usize>,
+    /// Connections per client UDP socket.
+    #[arg(long, default_value_t = 256)]
+    per_endpoint: usize,
+    /// Connection setups in progress at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds to let things settle before measuring (and again to measure
+    /// the CPU quiet connections cost).
+    #[arg(long, default_value_t = 3)]
+    hold: u64,
+    /// Bound on opening them all, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("building the {name} runtime"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let relay_rt = runtime(cli.global.relay_threads, RELAY_THREAD)?;
+    if let Workload::Serve { data_dir } = &cli.workload {
+        return relay_rt.block_on(relay::serve(data_dir));
+    }
+    let client_rt = runtime(cli.global.client_threads, "bench-client")?;
+    let handle = relay_rt.handle().clone();
+    let result = client_rt.block_on(run(cli, handle));
+    // Runtimes are dropped here, outside any async context.
+    drop(client_rt);
+    drop(relay_rt);
+    result
+}
+
+async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
+    let g = cli.global.clone();
+    let runs = g.runs.max(1);
+    let start_relay = || BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay);
+    let mut report = match &cli.workload {
+        Workload::Online(a) => {
+            let mut report = Report {
+                workload: "online".into(),
+                params: json!({
+                    "pairs": a.pairs, "messages": a.messages, "size": a.size,
+                    "window": a.window, "push_window": a.push_window,
+                    "ack_batch": a.ack_batch, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "K pairs, {} messages in total of {} bytes, opaque payloads, {} sends in flight per sender, \
+                     push window {}, acks every {}; durable acks (relay default)",
+                    a.messages, a.size, a.window, a.push_window, a.ack_batch
+                )],
+                rows: Vec::new(),
+            };
+            for &k in &a.pairs {
+                let k = k.max(1);
+                for _ in 0..runs {
+                    let relay = start_relay().await?;
+                    set_note(&mut report, relay.describe());
+                    let plan = pairs::PairsPlan {
+                        pairs: k,
+                        per_pair: (a.messages / k as u64).max(1),
+                        size: a.size,
+                        window: a.window,
+                        push_window: a.push_window,
+                        ack_batch: a.ack_batch,
+                        rate: None,
+                        timeout: Duration::from_secs(a.timeout),
+                    };
+                    let row = pairs::run(&relay, plan, format!("K={k}")).await;
+                    relay.shutdown().await;
+                    report.rows.push(row?);
+                }
+            }
+            report
+        }
+        Workload::Rate(a) => {
+            let total = (a.rate * a.seconds as f64).round() as u64;
+            let k = a.pairs.max(1);
+            let mut report = Report {
+                workload: "rate".into(),
+                params: json!({
+                    "rate": a.rate, "seconds": a.seconds, "pairs": k, "size": a.size,
+                    "window": a.window, "push_window": a.push_window,
+                    "ack_batch": a.ack_batch, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "{:.0} msgs/s offered for {} s across {k} pairs (paced; latency from each message's due time, \
+                     so sender queueing counts), {} bytes, durable acks",
+                    a.rate, a.seconds, a.size
+                )],
+                rows: Vec::new(),
+            };
+            for _ in 0..runs {
+                let relay = start_relay().await?;
+                set_note(&mut report, relay.describe());
+                let plan = pairs::PairsPlan {
+                    pairs: k,
+                    per_pair: (total / k as u64).max(1),
+                    size: a.size,
+                    window: a.window,
+                    push_window: a.push_window,
+                    ack_batch: a.ack_batch,
+                    rate: Some(a.rate),
+                    timeout: Duration::from_secs(a.seconds * 3 + 30),
+                };
+                let row = pairs::run(&relay, plan, format!("{:.0}/s", a.rate)).await;
+                relay.shutdown().await;
+                report.rows.push(row?);
+            }
+            report
+        }
+        Workload::Drain(a) => {
+            let mut report = Report {
+                workload: "drain".into(),
+                params: json!({
+                    "envelopes": a.envelopes, "size": a.size, "window": a.window,
+                    "push_window": a.push_window, "ack_batch": a.ack_batch, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "{} envelopes of {} bytes stored for one offline device ({} sends in flight), then it connects, \
+                     subscribes (window {}) and acks every {}; drain secs = connect to last envelope in hand",
+                    a.envelopes, a.size, a.window, a.push_window, a.ack_batch
+                )],
+                rows: Vec::new(),
+            };
+            for _ in 0..runs {
+                let relay = start_relay().await?;
+                set_note(&mut report, relay.describe());
+                let plan = drain::DrainPlan {
+                    envelopes: a.envelopes,
+                    size: a.size,
+                    window: a.window,
+                    push_window: a.push_window,
+                    ack_batch: a.ack_batch,
+                    timeout: Duration::from_secs(a.timeout),
+                };
+                let row = drain::run(&relay, plan, format!("N={}", a.envelopes)).await;
+                relay.shutdown().await;
+                report.rows.push(row?);
+            }
+            report
+        }
+        Workload::Idle(a) => {
+            let mut report = Report {
+                workload: "idle".into(),
+                params: json!({
+                    "connections": a.connections, "per_endpoint": a.per_endpoint,
+                    "concurrency": a.concurrency, "hold": a.hold, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "each device: own QUIC connection, registered + authenticated, then idle \
+                     (client keep-alive 4 s); {} connections per client UDP socket",
+                    a.per_endpoint
+                )],
+                rows: Vec::new(),
+            };
+            for &n in &a.connections {
+                for _ in 0..runs {
+                    let relay = start_relay().await?;
+                    set_note(&mut report, relay.describe());
+                    if !g.spawn_relay {
+                        set_note(
+                            &mut report,
+                            "KiB/conn counts both ends of each connection (client state too); \
+                             use --spawn-relay for the relay alone",
+                        );
+                    }
+                    let plan = idle::IdlePlan {
+                        connections: n.max(1),
+                        per_endpoint: a.per_endpoint,
+                        concurrency: a.concurrency,
+                        hold: Duration::from_secs(a.hold),
+                        timeout: Duration::from_secs(a.timeout),
+                    };
+                    let row = idle::run(&relay, plan, format!("N={n}")).await;
+                    relay.shutdown().await;
+                    report.rows.push(row?);
+                }
+            }
+            report
+        }
+        Workload::Serve { .. } => return Err(anyhow!("serve runs without a load generator")),
+    };
+    report.notes.dedup();
+    report.print();
+    if let Some(path) = &g.json {
+        report::write_json(path, std::slice::from_ref(&report), machine())?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Add a note once.
+fn set_note(report: &mut Report, note: &str) {
+    if !report.notes.iter().any(|n| n == note) {
+        report.notes.push(note.to_string());
+    }
+}
+
+/// What the figures were measured on.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .ok();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu_model": model,
+        "kernel": kernel,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}

@@ -1,0 +1,183 @@
+//! The relay under test. By default it runs in-process on a tokio runtime
+//! of its own (threads named `tern-relay`), so its CPU time can be told
+//! apart from the load generator's by reading each thread's counters in
+//! `/proc/self/task`; RSS is then the whole process's. With
+//! `--spawn-relay` it is a child process (`tern-bench serve`), and CPU and
+//! RSS are the relay's alone.
+
+use crate::proc::{self, Sample};
+use anyhow::{anyhow, bail, Context};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_protocol::url::RelayUrl;
+use tern_relay::{Limits, RateConfig, RelayConfig, RunningRelay, SystemClock};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::runtime::Handle;
+
+/// Thread-name prefix of the relay's runtime.
+pub const RELAY_THREAD: &str = "tern-relay";
+
+/// The relay configuration every workload uses: loopback, rate limits off
+/// (every load-generator connection shares one address), no per-address
+/// connection cap. Durable acks are how the relay always works; nothing
+/// here turns them off.
+pub fn bench_config(data_dir: &Path) -> anyhow::Result<RelayConfig> {
+    Ok(RelayConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.to_path_buf(),
+        rates: RateConfig::unlimited(),
+        limits: Limits {
+            max_connections_per_ip: 0,
+            ..Limits::default()
+        },
+        ..RelayConfig::default()
+    })
+}
+
+enum Running {
+    InProcess {
+        relay: RunningRelay,
+        runtime: Handle,
+    },
+    Child(tokio::process::Child),
+}
+
+/// A relay started for one run, with its data in a temporary directory.
+pub struct BenchRelay {
+    running: Option<Running>,
+    /// Where clients reach it.
+    pub url: RelayUrl,
+    _dir: tempfile::TempDir,
+}
+
+fn temp_dir(data_parent: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    match data_parent {
+        Some(p) => tempfile::tempdir_in(p),
+        None => tempfile::tempdir(),
+    }
+    .context("creating the relay's data directory")
+}
+
+impl BenchRelay {
+    /// Start a relay on `runtime` (in-process) or as a child process.
+    pub async fn start(
+        runtime: &Handle,
+        data_parent: Option<&Path>,
+        spawn: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = temp_dir(data_parent)?;
+        if spawn {
+            return Self::spawn(dir).await;
+        }
+        let config = bench_config(dir.path())?;
+        let relay = runtime
+            .spawn(RunningRelay::start(config, Arc::new(SystemClock)))
+            .await
+            .map_err(|e| anyhow!("relay start task failed: {e}"))?
+            .context("starting the relay")?;
+        Ok(Self {
+            url: relay.url.clone(),
+            running: Some(Running::InProcess {
+                relay,
+                runtime: runtime.clone(),
+            }),
+            _dir: dir,
+        })
+    }
+
+    async fn spawn(dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding tern-bench itself")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the relay process")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("relay process has no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("relay process did not start in 30 s")??
+            .ok_or_else(|| anyhow!("relay process exited before printing its URL"))?;
+        let url: RelayUrl = line
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("relay process printed {line:?}: {e}"))?;
+        Ok(Self {
+            url,
+            running: Some(Running::Child(child)),
+            _dir: dir,
+        })
+    }
+
+    /// CPU and memory of the relay: its threads' CPU and the whole
+    /// process's RSS in-process; the child's own figures when spawned.
+    pub fn sample(&self) -> Sample {
+        match &self.running {
+            Some(Running::Child(c)) => match c.id() {
+                Some(pid) => proc::sample_pid(pid),
+                None => Sample::default(),
+            },
+            _ => proc::sample(),
+        }
+    }
+
+    /// How the figures are taken, for the notes above a table.
+    pub fn describe(&self) -> &'static str {
+        match &self.running {
+            Some(Running::Child(_)) => {
+                "relay in a child process: relay CPU and RSS are the relay's alone"
+            }
+            _ => {
+                "relay in-process: relay CPU = its runtime's and sled's threads; \
+                 RSS = whole process (relay + load generator)"
+            }
+        }
+    }
+
+    /// Stop the relay and wait for it to close its connections.
+    pub async fn shutdown(mut self) {
+        match self.running.take() {
+            Some(Running::InProcess { relay, runtime }) => {
+                let _ = runtime.spawn(relay.shutdown()).await;
+            }
+            Some(Running::Child(mut child)) => {
+                // Closing its stdin asks it to stop.
+                drop(child.stdin.take());
+                if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// `tern-bench serve`: run a relay with the bench configuration, print its
+/// URL on one line, and stop when stdin closes.
+pub async fn serve(data_dir: &Path) -> anyhow::Result<()> {
+    let relay = RunningRelay::start(bench_config(data_dir)?, Arc::new(SystemClock))
+        .await
+        .context("starting the relay")?;
+    println!("{}", relay.url);
+    let eof = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+    });
+    if let Err(e) = eof.await {
+        bail!("waiting for stdin: {e}");
+    }
+    relay.shutdown().await;
+    Ok(())
+}
