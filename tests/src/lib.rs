@@ -163,8 +163,14 @@ pub struct TestUser {
 impl TestUser {
     /// Create an account named `name` with `relay` as home relay.
     pub async fn new(relay: &TestRelay, name: &str) -> Self {
+        Self::on(relay.url(), name).await
+    }
+
+    /// Create an account named `name` on the relay at `url` (also a relay
+    /// this process does not run, such as a `tern-relay` child process).
+    pub async fn on(url: &RelayUrl, name: &str) -> Self {
         let home = tempfile::tempdir().unwrap();
-        let client = Client::init(&home.path().join("home"), relay.url(), name)
+        let client = Client::init(&home.path().join("home"), url, name)
             .await
             .unwrap_or_else(|e| panic!("init {name}: {e}"));
         Self {
@@ -415,20 +421,4 @@ pub fn random16() -> [u8; 16] {
 /// 32 random bytes (a made-up token).
 pub fn random32() -> [u8; 32] {
     rand::random()
-}
-
-impl TestUser {
-    /// Create an account named `name` on the relay at `url` (a relay this
-    /// process does not run, such as a `tern-relay` child process).
-    pub async fn on(url: &RelayUrl, name: &str) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let client = Client::init(&home.path().join("home"), url, name)
-            .await
-            .unwrap_or_else(|e| panic!("init {name}: {e}"));
-        Self {
-            name: name.to_string(),
-            client,
-            home,
-        }
-    }
 }
