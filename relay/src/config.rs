@@ -107,8 +107,6 @@ pub struct Limits {
     pub mailbox_max_bytes: u64,
     /// How long an unacknowledged envelope is kept, in seconds.
     pub envelope_ttl_secs: u64,
-    /// How long a message id is remembered to make retried sends no-ops.
-    pub dedup_window_secs: u64,
     /// How often the sweeper deletes expired envelopes, in seconds.
     pub sweep_interval_secs: u64,
     /// Most envelopes pushed to a device and not yet acknowledged.
@@ -150,7 +148,6 @@ impl Default for Limits {
             mailbox_max_envelopes: limits::DEFAULT_MAILBOX_MAX_ENVELOPES,
             mailbox_max_bytes: limits::DEFAULT_MAILBOX_MAX_BYTES,
             envelope_ttl_secs: limits::DEFAULT_ENVELOPE_TTL_SECS,
-            dedup_window_secs: 7 * 24 * 60 * 60,
             sweep_interval_secs: 60,
             push_window: limits::DEFAULT_PUSH_WINDOW,
             max_concurrent_streams: 16,

@@ -334,7 +334,6 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             payload: &s.payload,
             now_ms: now,
             expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
-            dedup_until_ms: now.saturating_add(self.limits.dedup_window_secs.saturating_mul(1000)),
         };
         let quota = Quota {
             max_envelopes: self.limits.mailbox_max_envelopes,

@@ -301,12 +301,8 @@ async fn sweep_loop(
         shared.core.rates().forget_idle();
         let s = Arc::clone(&shared);
         match tokio::task::spawn_blocking(move || s.core.sweep()).await {
-            Ok(Ok(swept)) if swept.envelopes + swept.dedup_entries > 0 => {
-                info!(
-                    envelopes = swept.envelopes,
-                    dedup = swept.dedup_entries,
-                    "swept expired"
-                )
+            Ok(Ok(swept)) if swept.envelopes > 0 => {
+                info!(envelopes = swept.envelopes, "swept expired")
             }
             Ok(Err(e)) => tracing::warn!("sweep failed: {e}"),
             _ => {}

@@ -112,12 +112,12 @@ async fn a_send_retried_after_a_lost_result_is_stored_and_delivered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recipient_drops_a_message_it_already_stored() {
-    // The relay's de-duplication is by message id within a window, and a
-    // relay crash can redeliver an acked envelope; the recipient must then
-    // drop what it already has. A Tern client's outbox is not reachable from
-    // here, so the payload is a hello built with tern-crypto exactly as a
-    // client builds it, deposited again under a new message id (what the
-    // relay cannot recognise) and again under the old one after the ack.
+    // The relay de-duplicates a send only against the envelopes it still
+    // holds, and a relay crash can redeliver an acked envelope; the
+    // recipient must drop what it already has. A Tern client's outbox is
+    // not reachable from here, so the payload is a hello built with
+    // tern-crypto exactly as a client builds it, deposited again under the
+    // old message id after the ack and under a new one.
     let relay = TestRelay::start().await;
     let mut bob = TestUser::new(&relay, "bob").await;
     let code = bob.client.invite().await.unwrap();
@@ -131,24 +131,32 @@ async fn the_recipient_drops_a_message_it_already_stored() {
         .send(&send_frame(1, &mailbox, &token, &first_id, &payload))
         .await;
     assert_eq!(first.error, None);
+    // While the relay holds it, a retry is recognised.
+    let held = stream
+        .send(&send_frame(2, &mailbox, &token, &first_id, &payload))
+        .await;
+    assert_eq!(
+        (held.error, held.duplicate, held.seq),
+        (None, true, first.seq)
+    );
     let added = Event::ContactAdded {
         name: "carol".into(),
     };
     let events = bob.receive_until("the hello", |e| e.contains(&added)).await;
     assert_eq!(events, [added]);
 
-    // Acked and deleted, but its id is still remembered by the relay.
+    // Acked and deleted: a late retry of the same id is stored again...
     let retry = stream
-        .send(&send_frame(2, &mailbox, &token, &first_id, &payload))
+        .send(&send_frame(3, &mailbox, &token, &first_id, &payload))
         .await;
-    assert_eq!((retry.error, retry.duplicate), (None, true));
-    assert_eq!(retry.seq, first.seq);
-    // Under a new id the relay stores the same bytes again...
+    assert_eq!((retry.error, retry.duplicate), (None, false));
+    assert!(retry.seq > first.seq);
+    // ...and so are the same bytes under a new id...
     let again = stream
-        .send(&send_frame(3, &mailbox, &token, &second_id, &payload))
+        .send(&send_frame(4, &mailbox, &token, &second_id, &payload))
         .await;
     assert_eq!((again.error, again.duplicate), (None, false));
-    assert!(again.seq > first.seq);
+    assert!(again.seq > retry.seq);
     link.close();
 
     // ...and the client drops them (and acks, so they do not come back).

@@ -1,5 +1,6 @@
 //! Group commit: many writers, one flush. Each write bumps a counter after it
-//! lands in memory; a flusher thread flushes whenever someone waits and then
+//! lands in memory; a flusher thread flushes whenever someone waits (and
+//! within 200 ms of any write nobody waits for), and then
 //! publishes the counter value it had read before flushing. A waiter whose
 //! write was counted before that read is therefore on disk. Under load one
 //! flush covers every send that arrived while the previous flush ran.
@@ -128,10 +129,11 @@ fn flusher<F: Fn() -> Result<(), StoreError>>(gc: Weak<GroupCommit>, flush: F) {
         if gc.stopped.load(Ordering::SeqCst) {
             return;
         }
-        if !woken {
+        let target = gc.written.load(Ordering::SeqCst);
+        // Unwaited writes (deletes) are flushed within one timeout too.
+        if !woken && target <= flushed {
             continue;
         }
-        let target = gc.written.load(Ordering::SeqCst);
         if target <= flushed {
             let _ = gc.durable.send_replace(Ok(flushed));
             continue;

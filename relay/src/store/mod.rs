@@ -3,14 +3,17 @@
 //! embedded default; a fleet engine implements the same trait, and the same
 //! test suite runs against every engine. No engine logic leaks above it.
 
+pub mod envelope_log;
 pub mod group_commit;
+pub mod index;
+pub mod record;
 pub mod sled;
 
 use std::future::Future;
 use std::pin::Pin;
 use thiserror::Error;
 
-pub use self::sled::SledStore;
+pub use self::sled::{LogOptions, SledStore};
 
 /// A mailbox id: 16 random bytes chosen by the relay.
 pub type MailboxId = [u8; 16];
@@ -96,8 +99,6 @@ pub struct NewEnvelope<'a> {
     pub now_ms: u64,
     /// When it expires unless acked.
     pub expires_ms: u64,
-    /// Until when its message id de-duplicates retries.
-    pub dedup_until_ms: u64,
 }
 
 /// Quota checked atomically with an append.
@@ -123,8 +124,6 @@ pub struct Appended {
 pub struct Swept {
     /// Expired envelopes deleted.
     pub envelopes: u64,
-    /// Expired de-duplication entries deleted.
-    pub dedup_entries: u64,
 }
 
 /// A future that resolves once writes made before it was created are durable.
@@ -153,8 +152,8 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
     /// Revoke a token of `mailbox`; false if it was not that mailbox's token.
     fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError>;
-    /// Append an envelope, assigning the next sequence number, unless its
-    /// message id is already stored. Refuses over quota without touching
+    /// Append an envelope, assigning the next sequence number, unless an
+    /// envelope with its message id is still held in the mailbox. Refuses over quota without touching
     /// anything stored.
     fn append(
         &self,
@@ -171,7 +170,7 @@ pub trait MailboxStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredEnvelope>, StoreError>;
     /// Delete acknowledged envelopes; returns how many existed.
     fn ack(&self, mailbox: &MailboxId, seqs: &[u64]) -> Result<u64, StoreError>;
-    /// Delete envelopes and de-duplication entries expired at `now_ms`.
+    /// Delete envelopes expired at `now_ms`.
     fn sweep(&self, now_ms: u64) -> Result<Swept, StoreError>;
     /// Resolves when every write made before this call is on disk.
     fn durable(&self) -> Durable;

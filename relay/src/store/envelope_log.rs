@@ -1,0 +1,659 @@
+//! The envelope log: envelopes and their removals appended to segment files,
+//! so storing one costs a memcpy and a share of one `fdatasync`, where a
+//! B-tree insert and delete cost far more (measured: sled's node copies held
+//! the relay to ~5,500 durable messages a second; docs/performance.md).
+//!
+//! Appends land in an in-memory buffer; [`EnvelopeLog::sync`] writes the
+//! buffer to the head segment and `fdatasync`s every file written since the
+//! last sync. The head rolls over to a new segment once it passes the
+//! segment size. Segments are deleted oldest first, once nothing in them is
+//! still held: so a removal record never outlives the envelope it removes
+//! (it always sits in a later segment), and recovery, replaying segments in
+//! order, cannot bring an acknowledged envelope back. Envelopes that stay
+//! long (offline recipients) are copied forward by [`crate::store::SledStore`]
+//! so they do not pin old segments.
+//!
+//! Which envelopes are live, and where, is the caller's index; this module
+//! keeps per-segment counts so it can say when a segment may go.
+
+use super::record::{self, Damage, Record, MAGIC};
+use super::StoreError;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Segment id.
+    pub segment: u64,
+    /// Byte offset of the record in the segment.
+    pub offset: u64,
+    /// Record length in bytes.
+    pub len: u32,
+}
+
+/// A segment's size and how much of it is still held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentUse {
+    /// Its id.
+    pub id: u64,
+    /// Bytes in it.
+    pub size: u64,
+    /// Live envelope records in it.
+    pub live: u64,
+    /// Bytes of its live envelope records.
+    pub live_bytes: u64,
+}
+
+struct Segment {
+    file: Arc<File>,
+    size: u64,
+    live: u64,
+    live_bytes: u64,
+}
+
+struct Tail {
+    head: u64,
+    head_started: Instant,
+    /// Head bytes already handed to the file.
+    written: u64,
+    /// Head bytes from `written` on.
+    buf: Vec<u8>,
+    segments: BTreeMap<u64, Segment>,
+    /// Segments written and not yet synced.
+    unsynced: Vec<u64>,
+    /// A segment was created or deleted since the directory was synced.
+    dir_dirty: bool,
+}
+
+/// Segment files under one directory.
+pub struct EnvelopeLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    tail: Mutex<Tail>,
+    /// Serialises whole syncs: a sync returns only when every write made
+    /// before it is on disk, even ones another thread's sync picked up.
+    sync_lock: Mutex<()>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| unavailable("sync envelope directory", e))
+}
+
+/// What [`EnvelopeLog::open`] replays, in order.
+pub struct Replayed<'a> {
+    /// The record.
+    pub record: Record<'a>,
+    /// Where it is.
+    pub at: Location,
+}
+
+impl EnvelopeLog {
+    /// Open the log in `dir`, calling `replay` on every whole record, oldest
+    /// first, and start a fresh head segment. A record torn by a crash ends
+    /// its segment: the tail of the newest segment is cut off there; damage
+    /// in an older one is logged and the rest of that segment skipped.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        mut replay: impl FnMut(Replayed<'_>),
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable("create envelope directory", e))?;
+        let mut ids = Vec::new();
+        for entry in
+            std::fs::read_dir(dir).map_err(|e| unavailable("read envelope directory", e))?
+        {
+            let entry = entry.map_err(|e| unavailable("read envelope directory", e))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let newest = ids.last().copied();
+        for id in ids {
+            let path = segment_path(dir, id);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| unavailable("open segment", e))?;
+            let mut bytes = Vec::new();
+            (&file)
+                .read_to_end(&mut bytes)
+                .map_err(|e| unavailable("read segment", e))?;
+            let mut at = 0usize;
+            if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
+                at = MAGIC.len();
+                while at < bytes.len() {
+                    match record::decode(&bytes[at..]) {
+                        Ok((record, len)) => {
+                            let loc = Location {
+                                segment: id,
+                                offset: at as u64,
+                                len: len as u32,
+                            };
+                            replay(Replayed { record, at: loc });
+                            at += len;
+                        }
+                        Err(damage) => {
+                            if Some(id) == newest && damage == Damage::Truncated {
+                                tracing::info!(segment = id, at, "cutting a torn record");
+                            } else {
+                                tracing::error!(
+                                    segment = id,
+                                    at,
+                                    ?damage,
+                                    "damaged envelope log; skipping the rest of this segment"
+                                );
+                            }
+                            break;
+                        }
+                    }
+                }
+            } else if !bytes.is_empty() {
+                tracing::error!(
+                    segment = id,
+                    "envelope segment without a header; ignoring it"
+                );
+            }
+            if Some(id) == newest && at < bytes.len() {
+                // Only the newest segment can end in a torn write; cut it so
+                // the file holds whole records only.
+                file.set_len(at as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| unavailable("truncate segment", e))?;
+            }
+            segments.insert(
+                id,
+                Segment {
+                    file: Arc::new(file),
+                    size: at as u64,
+                    live: 0,
+                    live_bytes: 0,
+                },
+            );
+        }
+        let head = newest.map_or(1, |n| n + 1);
+        let file = Self::create_segment(dir, head)?;
+        segments.insert(
+            head,
+            Segment {
+                file: Arc::new(file),
+                size: MAGIC.len() as u64,
+                live: 0,
+                live_bytes: 0,
+            },
+        );
+        sync_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            tail: Mutex::new(Tail {
+                head,
+                head_started: Instant::now(),
+                written: MAGIC.len() as u64,
+                buf: Vec::with_capacity(1 << 20),
+                segments,
+                unsynced: Vec::new(),
+                dir_dirty: false,
+            }),
+            sync_lock: Mutex::new(()),
+        })
+    }
+
+    fn create_segment(dir: &Path, id: u64) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(segment_path(dir, id))
+            .map_err(|e| unavailable("create segment", e))?;
+        file.write_all_at(MAGIC, 0)
+            .map_err(|e| unavailable("write segment header", e))?;
+        Ok(file)
+    }
+
+    fn tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
+        self.tail
+            .lock()
+            .map_err(|_| StoreError::Unavailable("envelope log lock poisoned".into()))
+    }
+
+    /// Count the records replayed at open that are still live. Called once
+    /// per live envelope after replay.
+    pub fn count_live(&self, at: Location) -> Result<(), StoreError> {
+        let mut t = self.tail()?;
+        if let Some(s) = t.segments.get_mut(&at.segment) {
+            s.live += 1;
+            s.live_bytes += u64::from(at.len);
+        }
+        Ok(())
+    }
+
+    /// Append a live envelope record (written by `put`) to the head.
+    pub fn append_envelope(&self, put: impl FnOnce(&mut Vec<u8>)) -> Result<Location, StoreError> {
+        let mut t = self.tail()?;
+        let loc = Self::append(&mut t, put);
+        if let Some(s) = t.segments.get_mut(&loc.segment) {
+            s.live += 1;
+            s.live_bytes += u64::from(loc.len);
+        }
+        Ok(loc)
+    }
+
+    /// Append a removal record and stop counting the records it removes.
+    pub fn append_removal(
+        &self,
+        put: impl FnOnce(&mut Vec<u8>),
+        removed: &[Location],
+    ) -> Result<(), StoreError> {
+        let mut t = self.tail()?;
+        Self::append(&mut t, put);
+        Self::forget(&mut t, removed);
+        Ok(())
+    }
+
+    /// Stop counting records that were replaced by a copy elsewhere.
+    pub fn forget_records(&self, removed: &[Location]) -> Result<(), StoreError> {
+        let mut t = self.tail()?;
+        Self::forget(&mut t, removed);
+        Ok(())
+    }
+
+    fn forget(t: &mut Tail, removed: &[Location]) {
+        for at in removed {
+            if let Some(s) = t.segments.get_mut(&at.segment) {
+                s.live = s.live.saturating_sub(1);
+                s.live_bytes = s.live_bytes.saturating_sub(u64::from(at.len));
+            }
+        }
+    }
+
+    fn append(t: &mut Tail, put: impl FnOnce(&mut Vec<u8>)) -> Location {
+        let before = t.buf.len();
+        put(&mut t.buf);
+        let len = (t.buf.len() - before) as u32;
+        let offset = t.written + before as u64;
+        let head = t.head;
+        if let Some(s) = t.segments.get_mut(&head) {
+            s.size = offset + u64::from(len);
+        }
+        Location {
+            segment: head,
+            offset,
+            len,
+        }
+    }
+
+    /// Read `len` bytes of records from `offset` in `segment` (one record,
+    /// or a run of them).
+    /// `None` if the segment was deleted (everything in it was removed).
+    pub fn read(
+        &self,
+        segment: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let end = offset + len as u64;
+        let mut out = vec![0u8; len];
+        let (file, in_file) = {
+            let t = self.tail()?;
+            let Some(s) = t.segments.get(&segment) else {
+                return Ok(None);
+            };
+            let in_file = if segment == t.head && end > t.written {
+                // The part not yet handed to the file is copied from the
+                // buffer now; the part before it is in the file already.
+                let from = offset.max(t.written);
+                let buf_from = usize::try_from(from - t.written)
+                    .map_err(|_| StoreError::Corrupt("log offset"))?;
+                let n =
+                    usize::try_from(end - from).map_err(|_| StoreError::Corrupt("log offset"))?;
+                let src = t
+                    .buf
+                    .get(buf_from..buf_from + n)
+                    .ok_or(StoreError::Corrupt("log offset past the head"))?;
+                out[len - n..].copy_from_slice(src);
+                len - n
+            } else {
+                len
+            };
+            (Arc::clone(&s.file), in_file)
+        };
+        if in_file > 0 {
+            file.read_exact_at(&mut out[..in_file], offset)
+                .map_err(|e| unavailable("read segment", e))?;
+        }
+        Ok(Some(out))
+    }
+
+    /// Write buffered records to the head and `fdatasync` every segment
+    /// written since the last sync; then start a new head if this one is
+    /// full or older than `max_head_age`. On failure nothing is lost: the
+    /// buffer stays and the next sync tries again. Returns true if a new
+    /// head was started.
+    pub fn sync(&self, max_head_age: Duration) -> Result<bool, StoreError> {
+        let _whole = self
+            .sync_lock
+            .lock()
+            .map_err(|_| StoreError::Unavailable("envelope log lock poisoned".into()))?;
+        let (files, dir_dirty) = {
+            let mut t = self.tail()?;
+            let head = t.head;
+            if !t.buf.is_empty() {
+                let head_file = t
+                    .segments
+                    .get(&head)
+                    .map(|s| Arc::clone(&s.file))
+                    .ok_or(StoreError::Corrupt("head segment missing"))?;
+                head_file
+                    .write_all_at(&t.buf, t.written)
+                    .map_err(|e| unavailable("write segment", e))?;
+                t.written += t.buf.len() as u64;
+                t.buf.clear();
+                if !t.unsynced.contains(&head) {
+                    t.unsynced.push(head);
+                }
+            }
+            let ids = std::mem::take(&mut t.unsynced);
+            let files: Vec<_> = ids
+                .iter()
+                .filter_map(|id| t.segments.get(id).map(|s| (*id, Arc::clone(&s.file))))
+                .collect();
+            (files, std::mem::replace(&mut t.dir_dirty, false))
+        };
+        let mut failed = None;
+        for (id, file) in &files {
+            if let Err(e) = file.sync_data() {
+                failed = Some(unavailable("sync segment", e));
+                if let Ok(mut t) = self.tail() {
+                    t.unsynced.push(*id);
+                }
+            }
+        }
+        if dir_dirty {
+            if let Err(e) = sync_dir(&self.dir) {
+                failed = Some(e);
+                if let Ok(mut t) = self.tail() {
+                    t.dir_dirty = true;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(self.roll_over(max_head_age))
+    }
+
+    /// Start a new head if the current one is full, or holds records and is
+    /// older than `max_head_age` (so acknowledged bytes do not sit in a
+    /// quiet relay's head for long). A failure only delays the roll-over.
+    fn roll_over(&self, max_head_age: Duration) -> bool {
+        let Ok(mut t) = self.tail() else { return false };
+        let used = t.written + t.buf.len() as u64;
+        let full = used >= self.segment_bytes;
+        let stale = used > MAGIC.len() as u64 && t.head_started.elapsed() >= max_head_age;
+        if !full && !stale {
+            return false;
+        }
+        let next = t.head + 1;
+        let file = match Self::create_segment(&self.dir, next) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot start a new envelope segment: {e}");
+                return false;
+            }
+        };
+        if !t.buf.is_empty() {
+            // Records still buffered belong to the old head; write them
+            // there first (the next sync makes them durable).
+            let head = t.head;
+            let written = t.written;
+            let Some(old) = t.segments.get(&head).map(|s| Arc::clone(&s.file)) else {
+                return false;
+            };
+            if let Err(e) = old.write_all_at(&t.buf, written) {
+                tracing::warn!("cannot write the envelope log: {e}");
+                let _ = std::fs::remove_file(segment_path(&self.dir, next));
+                return false;
+            }
+            t.buf.clear();
+            if !t.unsynced.contains(&head) {
+                t.unsynced.push(head);
+            }
+        }
+        t.segments.insert(
+            next,
+            Segment {
+                file: Arc::new(file),
+                size: MAGIC.len() as u64,
+                live: 0,
+                live_bytes: 0,
+            },
+        );
+        t.head = next;
+        t.head_started = Instant::now();
+        t.written = MAGIC.len() as u64;
+        t.unsynced.push(next);
+        t.dir_dirty = true;
+        true
+    }
+
+    /// Every segment but the head, oldest first.
+    pub fn sealed_segments(&self) -> Result<Vec<SegmentUse>, StoreError> {
+        let t = self.tail()?;
+        Ok(t.segments
+            .iter()
+            .filter(|(id, _)| **id != t.head)
+            .map(|(id, s)| SegmentUse {
+                id: *id,
+                size: s.size,
+                live: s.live,
+                live_bytes: s.live_bytes,
+            })
+            .collect())
+    }
+
+    /// All bytes of a sealed segment (to copy its live records forward);
+    /// `None` if it was deleted.
+    pub fn read_segment(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (file, size) = {
+            let t = self.tail()?;
+            let Some(s) = t.segments.get(&id) else {
+                return Ok(None);
+            };
+            (Arc::clone(&s.file), s.size)
+        };
+        let mut out =
+            vec![0u8; usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?];
+        file.read_exact_at(&mut out, 0)
+            .map_err(|e| unavailable("read segment", e))?;
+        Ok(Some(out))
+    }
+
+    /// Delete the oldest segment if it is sealed and holds nothing live.
+    /// The caller has made sure that whatever was copied out of it, and
+    /// every sequence number it names, is durable elsewhere.
+    pub fn delete_oldest_if_empty(&self) -> Result<Option<u64>, StoreError> {
+        let id = {
+            let mut t = self.tail()?;
+            let Some((&id, s)) = t.segments.iter().next() else {
+                return Ok(None);
+            };
+            if id == t.head || s.live > 0 {
+                return Ok(None);
+            }
+            t.segments.remove(&id);
+            t.unsynced.retain(|u| *u != id);
+            t.dir_dirty = true;
+            id
+        };
+        std::fs::remove_file(segment_path(&self.dir, id))
+            .map_err(|e| unavailable("delete segment", e))?;
+        Ok(Some(id))
+    }
+
+    /// Bytes on disk and in the buffer, over all segments.
+    pub fn total_bytes(&self) -> u64 {
+        self.tail()
+            .map(|t| t.segments.values().map(|s| s.size).sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{put_envelope, put_remove, EnvelopeRecord};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn env(seq: u64) -> EnvelopeRecord<'static> {
+        EnvelopeRecord {
+            mailbox: [1; 16],
+            seq,
+            received_ms: 5,
+            expires_ms: 10,
+            message_id: [seq as u8; 16],
+            payload: b"sealed",
+        }
+    }
+
+    fn replay_all(dir: &Path, segment_bytes: u64) -> (EnvelopeLog, Vec<(u64, Location)>) {
+        let mut seen = Vec::new();
+        let log = EnvelopeLog::open(dir, segment_bytes, |r| match r.record {
+            Record::Envelope(e) => seen.push((e.seq, r.at)),
+            Record::Remove { seqs, .. } => seen.extend(seqs.iter().map(|s| (u64::MAX - s, r.at))),
+        })
+        .unwrap();
+        (log, seen)
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_read_back_before_and_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, seen) = replay_all(dir.path(), 1 << 20);
+        assert!(seen.is_empty());
+        let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
+        let bytes = log
+            .read(a.segment, a.offset, a.len as usize)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(record::decode(&bytes), Ok((Record::Envelope(e), _)) if e == env(1)));
+        log.sync(HOUR).unwrap();
+        assert_eq!(
+            log.read(a.segment, a.offset, a.len as usize).unwrap(),
+            Some(bytes)
+        );
+        log.append_removal(|b| put_remove(b, &[1; 16], &[1]), &[a])
+            .unwrap();
+        log.sync(HOUR).unwrap();
+        drop(log);
+        let (_log, seen) = replay_all(dir.path(), 1 << 20);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], (1, a));
+        assert_eq!(seen[1].0, u64::MAX - 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = replay_all(dir.path(), 1 << 20);
+        let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
+        log.append_envelope(|b| put_envelope(b, &env(2))).unwrap();
+        log.sync(HOUR).unwrap();
+        drop(log);
+        // A crash in the middle of the second record.
+        let path = segment_path(dir.path(), a.segment);
+        let full = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(full - 3).unwrap();
+        let (log, seen) = replay_all(dir.path(), 1 << 20);
+        assert_eq!(seen, vec![(1, a)]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            a.offset + u64::from(a.len)
+        );
+        let c = log.append_envelope(|b| put_envelope(b, &env(3))).unwrap();
+        assert!(c.segment > a.segment, "a reopened log writes a new head");
+        log.sync(HOUR).unwrap();
+        drop(log);
+        let (_, seen) = replay_all(dir.path(), 1 << 20);
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn full_heads_roll_over_and_empty_segments_are_deleted_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = replay_all(dir.path(), 256);
+        let mut locs = Vec::new();
+        for seq in 1..=12 {
+            locs.push(log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap());
+            log.sync(HOUR).unwrap();
+        }
+        let sealed = log.sealed_segments().unwrap();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        assert_eq!(log.delete_oldest_if_empty().unwrap(), None, "still live");
+        // Remove everything in the oldest segment but one record of the next.
+        let first = sealed[0].id;
+        let gone: Vec<_> = locs
+            .iter()
+            .copied()
+            .filter(|l| l.segment == first)
+            .collect();
+        log.append_removal(|b| put_remove(b, &[1; 16], &[1]), &gone)
+            .unwrap();
+        assert_eq!(log.delete_oldest_if_empty().unwrap(), Some(first));
+        assert!(!segment_path(dir.path(), first).exists());
+        assert_eq!(log.delete_oldest_if_empty().unwrap(), None);
+        // A deleted segment reads as gone, not as other bytes.
+        assert_eq!(log.read(first, 8, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_skips_only_the_rest_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = replay_all(dir.path(), 128);
+        let mut locs = Vec::new();
+        for seq in 1..=6 {
+            locs.push(log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap());
+            log.sync(HOUR).unwrap();
+        }
+        drop(log);
+        let first = locs[0];
+        let path = segment_path(dir.path(), first.segment);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], first.offset + 20).unwrap();
+        let (_, seen) = replay_all(dir.path(), 128);
+        let seqs: Vec<_> = seen.iter().map(|s| s.0).collect();
+        let expect: Vec<_> = locs
+            .iter()
+            .zip(1..)
+            .filter(|(l, _)| l.segment != first.segment)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(seqs, expect);
+    }
+}
