@@ -3,7 +3,7 @@
 //! long-lived message stream with many sends in flight.
 
 use crate::error::ClientError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tern_protocol::frame::decode_message;
-use tern_protocol::io::{read_frame, write_frame};
+use tern_protocol::frame::{decode_message, encode_frame_into};
+use tern_protocol::io::{read_frame, write_frame, FrameReader};
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::url::RelayUrl;
 use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
@@ -348,12 +348,13 @@ const FRAME_QUEUE: usize = 64;
 /// cancel [`MessageStream::next`] (a timeout, a `select!`) without losing
 /// half a frame and falling out of step with the stream.
 async fn read_frames(
-    mut recv: RecvStream,
+    recv: RecvStream,
     relay: String,
     tx: mpsc::Sender<Result<pb::relay_frame::Frame, ClientError>>,
 ) {
+    let mut frames = FrameReader::new(recv, MAX_FRAME);
     loop {
-        let item = match read_frame(&mut recv, MAX_FRAME).await {
+        let item = match frames.next().await {
             Ok(Some(body)) => match decode_message::<pb::RelayFrame>(&body) {
                 Ok(pb::RelayFrame { frame: Some(f) }) => Ok(f),
                 // A frame kind this client does not know: skip it.
@@ -403,6 +404,8 @@ impl MessageStream {
         items: &[Outgoing],
     ) -> Result<Vec<Result<u64, WireError>>, ClientError> {
         let first = self.next_request;
+        // All of them leave in one write.
+        let mut out = BytesMut::new();
         for item in items {
             let send = pb::Send {
                 request_id: self.next_request,
@@ -416,10 +419,12 @@ impl MessageStream {
             let frame = pb::ClientFrame {
                 frame: Some(pb::client_frame::Frame::Send(send)),
             };
-            write_frame(&mut self.send, &frame)
-                .await
-                .map_err(|e| self.broken(e))?;
+            encode_frame_into(&frame, &mut out);
         }
+        self.send
+            .write_chunk(out.freeze())
+            .await
+            .map_err(|e| self.broken(e))?;
         let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
         let mut missing = items.len();
         while missing > 0 {

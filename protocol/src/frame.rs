@@ -30,14 +30,20 @@ pub enum FrameError {
 
 /// Encode `msg` as one frame (length prefix and body).
 pub fn encode_frame<M: Message>(msg: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + msg.encoded_len());
+    encode_frame_into(msg, &mut buf);
+    buf.freeze()
+}
+
+/// Append `msg` as one frame to `buf`, so many frames can leave in one write.
+pub fn encode_frame_into<M: Message>(msg: &M, buf: &mut BytesMut) {
     let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + len);
+    buf.reserve(LENGTH_PREFIX + len);
     // A message longer than u32::MAX cannot be built under any limit Tern
     // has; saturate rather than wrap so the peer refuses it as too large.
     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     // Encoding into a buffer reserved with `encoded_len` cannot run short.
-    let _ = msg.encode(&mut buf);
-    buf.freeze()
+    let _ = msg.encode(buf);
 }
 
 /// Take one whole frame body off the front of `buf`, if one is there.
@@ -53,7 +59,8 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fra
         return Err(FrameError::TooLarge { size, max });
     }
     if buf.len() < LENGTH_PREFIX + size {
-        buf.reserve(LENGTH_PREFIX + size - buf.len());
+        // Nothing is reserved for what the prefix claims: the caller's
+        // buffer grows only as bytes arrive.
         return Ok(None);
     }
     buf.advance(LENGTH_PREFIX);

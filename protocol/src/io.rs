@@ -2,13 +2,15 @@
 //! Only the length prefix and body are read; what a body means is left to the
 //! caller, which decodes it with [`crate::frame::decode_message`].
 
-use crate::frame::{encode_frame, FrameError, LENGTH_PREFIX};
-use bytes::Bytes;
+use crate::frame::{decode_frame, encode_frame, FrameError, LENGTH_PREFIX};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes reserved up front for a frame body; larger bodies grow as they arrive.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+/// Room made in a [`FrameReader`]'s buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why reading a frame from a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,55 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(Bytes::from(body)))
 }
 
+/// Reads frames off a long-lived stream through one buffer: a single read
+/// from the stream usually brings many small frames, where [`read_frame`]
+/// costs two reads a frame. Like it, the buffer grows only as bytes arrive,
+/// never to what a length prefix claims, and an oversize prefix is refused
+/// before any of its body is buffered.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Read frames of at most `max` bytes from `inner`.
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// The next frame body. `Ok(None)` means the stream ended cleanly
+    /// between frames; ending inside one is [`FrameError::Truncated`].
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ReadFrameError> {
+        loop {
+            if let Some(body) = decode_frame(&mut self.buf, self.max)? {
+                return Ok(Some(body));
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated.into())
+                };
+            }
+        }
+    }
+
+    /// True if a whole frame is buffered, so [`Self::next`] will not wait.
+    pub fn has_frame(&self) -> bool {
+        self.buf.len() >= LENGTH_PREFIX
+            && self.buf.len()
+                >= LENGTH_PREFIX
+                    + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                        as usize
+    }
+}
+
 /// Write `msg` as one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin, M: Message>(
     writer: &mut W,
@@ -89,6 +140,44 @@ mod tests {
             msg
         );
         assert!(read_frame(&mut b, 1024).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn frame_reader_splits_many_frames_from_one_read() {
+        let msg = |n: u64| pb::Ack {
+            seqs: vec![n; n as usize],
+        };
+        let mut bytes = Vec::new();
+        for n in 0..50 {
+            bytes.extend_from_slice(&encode_frame(&msg(n)));
+        }
+        let mut reader = FrameReader::new(&bytes[..], 1024);
+        for n in 0..50 {
+            let body = reader.next().await.unwrap().unwrap();
+            assert_eq!(
+                crate::frame::decode_message::<pb::Ack>(&body).unwrap(),
+                msg(n)
+            );
+            assert_eq!(reader.has_frame(), n < 49);
+        }
+        assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn frame_reader_refuses_oversize_and_truncated_frames() {
+        let mut reader = FrameReader::new(&[0u8, 0, 4, 1, 9][..], 1024);
+        assert!(matches!(
+            reader.next().await,
+            Err(ReadFrameError::Frame(FrameError::TooLarge {
+                size: 1025,
+                max: 1024
+            }))
+        ));
+        let mut reader = FrameReader::new(&[0u8, 0, 0, 10, 1, 2][..], 1024);
+        assert!(matches!(
+            reader.next().await,
+            Err(ReadFrameError::Frame(FrameError::Truncated))
+        ));
     }
 
     #[tokio::test]

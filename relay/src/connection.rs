@@ -8,14 +8,16 @@ use crate::clock::Clock;
 use crate::core::{Accepted, ConnAuth, RelayCore};
 use crate::hub::Hub;
 use crate::rate::{ConnectionRate, ConnectionSlots};
-use crate::store::{Durable, MailboxId, MailboxStore};
+use crate::store::{MailboxId, MailboxStore};
+use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tern_protocol::frame::encode_frame_into;
 use tern_protocol::frame::{decode_message, FrameError};
-use tern_protocol::io::{read_frame, write_frame, ReadFrameError};
+use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
 use tern_protocol::pb::{self, client_frame::Frame as In, relay_frame::Frame as Out};
 use tern_protocol::{limits, ErrorCode, WireError};
 use tokio::sync::{mpsc, Notify};
@@ -218,7 +220,8 @@ async fn control<S: MailboxStore, C: Clock>(
 
 /// A reply waiting for the store to be durable before it is sent.
 struct PendingReply {
-    durable: Option<Durable>,
+    /// The reply may leave only once the store is durable.
+    durable: bool,
     frame: pb::RelayFrame,
     wake: Option<MailboxId>,
 }
@@ -230,32 +233,64 @@ struct Window {
     opened: Notify,
 }
 
+/// Most frames coalesced into one write on a stream.
+const WRITE_BATCH: usize = 256;
+/// Most replies released by one durability wait.
+const REPLY_BATCH: usize = 1024;
+
 async fn messages<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
 ) {
+    // Frames queued while a write is under way leave together in the next.
     let (out_tx, mut out_rx) = mpsc::channel::<pb::RelayFrame>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
         while let Some(frame) = out_rx.recv().await {
-            if write_frame(&mut send, &frame).await.is_err() {
+            encode_frame_into(&frame, &mut buf);
+            for _ in 1..WRITE_BATCH {
+                match out_rx.try_recv() {
+                    Ok(frame) => encode_frame_into(&frame, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if send.write_chunk(buf.split().freeze()).await.is_err() {
                 return;
             }
         }
         let _ = send.finish();
     });
 
-    // Replies leave in the order their sends arrived, each after the flush
-    // that made it durable; one flush usually releases many.
+    // Replies leave in the order their sends arrived, after the flush that
+    // made them durable. Every reply queued when one is taken shares one
+    // durability wait: a wait begun after their writes covers them all.
     let (reply_tx, mut reply_rx) = mpsc::channel::<PendingReply>(DURABILITY_QUEUE);
     let hub = Arc::clone(&shared.hub);
     let replies_out = out_tx.clone();
+    let replier_shared = Arc::clone(&shared);
     let replier = tokio::spawn(async move {
-        while let Some(mut p) = reply_rx.recv().await {
-            if let Some(durable) = p.durable.take() {
-                if let Err(e) = durable.await {
-                    tracing::warn!("send not durable: {e}");
+        let mut batch = Vec::new();
+        let mut woken: Vec<MailboxId> = Vec::new();
+        while let Some(first) = reply_rx.recv().await {
+            batch.push(first);
+            while batch.len() < REPLY_BATCH {
+                match reply_rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let failed = if batch.iter().any(|p| p.durable) {
+                replier_shared.core.durable().await.err()
+            } else {
+                None
+            };
+            if let Some(e) = &failed {
+                tracing::warn!("sends not durable: {e}");
+            }
+            for mut p in batch.drain(..) {
+                if p.durable && failed.is_some() {
                     if let Some(Out::SendResult(r)) = &mut p.frame.frame {
                         r.seq = 0;
                         r.duplicate = false;
@@ -267,21 +302,26 @@ async fn messages<S: MailboxStore, C: Clock>(
                     }
                     p.wake = None;
                 }
+                if let Some(m) = p.wake {
+                    if !woken.contains(&m) {
+                        woken.push(m);
+                        hub.stored(&m);
+                    }
+                }
+                if replies_out.send(p.frame).await.is_err() {
+                    return;
+                }
             }
-            if let Some(m) = p.wake {
-                hub.stored(&m);
-            }
-            if replies_out.send(p.frame).await.is_err() {
-                return;
-            }
+            woken.clear();
         }
     });
 
     let window = Arc::new(Window::default());
     let mut pusher: Option<tokio::task::JoinHandle<()>> = None;
     let max = shared.core.limits().max_frame_bytes;
+    let mut frames = FrameReader::new(recv, max);
     loop {
-        let body = match read_frame(&mut recv, max).await {
+        let body = match frames.next().await {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(e) => {
@@ -319,7 +359,7 @@ async fn messages<S: MailboxStore, C: Clock>(
         // only shrink the window and redeliver. Either way reading pauses.
         if let (Some(e), In::Send(send)) = (&limited, &frame) {
             let reply = PendingReply {
-                durable: None,
+                durable: false,
                 frame: send_result(send.request_id, Err(e.clone())),
                 wake: None,
             };
@@ -424,7 +464,7 @@ fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) ->
             seq,
             duplicate,
         }) => PendingReply {
-            durable: Some(shared.core.durable()),
+            durable: true,
             frame: send_result(s.request_id, Ok((seq, duplicate))),
             wake: Some(mailbox),
         },
@@ -433,13 +473,13 @@ fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) ->
                 .hub
                 .ephemeral(&mailbox, shared.core.ephemeral_envelope(s));
             PendingReply {
-                durable: None,
+                durable: false,
                 frame: send_result(s.request_id, Ok((0, false))),
                 wake: None,
             }
         }
         Err(e) => PendingReply {
-            durable: None,
+            durable: false,
             frame: send_result(s.request_id, Err(e)),
             wake: None,
         },
