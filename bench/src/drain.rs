@@ -1,13 +1,15 @@
 //! Offline store, then drain: N envelopes queued for one mailbox whose
 //! device is offline (store rate, durable), then the device connects,
 //! authenticates, subscribes and acknowledges in batches (drain time). A
-//! last connection checks how many envelopes the relay still holds.
+//! last connection checks how many envelopes the relay still holds. In E2E
+//! mode the store rate includes encrypting each message and the drain
+//! includes decrypting it.
 
 use crate::proc;
 use crate::progress::Progress;
 use crate::relay::BenchRelay;
-use crate::report::Row;
-use crate::traffic::{self, ReceivePlan, SendPlan};
+use crate::report::{mean_us, Row};
+use crate::traffic::{self, Mode, ReceivePlan, SendPlan};
 use anyhow::Context;
 use std::time::{Duration, Instant};
 use tern_client::transport::Dialer;
@@ -17,7 +19,7 @@ use tern_client::transport::Dialer;
 pub struct DrainPlan {
     /// Envelopes to queue.
     pub envelopes: u64,
-    /// Payload bytes.
+    /// Payload bytes (text bytes in E2E mode).
     pub size: usize,
     /// Sends in flight while storing.
     pub window: usize,
@@ -27,13 +29,16 @@ pub struct DrainPlan {
     pub ack_batch: usize,
     /// Bound on each phase.
     pub timeout: Duration,
+    /// Opaque payloads or E2E-encrypted texts.
+    pub mode: Mode,
 }
 
 /// Run once against `relay`.
 pub async fn run(relay: &BenchRelay, plan: DrainPlan, label: String) -> anyhow::Result<Row> {
     // The device registers, mints a token and goes offline.
     let mut dialer = Dialer::default();
-    let device = traffic::new_recipient(&mut dialer, &relay.url).await?;
+    let mut device = traffic::new_recipient(&mut dialer, &relay.url).await?;
+    let (send_payloads, receive_payloads) = plan.mode.pair(&mut device.account)?;
     let (mailbox, token, account) = (device.mailbox, device.token, device.account);
     device.link.close();
     dialer.wait_idle(Duration::from_secs(1)).await;
@@ -57,6 +62,7 @@ pub async fn run(relay: &BenchRelay, plan: DrainPlan, label: String) -> anyhow::
             start,
             deadline: start + plan.timeout,
         },
+        send_payloads,
         Some(progress.count.clone()),
     )
     .await
@@ -89,9 +95,11 @@ pub async fn run(relay: &BenchRelay, plan: DrainPlan, label: String) -> anyhow::
             start,
             deadline: start + plan.timeout,
         },
+        receive_payloads,
         Some(progress.count.clone()),
     )
-    .await?;
+    .await
+    .context("draining")?;
     let drain_secs = got
         .last
         .map_or(f64::NAN, |t| t.duration_since(start).as_secs_f64());
@@ -107,21 +115,25 @@ pub async fn run(relay: &BenchRelay, plan: DrainPlan, label: String) -> anyhow::
     let left = check.authenticate(&mailbox, |m| account.sign(m)).await?;
     check.close();
 
-    Ok(Row {
-        label,
-        values: vec![
-            ("stored", sent.accepted as f64),
-            ("refused", sent.refused as f64),
-            ("store secs", store_secs),
-            ("store/s", sent.accepted as f64 / store_secs),
-            ("store cores", store_usage.relay_cores),
-            ("pending", pending as f64),
-            ("drained", got.received as f64),
-            ("drain secs", drain_secs),
-            ("drain/s", got.received as f64 / drain_secs),
-            ("drain cores", drain_usage.relay_cores),
-            ("left", left as f64),
-            ("rss MiB", drain_usage.rss_mib),
-        ],
-    })
+    let mut values = vec![
+        ("stored", sent.accepted as f64),
+        ("refused", sent.refused as f64),
+        ("store secs", store_secs),
+        ("store/s", sent.accepted as f64 / store_secs),
+        ("store cores", store_usage.relay_cores),
+        ("pending", pending as f64),
+        ("drained", got.received as f64),
+        ("drain secs", drain_secs),
+        ("drain/s", got.received as f64 / drain_secs),
+        ("drain cores", drain_usage.relay_cores),
+        ("left", left as f64),
+        ("rss MiB", drain_usage.rss_mib),
+    ];
+    if plan.mode == Mode::E2e {
+        values.extend([
+            ("seal µs", mean_us(sent.crypto, sent.written)),
+            ("open µs", mean_us(got.crypto, got.received)),
+        ]);
+    }
+    Ok(Row { label, values })
 }

@@ -1,12 +1,15 @@
 //! `tern-bench`: the load generator and benchmark suite for the Tern relay.
-//! It drives a real relay over real QUIC on 127.0.0.1 with opaque payloads
-//! (the relay never decrypts, so this measures the relay), prints a table
-//! per workload and can write the figures as JSON.
+//! It drives a real relay over real QUIC on 127.0.0.1, prints a table per
+//! workload and can write the figures as JSON. Payloads are opaque by
+//! default (the relay never decrypts, so this measures the relay); with
+//! `--e2e` every message is encrypted and decrypted as the client does it
+//! (see [`e2e`]), so the figures include the clients' crypto.
 //!
 //! Every run starts a fresh relay with its data in a new temporary
 //! directory; every loop is bounded by a count and by a timeout.
 
 mod drain;
+mod e2e;
 mod idle;
 mod pairs;
 mod proc;
@@ -22,7 +25,9 @@ use report::Report;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
+use tern_protocol::limits::DEFAULT_MAX_ENVELOPE;
 use tokio::runtime::Handle;
+use traffic::Mode;
 
 /// Load generator and benchmarks for the Tern relay (loopback only).
 #[derive(Parser, Debug)]
@@ -56,6 +61,13 @@ struct Global {
     /// Worker threads of the load generator's runtime.
     #[arg(long, global = true, default_value_t = 2)]
     client_threads: usize,
+    /// End-to-end encryption (online, rate, drain): each pair holds a real
+    /// Olm session, and every message is a text encrypted and sealed as the
+    /// client does it, then opened and decrypted on receipt, so the figures
+    /// include the clients' crypto. Default: opaque payloads, the relay
+    /// alone.
+    #[arg(long, global = true)]
+    e2e: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,7 +98,8 @@ struct OnlineArgs {
     /// Messages in total per run, split evenly across pairs.
     #[arg(long, default_value_t = 50_000)]
     messages: u64,
-    /// Payload bytes (at least 16: send time and index).
+    /// Payload bytes (at least 16: send time and index); with --e2e, text
+    /// bytes before encryption (at least 32).
     #[arg(long, default_value_t = 200)]
     size: usize,
     /// Sends in flight per sender.
@@ -114,7 +127,7 @@ struct RateArgs {
     /// Sender/receiver pairs sharing the rate.
     #[arg(long, default_value_t = 16)]
     pairs: usize,
-    /// Payload bytes.
+    /// Payload bytes; with --e2e, text bytes before encryption.
     #[arg(long, default_value_t = 200)]
     size: usize,
     /// Most sends in flight per sender (a full window delays sends, and the
@@ -134,7 +147,7 @@ struct DrainArgs {
     /// Envelopes queued for the offline device.
     #[arg(long, default_value_t = 100_000)]
     envelopes: u64,
-    /// Payload bytes.
+    /// Payload bytes; with --e2e, text bytes before encryption.
     #[arg(long, default_value_t = 200)]
     size: usize,
     /// Sends in flight while storing.
@@ -199,22 +212,31 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
     let g = cli.global.clone();
     let runs = g.runs.max(1);
     let start_relay = || BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay);
+    let mode = if g.e2e { Mode::E2e } else { Mode::Opaque };
+    let suffix = mode.label_suffix();
     let mut report = match &cli.workload {
         Workload::Online(a) => {
             let mut report = Report {
                 workload: "online".into(),
+                mode: Some(mode.name()),
                 params: json!({
                     "pairs": a.pairs, "messages": a.messages, "size": a.size,
                     "window": a.window, "push_window": a.push_window,
-                    "ack_batch": a.ack_batch, "runs": runs,
+                    "ack_batch": a.ack_batch, "runs": runs, "mode": mode.name(),
                 }),
                 notes: vec![format!(
-                    "K pairs, {} messages in total of {} bytes, opaque payloads, {} sends in flight per sender, \
+                    "K pairs, {} messages in total of {} bytes, {}, {} sends in flight per sender, \
                      push window {}, acks every {}; durable acks (relay default)",
-                    a.messages, a.size, a.window, a.push_window, a.ack_batch
+                    a.messages,
+                    a.size,
+                    payloads_phrase(mode),
+                    a.window,
+                    a.push_window,
+                    a.ack_batch
                 )],
                 rows: Vec::new(),
             };
+            report.notes.extend(e2e_notes(mode, a.size).await?);
             for &k in &a.pairs {
                 let k = k.max(1);
                 for _ in 0..runs {
@@ -229,8 +251,9 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                         ack_batch: a.ack_batch,
                         rate: None,
                         timeout: Duration::from_secs(a.timeout),
+                        mode,
                     };
-                    let row = pairs::run(&relay, plan, format!("K={k}")).await;
+                    let row = pairs::run(&relay, plan, format!("K={k}{suffix}")).await;
                     relay.shutdown().await;
                     report.rows.push(row?);
                 }
@@ -242,18 +265,23 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
             let k = a.pairs.max(1);
             let mut report = Report {
                 workload: "rate".into(),
+                mode: Some(mode.name()),
                 params: json!({
                     "rate": a.rate, "seconds": a.seconds, "pairs": k, "size": a.size,
                     "window": a.window, "push_window": a.push_window,
-                    "ack_batch": a.ack_batch, "runs": runs,
+                    "ack_batch": a.ack_batch, "runs": runs, "mode": mode.name(),
                 }),
                 notes: vec![format!(
                     "{:.0} msgs/s offered for {} s across {k} pairs (paced; latency from each message's due time, \
-                     so sender queueing counts), {} bytes, durable acks",
-                    a.rate, a.seconds, a.size
+                     so sender queueing counts), {} bytes, {}, durable acks",
+                    a.rate,
+                    a.seconds,
+                    a.size,
+                    payloads_phrase(mode)
                 )],
                 rows: Vec::new(),
             };
+            report.notes.extend(e2e_notes(mode, a.size).await?);
             for _ in 0..runs {
                 let relay = start_relay().await?;
                 set_note(&mut report, relay.describe());
@@ -266,8 +294,9 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     ack_batch: a.ack_batch,
                     rate: Some(a.rate),
                     timeout: Duration::from_secs(a.seconds * 3 + 30),
+                    mode,
                 };
-                let row = pairs::run(&relay, plan, format!("{:.0}/s", a.rate)).await;
+                let row = pairs::run(&relay, plan, format!("{:.0}/s{suffix}", a.rate)).await;
                 relay.shutdown().await;
                 report.rows.push(row?);
             }
@@ -276,17 +305,26 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
         Workload::Drain(a) => {
             let mut report = Report {
                 workload: "drain".into(),
+                mode: Some(mode.name()),
                 params: json!({
                     "envelopes": a.envelopes, "size": a.size, "window": a.window,
                     "push_window": a.push_window, "ack_batch": a.ack_batch, "runs": runs,
+                    "mode": mode.name(),
                 }),
                 notes: vec![format!(
-                    "{} envelopes of {} bytes stored for one offline device ({} sends in flight), then it connects, \
-                     subscribes (window {}) and acks every {}; drain secs = connect to last envelope in hand",
-                    a.envelopes, a.size, a.window, a.push_window, a.ack_batch
+                    "{} envelopes of {} bytes ({}) stored for one offline device ({} sends in flight), \
+                     then it connects, subscribes (window {}) and acks every {}; \
+                     drain secs = connect to last envelope in hand",
+                    a.envelopes,
+                    a.size,
+                    payloads_phrase(mode),
+                    a.window,
+                    a.push_window,
+                    a.ack_batch
                 )],
                 rows: Vec::new(),
             };
+            report.notes.extend(e2e_notes(mode, a.size).await?);
             for _ in 0..runs {
                 let relay = start_relay().await?;
                 set_note(&mut report, relay.describe());
@@ -297,16 +335,23 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     push_window: a.push_window,
                     ack_batch: a.ack_batch,
                     timeout: Duration::from_secs(a.timeout),
+                    mode,
                 };
-                let row = drain::run(&relay, plan, format!("N={}", a.envelopes)).await;
+                let row = drain::run(&relay, plan, format!("N={}{suffix}", a.envelopes)).await;
                 relay.shutdown().await;
                 report.rows.push(row?);
             }
             report
         }
+        Workload::Idle(_) if g.e2e => {
+            return Err(anyhow!(
+                "--e2e applies to online, rate and drain; idle sends no messages"
+            ));
+        }
         Workload::Idle(a) => {
             let mut report = Report {
                 workload: "idle".into(),
+                mode: None,
                 params: json!({
                     "connections": a.connections, "per_endpoint": a.per_endpoint,
                     "concurrency": a.concurrency, "hold": a.hold, "runs": runs,
@@ -352,6 +397,52 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
         println!("\nwrote {}", path.display());
     }
     Ok(())
+}
+
+/// How the notes describe a mode's payloads.
+fn payloads_phrase(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Opaque => "opaque payloads",
+        Mode::E2e => "E2E-encrypted texts",
+    }
+}
+
+/// Texts encrypted once before the runs to measure the crypto alone.
+const CALIBRATION_MESSAGES: u64 = 1000;
+
+/// In E2E mode: what each message is, and its crypto cost measured alone
+/// (one thread, before any relay runs), so the table's figures can be read
+/// against it. Refuses a text that would seal to more than an envelope may
+/// hold.
+async fn e2e_notes(mode: Mode, size: usize) -> anyhow::Result<Vec<String>> {
+    if mode != Mode::E2e {
+        return Ok(Vec::new());
+    }
+    let cost = tokio::task::spawn_blocking(move || e2e::calibrate(size, CALIBRATION_MESSAGES))
+        .await
+        .map_err(|e| anyhow!("crypto calibration: {e}"))?
+        .context("crypto calibration")?;
+    if cost.payload_bytes > DEFAULT_MAX_ENVELOPE {
+        return Err(anyhow!(
+            "a {size}-byte text seals to {} bytes, more than an envelope may hold ({DEFAULT_MAX_ENVELOPE})",
+            cost.payload_bytes
+        ));
+    }
+    Ok(vec![
+        format!(
+            "e2e: each message is a {}-byte text in a Content, Olm-encrypted on the pair's session and sealed \
+             to the receiver as tern-client does ({} bytes on the wire); the receiver opens, decrypts and \
+             decodes it before latency is taken; the clients' local stores are not involved",
+            size.max(e2e::STAMP_TEXT_LEN),
+            cost.payload_bytes
+        ),
+        format!(
+            "e2e crypto alone (one thread, {CALIBRATION_MESSAGES} messages, before the runs): \
+             seal {:.0} µs, open {:.0} µs per message; the seal/open µs columns are mean wall time \
+             per message during the run, sharing the cores with the relay",
+            cost.seal_us, cost.open_us
+        ),
+    ])
 }
 
 /// Add a note once.

@@ -1,13 +1,15 @@
 //! Online 1:1 traffic: K sender/receiver pairs, each device on its own QUIC
 //! connection (and its own UDP socket), every receiver subscribed before the
 //! first send. Used as fast as the window allows (`online`) and at a fixed
-//! offered rate (`rate`).
+//! offered rate (`rate`), with opaque payloads or, in E2E mode, with each
+//! pair holding a real Olm session and every message encrypted and
+//! decrypted as the client does.
 
 use crate::proc;
 use crate::progress::Progress;
 use crate::relay::BenchRelay;
-use crate::report::{Latency, Row};
-use crate::traffic::{self, ReceivePlan, SendPlan};
+use crate::report::{mean_us, Latency, Row};
+use crate::traffic::{self, Mode, ReceivePlan, SendPlan};
 use anyhow::{anyhow, Context};
 use std::time::{Duration, Instant};
 use tern_client::transport::Dialer;
@@ -19,7 +21,7 @@ pub struct PairsPlan {
     pub pairs: usize,
     /// Messages each sender sends.
     pub per_pair: u64,
-    /// Payload bytes.
+    /// Payload bytes (text bytes in E2E mode).
     pub size: usize,
     /// Sends in flight per sender.
     pub window: usize,
@@ -31,6 +33,8 @@ pub struct PairsPlan {
     pub rate: Option<f64>,
     /// Bound on the whole run after setup.
     pub timeout: Duration,
+    /// Opaque payloads or E2E-encrypted texts.
+    pub mode: Mode,
 }
 
 /// Run once against `relay` and return the figures as a table row.
@@ -43,9 +47,13 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
     let mut senders = Vec::with_capacity(plan.pairs);
     for i in 0..plan.pairs {
         let mut dialer = Dialer::default();
-        let recipient = traffic::new_recipient(&mut dialer, &relay.url)
+        let mut recipient = traffic::new_recipient(&mut dialer, &relay.url)
             .await
             .with_context(|| format!("recipient {i}"))?;
+        let (send_payloads, receive_payloads) = plan
+            .mode
+            .pair(&mut recipient.account)
+            .with_context(|| format!("pair {i}"))?;
         let mut inbox = recipient.link.messages().await?;
         inbox.subscribe(plan.push_window).await?;
         let mut sender_dialer = Dialer::default();
@@ -53,8 +61,8 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
             .connect(&relay.url)
             .await
             .with_context(|| format!("sender {i}"))?;
-        receivers.push((recipient, inbox, dialer));
-        senders.push((sender, sender_dialer));
+        receivers.push((recipient, inbox, dialer, receive_payloads));
+        senders.push((sender, sender_dialer, send_payloads));
     }
     // Let subscriptions land before the clock starts.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -67,8 +75,10 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
 
     let mut receive_tasks = Vec::new();
     let mut send_tasks = Vec::new();
-    for ((recipient, mut inbox, dialer), (sender, sender_dialer)) in
-        receivers.into_iter().zip(senders)
+    for (
+        (recipient, mut inbox, dialer, receive_payloads),
+        (sender, sender_dialer, send_payloads),
+    ) in receivers.into_iter().zip(senders)
     {
         let (mailbox, token) = (recipient.mailbox, recipient.token);
         let count = progress.count.clone();
@@ -79,7 +89,7 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
                 start,
                 deadline,
             };
-            let figures = traffic::receive(&mut inbox, plan, Some(count)).await;
+            let figures = traffic::receive(&mut inbox, plan, receive_payloads, Some(count)).await;
             inbox.finish(Duration::from_millis(200)).await;
             drop((recipient, dialer));
             figures
@@ -93,7 +103,7 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
                 start,
                 deadline,
             };
-            let figures = traffic::send(&sender, mailbox, token, plan, None).await;
+            let figures = traffic::send(&sender, mailbox, token, plan, send_payloads, None).await;
             sender.close();
             drop(sender_dialer);
             figures
@@ -104,12 +114,14 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
     let mut accepted = 0u64;
     let mut refused = 0u64;
     let mut send_errors = 0usize;
+    let mut seal_time = Duration::ZERO;
     for t in send_tasks {
         match t.await.map_err(|e| anyhow!("sender task: {e}"))? {
             Ok(f) => {
                 written += f.written;
                 accepted += f.accepted;
                 refused += f.refused;
+                seal_time += f.crypto;
             }
             Err(e) => {
                 send_errors += 1;
@@ -121,11 +133,13 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
     let mut last = start;
+    let mut open_time = Duration::ZERO;
     for t in receive_tasks {
         let f = t.await.map_err(|e| anyhow!("receiver task: {e}"))??;
         latency.merge(&f.latency);
         delivered += f.received;
         duplicates += f.duplicates;
+        open_time += f.crypto;
         if let Some(l) = f.last {
             last = last.max(l);
         }
@@ -150,6 +164,12 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
         ("msgs/s", delivered as f64 / wall.as_secs_f64().max(1e-9)),
     ];
     values.extend(latency.columns());
+    if plan.mode == Mode::E2e {
+        values.extend([
+            ("seal µs", mean_us(seal_time, written)),
+            ("open µs", mean_us(open_time, delivered)),
+        ]);
+    }
     values.extend([
         ("relay cores", usage.relay_cores),
         ("proc cores", usage.total_cores),

@@ -5,6 +5,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use std::path::Path;
+use std::time::Duration;
 
 /// End-to-end latencies in nanoseconds, 1 ns to 10 min, 3 significant digits.
 pub struct Latency(Histogram<u64>);
@@ -47,6 +48,14 @@ impl Latency {
     }
 }
 
+/// Mean wall time per message in microseconds (NaN for no messages).
+pub fn mean_us(total: Duration, messages: u64) -> f64 {
+    if messages == 0 {
+        return f64::NAN;
+    }
+    total.as_secs_f64() * 1e6 / messages as f64
+}
+
 /// One run's figures, columns in print order.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -61,6 +70,9 @@ pub struct Row {
 pub struct Report {
     /// Workload name.
     pub workload: String,
+    /// What the messages were (`opaque` or `e2e`); `None` for workloads
+    /// that send none.
+    pub mode: Option<&'static str>,
     /// The parameters, for the JSON file.
     pub params: Value,
     /// Lines printed above the table (what is measured and how).
@@ -115,7 +127,10 @@ impl Report {
     /// Print the notes and the table.
     pub fn print(&self) {
         println!();
-        println!("== {} ==", self.workload);
+        match self.mode {
+            Some(mode) => println!("== {} ({mode}) ==", self.workload),
+            None => println!("== {} ==", self.workload),
+        }
         for n in &self.notes {
             println!("  {n}");
         }
@@ -159,6 +174,7 @@ impl Report {
         };
         json!({
             "workload": self.workload,
+            "mode": self.mode,
             "params": self.params,
             "notes": self.notes,
             "runs": self.rows.iter().map(row).collect::<Vec<_>>(),

@@ -1,16 +1,21 @@
 //! The moving parts every message workload shares: a recipient device
 //! (registered, authenticated, holding a send token), a sender writing
-//! opaque payloads with a sliding window of sends in flight, and a receiver
-//! that acknowledges in batches and records end-to-end latency.
+//! payloads with a sliding window of sends in flight, and a receiver that
+//! acknowledges in batches and records end-to-end latency.
 //!
-//! A payload starts with its send time (nanoseconds since the run's start:
-//! sender and receiver share one clock, being one process) and its index;
-//! the rest is filler. With pacing, the send time is the time the message
-//! was *due*, so a sender held back by a full window counts the wait.
+//! Each message carries its send time (nanoseconds since the run's start:
+//! sender and receiver share one clock, being one process) and its index.
+//! In [`Mode::Opaque`] they are the payload's first 16 bytes and the rest is
+//! filler; in [`Mode::E2e`] they open a text that is encrypted as the client
+//! does it ([`crate::e2e`]) and read only after decryption. With pacing, the
+//! send time is the time the message was *due*, so a sender held back by a
+//! full window counts the wait.
 
+use crate::e2e::{self, Channel};
 use crate::report::Latency;
 use anyhow::{anyhow, bail, Context};
 use prost::Message;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +28,59 @@ use tern_protocol::url::RelayUrl;
 use tern_protocol::STREAM_MESSAGES;
 use tokio::sync::Semaphore;
 
-/// Smallest payload: send time and index.
+/// Smallest opaque payload: send time and index.
 pub const PAYLOAD_HEADER: usize = 16;
+
+/// What the messages of a run are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Opaque payloads: no client crypto, the relay alone is measured.
+    Opaque,
+    /// Texts encrypted and decrypted as the client does ([`crate::e2e`]).
+    E2e,
+}
+
+impl Mode {
+    /// The mode's name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Opaque => "opaque",
+            Mode::E2e => "e2e",
+        }
+    }
+
+    /// What a row label gets appended so the table says the mode.
+    pub fn label_suffix(self) -> &'static str {
+        match self {
+            Mode::Opaque => "",
+            Mode::E2e => " e2e",
+        }
+    }
+
+    /// The sender's and the receiver's [`Payloads`] for one pair whose
+    /// receiving device is `receiver`; in E2E mode this runs the Olm
+    /// handshake (see [`e2e::handshake`]).
+    pub fn pair(self, receiver: &mut DeviceAccount) -> anyhow::Result<(Payloads, Payloads)> {
+        match self {
+            Mode::Opaque => Ok((Payloads::Opaque, Payloads::Opaque)),
+            Mode::E2e => {
+                let (outbound, inbound) = e2e::handshake(receiver)?;
+                Ok((
+                    Payloads::E2e(Box::new(outbound)),
+                    Payloads::E2e(Box::new(inbound)),
+                ))
+            }
+        }
+    }
+}
+
+/// How one end of a pair writes or reads its payloads.
+pub enum Payloads {
+    /// Send time, index and filler in the clear.
+    Opaque,
+    /// Its end of the pair's Olm conversation.
+    E2e(Box<Channel>),
+}
 
 /// A device with a mailbox on the relay, connected and authenticated.
 pub struct Recipient {
@@ -69,7 +125,8 @@ pub async fn enroll(link: RelayLink) -> anyhow::Result<Recipient> {
 pub struct SendPlan {
     /// Envelopes to send.
     pub count: u64,
-    /// Payload bytes each (at least [`PAYLOAD_HEADER`]).
+    /// Payload bytes each (at least [`PAYLOAD_HEADER`]); in E2E mode, text
+    /// bytes (at least [`e2e::STAMP_TEXT_LEN`]) before encryption.
     pub size: usize,
     /// Most sends written and not yet answered.
     pub window: usize,
@@ -97,16 +154,20 @@ pub struct SendFigures {
     pub refused: u64,
     /// When the last answer arrived.
     pub last_answer: Option<Instant>,
+    /// Time spent building, encrypting and sealing payloads (E2E mode).
+    pub crypto: Duration,
 }
 
-/// Send `plan.count` opaque envelopes to `to` on a message stream of
-/// `link`, pipelined: a new send is written whenever fewer than
-/// `plan.window` are unanswered. `progress` counts accepted sends.
+/// Send `plan.count` envelopes to `mailbox` on a message stream of `link`,
+/// pipelined: a new send is written whenever fewer than `plan.window` are
+/// unanswered. `payloads` says how each payload is made. `progress` counts
+/// accepted sends.
 pub async fn send(
     link: &RelayLink,
     mailbox: [u8; 16],
     token: [u8; 32],
     plan: SendPlan,
+    mut payloads: Payloads,
     progress: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<SendFigures> {
     let (mut out, mut answers) = link.open_raw_stream().await?;
@@ -171,8 +232,8 @@ pub async fn send(
     let interval = plan
         .rate
         .map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
-    let size = plan.size.max(PAYLOAD_HEADER);
     let mut sent = 0u64;
+    let mut crypto = Duration::ZERO;
     let mut failure = None;
     while sent < plan.count && Instant::now() < plan.deadline {
         let stamp = match interval {
@@ -194,10 +255,21 @@ pub async fn send(
         } else {
             Instant::now()
         };
-        let mut payload = vec![0x5a; size];
         let nanos = stamp.duration_since(plan.start).as_nanos() as u64;
-        payload[..8].copy_from_slice(&nanos.to_be_bytes());
-        payload[8..16].copy_from_slice(&sent.to_be_bytes());
+        let payload = match &mut payloads {
+            Payloads::Opaque => {
+                let mut payload = vec![0x5a; plan.size.max(PAYLOAD_HEADER)];
+                payload[..8].copy_from_slice(&nanos.to_be_bytes());
+                payload[8..16].copy_from_slice(&sent.to_be_bytes());
+                payload
+            }
+            Payloads::E2e(channel) => {
+                let began = Instant::now();
+                let payload = channel.seal_text(e2e::stamp_text(plan.size, nanos, sent));
+                crypto += began.elapsed();
+                payload
+            }
+        };
         let frame = pb::ClientFrame {
             frame: Some(pb::client_frame::Frame::Send(pb::Send {
                 request_id: sent + 1,
@@ -220,6 +292,7 @@ pub async fn send(
     let _ = out.finish();
     let mut figures = reader.await.map_err(|e| anyhow!("send reader: {e}"))?;
     figures.written = sent;
+    figures.crypto = crypto;
     if figures.accepted + figures.refused < sent {
         let why = figures.ended.as_deref().unwrap_or("unknown");
         eprintln!(
@@ -261,23 +334,33 @@ pub struct ReceiveFigures {
     pub first: Option<Instant>,
     /// See `first`.
     pub last: Option<Instant>,
+    /// Time spent opening, decrypting and decoding payloads (E2E mode).
+    pub crypto: Duration,
 }
 
 /// Read pushed envelopes from a subscribed `inbox` until `plan.expect`
 /// distinct ones arrived or the deadline passed; acknowledge in batches.
+/// `payloads` says how to read them: in E2E mode an envelope is counted only
+/// once it opened, decrypted and decoded, and one that does not is an error.
 /// `progress` counts distinct envelopes.
 pub async fn receive(
     inbox: &mut MessageStream,
     plan: ReceivePlan,
+    mut payloads: Payloads,
     progress: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<ReceiveFigures> {
     let mut seen = vec![0u64; plan.expect.div_ceil(64) as usize];
+    // Envelope ids already opened: a redelivered envelope is recognised by
+    // its id before decryption, as the client does, because Olm refuses to
+    // decrypt a message twice.
+    let mut opened: HashSet<Vec<u8>> = HashSet::new();
     let mut f = ReceiveFigures {
         received: 0,
         duplicates: 0,
         latency: Latency::new(),
         first: None,
         last: None,
+        crypto: Duration::ZERO,
     };
     let mut acks: Vec<u64> = Vec::with_capacity(plan.ack_batch);
     let quiet = Duration::from_millis(2);
@@ -296,14 +379,24 @@ pub async fn receive(
             Some(_) => continue,
             None => bail!("relay ended the message stream"),
         };
-        let now = Instant::now();
         acks.push(e.seq);
-        if e.payload.len() >= PAYLOAD_HEADER {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&e.payload[..8]);
-            let sent_at = u64::from_be_bytes(word);
-            word.copy_from_slice(&e.payload[8..16]);
-            let index = u64::from_be_bytes(word);
+        let stamp = match &mut payloads {
+            Payloads::Opaque => opaque_stamp(&e.payload),
+            Payloads::E2e(_) if !opened.insert(e.message_id.to_vec()) => {
+                f.duplicates += 1;
+                None
+            }
+            Payloads::E2e(channel) => {
+                let began = Instant::now();
+                let text = channel
+                    .open_text(&e.payload)
+                    .with_context(|| format!("envelope seq {} does not decrypt", e.seq))?;
+                f.crypto += began.elapsed();
+                Some(e2e::read_stamp(&text).with_context(|| format!("envelope seq {}", e.seq))?)
+            }
+        };
+        let now = Instant::now();
+        if let Some((sent_at, index)) = stamp {
             let fresh = match seen.get_mut((index / 64) as usize) {
                 Some(bits) if *bits & (1 << (index % 64)) == 0 => {
                     *bits |= 1 << (index % 64);
@@ -332,4 +425,15 @@ pub async fn receive(
         inbox.ack(acks).await?;
     }
     Ok(f)
+}
+
+/// Send time and index from an opaque payload; `None` if it is too short.
+fn opaque_stamp(payload: &[u8]) -> Option<(u64, u64)> {
+    let word = |r: std::ops::Range<usize>| {
+        payload
+            .get(r)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    Some((word(0..8)?, word(8..16)?))
 }
