@@ -14,6 +14,7 @@
 use crate::e2e::{self, Channel};
 use crate::report::Latency;
 use anyhow::{anyhow, bail, Context};
+use bytes::BytesMut;
 use prost::Message;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_client::transport::{Dialer, MessageStream, RelayLink};
 use tern_crypto::DeviceAccount;
-use tern_protocol::io::{read_frame, write_frame};
+use tern_protocol::frame::encode_frame_into;
+use tern_protocol::io::FrameReader;
 use tern_protocol::limits::DEFAULT_MAX_FRAME;
 use tern_protocol::pb::{self, relay_frame::Frame};
 use tern_protocol::url::RelayUrl;
@@ -30,6 +32,9 @@ use tokio::sync::Semaphore;
 
 /// Smallest opaque payload: send time and index.
 pub const PAYLOAD_HEADER: usize = 16;
+
+/// Most sends written in one go.
+const WRITE_BATCH: u64 = 64;
 
 /// What the messages of a run are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +175,7 @@ pub async fn send(
     mut payloads: Payloads,
     progress: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<SendFigures> {
-    let (mut out, mut answers) = link.open_raw_stream().await?;
+    let (mut out, answers) = link.open_raw_stream().await?;
     out.write_all(&[STREAM_MESSAGES]).await?;
     let window = Arc::new(Semaphore::new(plan.window.max(1)));
     let written = Arc::new(AtomicU64::new(u64::MAX));
@@ -180,13 +185,10 @@ pub async fn send(
         let (window, written) = (Arc::clone(&window), Arc::clone(&written));
         tokio::spawn(async move {
             let mut f = SendFigures::default();
+            let mut answers = FrameReader::new(answers, DEFAULT_MAX_FRAME);
             while f.accepted + f.refused < written.load(Relaxed) {
-                let body = match tokio::time::timeout_at(
-                    deadline,
-                    read_frame(&mut answers, DEFAULT_MAX_FRAME),
-                )
-                .await
-                {
+                // Cancel-safe: a timeout never loses half a frame.
+                let body = match tokio::time::timeout_at(deadline, answers.next()).await {
                     Ok(Ok(Some(body))) => body,
                     Ok(Ok(None)) => {
                         f.ended = Some("relay ended the stream".into());
@@ -235,6 +237,7 @@ pub async fn send(
     let mut sent = 0u64;
     let mut crypto = Duration::ZERO;
     let mut failure = None;
+    let mut buf = BytesMut::new();
     while sent < plan.count && Instant::now() < plan.deadline {
         let stamp = match interval {
             Some(gap) => {
@@ -248,6 +251,16 @@ pub async fn send(
             Ok(Ok(permit)) => permit.forget(),
             _ => break,
         }
+        // Unpaced, every send the window has room for leaves in one write,
+        // as a client flushing its outbox does.
+        let mut batch = 1u64;
+        while interval.is_none() && batch < WRITE_BATCH && sent + batch < plan.count {
+            match window.try_acquire() {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+            batch += 1;
+        }
         // Without pacing the clock is read once the window has room, so the
         // figure is the relay's latency, not time spent queued here.
         let stamp = if interval.is_some() {
@@ -256,35 +269,38 @@ pub async fn send(
             Instant::now()
         };
         let nanos = stamp.duration_since(plan.start).as_nanos() as u64;
-        let payload = match &mut payloads {
-            Payloads::Opaque => {
-                let mut payload = vec![0x5a; plan.size.max(PAYLOAD_HEADER)];
-                payload[..8].copy_from_slice(&nanos.to_be_bytes());
-                payload[8..16].copy_from_slice(&sent.to_be_bytes());
-                payload
-            }
-            Payloads::E2e(channel) => {
-                let began = Instant::now();
-                let payload = channel.seal_text(e2e::stamp_text(plan.size, nanos, sent));
-                crypto += began.elapsed();
-                payload
-            }
-        };
-        let frame = pb::ClientFrame {
-            frame: Some(pb::client_frame::Frame::Send(pb::Send {
-                request_id: sent + 1,
-                mailbox_id: mailbox.to_vec().into(),
-                token: token.to_vec().into(),
-                message_id: rand::random::<[u8; 16]>().to_vec().into(),
-                payload: payload.into(),
-                ephemeral: false,
-            })),
-        };
-        if let Err(e) = write_frame(&mut out, &frame).await {
+        for _ in 0..batch {
+            let payload = match &mut payloads {
+                Payloads::Opaque => {
+                    let mut payload = vec![0x5a; plan.size.max(PAYLOAD_HEADER)];
+                    payload[..8].copy_from_slice(&nanos.to_be_bytes());
+                    payload[8..16].copy_from_slice(&sent.to_be_bytes());
+                    payload
+                }
+                Payloads::E2e(channel) => {
+                    let began = Instant::now();
+                    let payload = channel.seal_text(e2e::stamp_text(plan.size, nanos, sent));
+                    crypto += began.elapsed();
+                    payload
+                }
+            };
+            let frame = pb::ClientFrame {
+                frame: Some(pb::client_frame::Frame::Send(pb::Send {
+                    request_id: sent + 1,
+                    mailbox_id: mailbox.to_vec().into(),
+                    token: token.to_vec().into(),
+                    message_id: rand::random::<[u8; 16]>().to_vec().into(),
+                    payload: payload.into(),
+                    ephemeral: false,
+                })),
+            };
+            encode_frame_into(&frame, &mut buf);
+            sent += 1;
+        }
+        if let Err(e) = out.write_chunk(buf.split().freeze()).await {
             failure = Some(e);
             break;
         }
-        sent += 1;
     }
     written.store(sent, Relaxed);
     // Finishing our side makes the relay end its side once every send is
