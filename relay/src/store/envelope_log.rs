@@ -48,6 +48,8 @@ pub struct SegmentUse {
     pub live: u64,
     /// Bytes of its live envelope records.
     pub live_bytes: u64,
+    /// How long ago it stopped being the head (or the log was opened).
+    pub sealed_for: Duration,
 }
 
 struct Segment {
@@ -55,6 +57,8 @@ struct Segment {
     size: u64,
     live: u64,
     live_bytes: u64,
+    /// When it stopped being the head (or was found at open).
+    sealed_at: Instant,
 }
 
 struct Tail {
@@ -192,6 +196,7 @@ impl EnvelopeLog {
                     size: at as u64,
                     live: 0,
                     live_bytes: 0,
+                    sealed_at: Instant::now(),
                 },
             );
         }
@@ -204,6 +209,7 @@ impl EnvelopeLog {
                 size: MAGIC.len() as u64,
                 live: 0,
                 live_bytes: 0,
+                sealed_at: Instant::now(),
             },
         );
         sync_dir(dir)?;
@@ -444,6 +450,10 @@ impl EnvelopeLog {
                 t.unsynced.push(head);
             }
         }
+        let old_head = t.head;
+        if let Some(old) = t.segments.get_mut(&old_head) {
+            old.sealed_at = Instant::now();
+        }
         t.segments.insert(
             next,
             Segment {
@@ -451,6 +461,7 @@ impl EnvelopeLog {
                 size: MAGIC.len() as u64,
                 live: 0,
                 live_bytes: 0,
+                sealed_at: Instant::now(),
             },
         );
         t.head = next;
@@ -472,6 +483,7 @@ impl EnvelopeLog {
                 size: s.size,
                 live: s.live,
                 live_bytes: s.live_bytes,
+                sealed_for: s.sealed_at.elapsed(),
             })
             .collect())
     }
