@@ -126,6 +126,12 @@ pub struct Limits {
     /// each idle connection holds some memory, so this bounds what one
     /// address can make the relay hold.
     pub max_connections_per_ip: u32,
+    /// Receive and send buffer asked of the kernel for the relay's UDP
+    /// socket. Every connection shares this one socket; with the kernel's
+    /// default (~208 KiB) bursts from many clients overflow it and QUIC
+    /// slows down to recover the drops. Linux caps it at
+    /// `net.core.rmem_max` / `wmem_max`; the relay logs what it got.
+    pub udp_socket_buffer_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -155,6 +161,7 @@ impl Default for Limits {
             max_tokens_per_mailbox: 10_000,
             min_free_disk_bytes: 128 << 20,
             max_connections_per_ip: 1_000,
+            udp_socket_buffer_bytes: 4 << 20,
         }
     }
 }

@@ -122,6 +122,7 @@ impl RunningRelay {
             source,
         };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
+        size_socket_buffers(&socket, config.limits.udp_socket_buffer_bytes);
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind(std::io::Error::other("no async runtime for the endpoint")))?;
         let endpoint =
@@ -199,6 +200,28 @@ impl RunningRelay {
             tracing::error!("final flush failed: {e}");
         }
         info!("relay stopped");
+    }
+}
+
+/// Ask for larger UDP buffers: every connection shares this one socket.
+/// Getting less than asked is not fatal (the kernel caps it), only slower.
+fn size_socket_buffers(socket: &std::net::UdpSocket, want: usize) {
+    if want == 0 {
+        return;
+    }
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(want);
+    let _ = sock.set_send_buffer_size(want);
+    let got = (sock.recv_buffer_size(), sock.send_buffer_size());
+    match got {
+        // Linux reports twice what it grants (bookkeeping included).
+        (Ok(r), Ok(s)) if r >= want && s >= want => {}
+        (r, s) => tracing::warn!(
+            want,
+            recv = ?r.ok(),
+            send = ?s.ok(),
+            "UDP socket buffers smaller than asked; raise net.core.rmem_max and wmem_max"
+        ),
     }
 }
 
