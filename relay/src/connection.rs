@@ -15,8 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tern_protocol::frame::encode_frame_into;
-use tern_protocol::frame::{decode_message, FrameError};
+use tern_protocol::frame::{decode_message, encode_frame_into, FrameError};
 use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
 use tern_protocol::pb::{self, client_frame::Frame as In, relay_frame::Frame as Out};
 use tern_protocol::{limits, ErrorCode, WireError};
@@ -233,8 +232,10 @@ struct Window {
     opened: Notify,
 }
 
-/// Most frames coalesced into one write on a stream.
+/// Most frames coalesced into one write on a stream...
 const WRITE_BATCH: usize = 256;
+/// ...and most bytes, so a batch of large envelopes stays small.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Most replies released by one durability wait.
 const REPLY_BATCH: usize = 1024;
 
@@ -251,6 +252,9 @@ async fn messages<S: MailboxStore, C: Clock>(
         while let Some(frame) = out_rx.recv().await {
             encode_frame_into(&frame, &mut buf);
             for _ in 1..WRITE_BATCH {
+                if buf.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
                 match out_rx.try_recv() {
                     Ok(frame) => encode_frame_into(&frame, &mut buf),
                     Err(_) => break,
