@@ -73,7 +73,19 @@ struct Tail {
     unsynced: Vec<u64>,
     /// A segment was created or deleted since the directory was synced.
     dir_dirty: bool,
+    /// The last write to the head failed (a full disk): new envelopes are
+    /// refused until a write succeeds.
+    write_failed: bool,
+    /// An `fdatasync` failed. The kernel may have dropped the pages it
+    /// could not write and report the next sync as a success, so nothing
+    /// written since can be trusted: the store refuses everything until
+    /// the relay restarts and replays what is really on disk.
+    sync_failed: Option<String>,
 }
+
+/// Most bytes buffered for the head; past this, new envelopes are refused
+/// (a write that keeps failing must not grow memory without bound).
+const MAX_BUFFER: usize = 64 << 20;
 
 /// Segment files under one directory.
 pub struct EnvelopeLog {
@@ -148,6 +160,7 @@ impl EnvelopeLog {
                 .read_to_end(&mut bytes)
                 .map_err(|e| unavailable("read segment", e))?;
             let mut at = 0usize;
+            let mut torn = false;
             if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
                 at = MAGIC.len();
                 while at < bytes.len() {
@@ -162,7 +175,14 @@ impl EnvelopeLog {
                             at += len;
                         }
                         Err(damage) => {
-                            if Some(id) == newest && damage == Damage::Truncated {
+                            // A torn write leaves a short record or zeros
+                            // (space the file system allocated but that
+                            // was never written). Anything else is damage:
+                            // whole records may follow it, so the file is
+                            // left as it is, and never written to again.
+                            let rest = &bytes[at..];
+                            torn = damage == Damage::Truncated || rest.iter().all(|b| *b == 0);
+                            if Some(id) == newest && torn {
                                 tracing::info!(segment = id, at, "cutting a torn record");
                             } else {
                                 tracing::error!(
@@ -182,7 +202,7 @@ impl EnvelopeLog {
                     "envelope segment without a header; ignoring it"
                 );
             }
-            if Some(id) == newest && at < bytes.len() {
+            if Some(id) == newest && torn {
                 // Only the newest segment can end in a torn write; cut it so
                 // the file holds whole records only.
                 file.set_len(at as u64)
@@ -224,6 +244,8 @@ impl EnvelopeLog {
                 segments,
                 unsynced: Vec::new(),
                 dir_dirty: false,
+                write_failed: false,
+                sync_failed: None,
             }),
             sync_lock: Mutex::new(()),
         })
@@ -236,8 +258,12 @@ impl EnvelopeLog {
             .create_new(true)
             .open(segment_path(dir, id))
             .map_err(|e| unavailable("create segment", e))?;
-        file.write_all_at(MAGIC, 0)
-            .map_err(|e| unavailable("write segment header", e))?;
+        if let Err(e) = file.write_all_at(MAGIC, 0) {
+            // Leave no empty file behind to block the next attempt.
+            drop(file);
+            let _ = std::fs::remove_file(segment_path(dir, id));
+            return Err(unavailable("write segment header", e));
+        }
         Ok(file)
     }
 
@@ -259,8 +285,17 @@ impl EnvelopeLog {
     }
 
     /// Append a live envelope record (written by `put`) to the head.
+    /// Refused while the disk refuses writes or after a failed sync.
     pub fn append_envelope(&self, put: impl FnOnce(&mut Vec<u8>)) -> Result<Location, StoreError> {
         let mut t = self.tail()?;
+        if let Some(e) = &t.sync_failed {
+            return Err(StoreError::Unavailable(e.clone()));
+        }
+        if t.write_failed || t.buf.len() >= MAX_BUFFER {
+            return Err(StoreError::Unavailable(
+                "the envelope log cannot write to disk".into(),
+            ));
+        }
         let loc = Self::append(&mut t, put);
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += 1;
@@ -357,9 +392,10 @@ impl EnvelopeLog {
 
     /// Write buffered records to the head and `fdatasync` every segment
     /// written since the last sync; then start a new head if this one is
-    /// full or older than `max_head_age`. On failure nothing is lost: the
-    /// buffer stays and the next sync tries again. Returns true if a new
-    /// head was started.
+    /// full or older than `max_head_age`. A failed write loses nothing: the
+    /// buffer stays and the next sync tries again. A failed `fdatasync`
+    /// stops the log until restart (see `sync_failed`). Returns true if a
+    /// new head was started.
     pub fn sync(&self, max_head_age: Duration) -> Result<bool, StoreError> {
         let _whole = self
             .sync_lock
@@ -367,6 +403,9 @@ impl EnvelopeLog {
             .map_err(|_| StoreError::Unavailable("envelope log lock poisoned".into()))?;
         let (files, dir_dirty) = {
             let mut t = self.tail()?;
+            if let Some(e) = &t.sync_failed {
+                return Err(StoreError::Unavailable(e.clone()));
+            }
             let head = t.head;
             if !t.buf.is_empty() {
                 let head_file = t
@@ -374,9 +413,13 @@ impl EnvelopeLog {
                     .get(&head)
                     .map(|s| Arc::clone(&s.file))
                     .ok_or(StoreError::Corrupt("head segment missing"))?;
-                head_file
-                    .write_all_at(&t.buf, t.written)
-                    .map_err(|e| unavailable("write segment", e))?;
+                // A failed write dirtied no page that a later sync could
+                // skip: keeping the buffer and writing it again is safe.
+                if let Err(e) = head_file.write_all_at(&t.buf, t.written) {
+                    t.write_failed = true;
+                    return Err(unavailable("write segment", e));
+                }
+                t.write_failed = false;
                 t.written += t.buf.len() as u64;
                 t.buf.clear();
                 if !t.unsynced.contains(&head) {
@@ -393,10 +436,13 @@ impl EnvelopeLog {
         let mut failed = None;
         for (id, file) in &files {
             if let Err(e) = file.sync_data() {
-                failed = Some(unavailable("sync segment", e));
+                let why =
+                    format!("fdatasync of envelope segment {id} failed ({e}); restart the relay");
+                tracing::error!("{why}");
                 if let Ok(mut t) = self.tail() {
-                    t.unsynced.push(*id);
+                    t.sync_failed = Some(why.clone());
                 }
+                failed = Some(StoreError::Unavailable(why));
             }
         }
         if dir_dirty {
@@ -614,6 +660,47 @@ mod tests {
         drop(log);
         let (_, seen) = replay_all(dir.path(), 1 << 20);
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail_and_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = replay_all(dir.path(), 1 << 20);
+        let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
+        log.sync(HOUR).unwrap();
+        drop(log);
+        // Space allocated for a write that never reached the disk.
+        let path = segment_path(dir.path(), a.segment);
+        let end = a.offset + u64::from(a.len);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end + 4096)
+            .unwrap();
+        let (_, seen) = replay_all(dir.path(), 1 << 20);
+        assert_eq!(seen, vec![(1, a)]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_newest_segment_is_not_cut_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = replay_all(dir.path(), 1 << 20);
+        let locs: Vec<_> = (1..=3)
+            .map(|seq| log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap())
+            .collect();
+        log.sync(HOUR).unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), locs[1].segment);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], locs[1].offset + 20).unwrap();
+        let (_, seen) = replay_all(dir.path(), 1 << 20);
+        assert_eq!(seen, vec![(1, locs[0])]);
+        // The whole record after the damage is still on disk for an
+        // operator to recover; only a torn tail is ever cut.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
     }
 
     #[test]

@@ -44,6 +44,9 @@ const TOKEN: u8 = b't';
 const READ_SPAN: u64 = 1 << 20;
 /// Widest gap between two envelopes of a mailbox read in one go.
 const READ_GAP: u64 = 16 << 10;
+/// Longest time between checkpoints of the index (saving next-seq floors
+/// and dropping idle mailboxes from memory).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 /// How the envelope log is laid out; the defaults suit a relay, tests use
 /// tiny segments to exercise roll-over and compaction.
@@ -88,6 +91,9 @@ struct Inner {
     options: LogOptions,
     /// A mailbox or token record changed since sled was last flushed.
     meta_dirty: AtomicBool,
+    /// Held across taking `meta_dirty` and flushing, so a second caller
+    /// waits for a flush already under way instead of skipping it.
+    meta_flush: Mutex<()>,
 }
 
 /// Wakes the background thread that deletes and compacts segments.
@@ -188,6 +194,7 @@ impl Inner {
     /// Make every write so far durable; true if the log started a new head.
     fn sync(&self) -> Result<bool, StoreError> {
         let rolled = self.log.sync(self.options.max_head_age)?;
+        let _flushing = self.meta_flush.lock().map_err(|_| poisoned())?;
         if self.meta_dirty.swap(false, Ordering::SeqCst) {
             if let Err(e) = self.db.flush() {
                 self.meta_dirty.store(true, Ordering::SeqCst);
@@ -420,6 +427,7 @@ impl SledStore {
             index: Index::default(),
             options,
             meta_dirty: AtomicBool::new(false),
+            meta_flush: Mutex::new(()),
         };
         for (id, mut st) in replayed {
             let Some(rec) = inner.record(&id)? else {
@@ -452,16 +460,29 @@ impl SledStore {
         let thread = std::thread::Builder::new()
             .name("tern-log-reclaim".into())
             .spawn(move || {
+                let mut checkpointed = std::time::Instant::now();
                 while bg_reclaimer.wait(bg_inner.options.reclaim_every) {
-                    // Rolls a quiet head over once it is old enough.
+                    // Rolls a quiet head over once it is old enough, and
+                    // retries a write the disk refused.
                     if let Err(e) = bg_inner.sync() {
                         tracing::warn!("envelope log sync failed: {e}");
                         continue;
                     }
                     match bg_inner.reclaim() {
                         Ok(0) => {}
-                        Ok(n) => tracing::debug!(segments = n, "envelope log segments deleted"),
+                        Ok(n) => {
+                            checkpointed = std::time::Instant::now();
+                            tracing::debug!(segments = n, "envelope log segments deleted");
+                        }
                         Err(e) => tracing::warn!("envelope log reclaim failed: {e}"),
+                    }
+                    // Deletions checkpoint; without them (an old segment
+                    // still held), drop idle mailboxes from memory anyway.
+                    if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+                        checkpointed = std::time::Instant::now();
+                        if let Err(e) = bg_inner.checkpoint() {
+                            tracing::warn!("envelope index checkpoint failed: {e}");
+                        }
                     }
                 }
             })
@@ -669,8 +690,10 @@ impl MailboxStore for SledStore {
                 payload_len,
             },
         );
-        drop(shard);
+        // Counted before the shard is released: a retry that finds this
+        // envelope and waits for durability then waits for its flush.
         self.commit.wrote();
+        drop(shard);
         Ok(Appended {
             seq,
             duplicate: false,
@@ -728,11 +751,11 @@ impl MailboxStore for SledStore {
         inner
             .log
             .append_removal(|b| record::put_remove(b, mailbox, &gone), &at)?;
-        drop(shard);
         // Counted but not waited for: deletes become durable with the next
         // flush (at most ~200 ms later); a redelivered envelope is dropped
         // by the recipient's de-duplication.
         self.commit.wrote();
+        drop(shard);
         Ok(gone.len() as u64)
     }
 
