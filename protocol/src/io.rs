@@ -98,15 +98,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
-
-    /// True if a whole frame is buffered, so [`Self::next`] will not wait.
-    pub fn has_frame(&self) -> bool {
-        self.buf.len() >= LENGTH_PREFIX
-            && self.buf.len()
-                >= LENGTH_PREFIX
-                    + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                        as usize
-    }
 }
 
 /// Write `msg` as one frame.
@@ -158,7 +149,6 @@ mod tests {
                 crate::frame::decode_message::<pb::Ack>(&body).unwrap(),
                 msg(n)
             );
-            assert_eq!(reader.has_frame(), n < 49);
         }
         assert!(reader.next().await.unwrap().is_none());
     }

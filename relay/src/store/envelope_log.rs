@@ -609,6 +609,16 @@ mod tests {
         (log, seen)
     }
 
+    /// Append envelopes `seqs`, syncing after each.
+    fn append_synced(log: &EnvelopeLog, seqs: std::ops::RangeInclusive<u64>) -> Vec<Location> {
+        seqs.map(|seq| {
+            let at = log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap();
+            log.sync(HOUR).unwrap();
+            at
+        })
+        .collect()
+    }
+
     #[test]
     fn records_survive_a_reopen_and_read_back_before_and_after_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -707,11 +717,7 @@ mod tests {
     fn full_heads_roll_over_and_empty_segments_are_deleted_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = replay_all(dir.path(), 256);
-        let mut locs = Vec::new();
-        for seq in 1..=12 {
-            locs.push(log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap());
-            log.sync(HOUR).unwrap();
-        }
+        let locs = append_synced(&log, 1..=12);
         let sealed = log.sealed_segments().unwrap();
         assert!(sealed.len() >= 3, "{sealed:?}");
         assert_eq!(log.delete_oldest_if_empty().unwrap(), None, "still live");
@@ -735,11 +741,7 @@ mod tests {
     fn damage_in_an_older_segment_skips_only_the_rest_of_it() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = replay_all(dir.path(), 128);
-        let mut locs = Vec::new();
-        for seq in 1..=6 {
-            locs.push(log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap());
-            log.sync(HOUR).unwrap();
-        }
+        let locs = append_synced(&log, 1..=6);
         drop(log);
         let first = locs[0];
         let path = segment_path(dir.path(), first.segment);

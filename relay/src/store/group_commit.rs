@@ -5,16 +5,16 @@
 //! write was counted before that read is therefore on disk. Under load one
 //! flush covers every send that arrived while the previous flush ran.
 
+use super::signal::Signal;
 use super::StoreError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::watch;
 
 /// Flushes a database on behalf of concurrent writers.
 pub struct GroupCommit {
     written: AtomicU64,
-    wake: Mutex<bool>,
-    wake_cv: Condvar,
+    wake: Signal,
     durable: watch::Sender<Result<u64, StoreError>>,
     stopped: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -30,8 +30,7 @@ impl GroupCommit {
         let (durable, _) = watch::channel(Ok(0));
         let gc = Arc::new(Self {
             written: AtomicU64::new(0),
-            wake: Mutex::new(false),
-            wake_cv: Condvar::new(),
+            wake: Signal::default(),
             durable,
             stopped: AtomicBool::new(false),
             thread: Mutex::new(None),
@@ -104,10 +103,7 @@ impl GroupCommit {
     }
 
     fn kick(&self) {
-        if let Ok(mut pending) = self.wake.lock() {
-            *pending = true;
-            self.wake_cv.notify_one();
-        }
+        self.wake.raise();
     }
 }
 
@@ -117,14 +113,8 @@ fn flusher<F: Fn() -> Result<(), StoreError>>(gc: Weak<GroupCommit>, flush: F) {
         // Holding only a weak reference between rounds lets the thread end
         // once the store is dropped.
         let Some(gc) = gc.upgrade() else { return };
-        let woken = {
-            let Ok(pending) = gc.wake.lock() else { return };
-            let timeout = std::time::Duration::from_millis(200);
-            let Ok((mut pending, _)) = gc.wake_cv.wait_timeout_while(pending, timeout, |p| !*p)
-            else {
-                return;
-            };
-            std::mem::replace(&mut *pending, false)
+        let Some(woken) = gc.wake.wait(std::time::Duration::from_millis(200)) else {
+            return;
         };
         if gc.stopped.load(Ordering::SeqCst) {
             return;

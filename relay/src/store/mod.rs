@@ -7,6 +7,7 @@ pub mod envelope_log;
 pub mod group_commit;
 pub mod index;
 pub mod record;
+pub mod signal;
 pub mod sled;
 
 use std::future::Future;

@@ -28,6 +28,7 @@ use super::envelope_log::{EnvelopeLog, Location};
 use super::group_commit::GroupCommit;
 use super::index::{Entry, Index, MailboxState};
 use super::record::{self, EnvelopeRecord, Record};
+use super::signal::Signal;
 use super::{
     Appended, Durable, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota, StoreError,
     StoredEnvelope, Swept, TokenHash, TokenRecord,
@@ -35,7 +36,7 @@ use super::{
 use ::sled::{Batch, Db, Tree};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const MAILBOX: u8 = b'm';
@@ -99,27 +100,18 @@ struct Inner {
 /// Wakes the background thread that deletes and compacts segments.
 #[derive(Default)]
 struct Reclaimer {
-    kicked: Mutex<bool>,
-    cv: Condvar,
+    wake: Signal,
     stopped: AtomicBool,
 }
 
 impl Reclaimer {
     fn kick(&self) {
-        if let Ok(mut k) = self.kicked.lock() {
-            *k = true;
-            self.cv.notify_one();
-        }
+        self.wake.raise();
     }
 
     /// Wait for a kick or `every`; false once stopped.
     fn wait(&self, every: Duration) -> bool {
-        if let Ok(k) = self.kicked.lock() {
-            if let Ok((mut k, _)) = self.cv.wait_timeout_while(k, every, |k| !*k) {
-                *k = false;
-            }
-        }
-        !self.stopped.load(Ordering::SeqCst)
+        self.wake.wait(every).is_some() && !self.stopped.load(Ordering::SeqCst)
     }
 }
 
@@ -497,8 +489,7 @@ impl SledStore {
 
     /// Flush everything now (used on shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.sync().map(|_| ())?;
-        self.inner.db.flush().map(|_| ()).map_err(unavailable)
+        self.inner.sync().map(|_| ())
     }
 
     /// Delete and compact envelope segments now (the background thread
