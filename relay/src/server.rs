@@ -365,3 +365,51 @@ async fn sweep_loop<S: MailboxStore>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::{MemoryStore, NewEnvelope, Quota};
+
+    /// The server runs over whatever engine it is handed, sweeps through it,
+    /// and closes it through the trait when it stops.
+    #[tokio::test]
+    async fn serves_any_engine_and_closes_it_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..RelayConfig::default()
+        };
+        let clock = ManualClock::new(1_000);
+        let store = Arc::new(MemoryStore::new());
+        let relay = RunningRelay::start_with_store(config, Arc::new(clock.clone()), store.clone())
+            .await
+            .unwrap();
+        assert_ne!(relay.local_addr.port(), 0);
+        assert!(!dir.path().join("db").exists(), "no embedded store opened");
+
+        let mb = [1; 16];
+        store.create_mailbox(mb, [2; 32], 1_000).unwrap();
+        let quota = Quota {
+            max_envelopes: 10,
+            max_bytes: 1_000,
+        };
+        let env = NewEnvelope {
+            message_id: [3; 16],
+            payload: b"expiring",
+            now_ms: 1_000,
+            expires_ms: 2_000,
+        };
+        store.append(&mb, env, quota).unwrap();
+        clock.advance(1_000);
+        assert_eq!(relay.sweep_now().await.unwrap().envelopes, 1);
+
+        relay.shutdown().await;
+        assert_eq!(
+            store.append(&mb, env, quota),
+            Err(StoreError::Unavailable("the store is closed".into()))
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! append-only segment log for envelopes) is the default a single relay runs
 //! on; [`MemoryStore`] keeps everything in memory, for the core's tests and
 //! ephemeral relays; a fleet engine implements the same trait. The
-//! [`conformance`] suite (compiled for tests, and for other crates with the
+//! `conformance` suite (compiled for tests, and for other crates with the
 //! `conformance` feature) runs the same cases against every engine.
 //! Engine-specific knobs ([`LogOptions`], reclamation) stay on the engine
 //! type, used only by the code that opens it and by its own tests.
@@ -142,7 +142,7 @@ pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 
 /// tells when they have reached the disk, so concurrent sends share one flush.
 ///
 /// Every engine behaves the same in what the relay can observe, and the
-/// [`conformance`] suite checks it: a mailbox that does not exist is absent
+/// `conformance` suite checks it: a mailbox that does not exist is absent
 /// to [`Self::mailbox`], empty to [`Self::fetch`], a no-op to [`Self::ack`]
 /// and [`Self::revoke_token`], and an [`StoreError::UnknownMailbox`] to
 /// [`Self::append`] and [`Self::add_token`]. Engines are shared between
