@@ -5,19 +5,19 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::config::RateConfig;
 use crate::rate::Rates;
-use crate::store::SledStore;
+use crate::store::EmbeddedStore;
 use ed25519_dalek::{Signer, SigningKey};
 use pb::control_response::Response as R;
 
 struct Harness {
-    core: RelayCore<SledStore, ManualClock>,
+    core: RelayCore<EmbeddedStore, ManualClock>,
     clock: ManualClock,
     _dir: tempfile::TempDir,
 }
 
 fn harness(limits: Limits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let clock = ManualClock::new(1_700_000_000_000);
     Harness {
         core: RelayCore::new(
@@ -343,7 +343,7 @@ fn store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mailbox = [3u8; 16];
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         store.create_mailbox(mailbox, [1; 32], 0).unwrap();
         let env = NewEnvelope {
             message_id: [4; 16],
@@ -358,7 +358,7 @@ fn store_survives_reopen() {
         store.append(&mailbox, env, quota).unwrap();
         store.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
     let got = store.fetch(&mailbox, 0, 10).unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"kept");

@@ -1,6 +1,10 @@
 //! The relay as a running service: opens the store and TLS identity, binds
 //! the QUIC endpoint, accepts connections, runs the expiry sweeper, and shuts
-//! down gracefully (close connections, flush the store).
+//! down gracefully (close connections, close the store).
+//!
+//! The server is generic over the [`MailboxStore`]: [`RunningRelay::start`]
+//! opens the embedded engine in the data directory, and
+//! [`RunningRelay::start_with_store`] serves any engine it is handed.
 
 use crate::clock::Clock;
 use crate::config::RelayConfig;
@@ -8,7 +12,7 @@ use crate::connection::{self, Shared};
 use crate::core::RelayCore;
 use crate::hub::Hub;
 use crate::rate::{Admission, ConnectionSlots, Rates};
-use crate::store::{SledStore, StoreError, Swept};
+use crate::store::{EmbeddedStore, MailboxStore, StoreError, Swept};
 use crate::tls::{TlsError, TlsIdentity};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,13 +52,16 @@ pub enum StartError {
     },
 }
 
-/// A relay serving on a socket.
-pub struct RunningRelay {
+/// A relay serving on a socket, over a store `S` (by default the embedded
+/// engine).
+pub struct RunningRelay<S: MailboxStore = EmbeddedStore> {
     /// The bound UDP address.
     pub local_addr: SocketAddr,
     /// The URL clients use, with the certificate fingerprint.
     pub url: RelayUrl,
-    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    shared: Arc<Shared<S, Arc<dyn Clock>>>,
+    /// Kept to close the store at shutdown, after the last connection.
+    store: Arc<S>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -85,19 +92,40 @@ fn transport(config: &RelayConfig) -> quinn::TransportConfig {
     t
 }
 
+fn create_data_dir(config: &RelayConfig) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        path: dir.clone(),
+        source,
+    })
+}
+
 impl RunningRelay {
-    /// Open the data directory and start serving on `config.listen`.
+    /// Open the data directory, with the embedded store in `db/` under it,
+    /// and start serving on `config.listen`.
     pub async fn start(config: RelayConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         config.validate()?;
+        create_data_dir(&config)?;
+        let store = Arc::new(EmbeddedStore::open(&config.data_dir.join("db"))?);
+        Self::start_with_store(config, clock, store).await
+    }
+}
+
+impl<S: MailboxStore> RunningRelay<S> {
+    /// Start serving on `config.listen` over `store`. The data directory
+    /// still holds the TLS identity; the relay closes the store when it
+    /// shuts down.
+    pub async fn start_with_store(
+        config: RelayConfig,
+        clock: Arc<dyn Clock>,
+        store: Arc<S>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        create_data_dir(&config)?;
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
         let identity = TlsIdentity::load_or_create(dir)?;
-        let store = Arc::new(SledStore::open(&dir.join("db"))?);
         let core = RelayCore::new(
-            store,
+            Arc::clone(&store),
             clock,
             config.limits.clone(),
             Rates::new(&config.rates),
@@ -163,6 +191,7 @@ impl RunningRelay {
             local_addr,
             url,
             shared,
+            store,
             endpoint,
             stop,
             tasks: vec![accept, sweeper, disk],
@@ -187,7 +216,8 @@ impl RunningRelay {
         self.shared.hub.subscribers()
     }
 
-    /// Stop accepting, close connections, and flush the store.
+    /// Stop accepting, close connections, and close the store (its final
+    /// flush runs off the async workers).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.endpoint.close(0u32.into(), b"relay shutting down");
@@ -196,8 +226,11 @@ impl RunningRelay {
             t.abort();
             let _ = t.await;
         }
-        if let Err(e) = self.shared.core.store().flush() {
-            tracing::error!("final flush failed: {e}");
+        let store = self.store;
+        match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("final flush failed: {e}"),
+            Err(e) => tracing::error!("closing the store failed: {e}"),
         }
         info!("relay stopped");
     }
@@ -225,9 +258,9 @@ fn size_socket_buffers(socket: &std::net::UdpSocket, want: usize) {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<S: MailboxStore>(
     endpoint: quinn::Endpoint,
-    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+    shared: Arc<Shared<S, Arc<dyn Clock>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -275,8 +308,8 @@ async fn accept_loop(
 
 /// Watch the free space of the data directory's disk once a second and
 /// tell the core when it drops below the reserve, and when it returns.
-async fn disk_watch(
-    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+async fn disk_watch<S: MailboxStore>(
+    shared: Arc<Shared<S, Arc<dyn Clock>>>,
     dir: std::path::PathBuf,
     min_free: u64,
     mut stop: watch::Receiver<bool>,
@@ -310,8 +343,8 @@ async fn disk_watch(
     }
 }
 
-async fn sweep_loop(
-    shared: Arc<Shared<SledStore, Arc<dyn Clock>>>,
+async fn sweep_loop<S: MailboxStore>(
+    shared: Arc<Shared<S, Arc<dyn Clock>>>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -330,5 +363,53 @@ async fn sweep_loop(
             Ok(Err(e)) => tracing::warn!("sweep failed: {e}"),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::{MemoryStore, NewEnvelope, Quota};
+
+    /// The server runs over whatever engine it is handed, sweeps through it,
+    /// and closes it through the trait when it stops.
+    #[tokio::test]
+    async fn serves_any_engine_and_closes_it_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..RelayConfig::default()
+        };
+        let clock = ManualClock::new(1_000);
+        let store = Arc::new(MemoryStore::new());
+        let relay = RunningRelay::start_with_store(config, Arc::new(clock.clone()), store.clone())
+            .await
+            .unwrap();
+        assert_ne!(relay.local_addr.port(), 0);
+        assert!(!dir.path().join("db").exists(), "no embedded store opened");
+
+        let mb = [1; 16];
+        store.create_mailbox(mb, [2; 32], 1_000).unwrap();
+        let quota = Quota {
+            max_envelopes: 10,
+            max_bytes: 1_000,
+        };
+        let env = NewEnvelope {
+            message_id: [3; 16],
+            payload: b"expiring",
+            now_ms: 1_000,
+            expires_ms: 2_000,
+        };
+        store.append(&mb, env, quota).unwrap();
+        clock.advance(1_000);
+        assert_eq!(relay.sweep_now().await.unwrap().envelopes, 1);
+
+        relay.shutdown().await;
+        assert_eq!(
+            store.append(&mb, env, quota),
+            Err(StoreError::Unavailable("the store is closed".into()))
+        );
     }
 }

@@ -20,7 +20,7 @@ use tern_client::{Client, Event, ReceivedMessage, SendOutcome};
 use tern_protocol::io::{read_frame, ReadFrameError};
 use tern_protocol::pb;
 use tern_protocol::url::RelayUrl;
-use tern_relay::store::SledStore;
+use tern_relay::store::EmbeddedStore;
 use tern_relay::{Clock, Limits, ManualClock, RelayConfig, RunningRelay, StartError, SystemClock};
 
 /// Upper bound on any single wait in these tests.
@@ -104,12 +104,12 @@ impl TestRelay {
 
     /// Stop the relay and open its database directly, for looking at what
     /// it stored. Restart the relay after dropping the store.
-    pub async fn open_store(&mut self) -> SledStore {
+    pub async fn open_store(&mut self) -> EmbeddedStore {
         self.stop().await;
         let db = self.dir.path().join("db");
         let deadline = Instant::now() + DEADLINE;
         loop {
-            match SledStore::open(&db) {
+            match EmbeddedStore::open(&db) {
                 Ok(s) => return s,
                 // The stopped relay's last tasks may still hold the database
                 // lock for a moment; there is no signal for its release.

@@ -31,7 +31,7 @@ use tern_crypto::DeviceAccount;
 use tern_protocol::pb::relay_frame::Frame;
 use tern_protocol::url::RelayUrl;
 use tern_protocol::ErrorCode;
-use tern_relay::store::{MailboxStore, SledStore};
+use tern_relay::store::{EmbeddedStore, MailboxStore};
 use tern_tests::{befriend, TestUser};
 use tokio::sync::{oneshot, watch};
 
@@ -1047,7 +1047,7 @@ fn terminate(mut relay: RelayProcess) -> ExitStatus {
 fn leftover_envelopes(db: &Path, mailbox: &[u8; 16]) -> Vec<(u64, MessageId)> {
     let deadline = Instant::now() + SHUTDOWN_DEADLINE;
     let store = loop {
-        match SledStore::open(db) {
+        match EmbeddedStore::open(db) {
             Ok(s) => break s,
             // The lock of the exited process should be gone; allow a moment.
             Err(e) if Instant::now() < deadline => {

@@ -1,20 +1,28 @@
 //! Durable relay state behind one trait, [`MailboxStore`]: mailboxes, send
-//! tokens, envelopes, de-duplication and expiry. The sled engine is the
-//! embedded default; a fleet engine implements the same trait, and the same
-//! test suite runs against every engine. No engine logic leaks above it.
+//! tokens, envelopes, de-duplication, expiry, durability and shutdown. The
+//! relay above it (core, connections, server) sees only the trait; no engine
+//! logic leaks above it.
+//!
+//! Engines: [`EmbeddedStore`] (sled for mailbox and token records, an
+//! append-only segment log for envelopes) is the default a single relay runs
+//! on; [`MemoryStore`] keeps everything in memory, for the core's tests and
+//! ephemeral relays; a fleet engine implements the same trait. The
+//! `conformance` suite (compiled for tests, and for other crates with the
+//! `conformance` feature) runs the same cases against every engine.
+//! Engine-specific knobs ([`LogOptions`], reclamation) stay on the engine
+//! type, used only by the code that opens it and by its own tests.
 
-pub mod envelope_log;
-pub mod group_commit;
-pub mod index;
-pub mod record;
-pub mod signal;
-pub mod sled;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod embedded;
+pub mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
 use thiserror::Error;
 
-pub use self::sled::{LogOptions, SledStore};
+pub use self::embedded::{EmbeddedStore, LogOptions};
+pub use self::memory::MemoryStore;
 
 /// A mailbox id: 16 random bytes chosen by the relay.
 pub type MailboxId = [u8; 16];
@@ -132,17 +140,26 @@ pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 
 
 /// The relay's durable state. Writes land in memory at once; [`Self::durable`]
 /// tells when they have reached the disk, so concurrent sends share one flush.
+///
+/// Every engine behaves the same in what the relay can observe, and the
+/// `conformance` suite checks it: a mailbox that does not exist is absent
+/// to [`Self::mailbox`], empty to [`Self::fetch`], a no-op to [`Self::ack`]
+/// and [`Self::revoke_token`], and an [`StoreError::UnknownMailbox`] to
+/// [`Self::append`] and [`Self::add_token`]. Engines are shared between
+/// threads; each call is atomic with respect to the others.
 pub trait MailboxStore: Send + Sync + 'static {
-    /// Create a mailbox owned by `auth_key`.
+    /// Create a mailbox owned by `auth_key`; [`StoreError::MailboxExists`]
+    /// if the id is taken.
     fn create_mailbox(
         &self,
         id: MailboxId,
         auth_key: [u8; 32],
         now_ms: u64,
     ) -> Result<(), StoreError>;
-    /// Look a mailbox up.
+    /// Look a mailbox up, with what it holds now.
     fn mailbox(&self, id: &MailboxId) -> Result<Option<MailboxRecord>, StoreError>;
-    /// Record a token for `mailbox`, if it holds fewer than `max_tokens`.
+    /// Record a token for `mailbox`, if it holds fewer than `max_tokens`
+    /// unrevoked ones ([`StoreError::QuotaExceeded`] otherwise).
     fn add_token(
         &self,
         hash: TokenHash,
@@ -151,11 +168,14 @@ pub trait MailboxStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Look a token up by its hash.
     fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
-    /// Revoke a token of `mailbox`; false if it was not that mailbox's token.
+    /// Revoke a token of `mailbox` (again, if it was); false if it was not
+    /// that mailbox's token.
     fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError>;
     /// Append an envelope, assigning the next sequence number, unless an
-    /// envelope with its message id is still held in the mailbox. Refuses over quota without touching
-    /// anything stored.
+    /// envelope with its message id is still held in the mailbox (then the
+    /// earlier sequence number comes back, marked duplicate). Refuses over
+    /// quota, checked atomically with the append, without touching anything
+    /// stored.
     fn append(
         &self,
         mailbox: &MailboxId,
@@ -169,10 +189,18 @@ pub trait MailboxStore: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError>;
-    /// Delete acknowledged envelopes; returns how many existed.
+    /// Delete acknowledged envelopes; returns how many were held (sequence
+    /// numbers not held are ignored). Sequence numbers are never reused.
     fn ack(&self, mailbox: &MailboxId, seqs: &[u64]) -> Result<u64, StoreError>;
-    /// Delete envelopes expired at `now_ms`.
+    /// Delete envelopes expired at `now_ms` (expiry at or before it).
     fn sweep(&self, now_ms: u64) -> Result<Swept, StoreError>;
     /// Resolves when every write made before this call is on disk.
     fn durable(&self) -> Durable;
+    /// Make every write so far durable now, on this thread (shutdown, tools
+    /// that open a store directly); [`Self::durable`] is the way for sends.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Stop the engine's background work and flush for the last time.
+    /// Later writes are refused with [`StoreError::Unavailable`]; reads may
+    /// still answer. Calling it again only flushes again.
+    fn close(&self) -> Result<(), StoreError>;
 }

@@ -1,0 +1,34 @@
+//! Durability: what one flush does, and the group commit that shares it.
+//!
+//! One flush writes the log buffer to the head segment and `fdatasync`s
+//! every segment written since the last flush, then flushes sled if a
+//! mailbox or token record changed. [`GroupCommit`] runs it on its own
+//! thread whenever a writer waits for [`MailboxStore::durable`](crate::store::MailboxStore::durable),
+//! so concurrent sends share one flush. A flush that starts a new head
+//! segment wakes the reclaimer: the segment it sealed may already be free.
+
+use super::group_commit::GroupCommit;
+use super::reclaim::Reclaimer;
+use super::{Inner, StoreError};
+use std::sync::Arc;
+
+impl Inner {
+    /// Make every write so far durable; true if the log started a new head.
+    pub(super) fn sync(&self) -> Result<bool, StoreError> {
+        let rolled = self.log.sync(self.options.max_head_age)?;
+        self.meta.flush_if_dirty()?;
+        Ok(rolled)
+    }
+}
+
+/// Start the group-commit flusher over `inner`; it holds `inner` until
+/// [`GroupCommit::stop`].
+pub(super) fn start(inner: &Arc<Inner>, reclaimer: &Arc<Reclaimer>) -> Arc<GroupCommit> {
+    let (inner, reclaimer) = (Arc::clone(inner), Arc::clone(reclaimer));
+    GroupCommit::start(move || {
+        if inner.sync()? {
+            reclaimer.kick();
+        }
+        Ok(())
+    })
+}

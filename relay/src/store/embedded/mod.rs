@@ -1,0 +1,269 @@
+//! The embedded engine, [`EmbeddedStore`]: what a single relay runs on with
+//! nothing else to install. Mailbox and send-token records live in sled
+//! (`meta`); envelopes live in an append-only segment log ([`envelope_log`],
+//! record format in [`record`]) indexed in memory ([`index`]).
+//!
+//! The engine is split by job:
+//!
+//! - `meta`: mailbox and token records in sled;
+//! - `envelopes`: appending, reading, acknowledging and expiring envelopes
+//!   through the log and its index, and rebuilding the index at start;
+//! - `reclaim`: the background thread that deletes segments whose envelopes
+//!   are all gone and copies held ones out of mostly-dead segments;
+//! - `durability`: one flush (log `fdatasync` plus a sled flush when a record
+//!   changed), shared by concurrent writers through [`group_commit`].
+//!
+//! This file holds the engine type, its opening and closing, and the
+//! [`MailboxStore`] implementation, which only takes the right locks and
+//! counts writes for the group commit.
+//!
+//! On disk (unchanged since the engine was called `SledStore`): sled in the
+//! store directory, segment files in `envelopes/` under it.
+
+mod durability;
+mod envelopes;
+mod meta;
+mod reclaim;
+
+pub mod envelope_log;
+pub mod group_commit;
+pub mod index;
+pub mod record;
+pub mod signal;
+
+#[cfg(test)]
+mod tests;
+
+use self::envelope_log::EnvelopeLog;
+use self::group_commit::GroupCommit;
+use self::index::Index;
+use self::meta::Meta;
+use self::reclaim::Reclaimer;
+use super::{
+    Appended, Durable, MailboxId, MailboxRecord, MailboxStore, MessageId, NewEnvelope, Quota,
+    StoreError, StoredEnvelope, Swept, TokenHash, TokenRecord,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How the envelope log is laid out; the defaults suit a relay, tests use
+/// tiny segments to exercise roll-over and compaction.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// A head segment rolls over once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// ...or once it is this old and holds anything, so acknowledged
+    /// ciphertext does not linger on a quiet relay's disk.
+    pub max_head_age: Duration,
+    /// How often the reclaimer looks for segments to delete.
+    pub reclaim_every: Duration,
+    /// How long a sealed segment is left before envelopes still held in it
+    /// are copied out.
+    pub settle: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            max_head_age: Duration::from_secs(600),
+            reclaim_every: Duration::from_secs(1),
+            settle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The embedded engine: sled for mailboxes and tokens, an append-only
+/// segment log for envelopes.
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    commit: Arc<GroupCommit>,
+    reclaimer: Arc<Reclaimer>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`MailboxStore::close`]; writes are refused from then on.
+    closed: AtomicBool,
+}
+
+/// What the engine's jobs share; the group-commit flusher and the reclaimer
+/// thread hold it too.
+struct Inner {
+    meta: Meta,
+    log: EnvelopeLog,
+    index: Index,
+    options: LogOptions,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("index lock poisoned".into())
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in `dir`: sled in `dir`, the envelope log
+    /// in `dir/envelopes`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, LogOptions::default())
+    }
+
+    /// [`Self::open`] with a chosen log layout.
+    pub fn open_with(dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
+        let meta = Meta::open(dir)?;
+        let (log, replayed) = envelopes::replay(&dir.join("envelopes"), options.segment_bytes)?;
+        let inner = Inner {
+            meta,
+            log,
+            index: Index::default(),
+            options,
+        };
+        inner.load_index(replayed)?;
+        let inner = Arc::new(inner);
+        let reclaimer = Arc::new(Reclaimer::default());
+        let commit = durability::start(&inner, &reclaimer);
+        let thread = match reclaim::spawn(Arc::clone(&inner), Arc::clone(&reclaimer)) {
+            Ok(t) => t,
+            Err(e) => {
+                commit.stop();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            inner,
+            commit,
+            reclaimer,
+            thread: Mutex::new(Some(thread)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Delete and compact envelope segments now (the background thread
+    /// does this every second); returns how many segments were deleted.
+    pub fn reclaim(&self) -> Result<usize, StoreError> {
+        self.inner.sync()?;
+        self.inner.reclaim()
+    }
+
+    /// Bytes in the envelope log's segments (live or not).
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.log.total_bytes()
+    }
+
+    /// Refuse writes once closed: nothing written then would be flushed.
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable("the store is closed".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!("flush on close failed: {e}");
+        }
+    }
+}
+
+impl MailboxStore for EmbeddedStore {
+    fn create_mailbox(
+        &self,
+        id: MailboxId,
+        auth_key: [u8; 32],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.writable()?;
+        let created = self.inner.meta.create_mailbox(id, auth_key, now_ms);
+        self.commit.wrote();
+        created
+    }
+
+    fn mailbox(&self, id: &MailboxId) -> Result<Option<MailboxRecord>, StoreError> {
+        self.inner.mailbox(id)
+    }
+
+    fn add_token(
+        &self,
+        hash: TokenHash,
+        mailbox: MailboxId,
+        max_tokens: u64,
+    ) -> Result<(), StoreError> {
+        self.writable()?;
+        // The shard lock keeps a checkpoint from rewriting the mailbox
+        // record between our read and write of it.
+        let _shard = self.inner.index.shard(&mailbox).ok_or_else(poisoned)?;
+        self.inner.meta.add_token(hash, mailbox, max_tokens)?;
+        self.commit.wrote();
+        Ok(())
+    }
+
+    fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.meta.token(hash)
+    }
+
+    fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        self.writable()?;
+        let _shard = self.inner.index.shard(mailbox).ok_or_else(poisoned)?;
+        let changed = self.inner.meta.revoke_token(hash, mailbox)?;
+        if changed == meta::Revoked::Now {
+            self.commit.wrote();
+        }
+        Ok(changed != meta::Revoked::NotThisMailbox)
+    }
+
+    fn append(
+        &self,
+        mailbox: &MailboxId,
+        env: NewEnvelope<'_>,
+        quota: Quota,
+    ) -> Result<Appended, StoreError> {
+        self.writable()?;
+        self.inner.append(mailbox, env, quota, &self.commit)
+    }
+
+    fn fetch(
+        &self,
+        mailbox: &MailboxId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        self.inner.fetch(mailbox, after_seq, limit)
+    }
+
+    fn ack(&self, mailbox: &MailboxId, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.writable()?;
+        self.inner.ack(mailbox, seqs, &self.commit)
+    }
+
+    fn sweep(&self, now_ms: u64) -> Result<Swept, StoreError> {
+        self.writable()?;
+        self.inner.sweep(now_ms, &self.commit)
+    }
+
+    fn durable(&self) -> Durable {
+        Box::pin(self.commit.wait())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.sync().map(|_| ())
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        // Both stops are idempotent; the threads release their handles on
+        // the database so the files can be reopened once this is dropped.
+        self.commit.stop();
+        self.reclaimer.stop();
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        self.inner.sync().map(|_| ())
+    }
+}
