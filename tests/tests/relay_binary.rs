@@ -60,3 +60,15 @@ fn url_without_relay_data_fails() {
     assert!(out.stdout.is_empty());
     assert!(!out.stderr.is_empty());
 }
+
+#[test]
+fn a_developers_tern_settings_do_not_reach_the_relay() {
+    // Each would make `run` fail or listen elsewhere if it got through.
+    // (Every test here starts from a cleared environment, so setting these
+    // in this process changes nothing for the others.)
+    std::env::set_var("TERN_RELAY_CONFIG", "/nonexistent/tern-relay.toml");
+    std::env::set_var("TERN_RELAY_PUBLIC_HOST", "relay.invalid");
+    std::env::set_var("TERN_LOG", "not a valid filter [");
+    let relay = RelayProcess::start();
+    check_url(relay.url());
+}
