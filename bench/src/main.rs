@@ -10,6 +10,7 @@
 
 mod drain;
 mod e2e;
+mod flood;
 mod idle;
 mod pairs;
 mod proc;
@@ -20,7 +21,7 @@ mod traffic;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
-use relay::{BenchRelay, RELAY_THREAD};
+use relay::{BenchRelay, Setup, RELAY_THREAD};
 use report::Report;
 use serde_json::json;
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ struct Global {
     /// Worker threads of the load generator's runtime.
     #[arg(long, global = true, default_value_t = 2)]
     client_threads: usize,
-    /// End-to-end encryption (online, rate, drain): each pair holds a real
+    /// End-to-end encryption (online, rate, drain, flood): each pair holds a real
     /// Olm session, and every message is a text encrypted and sealed as the
     /// client does it, then opened and decrypted on receipt, so the figures
     /// include the clients' crypto. Default: opaque payloads, the relay
@@ -81,12 +82,18 @@ enum Workload {
     Drain(DrainArgs),
     /// N connected, authenticated, idle devices; RSS per connection.
     Idle(IdleArgs),
+    /// One paced sender -> one recipient, alone and then beside attacker
+    /// connections flooding the relay (default limits and rates on).
+    Flood(FloodArgs),
     /// Run a relay with the bench configuration (used by --spawn-relay).
     #[command(hide = true)]
     Serve {
         /// Data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// The relay's deployed default limits and rates instead.
+        #[arg(long)]
+        defaults: bool,
     },
 }
 
@@ -184,6 +191,23 @@ struct IdleArgs {
     timeout: u64,
 }
 
+#[derive(Args, Debug, Clone)]
+struct FloodArgs {
+    /// Honest messages per second offered (one sender, one recipient).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// How long the honest traffic, and the flood beside it, last.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Attacker connections in the flood, cycling through garbage frames,
+    /// oversize length prefixes, abandoned streams and made-up-token sends.
+    #[arg(long, default_value_t = 8)]
+    attackers: usize,
+    /// Payload bytes; with --e2e, text bytes before encryption.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+}
+
 fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -196,8 +220,13 @@ fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let relay_rt = runtime(cli.global.relay_threads, RELAY_THREAD)?;
-    if let Workload::Serve { data_dir } = &cli.workload {
-        return relay_rt.block_on(relay::serve(data_dir));
+    if let Workload::Serve { data_dir, defaults } = &cli.workload {
+        let setup = if *defaults {
+            Setup::Defaults
+        } else {
+            Setup::Bench
+        };
+        return relay_rt.block_on(relay::serve(data_dir, setup));
     }
     let client_rt = runtime(cli.global.client_threads, "bench-client")?;
     let handle = relay_rt.handle().clone();
@@ -211,7 +240,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
     let g = cli.global.clone();
     let runs = g.runs.max(1);
-    let start_relay = || BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay);
+    let start_relay_with =
+        |setup| BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay, setup);
+    let start_relay = || start_relay_with(Setup::Bench);
     let mode = if g.e2e { Mode::E2e } else { Mode::Opaque };
     let suffix = mode.label_suffix();
     let mut report = match &cli.workload {
@@ -345,7 +376,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
         }
         Workload::Idle(_) if g.e2e => {
             return Err(anyhow!(
-                "--e2e applies to online, rate and drain; idle sends no messages"
+                "--e2e applies to online, rate, drain and flood; idle sends no messages"
             ));
         }
         Workload::Idle(a) => {
@@ -382,6 +413,47 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                         timeout: Duration::from_secs(a.timeout),
                     };
                     let row = idle::run(&relay, plan, format!("N={n}")).await;
+                    relay.shutdown().await;
+                    report.rows.push(row?);
+                }
+            }
+            report
+        }
+        Workload::Flood(a) => {
+            let mut report = Report {
+                workload: "flood".into(),
+                mode: Some(mode.name()),
+                params: json!({
+                    "rate": a.rate, "seconds": a.seconds, "attackers": a.attackers,
+                    "size": a.size, "runs": runs, "mode": mode.name(),
+                }),
+                notes: vec![format!(
+                    "one sender -> one subscribed recipient, {:.0} msgs/s offered for {} s (paced; latency from \
+                     each message's due time), {} bytes, {}, durable acks; the relay runs its default limits \
+                     and rates; flood: {} attacker connections (garbage frames, oversize length prefixes, \
+                     abandoned streams, made-up-token sends) as fast as the relay lets them, on the load \
+                     generator's cores",
+                    a.rate,
+                    a.seconds,
+                    a.size,
+                    payloads_phrase(mode),
+                    a.attackers
+                )],
+                rows: Vec::new(),
+            };
+            report.notes.extend(e2e_notes(mode, a.size).await?);
+            for (condition, attackers) in [("no flood", 0), ("flood", a.attackers)] {
+                for _ in 0..runs {
+                    let relay = start_relay_with(Setup::Defaults).await?;
+                    set_note(&mut report, relay.describe());
+                    let plan = flood::FloodPlan {
+                        rate: a.rate,
+                        seconds: a.seconds.max(1),
+                        attackers,
+                        size: a.size,
+                        mode,
+                    };
+                    let row = flood::run(&relay, plan, format!("{condition}{suffix}")).await;
                     relay.shutdown().await;
                     report.rows.push(row?);
                 }

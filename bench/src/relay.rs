@@ -4,6 +4,11 @@
 //! `/proc/self/task`; RSS is then the whole process's. With
 //! `--spawn-relay` it is a child process (`tern-bench serve`), and CPU and
 //! RSS are the relay's alone.
+//!
+//! It runs with one of two [`Setup`]s: the bench configuration (rate limits
+//! off, since every load-generator connection shares one address), or the
+//! relay's deployed defaults for workloads that measure the relay defending
+//! itself (`flood`).
 
 use crate::proc::{self, Sample};
 use anyhow::{anyhow, bail, Context};
@@ -19,20 +24,35 @@ use tokio::runtime::Handle;
 /// Thread-name prefix of the relay's runtime.
 pub const RELAY_THREAD: &str = "tern-relay";
 
-/// The relay configuration every workload uses: loopback, rate limits off
-/// (every load-generator connection shares one address), no per-address
-/// connection cap. Durable acks are how the relay always works; nothing
-/// here turns them off.
-pub fn bench_config(data_dir: &Path) -> anyhow::Result<RelayConfig> {
-    Ok(RelayConfig {
+/// Which configuration the relay under test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// Loopback, rate limits off (every load-generator connection shares
+    /// one address), no per-address connection cap: the relay's capacity.
+    Bench,
+    /// Loopback with the relay's deployed default limits and rates: what a
+    /// real relay does under hostile traffic.
+    Defaults,
+}
+
+/// The relay configuration for `setup`. Durable acks are how the relay
+/// always works; neither setup turns them off.
+pub fn config(setup: Setup, data_dir: &Path) -> anyhow::Result<RelayConfig> {
+    let base = RelayConfig {
         listen: "127.0.0.1:0".parse()?,
         data_dir: data_dir.to_path_buf(),
-        rates: RateConfig::unlimited(),
-        limits: Limits {
-            max_connections_per_ip: 0,
-            ..Limits::default()
-        },
         ..RelayConfig::default()
+    };
+    Ok(match setup {
+        Setup::Defaults => base,
+        Setup::Bench => RelayConfig {
+            rates: RateConfig::unlimited(),
+            limits: Limits {
+                max_connections_per_ip: 0,
+                ..Limits::default()
+            },
+            ..base
+        },
     })
 }
 
@@ -61,17 +81,19 @@ fn temp_dir(data_parent: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
 }
 
 impl BenchRelay {
-    /// Start a relay on `runtime` (in-process) or as a child process.
+    /// Start a relay with `setup` on `runtime` (in-process) or as a child
+    /// process.
     pub async fn start(
         runtime: &Handle,
         data_parent: Option<&Path>,
         spawn: bool,
+        setup: Setup,
     ) -> anyhow::Result<Self> {
         let dir = temp_dir(data_parent)?;
         if spawn {
-            return Self::spawn(dir).await;
+            return Self::spawn(dir, setup).await;
         }
-        let config = bench_config(dir.path())?;
+        let config = config(setup, dir.path())?;
         let relay = runtime
             .spawn(RunningRelay::start(config, Arc::new(SystemClock)))
             .await
@@ -87,12 +109,14 @@ impl BenchRelay {
         })
     }
 
-    async fn spawn(dir: tempfile::TempDir) -> anyhow::Result<Self> {
+    async fn spawn(dir: tempfile::TempDir, setup: Setup) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding tern-bench itself")?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path())
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("serve").arg("--data-dir").arg(dir.path());
+        if setup == Setup::Defaults {
+            cmd.arg("--defaults");
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -164,10 +188,10 @@ impl BenchRelay {
     }
 }
 
-/// `tern-bench serve`: run a relay with the bench configuration, print its
-/// URL on one line, and stop when stdin closes.
-pub async fn serve(data_dir: &Path) -> anyhow::Result<()> {
-    let relay = RunningRelay::start(bench_config(data_dir)?, Arc::new(SystemClock))
+/// `tern-bench serve`: run a relay with `setup`, print its URL on one line,
+/// and stop when stdin closes.
+pub async fn serve(data_dir: &Path, setup: Setup) -> anyhow::Result<()> {
+    let relay = RunningRelay::start(config(setup, data_dir)?, Arc::new(SystemClock))
         .await
         .context("starting the relay")?;
     println!("{}", relay.url);

@@ -2,13 +2,11 @@
 //! them: init, invite, accept, send, recv, history, contacts, an error, and a
 //! message queued while the relay is down that arrives once after it returns.
 //!
-//! `tern-relay` is found next to `tern` (cargo puts every binary of the
-//! workspace in the same directory); `cargo test --workspace` builds it.
+//! The processes come from [`tern_tests::process`], which finds (and
+//! builds) both binaries and clears the environment.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ok, tern, Relay};
+use tern_tests::process::{ok, tern, RelayProcess};
 
 use serde_json::Value;
 use std::path::Path;
@@ -26,10 +24,10 @@ fn two_users_chat_through_the_binaries_and_a_relay_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let mut relay = Relay::start(&data, "127.0.0.1:0");
+    let mut relay = RelayProcess::start_in(&data);
 
-    ok(&a, &["init", "--relay", &relay.url, "--name", "alice"]);
-    ok(&b, &["init", "--relay", &relay.url, "--name", "bob"]);
+    ok(&a, &["init", "--relay", relay.url(), "--name", "alice"]);
+    ok(&b, &["init", "--relay", relay.url(), "--name", "bob"]);
     let code = ok(&a, &["invite"]);
     assert_eq!(code.lines().count(), 1, "{code:?}");
     let code = code.trim();
@@ -76,14 +74,12 @@ fn two_users_chat_through_the_binaries_and_a_relay_restart() {
     assert!(err.starts_with("tern:"), "{err}");
 
     // The relay dies (SIGKILL, no goodbye); Bob's message waits on his disk.
-    let port = relay.port();
-    let url = relay.url.clone();
     relay.kill();
     let queued = ok(&b, &["send", "alice", "later"]);
     assert!(queued.starts_with("queued "), "{queued}");
 
-    let relay = Relay::start(&data, &format!("127.0.0.1:{port}"));
-    assert_eq!(relay.url, url);
+    // Back on the same port and data, with the same URL.
+    relay.restart();
     ok(&b, &["recv"]); // flushes the outbox
     let events = recv_json(&a);
     let texts: Vec<_> = events.iter().map(|e| e["text"].clone()).collect();

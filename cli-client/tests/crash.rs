@@ -3,13 +3,11 @@
 //! reported is lost, nothing is stored twice, and no message a `recv` showed
 //! is shown by a later one.
 //!
-//! `tern-relay` is found next to `tern` (cargo puts every binary of the
-//! workspace in the same directory); `cargo test --workspace` builds it.
+//! The processes come from [`tern_tests::process`], which finds (and
+//! builds) both binaries and clears the environment.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ok, tern, tern_cmd, Relay};
+use tern_tests::process::{ok, tern, tern_cmd, RelayProcess};
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -167,10 +165,10 @@ fn counts<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, usi
 }
 
 /// Two homes that are contacts: Alice invited, Bob accepted.
-fn befriended(dir: &Path, relay: &Relay) -> (PathBuf, PathBuf) {
+fn befriended(dir: &Path, relay: &RelayProcess) -> (PathBuf, PathBuf) {
     let (a, b) = (dir.join("alice"), dir.join("bob"));
-    ok(&a, &["init", "--relay", &relay.url, "--name", "alice"]);
-    ok(&b, &["init", "--relay", &relay.url, "--name", "bob"]);
+    ok(&a, &["init", "--relay", relay.url(), "--name", "alice"]);
+    ok(&b, &["init", "--relay", relay.url(), "--name", "bob"]);
     let code = ok(&a, &["invite"]);
     ok(&b, &["accept", code.trim(), "--name", "alice"]);
     let events = parse_json_lines(&ok(&a, &["recv", "--json"]));
@@ -185,7 +183,7 @@ fn befriended(dir: &Path, relay: &Relay) -> (PathBuf, PathBuf) {
 fn a_killed_send_loses_nothing_it_reported_and_stores_nothing_twice() {
     let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), "127.0.0.1:0");
+    let relay = RelayProcess::start_in(&dir.path().join("relay"));
     let (a, b) = befriended(dir.path(), &relay);
     let mut delays = Delays::new("crash-send");
 
@@ -294,7 +292,7 @@ fn a_killed_send_loses_nothing_it_reported_and_stores_nothing_twice() {
 fn a_killed_recv_shows_nothing_twice_and_loses_nothing() {
     let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), "127.0.0.1:0");
+    let relay = RelayProcess::start_in(&dir.path().join("relay"));
     let (a, b) = befriended(dir.path(), &relay);
     let mut delays = Delays::new("crash-recv");
 

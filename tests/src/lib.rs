@@ -1,8 +1,9 @@
 //! End-to-end tests across crates live in `tests/tests/`; this library holds
 //! their shared harness: relays on `127.0.0.1:0` in temp directories
 //! ([`TestRelay`]), users with a real client in a temp home ([`TestUser`]),
-//! and a raw protocol stream for tests that speak the wire format themselves
-//! ([`RawStream`]).
+//! a raw protocol stream for tests that speak the wire format themselves
+//! ([`RawStream`]), and the workspace's binaries as child processes
+//! ([`process`]: every test that starts `tern-relay` or `tern` uses it).
 //!
 //! Everything here panics on failure: it only ever runs inside tests, where a
 //! panic with a clear message is the failure report. Every wait is bounded.
@@ -22,6 +23,8 @@ use tern_protocol::pb;
 use tern_protocol::url::RelayUrl;
 use tern_relay::store::EmbeddedStore;
 use tern_relay::{Clock, Limits, ManualClock, RelayConfig, RunningRelay, StartError, SystemClock};
+
+pub mod process;
 
 /// Upper bound on any single wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -421,4 +424,12 @@ pub fn random16() -> [u8; 16] {
 /// 32 random bytes (a made-up token).
 pub fn random32() -> [u8; 32] {
     rand::random()
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as clients stamp messages.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

@@ -12,36 +12,30 @@
 //! the store once the consumer has acked everything and the relay has shut
 //! down cleanly (SIGTERM).
 //!
-//! `tern-relay` is found next to this test's executable (cargo puts every
-//! binary of the workspace in `target/<profile>/`); `cargo test --workspace`
-//! builds it.
+//! The relay process comes from [`tern_tests::process`], which finds (and
+//! builds) `tern-relay`, clears the environment and restarts it on the same
+//! port and data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_client::transport::{Dialer, MessageStream, Outgoing, RelayLink};
-use tern_client::{Event, SendOutcome, Status};
+use tern_client::{SendOutcome, Status};
 use tern_crypto::DeviceAccount;
 use tern_protocol::pb::relay_frame::Frame;
 use tern_protocol::url::RelayUrl;
 use tern_protocol::ErrorCode;
 use tern_relay::store::{EmbeddedStore, MailboxStore};
-use tern_tests::{befriend, TestUser};
+use tern_tests::process::RelayProcess;
+use tern_tests::{befriend, messages, TestUser};
 use tokio::sync::{oneshot, watch};
 
 /// SIGKILLs of the relay in one run.
 const KILLS: usize = 25;
-/// How long a killed relay may take to come back with its URL.
-const RESTART_DEADLINE: Duration = Duration::from_secs(20);
-/// Starts that fail (the previous process's lock or socket still held) are
-/// retried this often at most, per restart.
-const START_ATTEMPTS: usize = 50;
 /// Upper bound on Alice's sends, whatever the timing.
 const MAX_SENDS: usize = 5_000;
 /// One `send_text` longer than this is abandoned (its message stays in the
@@ -74,126 +68,8 @@ const RAW_QUIET: Duration = Duration::from_millis(100);
 /// How long the raw consumer may take to see every acked message once the
 /// producer is done.
 const RAW_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a SIGTERMed relay may take to exit.
+/// How long the exited relay's store may take to open.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
-
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/crash-HASH -> target/<profile>/tern-relay
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let relay = dir.join(format!("tern-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        relay.exists(),
-        "{} is missing: build it first (cargo build -p tern-relay, or cargo test --workspace)",
-        relay.display()
-    );
-    relay
-}
-
-/// A free UDP port on 127.0.0.1 (bound, read, released), so every restart
-/// can listen on the same address the clients registered with.
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
-}
-
-/// A `tern-relay run` process; killed (and reaped) when dropped.
-struct RelayProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Why one start attempt gave no URL.
-enum StartFailure {
-    /// The process exited; what it wrote to stderr.
-    Exited(String),
-    /// It printed nothing in time.
-    Silent,
-}
-
-fn start_once(data: &Path, port: u16) -> Result<RelayProcess, StartFailure> {
-    let mut child = Command::new(relay_binary())
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .env_remove("TERN_RELAY_CONFIG")
-        .env_remove("TERN_RELAY_LISTEN")
-        .env_remove("TERN_RELAY_DATA")
-        .env_remove("TERN_RELAY_PUBLIC_HOST")
-        .env_remove("TERN_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("relay url: ") {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    // The relay logs to stderr; keep the tail for a failed start's report.
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        let _ = err_tx.send(tail);
-    });
-    let mut relay = RelayProcess {
-        child,
-        url: String::new(),
-    };
-    let deadline = Instant::now() + RESTART_DEADLINE;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(url) => {
-                relay.url = url;
-                return Ok(relay);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => return Err(StartFailure::Silent),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = relay.child.wait();
-                let why = err_rx
-                    .recv_timeout(Duration::from_secs(5))
-                    .unwrap_or_default();
-                return Err(StartFailure::Exited(why));
-            }
-        }
-    }
-}
-
-/// Start the relay, retrying (bounded) while a just-killed predecessor's
-/// database lock or socket may still be held. Returns the relay and the
-/// reasons of the attempts that failed.
-fn start(data: &Path, port: u16) -> (RelayProcess, Vec<String>) {
-    let mut failures = Vec::new();
-    for _ in 0..START_ATTEMPTS {
-        match start_once(data, port) {
-            Ok(relay) => return (relay, failures),
-            Err(StartFailure::Exited(why)) => {
-                failures.push(why);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(StartFailure::Silent) => {
-                panic!("the relay printed no URL within {RESTART_DEADLINE:?} (failed before: {failures:?})")
-            }
-        }
-    }
-    panic!("the relay did not start in {START_ATTEMPTS} attempts: {failures:?}");
-}
 
 /// What `send_text` said about one numbered text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,37 +106,26 @@ struct KillerReport {
 
 /// Kill the relay at random moments [`KILLS`] times, restarting it each time
 /// on the same port and data; insist each restart serves the same URL.
-fn killer(
-    mut relay: RelayProcess,
-    data: &Path,
-    port: u16,
-    incarnation: &watch::Sender<Incarnation>,
-) -> KillerReport {
-    let url = relay.url.clone();
+fn killer(mut relay: RelayProcess, incarnation: &watch::Sender<Incarnation>) -> KillerReport {
     let mut rng = rand::thread_rng();
     let mut kills = 0;
     let mut failed_starts = Vec::new();
     let mut slowest_restart = Duration::ZERO;
     while kills < KILLS {
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..=600)));
-        // `kill` is SIGKILL; waiting reaps the process, so its database lock
-        // and socket are gone before the next start.
-        relay.child.kill().unwrap();
-        relay.child.wait().unwrap();
+        // `kill` is SIGKILL; it reaps the process, so its database lock and
+        // socket are gone before the next start.
+        relay.kill();
         kills += 1;
         incarnation.send_replace(Incarnation {
             n: kills,
             up: false,
         });
         let began = Instant::now();
-        let (next, failures) = start(data, port);
+        // Same port and data; it insists the URL is unchanged.
+        let failures = relay.restart();
         slowest_restart = slowest_restart.max(began.elapsed());
         failed_starts.extend(failures);
-        assert_eq!(
-            next.url, url,
-            "restart {kills} came up with another URL (same port and data)"
-        );
-        relay = next;
         incarnation.send_replace(Incarnation { n: kills, up: true });
     }
     KillerReport {
@@ -276,11 +141,8 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
     let began = Instant::now();
     let data_dir = tempfile::tempdir().unwrap();
     let data = data_dir.path().join("relay");
-    let port = free_port();
-    let (relay, failures) = start(&data, port);
-    assert!(failures.is_empty(), "first start failed: {failures:?}");
-    let url: RelayUrl = relay.url.parse().unwrap();
-    assert_eq!(url.port, port, "{url}");
+    let relay = RelayProcess::start_in(&data);
+    let url = relay.relay_url();
 
     let mut alice = TestUser::on(&url, "alice").await;
     let mut bob = TestUser::on(&url, "bob").await;
@@ -295,9 +157,9 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
     let (incarnation_tx, incarnation) = watch::channel(Incarnation { n: 0, up: true });
 
     let killer_task = {
-        let (done, data) = (Arc::clone(&killing_done), data.clone());
+        let done = Arc::clone(&killing_done);
         tokio::task::spawn_blocking(move || {
-            let report = killer(relay, &data, port, &incarnation_tx);
+            let report = killer(relay, &incarnation_tx);
             done.store(true, Ordering::SeqCst);
             report
         })
@@ -368,7 +230,7 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
                 )
                 .await
                 {
-                    Ok(Ok(events)) => shown.extend(texts_of(&events)),
+                    Ok(Ok(events)) => shown.extend(messages(&events).into_iter().map(|m| m.text)),
                     Ok(Err(_)) | Err(_) => {
                         failed_rounds += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -380,7 +242,7 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
     };
 
     let KillerReport {
-        relay,
+        mut relay,
         kills,
         failed_starts,
         slowest_restart,
@@ -419,7 +281,7 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
         )
         .await
         {
-            shown.extend(texts_of(&events));
+            shown.extend(messages(&events).into_iter().map(|m| m.text));
         }
     }
     // One more round: nothing may be left to show, and nothing again.
@@ -428,14 +290,14 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
         .receive(Duration::from_millis(200))
         .await
         .unwrap();
-    shown.extend(texts_of(&rest));
+    shown.extend(messages(&rest).into_iter().map(|m| m.text));
     let consumed = consumer_task.await.unwrap();
 
     // Exactly-once storage, from the relay's side: the consumer acked every
     // envelope it was pushed, so after a clean shutdown (which flushes the
     // acks' deletes) the raw mailbox must be empty. Anything left was stored
     // but never pushed, or acked without effect.
-    let exit = terminate(relay);
+    let exit = relay.terminate();
     let left = leftover_envelopes(&data.join("db"), &raw_mailbox);
 
     let stored = incoming_texts(&bob);
@@ -601,16 +463,6 @@ async fn acknowledged_sends_survive_relay_sigkill_and_arrive_once() {
         left.len(),
         left.iter().take(10).collect::<Vec<_>>()
     );
-}
-
-fn texts_of(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text.clone()),
-            Event::ContactAdded { .. } => None,
-        })
-        .collect()
 }
 
 /// Everything in Bob's store that came from Alice.
@@ -1021,25 +873,6 @@ impl RawTally {
             stored_twice,
             seq_moved,
         }
-    }
-}
-
-/// Stop the relay with SIGTERM (a clean shutdown that flushes the store)
-/// and wait for it to exit.
-fn terminate(mut relay: RelayProcess) -> ExitStatus {
-    let pid = relay.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success(), "kill -TERM {pid}: {status}");
-    let deadline = Instant::now() + SHUTDOWN_DEADLINE;
-    loop {
-        if let Some(exit) = relay.child.try_wait().unwrap() {
-            return exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not exit within {SHUTDOWN_DEADLINE:?} of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,7 @@
 
 use prost::Message;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tern_client::Event;
 use tern_crypto::DeviceAccount;
 use tern_protocol::pb::{self, content::Body};
@@ -13,16 +13,9 @@ use tern_protocol::STREAM_MESSAGES;
 use tern_relay::store::MailboxStore;
 use tern_relay::{Limits, ManualClock};
 use tern_tests::{
-    befriend, connect, invite_address, messages, random16, send_frame, texts, RawStream, TestRelay,
-    TestUser,
+    befriend, connect, invite_address, messages, now_ms, random16, send_frame, texts, RawStream,
+    TestRelay, TestUser,
 };
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// What a Tern client sends first after accepting `code`: a sealed Olm
 /// pre-key message carrying a `ContactHello` from a new device named `name`.
