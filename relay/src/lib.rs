@@ -10,12 +10,15 @@
 
 pub mod clock;
 pub mod config;
+pub mod conn_state;
 pub mod connection;
 pub mod core;
+pub mod entropy;
 pub mod hub;
 pub mod rate;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};
