@@ -4,8 +4,10 @@
 //! expires them after a TTL. It never sees who sent what, nor any content.
 //!
 //! Layout, after mini-redis: [`core`] is the protocol logic without sockets,
-//! [`store`] the durable state behind a trait, [`connection`] drives one QUIC
-//! connection, [`server`] runs the endpoint, [`hub`] tracks subscriptions.
+//! [`store`] the durable state behind a trait, [`stream`] the message
+//! stream's state machine (after quinn-proto), [`connection`] drives one QUIC
+//! connection and its streams, [`server`] runs the endpoint, [`hub`] tracks
+//! subscriptions.
 #![warn(missing_docs)]
 
 pub mod clock;

@@ -291,7 +291,8 @@ impl MessageStream {
     pub fn handle_stored(&mut self, outcomes: Vec<StoreOutcome>) {
         self.store_busy = false;
         let mut outcomes = outcomes.into_iter();
-        for (slot, request_id) in std::mem::take(&mut self.batch_slots) {
+        let slots = std::mem::take(&mut self.batch_slots);
+        for &(slot, request_id) in &slots {
             match outcomes.next() {
                 Some(StoreOutcome::Sent {
                     request_id,
@@ -339,6 +340,9 @@ impl MessageStream {
                 }
             }
         }
+        // Kept for the next batch's slots.
+        self.batch_slots = slots;
+        self.batch_slots.clear();
     }
 
     /// The durability wait `ticket` ended with `result`.
@@ -393,7 +397,8 @@ impl MessageStream {
         if !self.store_busy && !self.ops.is_empty() {
             let n = self.ops.len().min(STORE_BATCH);
             let batch: Vec<StoreOp> = if n == self.ops.len() {
-                std::mem::take(&mut self.ops)
+                // Sized for the next batch, so it does not regrow op by op.
+                std::mem::replace(&mut self.ops, Vec::with_capacity(n))
             } else {
                 self.ops.drain(..n).collect()
             };
@@ -485,5 +490,7 @@ impl Drop for MessageStream {
     }
 }
 
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;
