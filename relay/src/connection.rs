@@ -9,11 +9,11 @@
 
 use crate::clock::Clock;
 use crate::conn_state::ConnState;
-use crate::core::{storage_unavailable, Accepted, ConnAuth, RelayCore};
+use crate::core::{storage_unavailable, ConnAuth, RelayCore};
 use crate::hub::{Hub, Subscription};
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
-use crate::stream::{MessageStream, Output, StoreOp, StoreOutcome, Ticket};
+use crate::stream::{run_store, MessageStream, Output, StoreOutcome, Ticket};
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use std::future::Future;
@@ -255,43 +255,6 @@ async fn recv_ephemeral(rx: Option<&mut mpsc::Receiver<pb::Envelope>>) -> Option
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Run one batch of store work through the core, in order. Called on a
-/// blocking thread: sends and acks touch the disk.
-fn run_store<S: MailboxStore, C: Clock>(
-    core: &RelayCore<S, C>,
-    state: &ConnState,
-    ops: Vec<StoreOp>,
-) -> Vec<StoreOutcome> {
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        out.push(match op {
-            StoreOp::Send(s) => match core.send(&s) {
-                Ok(accepted) => StoreOutcome::Sent {
-                    request_id: s.request_id,
-                    accepted,
-                    ephemeral: matches!(accepted, Accepted::Ephemeral { .. })
-                        .then(|| core.ephemeral_envelope(&s)),
-                },
-                Err(error) => StoreOutcome::SendRefused {
-                    request_id: s.request_id,
-                    error,
-                },
-            },
-            StoreOp::Ack(seqs) => {
-                let applied = match state.auth.lock() {
-                    Ok(auth) => core.ack(&auth, &seqs),
-                    Err(_) => Err(WireError::new(ErrorCode::Internal, "internal relay error")),
-                };
-                match applied {
-                    Ok(_) => StoreOutcome::Acked { seqs },
-                    Err(e) => StoreOutcome::AckRefused(e),
-                }
-            }
-        });
-    }
-    out
 }
 
 /// What one message stream's driver has under way.

@@ -16,9 +16,11 @@
 //! The machine never touches a store, a socket or a clock, so its tests run
 //! without any.
 
+mod apply;
 mod push;
 mod replies;
 
+pub use apply::run_store;
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
 pub use replies::{Ticket, REPLY_BATCH};
 
@@ -490,6 +492,8 @@ impl Drop for MessageStream {
     }
 }
 
+#[cfg(test)]
+mod pair_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
