@@ -240,6 +240,15 @@ async fn wait_durable(
     }
 }
 
+/// Until `at`; pending if there is no timer. An async fn, so no timer is
+/// built on the loop's turns that do not poll it.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A wake-up of the subscribed mailbox; pending if there is no subscription.
 async fn notified(wake: Option<&Arc<tokio::sync::Notify>>) {
     match wake {
@@ -353,7 +362,7 @@ async fn messages<S: MailboxStore, C: Clock>(
             Some(env) = recv_ephemeral(ephemeral), if machine.wants_ephemeral() => {
                 machine.handle_ephemeral(env);
             }
-            _ = tokio::time::sleep_until(timeout.unwrap_or_else(Instant::now).into()), if timeout.is_some() => {
+            _ = sleep_until(timeout), if timeout.is_some() => {
                 machine.handle_timeout(Instant::now());
             }
             permit = out_tx.reserve(), if writer_full => {

@@ -34,7 +34,10 @@ impl governor::clock::Clock for RelayTime {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.0.monotonic())
+        // Saturate: governor's own conversion panics past 584 years, and a
+        // test clock may be set anywhere.
+        let nanos = self.0.monotonic().as_nanos();
+        Nanos::from(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 
