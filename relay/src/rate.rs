@@ -44,7 +44,7 @@ impl governor::clock::Clock for RelayTime {
 /// A clock that reads whatever it was last told, never going back; a
 /// connection's limiter is driven by the `now` its streams are handed.
 #[derive(Debug)]
-pub struct DrivenTime {
+pub(crate) struct DrivenTime {
     epoch: Instant,
     nanos: AtomicU64,
 }
