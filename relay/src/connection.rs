@@ -1,48 +1,46 @@
 //! One QUIC connection: accepts its streams and drives them. A stream starts
 //! with one byte naming its kind: [`STREAM_CONTROL`] (one request, one
 //! response) or [`STREAM_MESSAGES`] (the long-lived message stream). This
-//! module only decodes frames, calls [`RelayCore`], awaits durability and
-//! writes answers back.
+//! module only moves bytes: it decodes control requests for [`RelayCore`],
+//! feeds message-stream frames to the [`MessageStream`] machine, runs what
+//! the machine asks for (store work off the async workers, one
+//! `spawn_blocking` per batch; durability waits; hub calls), and writes
+//! frames back, coalesced. The stream's rules live in [`crate::stream`].
 
 use crate::clock::Clock;
-use crate::core::{Accepted, ConnAuth, RelayCore};
-use crate::hub::Hub;
-use crate::rate::{ConnectionRate, ConnectionSlots};
-use crate::store::{MailboxId, MailboxStore};
+use crate::conn_state::ConnState;
+use crate::core::{storage_unavailable, ConnAuth, RelayCore};
+use crate::hub::{Hub, Subscription};
+use crate::rate::ConnectionSlots;
+use crate::store::{Durable, MailboxId, MailboxStore};
+use crate::stream::{run_store, MessageStream, Output, StoreOutcome, Ticket};
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 use tern_protocol::frame::{decode_message, encode_frame_into, FrameError};
 use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
-use tern_protocol::pb::{self, client_frame::Frame as In, relay_frame::Frame as Out};
-use tern_protocol::{limits, ErrorCode, WireError};
-use tokio::sync::{mpsc, Notify};
+use tern_protocol::pb::{self, relay_frame::Frame as Out};
+use tern_protocol::{ErrorCode, WireError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, Instrument};
 
 use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
 
 /// How long a new stream may take to say what kind it is.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Envelopes fetched from the store per batch while draining a mailbox.
-const DRAIN_BATCH: usize = 128;
 /// Frames queued for one stream's writer.
 const WRITE_QUEUE: usize = 256;
-/// Sends awaiting durability on one stream before reading pauses.
-const DURABILITY_QUEUE: usize = 1024;
-
-/// What one connection's streams share.
-struct ConnState {
-    /// What the connection has proven.
-    auth: Mutex<ConnAuth>,
-    /// One subscription per connection, so a peer cannot multiply the
-    /// envelopes queued for it by opening more streams.
-    subscribed: AtomicBool,
-    /// Frames and requests per second on this connection.
-    rate: ConnectionRate,
-}
+/// Most frames coalesced into one write on a stream...
+const WRITE_BATCH: usize = 256;
+/// ...and most bytes, so a batch of large envelopes stays small.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Most frames handed to the machine from what one read brought, before
+/// its outputs are run.
+const READ_BURST: usize = 256;
 
 /// What every connection shares.
 pub struct Shared<S, C> {
@@ -64,11 +62,10 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         conn.close(1u32.into(), b"no keying material");
         return;
     }
-    let state = Arc::new(ConnState {
-        auth: Mutex::new(ConnAuth::new(conn.remote_address().ip())),
-        subscribed: AtomicBool::new(false),
-        rate: shared.core.rates().connection(),
-    });
+    let state = Arc::new(ConnState::new(
+        ConnAuth::new(conn.remote_address().ip()),
+        shared.core.rates().connection(Instant::now()),
+    ));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -79,7 +76,7 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         };
         // Opening a stream counts against the connection's rate; over it,
         // the connection waits before it gets another.
-        let limited = state.rate.check().err();
+        let limited = state.rate.check_at(Instant::now()).err();
         throttle(limited.as_ref()).await;
         let (shared, state) = (Arc::clone(&shared), Arc::clone(&state));
         let span = tracing::debug_span!("stream", id = %send.id());
@@ -105,13 +102,14 @@ async fn stream<S: MailboxStore, C: Clock>(
         }
     }
     match kind[0] {
-        STREAM_CONTROL => control(&shared, &state, &exporter, send, recv).await,
+        STREAM_CONTROL => control(shared, state, exporter, send, recv).await,
         STREAM_MESSAGES => messages(shared, state, send, recv).await,
         _ => {
-            let frame = error_frame(WireError::new(
-                ErrorCode::Unsupported,
-                "unknown stream kind",
-            ));
+            let frame = pb::RelayFrame {
+                frame: Some(Out::Error(
+                    WireError::new(ErrorCode::Unsupported, "unknown stream kind").into(),
+                )),
+            };
             let _ = write_frame(&mut send, &frame).await;
             let _ = send.finish();
         }
@@ -127,33 +125,19 @@ async fn throttle(limited: Option<&WireError>) {
     }
 }
 
-fn error_frame(e: WireError) -> pb::RelayFrame {
-    pb::RelayFrame {
-        frame: Some(Out::Error(e.into())),
-    }
-}
-
-fn read_error(e: &ReadFrameError) -> Option<WireError> {
-    match e {
-        ReadFrameError::Frame(FrameError::TooLarge { size, max }) => Some(WireError::new(
-            ErrorCode::FrameTooLarge,
-            format!("frame of {size} bytes exceeds the maximum of {max}"),
-        )),
-        ReadFrameError::Frame(FrameError::Malformed(m)) => {
-            Some(WireError::new(ErrorCode::Malformed, m.clone()))
-        }
-        _ => None,
+fn control_error(e: WireError) -> pb::ControlResponse {
+    pb::ControlResponse {
+        response: Some(pb::control_response::Response::Error(e.into())),
     }
 }
 
 async fn control<S: MailboxStore, C: Clock>(
-    shared: &Shared<S, C>,
-    state: &ConnState,
-    exporter: &[u8; 32],
+    shared: Arc<Shared<S, C>>,
+    state: Arc<ConnState>,
+    exporter: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    use pb::control_response::Response;
     let max = shared.core.limits().max_frame_bytes;
     // The request must arrive whole within the header timeout, so a stream
     // that announces a frame and trickles it cannot pin a buffer forever.
@@ -162,407 +146,276 @@ async fn control<S: MailboxStore, C: Clock>(
         let _ = send.reset(1u32.into());
         return;
     };
-    if let Err(e) = state.rate.check() {
-        let response = pb::ControlResponse {
-            response: Some(Response::Error(e.into())),
-        };
-        let _ = write_frame(&mut send, &response).await;
+    if let Err(e) = state.rate.check_at(Instant::now()) {
+        let _ = write_frame(&mut send, &control_error(e)).await;
         let _ = send.finish();
         return;
     }
     let response = match read {
         Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
             Ok(req) => {
-                let writes = !matches!(
-                    req.request,
-                    Some(pb::control_request::Request::Challenge(_))
-                        | Some(pb::control_request::Request::Authenticate(_))
-                );
-                let resp = match state.auth.lock() {
-                    Ok(mut a) => shared.core.control(&mut a, exporter, req),
-                    Err(_) => return,
-                };
-                let ok = !matches!(resp.response, Some(Response::Error(_)));
-                if writes && ok {
-                    if let Err(e) = shared.core.durable().await {
-                        tracing::warn!("control write not durable: {e}");
-                        let e =
-                            WireError::new(ErrorCode::StorageUnavailable, "storage unavailable")
-                                .retry_after(1_000);
-                        pb::ControlResponse {
-                            response: Some(Response::Error(e.into())),
-                        }
-                    } else {
-                        resp
-                    }
+                // Registration and tokens write to the store: off the
+                // async workers.
+                let core = Arc::clone(&shared);
+                let answer = tokio::task::spawn_blocking(move || {
+                    let mut auth = state.auth.lock().ok()?;
+                    Some(core.core.control(&mut auth, &exporter, req))
+                })
+                .await;
+                let Ok(Some(answer)) = answer else { return };
+                if !answer.needs_durability {
+                    answer.response
+                } else if let Err(e) = shared.core.durable().await {
+                    tracing::warn!("control write not durable: {e}");
+                    control_error(storage_unavailable())
                 } else {
-                    resp
+                    answer.response
                 }
             }
-            Err(e) => pb::ControlResponse {
-                response: Some(Response::Error(
-                    WireError::new(ErrorCode::Malformed, e.to_string()).into(),
-                )),
-            },
+            Err(e) => control_error(WireError::new(ErrorCode::Malformed, e.to_string())),
         },
         Ok(None) => return,
-        Err(e) => match read_error(&e) {
-            Some(w) => pb::ControlResponse {
-                response: Some(Response::Error(w.into())),
-            },
-            None => return,
-        },
+        Err(ReadFrameError::Frame(FrameError::TooLarge { size, max })) => {
+            control_error(WireError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {size} bytes exceeds the maximum of {max}"),
+            ))
+        }
+        Err(ReadFrameError::Frame(FrameError::Malformed(m))) => {
+            control_error(WireError::new(ErrorCode::Malformed, m))
+        }
+        Err(_) => return,
     };
     let _ = write_frame(&mut send, &response).await;
     let _ = send.finish();
 }
 
-/// A reply waiting for the store to be durable before it is sent.
-struct PendingReply {
-    /// The reply may leave only once the store is durable.
-    durable: bool,
-    frame: pb::RelayFrame,
-    wake: Option<MailboxId>,
+/// Write frames as they come, coalescing those queued while a write is
+/// under way into the next one; finish the stream when the queue closes.
+async fn write_frames(mut send: SendStream, mut out: mpsc::Receiver<pb::RelayFrame>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = out.recv().await {
+        encode_frame_into(&frame, &mut buf);
+        for _ in 1..WRITE_BATCH {
+            if buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            match out.try_recv() {
+                Ok(frame) => encode_frame_into(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if send.write_chunk(buf.split().freeze()).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
 }
 
-/// The window state shared by a message stream's reader and its pusher.
+/// The result of a future that is ready now, without waiting: used to take
+/// every frame one read brought before running the machine's outputs.
+fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Await a spawned task if there is one; pending forever otherwise.
+async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
+    match task {
+        Some(t) => t.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of the durability wait under way; pending if there is none.
+async fn wait_durable(
+    durable: &mut Option<(Ticket, Durable)>,
+) -> Result<(), crate::store::StoreError> {
+    match durable {
+        Some((_, d)) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Until `at`; pending if there is no timer. An async fn, so no timer is
+/// built on the loop's turns that do not poll it.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A wake-up of the subscribed mailbox; pending if there is no subscription.
+async fn notified(wake: Option<&Arc<tokio::sync::Notify>>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An ephemeral envelope for the subscribed mailbox; pending if there is no
+/// subscription.
+async fn recv_ephemeral(rx: Option<&mut mpsc::Receiver<pb::Envelope>>) -> Option<pb::Envelope> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one message stream's driver has under way.
 #[derive(Default)]
-struct Window {
-    in_flight: Mutex<BTreeSet<u64>>,
-    opened: Notify,
+struct Work {
+    store: Option<JoinHandle<Vec<StoreOutcome>>>,
+    durable: Option<(Ticket, Durable)>,
+    fetch: Option<JoinHandle<Result<Vec<pb::Envelope>, WireError>>>,
+    sub: Option<Subscription>,
+    closing: bool,
 }
 
-/// Most frames coalesced into one write on a stream...
-const WRITE_BATCH: usize = 256;
-/// ...and most bytes, so a batch of large envelopes stays small.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// Most replies released by one durability wait.
-const REPLY_BATCH: usize = 1024;
-
+/// Drive one message stream: the machine decides, this runs.
 async fn messages<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
-    mut send: SendStream,
+    send: SendStream,
     recv: RecvStream,
 ) {
-    // Frames queued while a write is under way leave together in the next.
-    let (out_tx, mut out_rx) = mpsc::channel::<pb::RelayFrame>(WRITE_QUEUE);
-    let writer = tokio::spawn(async move {
-        let mut buf = BytesMut::new();
-        while let Some(frame) = out_rx.recv().await {
-            encode_frame_into(&frame, &mut buf);
-            for _ in 1..WRITE_BATCH {
-                if buf.len() >= WRITE_BATCH_BYTES {
-                    break;
-                }
-                match out_rx.try_recv() {
-                    Ok(frame) => encode_frame_into(&frame, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            if send.write_chunk(buf.split().freeze()).await.is_err() {
-                return;
-            }
-        }
-        let _ = send.finish();
-    });
-
-    // Replies leave in the order their sends arrived, after the flush that
-    // made them durable. Every reply queued when one is taken shares one
-    // durability wait: a wait begun after their writes covers them all.
-    let (reply_tx, mut reply_rx) = mpsc::channel::<PendingReply>(DURABILITY_QUEUE);
-    let hub = Arc::clone(&shared.hub);
-    let replies_out = out_tx.clone();
-    let replier_shared = Arc::clone(&shared);
-    let replier = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        let mut woken: Vec<MailboxId> = Vec::new();
-        while let Some(first) = reply_rx.recv().await {
-            batch.push(first);
-            while batch.len() < REPLY_BATCH {
-                match reply_rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            let failed = if batch.iter().any(|p| p.durable) {
-                replier_shared.core.durable().await.err()
-            } else {
-                None
-            };
-            if let Some(e) = &failed {
-                tracing::warn!("sends not durable: {e}");
-            }
-            for mut p in batch.drain(..) {
-                if p.durable && failed.is_some() {
-                    if let Some(Out::SendResult(r)) = &mut p.frame.frame {
-                        r.seq = 0;
-                        r.duplicate = false;
-                        r.error = Some(
-                            WireError::new(ErrorCode::StorageUnavailable, "storage unavailable")
-                                .retry_after(1_000)
-                                .into(),
-                        );
-                    }
-                    p.wake = None;
-                }
-                if let Some(m) = p.wake {
-                    if !woken.contains(&m) {
-                        woken.push(m);
-                        hub.stored(&m);
-                    }
-                }
-                if replies_out.send(p.frame).await.is_err() {
-                    return;
-                }
-            }
-            woken.clear();
-        }
-    });
-
-    let window = Arc::new(Window::default());
-    let mut pusher: Option<tokio::task::JoinHandle<()>> = None;
-    let max = shared.core.limits().max_frame_bytes;
-    let mut frames = FrameReader::new(recv, max);
+    let (out_tx, out_rx) = mpsc::channel::<pb::RelayFrame>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_frames(send, out_rx));
+    let mut machine = MessageStream::new(Arc::clone(&state), shared.core.limits().push_window);
+    let mut frames = FrameReader::new(recv, shared.core.limits().max_frame_bytes);
+    let mut work = Work::default();
     loop {
-        let body = match frames.next().await {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(e) => {
-                if let Some(w) = read_error(&e) {
-                    let _ = out_tx.send(error_frame(w)).await;
-                }
-                // After an oversize length the stream cannot be resynced.
-                break;
-            }
-        };
-        // Every frame counts against the connection's rate, garbage too.
-        let limited = state.rate.check().err();
-        let frame = match decode_message::<pb::ClientFrame>(&body) {
-            Ok(pb::ClientFrame { frame: Some(f) }) => f,
-            Ok(pb::ClientFrame { frame: None }) => {
-                let e = WireError::new(ErrorCode::Unsupported, "unknown or empty frame");
-                // A peer that does not read its errors gets no more reads.
-                if out_tx.send(error_frame(e)).await.is_err() {
-                    break;
-                }
-                throttle(limited.as_ref()).await;
-                continue;
-            }
-            Err(e) => {
-                let e = WireError::new(ErrorCode::Malformed, e.to_string());
-                if out_tx.send(error_frame(e)).await.is_err() {
-                    break;
-                }
-                throttle(limited.as_ref()).await;
-                continue;
-            }
-        };
-        // Over the rate, a send is refused (its sender retries later); acks
-        // and subscriptions are still applied, since dropping an ack would
-        // only shrink the window and redeliver. Either way reading pauses.
-        if let (Some(e), In::Send(send)) = (&limited, &frame) {
-            let reply = PendingReply {
-                durable: false,
-                frame: send_result(send.request_id, Err(e.clone())),
-                wake: None,
-            };
-            if reply_tx.send(reply).await.is_err() {
-                break;
-            }
-            throttle(limited.as_ref()).await;
-            continue;
+        while let Some(output) = machine.poll() {
+            run_output(&shared, &state, &mut work, output);
         }
-        match frame {
-            In::Send(s) => {
-                let reply = send_reply(&shared, &s);
-                if reply_tx.send(reply).await.is_err() {
+        // Hand the writer what may leave, as far as its queue has room.
+        let mut writer_full = false;
+        while machine.has_transmit() {
+            match out_tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some(f) = machine.poll_transmit() {
+                        permit.send(f);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    writer_full = true;
                     break;
                 }
+                // The peer stopped reading: nothing more can be said.
+                Err(mpsc::error::TrySendError::Closed(())) => return,
             }
-            In::Ack(a) => {
-                let owner = state.auth.lock().map(|a| a.mailbox()).unwrap_or(None);
-                let result = match state.auth.lock() {
-                    Ok(conn) => shared.core.ack(&conn, &a.seqs),
-                    Err(_) => break,
-                };
-                match result {
-                    Ok(_) => {
-                        if let Ok(mut f) = window.in_flight.lock() {
-                            for s in &a.seqs {
-                                f.remove(s);
-                            }
-                        }
-                        window.opened.notify_one();
+        }
+        if work.closing && !machine.has_transmit() {
+            break;
+        }
+        let timeout = machine.poll_timeout();
+        let Work {
+            store,
+            durable,
+            fetch,
+            sub,
+            ..
+        } = &mut work;
+        let (wake, ephemeral) = match sub {
+            Some(s) => (Some(&s.wake), Some(&mut s.ephemeral)),
+            None => (None, None),
+        };
+        tokio::select! {
+            read = frames.next(), if machine.wants_frames() => {
+                let now = Instant::now();
+                let mut read = Some(read);
+                let mut burst = 0;
+                // Take every frame this read brought, so store work
+                // leaves in batches, not a frame at a time.
+                while let Some(r) = read.take() {
+                    match r {
+                        Ok(Some(body)) => machine.handle_frame(now, body),
+                        Ok(None) => machine.handle_eof(),
+                        Err(e) => machine.handle_read_error(&e),
                     }
-                    Err(e) => {
-                        debug!(owner = ?owner.map(short), "ack refused: {e}");
-                        let _ = out_tx.send(error_frame(e)).await;
+                    burst += 1;
+                    if burst < READ_BURST && machine.wants_frames() {
+                        read = now_or_never(frames.next());
                     }
                 }
             }
-            In::Subscribe(sub) => {
-                let Some(mailbox) = state.auth.lock().map(|a| a.mailbox()).unwrap_or(None) else {
-                    let e = WireError::new(ErrorCode::NotAuthenticated, "authenticate first");
-                    let _ = out_tx.send(error_frame(e)).await;
-                    continue;
-                };
-                if pusher.is_some() {
-                    continue;
-                }
-                if state.subscribed.swap(true, Ordering::SeqCst) {
-                    let e = WireError::new(
-                        ErrorCode::Unsupported,
-                        "this connection is already subscribed on another stream",
-                    );
-                    let _ = out_tx.send(error_frame(e)).await;
-                    continue;
-                }
-                let size = match sub.window {
-                    0 => shared.core.limits().push_window,
-                    n => n.min(limits::MAX_PUSH_WINDOW),
-                };
-                let task = push(
-                    Arc::clone(&shared),
-                    mailbox,
-                    size as usize,
-                    Arc::clone(&window),
-                    out_tx.clone(),
-                );
-                let span = tracing::debug_span!("push", mailbox = %short(mailbox));
-                pusher = Some(tokio::spawn(task.instrument(span)));
+            outcomes = join(store), if store.is_some() => {
+                *store = None;
+                // A batch that panicked is answered as a storage failure.
+                machine.handle_stored(outcomes.unwrap_or_default());
             }
+            result = wait_durable(durable), if durable.is_some() => {
+                if let Some((ticket, _)) = durable.take() {
+                    machine.handle_durable(ticket, result);
+                }
+            }
+            fetched = join(fetch), if fetch.is_some() => {
+                *fetch = None;
+                let fetched = fetched.unwrap_or_else(|| Err(storage_unavailable()));
+                machine.handle_fetched(Instant::now(), fetched);
+            }
+            _ = notified(wake), if wake.is_some() => machine.handle_wake(),
+            Some(env) = recv_ephemeral(ephemeral), if machine.wants_ephemeral() => {
+                machine.handle_ephemeral(env);
+            }
+            _ = sleep_until(timeout), if timeout.is_some() => {
+                machine.handle_timeout(Instant::now());
+            }
+            permit = out_tx.reserve(), if writer_full => {
+                match (permit, machine.poll_transmit()) {
+                    (Ok(permit), Some(f)) => permit.send(f),
+                    (Ok(_), None) => {}
+                    (Err(_), _) => return,
+                }
+            }
+            // Nothing under way and nothing to wait for: the machine has
+            // no way forward, so end rather than hang.
+            else => break,
         }
-        throttle(limited.as_ref()).await;
     }
-    if let Some(p) = pusher {
-        p.abort();
-        state.subscribed.store(false, Ordering::SeqCst);
-    }
-    drop(reply_tx);
     drop(out_tx);
-    let _ = replier.await;
     let _ = writer.await;
 }
 
-/// The answer to one send: its sequence number, or why it was refused.
-fn send_result(request_id: u64, result: Result<(u64, bool), WireError>) -> pb::RelayFrame {
-    let (seq, duplicate, error) = match result {
-        Ok((seq, duplicate)) => (seq, duplicate, None),
-        Err(e) => (0, false, Some(e.into())),
-    };
-    pb::RelayFrame {
-        frame: Some(Out::SendResult(pb::SendResult {
-            request_id,
-            seq,
-            duplicate,
-            error,
-        })),
-    }
-}
-
-fn send_reply<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, s: &pb::Send) -> PendingReply {
-    match shared.core.send(s) {
-        Ok(Accepted::Stored {
-            mailbox,
-            seq,
-            duplicate,
-        }) => PendingReply {
-            durable: true,
-            frame: send_result(s.request_id, Ok((seq, duplicate))),
-            wake: Some(mailbox),
-        },
-        Ok(Accepted::Ephemeral { mailbox }) => {
-            shared
-                .hub
-                .ephemeral(&mailbox, shared.core.ephemeral_envelope(s));
-            PendingReply {
-                durable: false,
-                frame: send_result(s.request_id, Ok((0, false))),
-                wake: None,
-            }
-        }
-        Err(e) => PendingReply {
-            durable: false,
-            frame: send_result(s.request_id, Err(e)),
-            wake: None,
-        },
-    }
-}
-
-/// Push a mailbox's envelopes to its device: what is stored first (in
-/// batches, within the window), then `CaughtUp`, then whatever arrives.
-async fn push<S: MailboxStore, C: Clock>(
-    shared: Arc<Shared<S, C>>,
-    mailbox: MailboxId,
-    window_size: usize,
-    window: Arc<Window>,
-    out: mpsc::Sender<pb::RelayFrame>,
+/// Carry out one of the machine's outputs.
+fn run_output<S: MailboxStore, C: Clock>(
+    shared: &Arc<Shared<S, C>>,
+    state: &Arc<ConnState>,
+    work: &mut Work,
+    output: Output,
 ) {
-    let mut sub = shared.hub.subscribe(mailbox);
-    let mut last_seq = 0u64;
-    let mut caught_up = false;
-    loop {
-        let room = window
-            .in_flight
-            .lock()
-            .map(|f| window_size.saturating_sub(f.len()))
-            .unwrap_or(0);
-        if room > 0 {
-            let want = room.min(DRAIN_BATCH);
-            let batch = match shared.core.store().fetch(&mailbox, last_seq, want) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!("fetch failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let full = batch.len() == want;
-            for e in batch {
-                last_seq = e.seq;
-                if let Ok(mut f) = window.in_flight.lock() {
-                    f.insert(e.seq);
-                }
-                let env = pb::Envelope {
-                    seq: e.seq,
-                    message_id: e.message_id.to_vec().into(),
-                    received_at_ms: e.received_ms,
-                    payload: e.payload.into(),
-                    ephemeral: false,
-                };
-                if out
-                    .send(pb::RelayFrame {
-                        frame: Some(Out::Envelope(env)),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if full {
-                continue;
-            }
-            if !caught_up {
-                caught_up = true;
-                let frame = pb::RelayFrame {
-                    frame: Some(Out::CaughtUp(pb::CaughtUp {})),
-                };
-                if out.send(frame).await.is_err() {
-                    return;
-                }
-            }
+    match output {
+        Output::Subscribe(mailbox) => {
+            debug!(mailbox = %short(mailbox), "subscribed");
+            work.sub = Some(shared.hub.subscribe(mailbox));
         }
-        tokio::select! {
-            _ = sub.wake.notified() => {}
-            _ = window.opened.notified() => {}
-            Some(env) = sub.ephemeral.recv() => {
-                if out.send(pb::RelayFrame { frame: Some(Out::Envelope(env)) }).await.is_err() {
-                    return;
-                }
-            }
+        Output::Unsubscribe => {
+            work.sub = None;
+            work.fetch = None;
         }
+        Output::Store(ops) => {
+            let (shared, state) = (Arc::clone(shared), Arc::clone(state));
+            work.store = Some(tokio::task::spawn_blocking(move || {
+                run_store(&shared.core, &state, ops)
+            }));
+        }
+        // Begun here, after the writes of every result it covers.
+        Output::AwaitDurable(ticket) => work.durable = Some((ticket, shared.core.durable())),
+        Output::Notify(mailbox) => shared.hub.stored(&mailbox),
+        Output::Ephemeral { mailbox, envelope } => {
+            shared.hub.ephemeral(&mailbox, envelope);
+        }
+        Output::Fetch(f) => {
+            let shared = Arc::clone(shared);
+            work.fetch = Some(tokio::task::spawn_blocking(move || {
+                shared.core.fetch(&f.mailbox, f.after_seq, f.limit)
+            }));
+        }
+        Output::Close => work.closing = true,
     }
 }
 

@@ -2,15 +2,18 @@
 //! authentication, send tokens, sends, fetches, acks and expiry. It takes
 //! decoded requests and returns responses; the QUIC driver in
 //! [`crate::connection`] only moves frames in and out, and awaits durability.
+//! It is the only way above the store to the store: fetches, acks and
+//! durability waits go through it too. Time comes from its [`Clock`] and
+//! randomness from its [`Entropy`], both injected.
 
 use crate::clock::Clock;
 use crate::config::Limits;
+use crate::entropy::{Entropy, OsEntropy};
 use crate::rate::Rates;
 use crate::store::{
     Durable, MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, StoreError, Swept, TokenHash,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,16 @@ impl ConnAuth {
     pub fn mailbox(&self) -> Option<MailboxId> {
         self.mailbox
     }
+
+    /// A connection already authenticated for `mailbox`, for tests of what
+    /// comes after authentication.
+    #[cfg(test)]
+    pub(crate) fn authenticated(mailbox: MailboxId) -> Self {
+        Self {
+            mailbox: Some(mailbox),
+            ..Self::default()
+        }
+    }
 }
 
 /// A send the relay accepted.
@@ -63,13 +76,33 @@ pub enum Accepted {
     },
 }
 
-/// The relay's request handling over a store and a clock.
+/// A control request's answer, and whether it may leave only once the
+/// store is durable. This is the one place that decides which requests
+/// wait: those that wrote something and succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlAnswer {
+    /// What to send back.
+    pub response: pb::ControlResponse,
+    /// True if the response must wait for [`RelayCore::durable`]; if that
+    /// fails, answer [`storage_unavailable`] instead.
+    pub needs_durability: bool,
+}
+
+/// What a request that wrote to the store is answered when its write did
+/// not reach the disk: retry in a second.
+pub fn storage_unavailable() -> WireError {
+    WireError::new(ErrorCode::StorageUnavailable, "storage unavailable").retry_after(1_000)
+}
+
+/// The relay's request handling over a store, a clock and a source of
+/// randomness.
 pub struct RelayCore<S, C> {
     store: Arc<S>,
     clock: C,
     limits: Limits,
     rates: Rates,
     disk_low: AtomicBool,
+    entropy: Box<dyn Entropy>,
 }
 
 fn store_error(e: StoreError) -> WireError {
@@ -116,7 +149,14 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             limits,
             rates,
             disk_low: AtomicBool::new(false),
+            entropy: Box::new(OsEntropy),
         }
+    }
+
+    /// The same core drawing ids, nonces and tokens from `entropy`.
+    pub fn with_entropy(mut self, entropy: impl Entropy) -> Self {
+        self.entropy = Box::new(entropy);
+        self
     }
 
     /// Tell the core whether the disk is nearly full. While it is, requests
@@ -147,7 +187,10 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         &self.limits
     }
 
-    /// The store underneath.
+    /// The store underneath. Only `server.rs`'s final flush still uses it,
+    /// until the store trait gains `flush`; nothing else may reach past the
+    /// core.
+    #[doc(hidden)]
     pub fn store(&self) -> &Arc<S> {
         &self.store
     }
@@ -159,7 +202,13 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         conn: &mut ConnAuth,
         exporter: &[u8],
         req: pb::ControlRequest,
-    ) -> pb::ControlResponse {
+    ) -> ControlAnswer {
+        // Challenges and authentication change only the connection; every
+        // other request writes to the store.
+        let writes = !matches!(
+            req.request,
+            Some(Request::Challenge(_)) | Some(Request::Authenticate(_)) | None
+        );
         let result = match req.request {
             Some(Request::Register(r)) => self.register(conn, &r).map(Response::Registered),
             Some(Request::Challenge(_)) => Ok(Response::Challenge(self.challenge(conn))),
@@ -175,8 +224,12 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                 "unknown or empty request",
             )),
         };
-        pb::ControlResponse {
-            response: Some(result.unwrap_or_else(|e| Response::Error(e.into()))),
+        let needs_durability = writes && result.is_ok();
+        ControlAnswer {
+            response: pb::ControlResponse {
+                response: Some(result.unwrap_or_else(|e| Response::Error(e.into()))),
+            },
+            needs_durability,
         }
     }
 
@@ -188,7 +241,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             .map_err(|_| WireError::new(ErrorCode::Malformed, "auth_key is not an Ed25519 key"))?;
         loop {
             let mut id = [0u8; MAILBOX_ID_LEN];
-            rand::thread_rng().fill_bytes(&mut id);
+            self.entropy.fill(&mut id);
             match self.store.create_mailbox(id, key, self.clock.now_ms()) {
                 Ok(()) => {
                     return Ok(pb::Registered {
@@ -203,7 +256,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 
     fn challenge(&self, conn: &mut ConnAuth) -> pb::Challenge {
         let mut nonce = [0u8; NONCE_LEN];
-        rand::thread_rng().fill_bytes(&mut nonce);
+        self.entropy.fill(&mut nonce);
         conn.nonce = Some(nonce);
         pb::Challenge {
             nonce: nonce.to_vec().into(),
@@ -259,7 +312,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         let mailbox = self.owner(conn)?;
         self.check_disk()?;
         let mut token = [0u8; TOKEN_LEN];
-        rand::thread_rng().fill_bytes(&mut token);
+        self.entropy.fill(&mut token);
         self.store
             .add_token(
                 token_hash(&token),
@@ -365,6 +418,31 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             ));
         }
         self.store.ack(&mailbox, seqs).map_err(store_error)
+    }
+
+    /// Up to `limit` envelopes of `mailbox` after `after_seq`, in order, as
+    /// they are pushed. The caller is the mailbox's authenticated
+    /// subscription; this may block on the disk.
+    pub fn fetch(
+        &self,
+        mailbox: &MailboxId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::Envelope>, WireError> {
+        let stored = self
+            .store
+            .fetch(mailbox, after_seq, limit)
+            .map_err(store_error)?;
+        Ok(stored
+            .into_iter()
+            .map(|e| pb::Envelope {
+                seq: e.seq,
+                message_id: e.message_id.to_vec().into(),
+                received_at_ms: e.received_ms,
+                payload: e.payload.into(),
+                ephemeral: false,
+            })
+            .collect())
     }
 
     /// Delete whatever has expired by now.

@@ -1,9 +1,10 @@
-//! The relay core driven directly, with a real sled store in a temp dir and
-//! a manual clock: no sockets, fast and deterministic.
+//! The relay core driven directly, with a real sled store in a temp dir, a
+//! manual clock and seeded randomness: no sockets, fast and deterministic.
 
 use super::*;
 use crate::clock::ManualClock;
 use crate::config::RateConfig;
+use crate::entropy::SeededEntropy;
 use crate::rate::Rates;
 use crate::store::EmbeddedStore;
 use ed25519_dalek::{Signer, SigningKey};
@@ -12,7 +13,20 @@ use pb::control_response::Response as R;
 struct Harness {
     core: RelayCore<EmbeddedStore, ManualClock>,
     clock: ManualClock,
+    /// The store, for tests to look at what the core left there.
+    store: Arc<SledStore>,
     _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn control(
+        &self,
+        conn: &mut ConnAuth,
+        exporter: &[u8],
+        req: pb::ControlRequest,
+    ) -> pb::ControlResponse {
+        self.core.control(conn, exporter, req).response
+    }
 }
 
 fn harness(limits: Limits) -> Harness {
@@ -21,12 +35,14 @@ fn harness(limits: Limits) -> Harness {
     let clock = ManualClock::new(1_700_000_000_000);
     Harness {
         core: RelayCore::new(
-            store,
+            Arc::clone(&store),
             clock.clone(),
             limits,
-            Rates::new(&RateConfig::default()),
-        ),
+            Rates::with_clock(&RateConfig::default(), Arc::new(clock.clone())),
+        )
+        .with_entropy(SeededEntropy::new(7)),
         clock,
+        store,
         _dir: dir,
     }
 }
@@ -45,7 +61,7 @@ fn error_code(resp: &pb::ControlResponse) -> Option<ErrorCode> {
 /// Register a device and authenticate a connection for it.
 fn login(h: &Harness, key: &SigningKey, exporter: &[u8]) -> (ConnAuth, MailboxId) {
     let mut conn = ConnAuth::default();
-    let reg = h.core.control(
+    let reg = h.control(
         &mut conn,
         exporter,
         req(Request::Register(pb::Register {
@@ -67,7 +83,7 @@ fn authenticate(
     exporter: &[u8],
     mailbox: &MailboxId,
 ) -> Result<(), ErrorCode> {
-    let ch = h.core.control(
+    let ch = h.control(
         conn,
         exporter,
         req(Request::Challenge(pb::ChallengeRequest {})),
@@ -76,7 +92,7 @@ fn authenticate(
         panic!("{ch:?}")
     };
     let sig = key.sign(&auth_signed_bytes(exporter, &c.nonce, mailbox));
-    let resp = h.core.control(
+    let resp = h.control(
         conn,
         exporter,
         req(Request::Authenticate(pb::Authenticate {
@@ -89,7 +105,7 @@ fn authenticate(
 }
 
 fn token(h: &Harness, conn: &mut ConnAuth) -> Vec<u8> {
-    let resp = h.core.control(
+    let resp = h.control(
         conn,
         &[0; 32],
         req(Request::CreateToken(pb::CreateToken {})),
@@ -119,7 +135,7 @@ fn authentication_is_bound_to_the_tls_session_and_nonce() {
 
     // A signature made for another TLS session (exporter) is refused.
     let mut conn = ConnAuth::default();
-    let ch = h.core.control(
+    let ch = h.control(
         &mut conn,
         &[2; 32],
         req(Request::Challenge(pb::ChallengeRequest {})),
@@ -129,7 +145,7 @@ fn authentication_is_bound_to_the_tls_session_and_nonce() {
     };
     let sig = key.sign(&auth_signed_bytes(&[1; 32], &c.nonce, &mailbox));
     let auth = |conn: &mut ConnAuth, nonce: &bytes::Bytes| {
-        h.core.control(
+        h.control(
             conn,
             &[2; 32],
             req(Request::Authenticate(pb::Authenticate {
@@ -159,7 +175,7 @@ fn authentication_is_bound_to_the_tls_session_and_nonce() {
     );
 
     // Token operations need an authenticated connection.
-    let resp = h.core.control(
+    let resp = h.control(
         &mut conn,
         &[1; 32],
         req(Request::CreateToken(pb::CreateToken {})),
@@ -201,12 +217,12 @@ fn sends_are_sequenced_deduplicated_and_acked() {
         }
     );
 
-    let stored = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    let stored = h.store.fetch(&mailbox, 0, 10).unwrap();
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(stored[0].payload, b"one");
 
     assert_eq!(h.core.ack(&conn, &[1, 99]).unwrap(), 1);
-    let left = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    let left = h.store.fetch(&mailbox, 0, 10).unwrap();
     assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
     // The relay de-duplicates against what it holds: a retry of an acked
     // message is stored again under a new seq (the recipient's store drops
@@ -229,7 +245,7 @@ fn sends_are_sequenced_deduplicated_and_acked() {
             duplicate: true
         }
     );
-    assert_eq!(h.core.store().fetch(&mailbox, 0, 10).unwrap().len(), 2);
+    assert_eq!(h.store.fetch(&mailbox, 0, 10).unwrap().len(), 2);
 }
 
 #[test]
@@ -253,7 +269,7 @@ fn revoked_made_up_and_foreign_tokens_are_refused() {
     h.core.send(&send(&mailbox2, &t2, 1, b"x")).unwrap();
 
     // Another mailbox's owner cannot revoke this token.
-    let resp = h.core.control(
+    let resp = h.control(
         &mut conn2,
         &[2; 32],
         req(Request::RevokeToken(pb::RevokeToken {
@@ -263,7 +279,7 @@ fn revoked_made_up_and_foreign_tokens_are_refused() {
     assert_eq!(error_code(&resp), Some(ErrorCode::TokenInvalid));
     h.core.send(&send(&mailbox, &t, 2, b"x")).unwrap();
 
-    let resp = h.core.control(
+    let resp = h.control(
         &mut conn,
         &[1; 32],
         req(Request::RevokeToken(pb::RevokeToken {
@@ -291,7 +307,7 @@ fn limits_refuse_with_typed_errors_and_keep_what_is_stored() {
     let err = h.core.send(&send(&mailbox, &t, 3, b"c")).unwrap_err();
     assert_eq!(err.code, ErrorCode::QuotaExceeded);
     assert!(err.retry_after_ms > 0);
-    assert_eq!(h.core.store().fetch(&mailbox, 0, 10).unwrap().len(), 2);
+    assert_eq!(h.store.fetch(&mailbox, 0, 10).unwrap().len(), 2);
     // Acking makes room again.
     h.core.ack(&conn, &[1]).unwrap();
     h.core.send(&send(&mailbox, &t, 3, b"c")).unwrap();
@@ -318,15 +334,12 @@ fn expired_envelopes_are_swept_and_fresh_ones_kept() {
     assert_eq!(h.core.sweep().unwrap(), Swept { envelopes: 0 });
     h.clock.advance(1_800_001);
     assert_eq!(h.core.sweep().unwrap(), Swept { envelopes: 1 });
-    let left = h.core.store().fetch(&mailbox, 0, 10).unwrap();
+    let left = h.store.fetch(&mailbox, 0, 10).unwrap();
     assert_eq!(
         left.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
         vec![b"new".to_vec()]
     );
-    assert_eq!(
-        h.core.store().mailbox(&mailbox).unwrap().unwrap().envelopes,
-        1
-    );
+    assert_eq!(h.store.mailbox(&mailbox).unwrap().unwrap().envelopes, 1);
 }
 
 #[tokio::test]
@@ -363,4 +376,81 @@ fn store_survives_reopen() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"kept");
     assert_eq!(store.mailbox(&mailbox).unwrap().unwrap().next_seq, 2);
+}
+
+#[test]
+fn only_successful_writes_wait_for_durability() {
+    let h = harness(Limits::default());
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let exporter = [2u8; 32];
+    let mut conn = ConnAuth::default();
+    let register = |conn: &mut ConnAuth| {
+        h.core.control(
+            conn,
+            &exporter,
+            req(Request::Register(pb::Register {
+                auth_key: key.verifying_key().to_bytes().to_vec().into(),
+            })),
+        )
+    };
+    let reg = register(&mut conn);
+    assert!(reg.needs_durability, "{reg:?}");
+    let ch = h.core.control(
+        &mut conn,
+        &exporter,
+        req(Request::Challenge(pb::ChallengeRequest {})),
+    );
+    assert!(!ch.needs_durability);
+    // A refused write waits for nothing.
+    let mint = h.core.control(
+        &mut conn,
+        &exporter,
+        req(Request::CreateToken(pb::CreateToken {})),
+    );
+    assert_eq!(
+        error_code(&mint.response),
+        Some(ErrorCode::NotAuthenticated)
+    );
+    assert!(!mint.needs_durability);
+    let empty = h
+        .core
+        .control(&mut conn, &exporter, pb::ControlRequest { request: None });
+    assert!(!empty.needs_durability);
+
+    let Some(R::Registered(r)) = reg.response.response else {
+        panic!()
+    };
+    let mailbox: MailboxId = r.mailbox_id[..].try_into().unwrap();
+    authenticate(&h, &mut conn, &key, &exporter, &mailbox).unwrap();
+    let mint = h.core.control(
+        &mut conn,
+        &exporter,
+        req(Request::CreateToken(pb::CreateToken {})),
+    );
+    assert!(mint.needs_durability);
+}
+
+#[test]
+fn ids_come_from_the_injected_entropy() {
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let ids: Vec<MailboxId> = (0..2)
+        .map(|_| login(&harness(Limits::default()), &key, &[1; 32]).1)
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[test]
+fn fetch_returns_envelopes_as_pushed() {
+    let h = harness(Limits::default());
+    let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
+    let t = token(&h, &mut conn);
+    for i in 1..=3 {
+        h.core.send(&send(&mailbox, &t, i, b"x")).unwrap();
+    }
+    let got = h.core.fetch(&mailbox, 1, 10).unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(got
+        .iter()
+        .all(|e| !e.ephemeral && e.payload[..] == b"x"[..]));
+    assert_eq!(h.core.fetch(&mailbox, 0, 1).unwrap().len(), 1);
 }

@@ -4,18 +4,23 @@
 //! expires them after a TTL. It never sees who sent what, nor any content.
 //!
 //! Layout, after mini-redis: [`core`] is the protocol logic without sockets,
-//! [`store`] the durable state behind a trait, [`connection`] drives one QUIC
-//! connection, [`server`] runs the endpoint, [`hub`] tracks subscriptions.
+//! [`store`] the durable state behind a trait, [`stream`] the message
+//! stream's state machine (after quinn-proto), [`connection`] drives one QUIC
+//! connection and its streams, [`server`] runs the endpoint, [`hub`] tracks
+//! subscriptions.
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;
+pub mod conn_state;
 pub mod connection;
 pub mod core;
+pub mod entropy;
 pub mod hub;
 pub mod rate;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod tls;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -4,16 +4,80 @@
 //! per source address, sends per send token, and frames per connection.
 //! Every refusal is `RATE_LIMITED` with the time after which the same
 //! request would be allowed, which clients honour when backing off.
+//!
+//! No limiter reads a real clock of its own: the shared ones read the
+//! relay's [`Clock`] (governor takes a custom clock), and a connection's
+//! frame limiter is told the time by whoever checks it, so the message
+//! stream's state machine decides with the `now` it was given.
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::RateConfig;
 use crate::store::TokenHash;
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 use tern_protocol::{ErrorCode, WireError};
 
-type Instant = <DefaultClock as governor::clock::Clock>::Instant;
+/// governor's view of the relay's [`Clock`]: its monotonic reading.
+#[derive(Clone)]
+pub struct RelayTime(Arc<dyn Clock>);
+
+impl governor::clock::Clock for RelayTime {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        // Saturate: governor's own conversion panics past 584 years, and a
+        // test clock may be set anywhere.
+        let nanos = self.0.monotonic().as_nanos();
+        Nanos::from(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that reads whatever it was last told, never going back; a
+/// connection's limiter is driven by the `now` its streams are handed.
+#[derive(Debug)]
+pub(crate) struct DrivenTime {
+    epoch: Instant,
+    nanos: AtomicU64,
+}
+
+impl DrivenTime {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Move to `now`. Streams of one connection report times concurrently;
+    /// keeping the latest means an older report is judged a little late,
+    /// never early.
+    fn set(&self, now: Instant) {
+        let n = now.saturating_duration_since(self.epoch).as_nanos();
+        self.nanos
+            .fetch_max(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl governor::clock::Clock for DrivenTime {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, RelayTime, NoOpMiddleware<Nanos>>;
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, RelayTime, NoOpMiddleware<Nanos>>;
+type PerConnection = RateLimiter<NotKeyed, InMemoryState, DrivenTime, NoOpMiddleware<Nanos>>;
 
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +104,16 @@ fn quota(per_period: u32, burst: u32, per_minute: bool) -> Option<Quota> {
     })
 }
 
-fn direct(q: Option<Quota>) -> Option<DefaultDirectRateLimiter> {
-    q.map(RateLimiter::direct)
+fn direct(q: Option<Quota>, clock: &RelayTime) -> Option<Direct> {
+    q.map(|q| RateLimiter::new(q, InMemoryState::default(), clock.clone()))
 }
 
-fn keyed<K: std::hash::Hash + Eq + Clone>(q: Option<Quota>) -> Option<DefaultKeyedRateLimiter<K>> {
-    q.map(RateLimiter::keyed)
+fn keyed<K: std::hash::Hash + Eq + Clone>(q: Option<Quota>, clock: &RelayTime) -> Option<Keyed<K>> {
+    q.map(|q| RateLimiter::new(q, DefaultKeyedStateStore::default(), clock.clone()))
 }
 
-fn limited(what: &str, until: &NotUntil<Instant>) -> WireError {
-    let wait = until.wait_time_from(DefaultClock::default().now());
+fn limited(what: &str, until: &NotUntil<Nanos>, now: Nanos) -> WireError {
+    let wait = until.wait_time_from(now);
     WireError::new(
         ErrorCode::RateLimited,
         format!("too many {what}; slow down"),
@@ -59,12 +123,13 @@ fn limited(what: &str, until: &NotUntil<Instant>) -> WireError {
 
 /// The relay's shared limiters. A rate of 0 in the config turns a limit off.
 pub struct Rates {
-    handshakes: Option<DefaultDirectRateLimiter>,
-    retry_above: Option<DefaultDirectRateLimiter>,
-    connections_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    registrations_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    sends_per_token: Option<DefaultKeyedRateLimiter<TokenHash>>,
+    handshakes: Option<Direct>,
+    retry_above: Option<Direct>,
+    connections_per_ip: Option<Keyed<IpAddr>>,
+    registrations_per_ip: Option<Keyed<IpAddr>>,
+    sends_per_token: Option<Keyed<TokenHash>>,
     frames_per_connection: Option<Quota>,
+    clock: RelayTime,
 }
 
 /// Connections open at once per IP address.
@@ -113,51 +178,69 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// One connection's own limiter of frames and requests.
-pub struct ConnectionRate(Option<DefaultDirectRateLimiter>);
+/// One connection's own limiter of frames and requests, shared by its
+/// streams and told the time by each check.
+pub struct ConnectionRate(Option<PerConnection>);
 
 impl ConnectionRate {
-    /// Count one frame or request; `Err` when over the limit.
-    pub fn check(&self) -> Result<(), WireError> {
+    /// Count one frame or request at `now`; `Err` when over the limit.
+    pub fn check_at(&self, now: Instant) -> Result<(), WireError> {
         match &self.0 {
-            Some(l) => l
-                .check()
-                .map_err(|u| limited("frames on this connection", &u)),
+            Some(l) => {
+                l.clock().set(now);
+                l.check()
+                    .map_err(|u| limited("frames on this connection", &u, l.clock().now()))
+            }
             None => Ok(()),
         }
     }
 }
 
 impl Rates {
-    /// Limiters as configured.
+    /// Limiters as configured, on the system clock.
     pub fn new(c: &RateConfig) -> Self {
+        Self::with_clock(c, Arc::new(SystemClock))
+    }
+
+    /// Limiters as configured, measuring time by `clock`.
+    pub fn with_clock(c: &RateConfig, clock: Arc<dyn Clock>) -> Self {
+        let t = RelayTime(clock);
         Self {
-            handshakes: direct(quota(c.handshakes_per_sec, c.handshakes_burst, false)),
-            retry_above: direct(quota(
-                c.retry_above_handshakes_per_sec,
-                c.retry_above_handshakes_per_sec,
-                false,
-            )),
-            connections_per_ip: keyed(quota(
-                c.connections_per_ip_per_sec,
-                c.connections_per_ip_burst,
-                false,
-            )),
-            registrations_per_ip: keyed(quota(
-                c.registrations_per_ip_per_min,
-                c.registrations_per_ip_burst,
-                true,
-            )),
-            sends_per_token: keyed(quota(
-                c.sends_per_token_per_sec,
-                c.sends_per_token_burst,
-                false,
-            )),
+            handshakes: direct(quota(c.handshakes_per_sec, c.handshakes_burst, false), &t),
+            retry_above: direct(
+                quota(
+                    c.retry_above_handshakes_per_sec,
+                    c.retry_above_handshakes_per_sec,
+                    false,
+                ),
+                &t,
+            ),
+            connections_per_ip: keyed(
+                quota(
+                    c.connections_per_ip_per_sec,
+                    c.connections_per_ip_burst,
+                    false,
+                ),
+                &t,
+            ),
+            registrations_per_ip: keyed(
+                quota(
+                    c.registrations_per_ip_per_min,
+                    c.registrations_per_ip_burst,
+                    true,
+                ),
+                &t,
+            ),
+            sends_per_token: keyed(
+                quota(c.sends_per_token_per_sec, c.sends_per_token_burst, false),
+                &t,
+            ),
             frames_per_connection: quota(
                 c.frames_per_connection_per_sec,
                 c.frames_per_connection_burst,
                 false,
             ),
+            clock: t,
         }
     }
 
@@ -189,7 +272,7 @@ impl Rates {
         match (&self.registrations_per_ip, ip) {
             (Some(l), Some(ip)) => l
                 .check_key(&ip)
-                .map_err(|u| limited("registrations from this address", &u)),
+                .map_err(|u| limited("registrations from this address", &u, self.clock.now())),
             _ => Ok(()),
         }
     }
@@ -199,14 +282,18 @@ impl Rates {
         match &self.sends_per_token {
             Some(l) => l
                 .check_key(token)
-                .map_err(|u| limited("sends with this token", &u)),
+                .map_err(|u| limited("sends with this token", &u, self.clock.now())),
             None => Ok(()),
         }
     }
 
-    /// A fresh limiter for one connection.
-    pub fn connection(&self) -> ConnectionRate {
-        ConnectionRate(direct(self.frames_per_connection))
+    /// A fresh limiter for one connection opened at `epoch`; its checks
+    /// are told the time (see [`ConnectionRate::check_at`]).
+    pub fn connection(&self, epoch: Instant) -> ConnectionRate {
+        ConnectionRate(
+            self.frames_per_connection
+                .map(|q| RateLimiter::new(q, InMemoryState::default(), DrivenTime::new(epoch))),
+        )
     }
 
     /// Forget keys that are back to full allowance, so the keyed tables stay
@@ -290,11 +377,43 @@ mod tests {
             ErrorCode::RateLimited
         );
 
-        let conn = r.connection();
+        let t0 = Instant::now();
+        let conn = r.connection(t0);
         for _ in 0..10 {
-            conn.check().unwrap();
+            conn.check_at(t0).unwrap();
         }
-        assert_eq!(conn.check().unwrap_err().code, ErrorCode::RateLimited);
+        let e = conn.check_at(t0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert_eq!(e.retry_after_ms, 1000);
+    }
+
+    #[test]
+    fn limits_measure_time_by_the_clock_they_are_given() {
+        let clock = crate::clock::ManualClock::new(1_000_000);
+        let r = Rates::with_clock(&config(), Arc::new(clock.clone()));
+        let token = [7u8; 32];
+        for _ in 0..4 {
+            r.send(&token).unwrap();
+        }
+        let e = r.send(&token).unwrap_err();
+        assert_eq!(e.retry_after_ms, 1000, "{e:?}");
+        // No real time passes; the relay's clock does.
+        clock.advance(1000);
+        r.send(&token).unwrap();
+        assert!(r.send(&token).is_err());
+
+        let t0 = Instant::now();
+        let conn = r.connection(t0);
+        for _ in 0..10 {
+            conn.check_at(t0).unwrap();
+        }
+        let later = t0 + std::time::Duration::from_millis(400);
+        let e = conn.check_at(later).unwrap_err();
+        assert_eq!(e.retry_after_ms, 600, "{e:?}");
+        conn.check_at(t0 + std::time::Duration::from_secs(1))
+            .unwrap();
+        // A stream reporting an older time is judged at the latest one.
+        assert!(conn.check_at(t0).is_err());
     }
 
     #[test]

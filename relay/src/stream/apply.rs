@@ -1,0 +1,48 @@
+//! Running one batch of the message stream's store work through the core:
+//! the only code between [`super::StoreOp`] and [`RelayCore`]. The driver
+//! calls it on a blocking thread, once per batch; the in-process tests call
+//! it directly.
+
+use super::{StoreOp, StoreOutcome};
+use crate::clock::Clock;
+use crate::conn_state::ConnState;
+use crate::core::{Accepted, RelayCore};
+use crate::store::MailboxStore;
+use tern_protocol::{ErrorCode, WireError};
+
+/// Run one batch of store work through the core, in order, one outcome per
+/// operation. Blocks: sends and acks touch the disk.
+pub fn run_store<S: MailboxStore, C: Clock>(
+    core: &RelayCore<S, C>,
+    state: &ConnState,
+    ops: Vec<StoreOp>,
+) -> Vec<StoreOutcome> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(match op {
+            StoreOp::Send(s) => match core.send(&s) {
+                Ok(accepted) => StoreOutcome::Sent {
+                    request_id: s.request_id,
+                    accepted,
+                    ephemeral: matches!(accepted, Accepted::Ephemeral { .. })
+                        .then(|| core.ephemeral_envelope(&s)),
+                },
+                Err(error) => StoreOutcome::SendRefused {
+                    request_id: s.request_id,
+                    error,
+                },
+            },
+            StoreOp::Ack(seqs) => {
+                let applied = match state.auth.lock() {
+                    Ok(auth) => core.ack(&auth, &seqs),
+                    Err(_) => Err(WireError::new(ErrorCode::Internal, "internal relay error")),
+                };
+                match applied {
+                    Ok(_) => StoreOutcome::Acked { seqs },
+                    Err(e) => StoreOutcome::AckRefused(e),
+                }
+            }
+        });
+    }
+    out
+}

@@ -1,0 +1,500 @@
+//! One relay message stream (kind byte [`tern_protocol::STREAM_MESSAGES`])
+//! as a state machine without I/O, the way quinn-proto's `Connection` is
+//! driven by quinn. Every rule of the stream lives here: replies leave in
+//! arrival order, a stored send's result only after a durability wait begun
+//! after its write (one wait per batch), results rewritten to
+//! `StorageUnavailable` after a failed flush, over-rate frames, the push
+//! window, the drain → `CaughtUp` → wake loop, one subscription per
+//! connection, ephemeral pass-through, and bounded queues.
+//!
+//! The driver ([`crate::connection`]) feeds it events (`handle_*`, each
+//! with the time where time matters), then runs what [`MessageStream::poll`]
+//! asks for (store work through the core off the async workers, durability
+//! waits, fetches, hub calls), writes what [`MessageStream::poll_transmit`]
+//! gives, reads frames only while [`MessageStream::wants_frames`], and calls
+//! [`MessageStream::handle_timeout`] at [`MessageStream::poll_timeout`].
+//! The machine never touches a store, a socket or a clock, so its tests run
+//! without any.
+
+mod apply;
+mod push;
+mod replies;
+
+pub use apply::run_store;
+pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
+pub use replies::{Ticket, REPLY_BATCH};
+
+use crate::conn_state::ConnState;
+use crate::core::Accepted;
+use crate::store::{MailboxId, StoreError};
+use bytes::Bytes;
+use prost::Message;
+use push::Push;
+use replies::{Replies, SlotId};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_protocol::frame::FrameError;
+use tern_protocol::io::ReadFrameError;
+use tern_protocol::pb::{self, client_frame::Frame as In, relay_frame::Frame as Out};
+use tern_protocol::{limits, ErrorCode, WireError};
+
+/// Answers queued (not counting those in the durability wait under way)
+/// before the stream stops asking for frames.
+pub const DURABILITY_QUEUE: usize = 1024;
+/// Frames the stream queues for writing before it stops fetching and
+/// stops taking ephemeral envelopes.
+pub const PUSH_QUEUE: usize = 256;
+/// Most store operations handed out in one batch.
+pub const STORE_BATCH: usize = 256;
+/// Longest pause of reading after a frame over the connection's rate.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// One piece of store work, run through the core in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    /// Check and store (or pass on) a send: `RelayCore::send`.
+    Send(pb::Send),
+    /// Delete acknowledged envelopes: `RelayCore::ack`.
+    Ack(Vec<u64>),
+}
+
+/// What one [`StoreOp`] came to, in the machine's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOutcome {
+    /// A send was accepted.
+    Sent {
+        /// The send's request id.
+        request_id: u64,
+        /// Stored, or ephemeral.
+        accepted: Accepted,
+        /// For an ephemeral send, the envelope to pass to the recipient.
+        ephemeral: Option<pb::Envelope>,
+    },
+    /// A send was refused.
+    SendRefused {
+        /// The send's request id.
+        request_id: u64,
+        /// Why.
+        error: WireError,
+    },
+    /// An ack was applied.
+    Acked {
+        /// The acknowledged sequence numbers, handed back.
+        seqs: Vec<u64>,
+    },
+    /// An ack was refused.
+    AckRefused(WireError),
+}
+
+/// What the machine asks its driver to do, from [`MessageStream::poll`].
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Subscribe to the mailbox in the hub: its wake-ups come back as
+    /// [`MessageStream::handle_wake`], its ephemeral envelopes as
+    /// [`MessageStream::handle_ephemeral`].
+    Subscribe(MailboxId),
+    /// Drop the hub subscription: the stream is ending.
+    Unsubscribe,
+    /// Run these operations in order through the core, off the async
+    /// workers, and hand one outcome each to
+    /// [`MessageStream::handle_stored`]. One batch is out at a time.
+    Store(Vec<StoreOp>),
+    /// Begin a durability wait now and hand its result to
+    /// [`MessageStream::handle_durable`].
+    AwaitDurable(Ticket),
+    /// Durable sends reached this mailbox: wake its subscribers.
+    Notify(MailboxId),
+    /// Pass an ephemeral envelope to the mailbox's subscribers.
+    Ephemeral {
+        /// The recipient mailbox.
+        mailbox: MailboxId,
+        /// The envelope.
+        envelope: pb::Envelope,
+    },
+    /// Fetch envelopes and hand them to [`MessageStream::handle_fetched`].
+    Fetch(Fetch),
+    /// Nothing more will be asked or written: finish the stream.
+    Close,
+}
+
+/// A message stream's state.
+pub struct MessageStream {
+    conn: Arc<ConnState>,
+    default_window: u32,
+    replies: Replies,
+    /// Store operations not yet handed out, and their answers' slots
+    /// (with the request id of a send).
+    ops: Vec<StoreOp>,
+    op_slots: VecDeque<(SlotId, Option<u64>)>,
+    /// Slots of the batch out with the driver.
+    batch_slots: Vec<(SlotId, Option<u64>)>,
+    store_busy: bool,
+    push: Option<Push>,
+    /// Envelopes and `CaughtUp` to write, beside the replies.
+    pushes: VecDeque<pb::RelayFrame>,
+    /// Outputs waiting for [`Self::poll`].
+    events: VecDeque<Output>,
+    paused_until: Option<Instant>,
+    /// False once the peer finished sending or the read failed.
+    reading: bool,
+    /// Alternates writes between replies and pushes.
+    replies_next: bool,
+    closed: bool,
+}
+
+fn error_frame(e: WireError) -> pb::RelayFrame {
+    pb::RelayFrame {
+        frame: Some(Out::Error(e.into())),
+    }
+}
+
+/// The answer to one send: its sequence number, or why it was refused.
+fn send_result(request_id: u64, result: Result<(u64, bool), WireError>) -> pb::RelayFrame {
+    let (seq, duplicate, error) = match result {
+        Ok((seq, duplicate)) => (seq, duplicate, None),
+        Err(e) => (0, false, Some(e.into())),
+    };
+    pb::RelayFrame {
+        frame: Some(Out::SendResult(pb::SendResult {
+            request_id,
+            seq,
+            duplicate,
+            error,
+        })),
+    }
+}
+
+impl MessageStream {
+    /// A new stream on a connection whose shared state is `conn`;
+    /// `default_window` is the push window granted to a subscription that
+    /// asks for none.
+    pub fn new(conn: Arc<ConnState>, default_window: u32) -> Self {
+        Self {
+            conn,
+            default_window,
+            replies: Replies::default(),
+            ops: Vec::new(),
+            op_slots: VecDeque::new(),
+            batch_slots: Vec::new(),
+            store_busy: false,
+            push: None,
+            pushes: VecDeque::new(),
+            events: VecDeque::new(),
+            paused_until: None,
+            reading: true,
+            replies_next: true,
+            closed: false,
+        }
+    }
+
+    /// One frame body arrived at `now`. Every frame counts against the
+    /// connection's rate, garbage too; over it, reading pauses.
+    pub fn handle_frame(&mut self, now: Instant, body: Bytes) {
+        let limited = self.conn.rate.check_at(now).err();
+        if let Some(e) = &limited {
+            let pause = Duration::from_millis(e.retry_after_ms.max(1)).min(MAX_PAUSE);
+            self.paused_until = Some(now + pause);
+        }
+        let frame = match pb::ClientFrame::decode(body) {
+            Ok(pb::ClientFrame { frame: Some(f) }) => f,
+            Ok(pb::ClientFrame { frame: None }) => {
+                let e = WireError::new(ErrorCode::Unsupported, "unknown or empty frame");
+                self.replies.ready(error_frame(e));
+                return;
+            }
+            Err(e) => {
+                let e = FrameError::Malformed(e.to_string());
+                let e = WireError::new(ErrorCode::Malformed, e.to_string());
+                self.replies.ready(error_frame(e));
+                return;
+            }
+        };
+        match (frame, limited) {
+            // Over the rate a send is refused (its sender retries later);
+            // acks and subscriptions are still applied, since dropping an
+            // ack would only shrink the window and redeliver.
+            (In::Send(s), Some(e)) => self.replies.ready(send_result(s.request_id, Err(e))),
+            (In::Send(s), None) => self.queue_op(Some(s.request_id), StoreOp::Send(s)),
+            (In::Ack(a), _) => self.queue_op(None, StoreOp::Ack(a.seqs)),
+            (In::Subscribe(sub), _) => self.subscribe(sub.window),
+        }
+    }
+
+    fn queue_op(&mut self, request_id: Option<u64>, op: StoreOp) {
+        let slot = self.replies.pending();
+        self.ops.push(op);
+        self.op_slots.push_back((slot, request_id));
+    }
+
+    fn subscribe(&mut self, window: u32) {
+        let Some(mailbox) = self.conn.mailbox() else {
+            let e = WireError::new(ErrorCode::NotAuthenticated, "authenticate first");
+            self.replies.ready(error_frame(e));
+            return;
+        };
+        if self.push.is_some() {
+            // Already subscribed on this stream: nothing changes.
+            return;
+        }
+        if !self.conn.claim_subscription() {
+            let e = WireError::new(
+                ErrorCode::Unsupported,
+                "this connection is already subscribed on another stream",
+            );
+            self.replies.ready(error_frame(e));
+            return;
+        }
+        let size = match window {
+            0 => self.default_window,
+            n => n.min(limits::MAX_PUSH_WINDOW),
+        };
+        self.push = Some(Push::new(mailbox, size as usize));
+        self.events.push_back(Output::Subscribe(mailbox));
+    }
+
+    /// The peer finished its side of the stream: answer what arrived, then
+    /// close.
+    pub fn handle_eof(&mut self) {
+        self.reading = false;
+        self.stop_push();
+    }
+
+    /// Reading failed. A bad frame is answered in order; after an oversize
+    /// length the stream cannot be resynced, so either way reading ends.
+    pub fn handle_read_error(&mut self, e: &ReadFrameError) {
+        let w = match e {
+            ReadFrameError::Frame(FrameError::TooLarge { size, max }) => Some(WireError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {size} bytes exceeds the maximum of {max}"),
+            )),
+            ReadFrameError::Frame(FrameError::Malformed(m)) => {
+                Some(WireError::new(ErrorCode::Malformed, m.clone()))
+            }
+            _ => None,
+        };
+        if let Some(w) = w {
+            self.replies.ready(error_frame(w));
+        }
+        self.handle_eof();
+    }
+
+    fn stop_push(&mut self) {
+        if self.push.take().is_some() {
+            self.pushes.clear();
+            self.conn.release_subscription();
+            self.events.push_back(Output::Unsubscribe);
+        }
+    }
+
+    /// The store batch out with the driver came back: one outcome per
+    /// operation, in order. A missing outcome is answered as a storage
+    /// failure rather than left hanging.
+    pub fn handle_stored(&mut self, outcomes: Vec<StoreOutcome>) {
+        self.store_busy = false;
+        let mut outcomes = outcomes.into_iter();
+        let slots = std::mem::take(&mut self.batch_slots);
+        for &(slot, request_id) in &slots {
+            match outcomes.next() {
+                Some(StoreOutcome::Sent {
+                    request_id,
+                    accepted,
+                    ephemeral,
+                }) => match accepted {
+                    Accepted::Stored {
+                        mailbox,
+                        seq,
+                        duplicate,
+                    } => {
+                        let frame = send_result(request_id, Ok((seq, duplicate)));
+                        self.replies.fill_held(slot, frame, mailbox);
+                    }
+                    Accepted::Ephemeral { mailbox } => {
+                        if let Some(envelope) = ephemeral {
+                            self.events
+                                .push_back(Output::Ephemeral { mailbox, envelope });
+                        }
+                        self.replies
+                            .fill_ready(slot, send_result(request_id, Ok((0, false))));
+                    }
+                },
+                Some(StoreOutcome::SendRefused { request_id, error }) => {
+                    self.replies
+                        .fill_ready(slot, send_result(request_id, Err(error)));
+                }
+                Some(StoreOutcome::Acked { seqs }) => {
+                    if let Some(p) = &mut self.push {
+                        p.acked(&seqs);
+                    }
+                    self.replies.fill_silent(slot);
+                }
+                Some(StoreOutcome::AckRefused(e)) => {
+                    tracing::debug!("ack refused: {e}");
+                    self.replies.fill_ready(slot, error_frame(e));
+                }
+                None => {
+                    let e = crate::core::storage_unavailable();
+                    let frame = match request_id {
+                        Some(id) => send_result(id, Err(e)),
+                        None => error_frame(e),
+                    };
+                    self.replies.fill_ready(slot, frame);
+                }
+            }
+        }
+        // Kept for the next batch's slots.
+        self.batch_slots = slots;
+        self.batch_slots.clear();
+    }
+
+    /// The durability wait `ticket` ended with `result`.
+    pub fn handle_durable(&mut self, ticket: Ticket, result: Result<(), StoreError>) {
+        if let Err(e) = &result {
+            tracing::warn!("sends not durable: {e}");
+        }
+        for m in self.replies.finish_wait(ticket, result.is_ok()) {
+            self.events.push_back(Output::Notify(m));
+        }
+    }
+
+    /// A fetch came back at `now`.
+    pub fn handle_fetched(&mut self, now: Instant, result: Result<Vec<pb::Envelope>, WireError>) {
+        if let Some(p) = &mut self.push {
+            p.fetched(now, result, &mut self.pushes);
+        }
+    }
+
+    /// The subscribed mailbox has something new stored.
+    pub fn handle_wake(&mut self) {
+        if let Some(p) = &mut self.push {
+            p.woken();
+        }
+    }
+
+    /// An ephemeral envelope for the subscribed mailbox: pushed as it is,
+    /// outside the window, never stored.
+    pub fn handle_ephemeral(&mut self, env: pb::Envelope) {
+        if self.push.is_some() {
+            self.pushes.push_back(pb::RelayFrame {
+                frame: Some(Out::Envelope(env)),
+            });
+        }
+    }
+
+    /// Time moved to `now`: timers due by then fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
+        if let Some(p) = &mut self.push {
+            p.handle_timeout(now);
+        }
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll(&mut self) -> Option<Output> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if !self.store_busy && !self.ops.is_empty() {
+            let n = self.ops.len().min(STORE_BATCH);
+            let batch: Vec<StoreOp> = if n == self.ops.len() {
+                // Sized for the next batch, so it does not regrow op by op.
+                std::mem::replace(&mut self.ops, Vec::with_capacity(n))
+            } else {
+                self.ops.drain(..n).collect()
+            };
+            self.batch_slots.clear();
+            self.batch_slots.extend(self.op_slots.drain(..n));
+            self.store_busy = true;
+            return Some(Output::Store(batch));
+        }
+        if let Some(t) = self.replies.start_wait() {
+            return Some(Output::AwaitDurable(t));
+        }
+        let room = PUSH_QUEUE.saturating_sub(self.pushes.len());
+        if let Some(f) = self.push.as_mut().and_then(|p| p.poll_fetch(room)) {
+            return Some(Output::Fetch(f));
+        }
+        if !self.closed && self.is_drained() {
+            self.closed = true;
+            return Some(Output::Close);
+        }
+        None
+    }
+
+    /// Reading has ended and every answer has been handed out.
+    fn is_drained(&self) -> bool {
+        !self.reading
+            && !self.store_busy
+            && self.ops.is_empty()
+            && self.replies.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// The next frame to write, if one may leave now. Replies and pushes
+    /// take turns, so neither starves the other.
+    pub fn poll_transmit(&mut self) -> Option<pb::RelayFrame> {
+        self.replies_next = !self.replies_next;
+        if self.replies_next {
+            self.replies.pop_ready().or_else(|| self.pushes.pop_front())
+        } else {
+            self.pushes.pop_front().or_else(|| self.replies.pop_ready())
+        }
+    }
+
+    /// Whether [`Self::poll_transmit`] has a frame now.
+    pub fn has_transmit(&self) -> bool {
+        !self.pushes.is_empty() || self.replies.has_ready()
+    }
+
+    /// Whether the driver should read another frame: not after the end,
+    /// not while paused for the rate, and not while the answers queued
+    /// are at their bound.
+    pub fn wants_frames(&self) -> bool {
+        self.reading && self.paused_until.is_none() && self.replies.queued() < DURABILITY_QUEUE
+    }
+
+    /// Whether the driver should take an ephemeral envelope from the hub
+    /// now; while not, the hub's own small buffer fills and drops.
+    pub fn wants_ephemeral(&self) -> bool {
+        self.push.is_some() && self.pushes.len() < PUSH_QUEUE
+    }
+
+    /// When [`Self::handle_timeout`] is next due: the end of a rate pause
+    /// or a fetch retry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = self.push.as_ref().and_then(Push::timeout);
+        match (self.paused_until, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The mailbox this stream pushes, if it holds the subscription.
+    pub fn subscribed(&self) -> Option<MailboxId> {
+        self.push.as_ref().map(Push::mailbox)
+    }
+
+    /// Whether a durability wait is under way.
+    pub fn awaiting_durability(&self) -> bool {
+        self.replies.waiting()
+    }
+}
+
+impl Drop for MessageStream {
+    fn drop(&mut self) {
+        // A stream dropped mid-way (its peer stopped reading) must not keep
+        // the connection's one subscription.
+        if self.push.is_some() {
+            self.conn.release_subscription();
+        }
+    }
+}
+
+#[cfg(test)]
+mod pair_tests;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod tests;
