@@ -187,14 +187,6 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         &self.limits
     }
 
-    /// The store underneath. Only `server.rs`'s final flush still uses it,
-    /// until the store trait gains `flush`; nothing else may reach past the
-    /// core.
-    #[doc(hidden)]
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
     /// Answer one control request. `exporter` is this TLS session's keying
     /// material, which authentication signatures must cover.
     pub fn control(

@@ -1,21 +1,21 @@
-//! The relay core driven directly, with a real sled store in a temp dir, a
-//! manual clock and seeded randomness: no sockets, fast and deterministic.
+//! The relay core driven directly, over the in-memory engine, with a manual
+//! clock and seeded randomness: no sockets, no disk, fast and deterministic.
+//! The engines themselves are tested by [`crate::store::conformance`].
 
 use super::*;
 use crate::clock::ManualClock;
 use crate::config::RateConfig;
 use crate::entropy::SeededEntropy;
 use crate::rate::Rates;
-use crate::store::EmbeddedStore;
+use crate::store::MemoryStore;
 use ed25519_dalek::{Signer, SigningKey};
 use pb::control_response::Response as R;
 
 struct Harness {
-    core: RelayCore<EmbeddedStore, ManualClock>,
+    core: RelayCore<MemoryStore, ManualClock>,
     clock: ManualClock,
     /// The store, for tests to look at what the core left there.
-    store: Arc<SledStore>,
-    _dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
 }
 
 impl Harness {
@@ -30,8 +30,7 @@ impl Harness {
 }
 
 fn harness(limits: Limits) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Arc::new(MemoryStore::new());
     let clock = ManualClock::new(1_700_000_000_000);
     Harness {
         core: RelayCore::new(
@@ -43,7 +42,6 @@ fn harness(limits: Limits) -> Harness {
         .with_entropy(SeededEntropy::new(7)),
         clock,
         store,
-        _dir: dir,
     }
 }
 
@@ -349,33 +347,6 @@ async fn durability_resolves_after_writes() {
     let t = token(&h, &mut conn);
     h.core.send(&send(&mailbox, &t, 1, b"a")).unwrap();
     h.core.durable().await.unwrap();
-}
-
-#[test]
-fn store_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let mailbox = [3u8; 16];
-    {
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        store.create_mailbox(mailbox, [1; 32], 0).unwrap();
-        let env = NewEnvelope {
-            message_id: [4; 16],
-            payload: b"kept",
-            now_ms: 0,
-            expires_ms: 10,
-        };
-        let quota = Quota {
-            max_envelopes: 10,
-            max_bytes: 1000,
-        };
-        store.append(&mailbox, env, quota).unwrap();
-        store.flush().unwrap();
-    }
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let got = store.fetch(&mailbox, 0, 10).unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].payload, b"kept");
-    assert_eq!(store.mailbox(&mailbox).unwrap().unwrap().next_seq, 2);
 }
 
 #[test]

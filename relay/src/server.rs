@@ -124,12 +124,8 @@ impl<S: MailboxStore> RunningRelay<S> {
         create_data_dir(&config)?;
         let dir = &config.data_dir;
         let identity = TlsIdentity::load_or_create(dir)?;
-        let core = RelayCore::new(
-            Arc::clone(&store),
-            clock,
-            config.limits.clone(),
-            Rates::new(&config.rates),
-        );
+        let rates = Rates::with_clock(&config.rates, Arc::clone(&clock));
+        let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
             hub: Arc::new(Hub::default()),

@@ -1,4 +1,4 @@
-//! A relay core (sled store in a temp dir, manual clock, seeded entropy)
+//! A relay core (the in-memory engine, manual clock, seeded entropy)
 //! and message streams wired together in one process, after quinn-proto's
 //! `Pair`: a small loop does what `connection.rs` does, with no sockets,
 //! no threads and no sleeps, so whole exchanges are deterministic.
@@ -9,7 +9,7 @@ use crate::config::{Limits, RateConfig};
 use crate::core::{ConnAuth, RelayCore};
 use crate::entropy::SeededEntropy;
 use crate::rate::Rates;
-use crate::store::SledStore;
+use crate::store::MemoryStore;
 use ed25519_dalek::{Signer, SigningKey};
 use pb::control_request::Request;
 use pb::control_response::Response;
@@ -24,20 +24,18 @@ struct Peer {
 }
 
 struct Pair {
-    core: RelayCore<SledStore, ManualClock>,
+    core: RelayCore<MemoryStore, ManualClock>,
     peers: Vec<Peer>,
     /// The hub: which peer subscribed to which mailbox.
     subs: HashMap<MailboxId, usize>,
     t0: Instant,
-    _dir: tempfile::TempDir,
 }
 
 impl Pair {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_700_000_000_000);
         let core = RelayCore::new(
-            Arc::new(SledStore::open(dir.path()).unwrap()),
+            Arc::new(MemoryStore::new()),
             clock.clone(),
             Limits::default(),
             // Unlimited: the manual clock never gives allowance back.
@@ -49,7 +47,6 @@ impl Pair {
             peers: Vec::new(),
             subs: HashMap::new(),
             t0: Instant::now(),
-            _dir: dir,
         }
     }
 
