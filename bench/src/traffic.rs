@@ -284,16 +284,13 @@ pub async fn send(
                     payload
                 }
             };
-            let frame = pb::ClientFrame {
-                frame: Some(pb::client_frame::Frame::Send(pb::Send {
-                    request_id: sent + 1,
-                    mailbox_id: mailbox.to_vec().into(),
-                    token: token.to_vec().into(),
-                    message_id: rand::random::<[u8; 16]>().to_vec().into(),
-                    payload: payload.into(),
-                    ephemeral: false,
-                })),
-            };
+            let frame = pb::ClientFrame::send(
+                sent + 1,
+                mailbox.to_vec().into(),
+                token.to_vec().into(),
+                rand::random::<[u8; 16]>().to_vec().into(),
+                payload.into(),
+            );
             encode_frame_into(&frame, &mut buf);
             sent += 1;
         }

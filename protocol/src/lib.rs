@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod frames;
 pub mod invite;
 pub mod limits;
 pub mod url;

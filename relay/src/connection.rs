@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tern_protocol::frame::{decode_message, encode_frame_into, FrameError};
 use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
-use tern_protocol::pb::{self, relay_frame::Frame as Out};
+use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -105,11 +105,10 @@ async fn stream<S: MailboxStore, C: Clock>(
         STREAM_CONTROL => control(shared, state, exporter, send, recv).await,
         STREAM_MESSAGES => messages(shared, state, send, recv).await,
         _ => {
-            let frame = pb::RelayFrame {
-                frame: Some(Out::Error(
-                    WireError::new(ErrorCode::Unsupported, "unknown stream kind").into(),
-                )),
-            };
+            let frame = pb::RelayFrame::error(WireError::new(
+                ErrorCode::Unsupported,
+                "unknown stream kind",
+            ));
             let _ = write_frame(&mut send, &frame).await;
             let _ = send.finish();
         }

@@ -320,16 +320,13 @@ pub fn send_frame(
     message_id: &[u8],
     payload: &[u8],
 ) -> pb::ClientFrame {
-    pb::ClientFrame {
-        frame: Some(pb::client_frame::Frame::Send(pb::Send {
-            request_id,
-            mailbox_id: Bytes::copy_from_slice(mailbox),
-            token: Bytes::copy_from_slice(token),
-            message_id: Bytes::copy_from_slice(message_id),
-            payload: Bytes::copy_from_slice(payload),
-            ephemeral: false,
-        })),
-    }
+    pb::ClientFrame::send(
+        request_id,
+        Bytes::copy_from_slice(mailbox),
+        Bytes::copy_from_slice(token),
+        Bytes::copy_from_slice(message_id),
+        Bytes::copy_from_slice(payload),
+    )
 }
 
 /// One bidirectional stream written and read by hand.

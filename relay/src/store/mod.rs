@@ -56,6 +56,14 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+impl StoreError {
+    /// The disk or database failed while doing `what`; the request may be
+    /// retried.
+    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::Unavailable(format!("{what}: {e}"))
+    }
+}
+
 /// A mailbox as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailboxRecord {

@@ -143,28 +143,6 @@ pub struct MessageStream {
     closed: bool,
 }
 
-fn error_frame(e: WireError) -> pb::RelayFrame {
-    pb::RelayFrame {
-        frame: Some(Out::Error(e.into())),
-    }
-}
-
-/// The answer to one send: its sequence number, or why it was refused.
-fn send_result(request_id: u64, result: Result<(u64, bool), WireError>) -> pb::RelayFrame {
-    let (seq, duplicate, error) = match result {
-        Ok((seq, duplicate)) => (seq, duplicate, None),
-        Err(e) => (0, false, Some(e.into())),
-    };
-    pb::RelayFrame {
-        frame: Some(Out::SendResult(pb::SendResult {
-            request_id,
-            seq,
-            duplicate,
-            error,
-        })),
-    }
-}
-
 impl MessageStream {
     /// A new stream on a connection whose shared state is `conn`;
     /// `default_window` is the push window granted to a subscription that
@@ -200,13 +178,13 @@ impl MessageStream {
             Ok(pb::ClientFrame { frame: Some(f) }) => f,
             Ok(pb::ClientFrame { frame: None }) => {
                 let e = WireError::new(ErrorCode::Unsupported, "unknown or empty frame");
-                self.replies.ready(error_frame(e));
+                self.replies.ready(pb::RelayFrame::error(e));
                 return;
             }
             Err(e) => {
                 let e = FrameError::Malformed(e.to_string());
                 let e = WireError::new(ErrorCode::Malformed, e.to_string());
-                self.replies.ready(error_frame(e));
+                self.replies.ready(pb::RelayFrame::error(e));
                 return;
             }
         };
@@ -214,7 +192,9 @@ impl MessageStream {
             // Over the rate a send is refused (its sender retries later);
             // acks and subscriptions are still applied, since dropping an
             // ack would only shrink the window and redeliver.
-            (In::Send(s), Some(e)) => self.replies.ready(send_result(s.request_id, Err(e))),
+            (In::Send(s), Some(e)) => self
+                .replies
+                .ready(pb::RelayFrame::send_result(s.request_id, Err(e))),
             (In::Send(s), None) => self.queue_op(Some(s.request_id), StoreOp::Send(s)),
             (In::Ack(a), _) => self.queue_op(None, StoreOp::Ack(a.seqs)),
             (In::Subscribe(sub), _) => self.subscribe(sub.window),
@@ -230,7 +210,7 @@ impl MessageStream {
     fn subscribe(&mut self, window: u32) {
         let Some(mailbox) = self.conn.mailbox() else {
             let e = WireError::new(ErrorCode::NotAuthenticated, "authenticate first");
-            self.replies.ready(error_frame(e));
+            self.replies.ready(pb::RelayFrame::error(e));
             return;
         };
         if self.push.is_some() {
@@ -242,7 +222,7 @@ impl MessageStream {
                 ErrorCode::Unsupported,
                 "this connection is already subscribed on another stream",
             );
-            self.replies.ready(error_frame(e));
+            self.replies.ready(pb::RelayFrame::error(e));
             return;
         }
         let size = match window {
@@ -274,7 +254,7 @@ impl MessageStream {
             _ => None,
         };
         if let Some(w) = w {
-            self.replies.ready(error_frame(w));
+            self.replies.ready(pb::RelayFrame::error(w));
         }
         self.handle_eof();
     }
@@ -306,7 +286,7 @@ impl MessageStream {
                         seq,
                         duplicate,
                     } => {
-                        let frame = send_result(request_id, Ok((seq, duplicate)));
+                        let frame = pb::RelayFrame::send_result(request_id, Ok((seq, duplicate)));
                         self.replies.fill_held(slot, frame, mailbox);
                     }
                     Accepted::Ephemeral { mailbox } => {
@@ -314,13 +294,15 @@ impl MessageStream {
                             self.events
                                 .push_back(Output::Ephemeral { mailbox, envelope });
                         }
-                        self.replies
-                            .fill_ready(slot, send_result(request_id, Ok((0, false))));
+                        self.replies.fill_ready(
+                            slot,
+                            pb::RelayFrame::send_result(request_id, Ok((0, false))),
+                        );
                     }
                 },
                 Some(StoreOutcome::SendRefused { request_id, error }) => {
                     self.replies
-                        .fill_ready(slot, send_result(request_id, Err(error)));
+                        .fill_ready(slot, pb::RelayFrame::send_result(request_id, Err(error)));
                 }
                 Some(StoreOutcome::Acked { seqs }) => {
                     if let Some(p) = &mut self.push {
@@ -330,13 +312,13 @@ impl MessageStream {
                 }
                 Some(StoreOutcome::AckRefused(e)) => {
                     tracing::debug!("ack refused: {e}");
-                    self.replies.fill_ready(slot, error_frame(e));
+                    self.replies.fill_ready(slot, pb::RelayFrame::error(e));
                 }
                 None => {
                     let e = crate::core::storage_unavailable();
                     let frame = match request_id {
-                        Some(id) => send_result(id, Err(e)),
-                        None => error_frame(e),
+                        Some(id) => pb::RelayFrame::send_result(id, Err(e)),
+                        None => pb::RelayFrame::error(e),
                     };
                     self.replies.fill_ready(slot, frame);
                 }
@@ -375,9 +357,8 @@ impl MessageStream {
     /// outside the window, never stored.
     pub fn handle_ephemeral(&mut self, env: pb::Envelope) {
         if self.push.is_some() {
-            self.pushes.push_back(pb::RelayFrame {
-                frame: Some(Out::Envelope(env)),
-            });
+            self.pushes
+                .push_back(pb::RelayFrame::of(Out::Envelope(env)));
         }
     }
 

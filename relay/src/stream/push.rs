@@ -108,17 +108,17 @@ impl Push {
         for env in batch {
             self.last_seq = self.last_seq.max(env.seq);
             self.in_flight.insert(env.seq);
-            out.extend(Some(pb::RelayFrame {
-                frame: Some(pb::relay_frame::Frame::Envelope(env)),
-            }));
+            out.extend(Some(pb::RelayFrame::of(pb::relay_frame::Frame::Envelope(
+                env,
+            ))));
         }
         if full {
             self.dirty = true;
         } else if !self.caught_up {
             self.caught_up = true;
-            out.extend(Some(pb::RelayFrame {
-                frame: Some(pb::relay_frame::Frame::CaughtUp(pb::CaughtUp {})),
-            }));
+            out.extend(Some(pb::RelayFrame::of(pb::relay_frame::Frame::CaughtUp(
+                pb::CaughtUp {},
+            ))));
         }
     }
 

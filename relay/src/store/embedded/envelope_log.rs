@@ -97,10 +97,6 @@ pub struct EnvelopeLog {
     sync_lock: Mutex<()>,
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {e}"))
-}
-
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
@@ -108,7 +104,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| unavailable("sync envelope directory", e))
+        .map_err(|e| StoreError::unavailable("sync envelope directory", e))
 }
 
 /// What [`EnvelopeLog::open`] replays, in order.
@@ -129,12 +125,13 @@ impl EnvelopeLog {
         segment_bytes: u64,
         mut replay: impl FnMut(Replayed<'_>),
     ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| unavailable("create envelope directory", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::unavailable("create envelope directory", e))?;
         let mut ids = Vec::new();
-        for entry in
-            std::fs::read_dir(dir).map_err(|e| unavailable("read envelope directory", e))?
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| StoreError::unavailable("read envelope directory", e))?
         {
-            let entry = entry.map_err(|e| unavailable("read envelope directory", e))?;
+            let entry = entry.map_err(|e| StoreError::unavailable("read envelope directory", e))?;
             let name = entry.file_name();
             let Some(id) = name
                 .to_str()
@@ -154,11 +151,11 @@ impl EnvelopeLog {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| unavailable("open segment", e))?;
+                .map_err(|e| StoreError::unavailable("open segment", e))?;
             let mut bytes = Vec::new();
             (&file)
                 .read_to_end(&mut bytes)
-                .map_err(|e| unavailable("read segment", e))?;
+                .map_err(|e| StoreError::unavailable("read segment", e))?;
             let mut at = 0usize;
             let mut torn = false;
             if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
@@ -207,7 +204,7 @@ impl EnvelopeLog {
                 // the file holds whole records only.
                 file.set_len(at as u64)
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| unavailable("truncate segment", e))?;
+                    .map_err(|e| StoreError::unavailable("truncate segment", e))?;
             }
             segments.insert(
                 id,
@@ -257,12 +254,12 @@ impl EnvelopeLog {
             .write(true)
             .create_new(true)
             .open(segment_path(dir, id))
-            .map_err(|e| unavailable("create segment", e))?;
+            .map_err(|e| StoreError::unavailable("create segment", e))?;
         if let Err(e) = file.write_all_at(MAGIC, 0) {
             // Leave no empty file behind to block the next attempt.
             drop(file);
             let _ = std::fs::remove_file(segment_path(dir, id));
-            return Err(unavailable("write segment header", e));
+            return Err(StoreError::unavailable("write segment header", e));
         }
         Ok(file)
     }
@@ -385,7 +382,7 @@ impl EnvelopeLog {
         };
         if in_file > 0 {
             file.read_exact_at(&mut out[..in_file], offset)
-                .map_err(|e| unavailable("read segment", e))?;
+                .map_err(|e| StoreError::unavailable("read segment", e))?;
         }
         Ok(Some(out))
     }
@@ -417,7 +414,7 @@ impl EnvelopeLog {
                 // skip: keeping the buffer and writing it again is safe.
                 if let Err(e) = head_file.write_all_at(&t.buf, t.written) {
                     t.write_failed = true;
-                    return Err(unavailable("write segment", e));
+                    return Err(StoreError::unavailable("write segment", e));
                 }
                 t.write_failed = false;
                 t.written += t.buf.len() as u64;
@@ -547,7 +544,7 @@ impl EnvelopeLog {
         let mut out =
             vec![0u8; usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?];
         file.read_exact_at(&mut out, 0)
-            .map_err(|e| unavailable("read segment", e))?;
+            .map_err(|e| StoreError::unavailable("read segment", e))?;
         Ok(Some(out))
     }
 
@@ -569,7 +566,7 @@ impl EnvelopeLog {
             id
         };
         std::fs::remove_file(segment_path(&self.dir, id))
-            .map_err(|e| unavailable("delete segment", e))?;
+            .map_err(|e| StoreError::unavailable("delete segment", e))?;
         Ok(Some(id))
     }
 

@@ -96,8 +96,9 @@ struct Inner {
     options: LogOptions,
 }
 
+/// A failure of the sled metadata database.
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable("metadata database", e)
 }
 
 fn poisoned() -> StoreError {
