@@ -608,7 +608,7 @@ fn texts_of(events: &[Event]) -> Vec<String> {
         .iter()
         .filter_map(|e| match e {
             Event::Message(m) => Some(m.text.clone()),
-            Event::ContactAdded { .. } => None,
+            _ => None,
         })
         .collect()
 }
