@@ -118,8 +118,9 @@ fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
 }
 
 /// QUIC endpoints for reaching relays, one per address family, reused for
-/// every relay this client talks to.
-#[derive(Default)]
+/// every relay this client talks to. A clone shares the endpoints made so
+/// far (the running client deposits through one beside its receiving).
+#[derive(Default, Clone)]
 pub struct Dialer {
     endpoints: HashMap<bool, quinn::Endpoint>,
 }
