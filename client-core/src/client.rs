@@ -100,11 +100,28 @@ impl Client {
 
     /// A connection to the home relay, authenticated as our mailbox.
     pub(crate) async fn home_link(&mut self) -> Result<RelayLink, ClientError> {
-        let url: RelayUrl = self.profile.relay_url.parse()?;
-        let link = self.dialer.connect(&url).await?;
         let account = &self.account;
-        link.authenticate(&self.profile.mailbox_id, |m| account.sign(m))
-            .await?;
-        Ok(link)
+        authenticated_link(
+            &mut self.dialer,
+            &self.profile.relay_url,
+            &self.profile.mailbox_id,
+            |m| account.sign(m),
+        )
+        .await
     }
+}
+
+/// A connection to `relay_url`, authenticated as owner of `mailbox` with
+/// `sign` (the device's signing key). Needs no `Client`, so the running
+/// client can connect in a task of its own.
+pub(crate) async fn authenticated_link(
+    dialer: &mut Dialer,
+    relay_url: &str,
+    mailbox: &[u8; 16],
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> Result<RelayLink, ClientError> {
+    let url: RelayUrl = relay_url.parse()?;
+    let link = dialer.connect(&url).await?;
+    link.authenticate(mailbox, sign).await?;
+    Ok(link)
 }

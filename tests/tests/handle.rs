@@ -225,3 +225,49 @@ async fn a_message_arrives_while_a_send_is_in_flight() {
     assert_eq!(texts(&got), ["hello?"]);
     handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_go_out_while_the_home_relay_is_down() {
+    let mut home = TestRelay::start().await;
+    let far = TestRelay::start().await;
+    let mut alice = TestUser::new(&home, "alice").await;
+    let mut bob = TestUser::new(&far, "bob").await;
+    befriend(&mut bob, &mut alice).await;
+    home.stop().await;
+
+    let alice_dir = alice.into_home();
+    let (handle, mut events) = tern_client::spawn(open(&alice_dir.path().join("home")).await);
+    // Connecting to the stopped home relay is under way (and times out);
+    // a send to Bob's relay does not wait for it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (id, outcome) = handle.send_text_with_id("bob", "still here").await.unwrap();
+    assert_eq!(outcome, SendOutcome::Sent);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the send waited {:?} for the home relay",
+        started.elapsed()
+    );
+    next_matching(&mut events, "the Sent delivery", |e| {
+        matches!(e, Event::Delivery { message_id, status: DeliveryStatus::Sent, .. } if *message_id == id)
+    })
+    .await;
+    assert_eq!(texts(&bob.receive_messages(1).await), ["still here"]);
+
+    // The home relay comes back: the client connects and receives again.
+    home.restart().await;
+    next_matching(&mut events, "the reconnection", |e| {
+        matches!(e, Event::Connection { connected: true })
+    })
+    .await;
+    bob.send("alice", "welcome back").await;
+    match next_matching(&mut events, "bob's message", |e| {
+        matches!(e, Event::Message(_))
+    })
+    .await
+    {
+        Event::Message(m) => assert_eq!(m.text, "welcome back"),
+        other => panic!("{other:?}"),
+    }
+    handle.shutdown().await;
+}

@@ -9,6 +9,7 @@
 //! The task is the only owner of the store and the connections, so an app
 //! (or a TUI, or a local RPC server) can send while it receives.
 
+mod flush;
 mod task;
 
 use crate::client::Client;

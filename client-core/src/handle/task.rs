@@ -1,24 +1,27 @@
 //! The running client's task: one loop that owns the [`Client`] and waits on
 //! whichever comes first — a command from a handle, a frame from the home
-//! relay, a batch of acks going stale, the reconnect timer, an outbox
-//! deposit finishing, or the pause a relay asked for between deposit rounds.
+//! relay, a batch of acks going stale, the reconnect timer, a connection
+//! attempt finishing, an outbox deposit finishing, or the pause a relay
+//! asked for between deposit rounds.
 //!
-//! Deposits run in a task of their own (they need only a clone of the
-//! dialer, see [`crate::outbox`]), so a slow or unreachable contact relay
-//! never holds up receiving; the store is touched only here, before and
-//! after. One flush cycle runs at a time; sends that arrive during one are
-//! queued on disk at once and go out in the next cycle.
+//! Network waits that need no store run in tasks of their own: connecting
+//! to the home relay (with a signing copy of the account) and depositing
+//! the outbox (see [`super::flush`]). So an unreachable relay never holds
+//! up receiving or the handles' commands; the store is touched only here.
 
+use super::flush::{Cycle, Waiter};
 use crate::backoff::Backoff;
-use crate::client::Client;
+use crate::client::{authenticated_link, Client};
 use crate::error::ClientError;
-use crate::event::{DeliveryStatus, Event, OutboxReport, SendOutcome};
-use crate::inbox::{reconnect_backoff, retry_after, Intake, SETTLE_IDLE};
-use crate::outbox::{deposit_all, round_backoff, rules, Deposit, Flushed};
+use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::inbox::{reconnect_backoff, retry_after, subscribed, Intake, SETTLE_IDLE};
+use crate::outbox::Deposit;
 use crate::store::{Contact, Profile, StoredMessage};
 use crate::transport::{MessageStream, RelayLink};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
+use tern_crypto::DeviceAccount;
 use tern_protocol::pb::{self, relay_frame::Frame};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
@@ -59,47 +62,6 @@ pub(super) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Someone waiting for the end of a flush cycle.
-enum Waiter {
-    Send {
-        id: String,
-        reply: Reply<(String, SendOutcome)>,
-    },
-    Report(Reply<OutboxReport>),
-}
-
-impl Waiter {
-    fn answer(self, result: Result<&OutboxReport, String>) {
-        match (self, result) {
-            (Waiter::Send { id, reply }, Ok(report)) => {
-                let r = rules::outcome(report, &id)
-                    .map(|o| (id, o))
-                    .map_err(ClientError::Refused);
-                let _ = reply.send(r);
-            }
-            (Waiter::Report(reply), Ok(report)) => {
-                let _ = reply.send(Ok(report.clone()));
-            }
-            (Waiter::Send { reply, .. }, Err(e)) => {
-                let _ = reply.send(Err(ClientError::Store(e)));
-            }
-            (Waiter::Report(reply), Err(e)) => {
-                let _ = reply.send(Err(ClientError::Store(e)));
-            }
-        }
-    }
-}
-
-/// A flush under way: rounds of deposit, settle, and maybe pause.
-struct Cycle {
-    round: usize,
-    flushed: Flushed,
-    backoff: Backoff,
-    waiters: Vec<Waiter>,
-    flight: Option<JoinHandle<Vec<Deposit>>>,
-    resume_at: Option<Instant>,
-}
-
 /// The subscription to the home relay.
 struct Home {
     link: RelayLink,
@@ -113,22 +75,31 @@ enum Wake {
     Frame(Result<Option<Frame>, ClientError>),
     Settle,
     Reconnect,
+    Connected(Result<Result<Subscription, ClientError>, JoinError>),
     Deposited(Result<Vec<Deposit>, JoinError>),
     Resume,
 }
 
+/// A home link with its message stream subscribed.
+type Subscription = (RelayLink, MessageStream);
+
 /// The running client.
 pub(super) struct Task {
-    client: Client,
-    events: broadcast::Sender<Event>,
+    pub(super) client: Client,
+    pub(super) events: broadcast::Sender<Event>,
     home: Option<Home>,
+    /// A connection attempt in flight.
+    connecting: Option<JoinHandle<Result<Subscription, ClientError>>>,
+    /// A copy of the account for signing the home relay's challenge in the
+    /// connecting task (signing keys never change).
+    signer: Option<Arc<DeviceAccount>>,
     backoff: Backoff,
     next_attempt: Instant,
-    cycle: Option<Cycle>,
+    pub(super) cycle: Option<Cycle>,
     /// Waiters for the cycle after this one, if another was asked for.
-    next_cycle: Option<Vec<Waiter>>,
+    pub(super) next_cycle: Option<Vec<Waiter>>,
     /// Ids already reported queued, so a retry does not report them again.
-    reported_queued: HashSet<String>,
+    pub(super) reported_queued: HashSet<String>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -139,18 +110,35 @@ async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientErro
 }
 
 async fn landed(cycle: &mut Option<Cycle>) -> Result<Vec<Deposit>, JoinError> {
-    match cycle.as_mut().and_then(|c| c.flight.as_mut()) {
+    match cycle.as_mut().and_then(Cycle::flight) {
         Some(flight) => flight.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn joined<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match task {
+        Some(t) => t.await,
         None => std::future::pending().await,
     }
 }
 
 impl Task {
     pub(super) fn new(client: Client, events: broadcast::Sender<Event>) -> Self {
+        let pickle = client.account.to_encrypted_pickle(&client.key);
+        let signer = match DeviceAccount::from_encrypted_pickle(&pickle, &client.key) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                warn!("cannot copy the account for signing in: {e}");
+                None
+            }
+        };
         Self {
             client,
             events,
             home: None,
+            connecting: None,
+            signer,
             backoff: reconnect_backoff(),
             next_attempt: Instant::now(),
             cycle: None,
@@ -159,28 +147,31 @@ impl Task {
         }
     }
 
-    fn emit(&self, e: Event) {
+    pub(super) fn emit(&self, e: Event) {
         // No receivers is fine: nobody is listening right now.
         let _ = self.events.send(e);
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let done = loop {
-            if self.home.is_none() && Instant::now() >= self.next_attempt {
-                self.connect().await;
-            }
-            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_acks());
             let connected = self.home.is_some();
+            let connecting = self.connecting.is_some();
+            if !connected && !connecting && Instant::now() >= self.next_attempt {
+                self.connect();
+            }
+            let connecting = self.connecting.is_some();
+            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_acks());
             let retry_at = self.next_attempt;
-            let flying = self.cycle.as_ref().is_some_and(|c| c.flight.is_some());
-            let resume_at = self.cycle.as_ref().and_then(|c| c.resume_at);
+            let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
+            let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
                 f = next_frame(&mut self.home), if connected => Wake::Frame(f),
+                c = joined(&mut self.connecting), if connecting => Wake::Connected(c),
                 d = landed(&mut self.cycle), if flying => Wake::Deposited(d),
                 _ = tokio::time::sleep(SETTLE_IDLE), if settle => Wake::Settle,
-                _ = tokio::time::sleep_until(retry_at), if !connected => Wake::Reconnect,
+                _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
             };
             match wake {
@@ -194,6 +185,7 @@ impl Task {
                     }
                 }
                 Wake::Reconnect => {}
+                Wake::Connected(c) => self.on_connected(c),
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
             }
@@ -204,10 +196,29 @@ impl Task {
         }
     }
 
-    /// Subscribe to the home relay, then deliver what waits in the outbox.
-    async fn connect(&mut self) {
-        match self.client.subscribe_home().await {
-            Ok((link, stream)) => {
+    /// Start connecting to the home relay and subscribing, in a task of
+    /// its own.
+    fn connect(&mut self) {
+        let mut dialer = self.client.dialer.clone();
+        let relay = self.client.profile.relay_url.clone();
+        let mailbox = self.client.profile.mailbox_id;
+        let signer = self.signer.clone();
+        self.connecting = Some(tokio::spawn(async move {
+            let signer = signer.ok_or_else(|| {
+                ClientError::Store("no copy of the account to sign in with".into())
+            })?;
+            let link =
+                authenticated_link(&mut dialer, &relay, &mailbox, |m| signer.sign(m)).await?;
+            subscribed(link).await
+        }));
+    }
+
+    /// Subscribed: receive from now on, and deliver what waits in the
+    /// outbox. Failed: try again after a backoff.
+    fn on_connected(&mut self, result: Result<Result<Subscription, ClientError>, JoinError>) {
+        self.connecting = None;
+        match result {
+            Ok(Ok((link, stream))) => {
                 self.home = Some(Home {
                     link,
                     stream,
@@ -216,7 +227,8 @@ impl Task {
                 self.emit(Event::Connection { connected: true });
                 self.request_flush(None);
             }
-            Err(e) => self.retry_later(&e),
+            Ok(Err(e)) => self.retry_later(&e),
+            Err(e) => self.retry_later(&ClientError::Protocol(format!("connecting failed: {e}"))),
         }
     }
 
@@ -284,121 +296,6 @@ impl Task {
             .await
     }
 
-    /// Ask for a flush: now if none runs, else right after the one running.
-    fn request_flush(&mut self, waiter: Option<Waiter>) {
-        if self.cycle.is_none() {
-            self.cycle = Some(Cycle {
-                round: 0,
-                flushed: Flushed {
-                    report: OutboxReport::default(),
-                    recipients: HashMap::new(),
-                },
-                backoff: round_backoff(),
-                waiters: waiter.into_iter().collect(),
-                flight: None,
-                resume_at: None,
-            });
-            self.launch_round();
-        } else {
-            self.next_cycle.get_or_insert_with(Vec::new).extend(waiter);
-        }
-    }
-
-    /// Read the outbox and send it off in a task of its own.
-    fn launch_round(&mut self) {
-        let plan = self.client.plan_round();
-        let Some(cycle) = self.cycle.as_mut() else {
-            return;
-        };
-        cycle.resume_at = None;
-        match plan {
-            Ok(plan) => {
-                let mut dialer = self.client.dialer.clone();
-                cycle.flight = Some(tokio::spawn(
-                    async move { deposit_all(&mut dialer, plan).await },
-                ));
-            }
-            Err(e) => self.end_cycle(Err(e.to_string())),
-        }
-    }
-
-    /// A round came back: record it, then pause and go again, or finish.
-    async fn on_deposited(&mut self, deposits: Result<Vec<Deposit>, JoinError>) {
-        let deposits = deposits.unwrap_or_else(|e| {
-            warn!("an outbox deposit failed: {e}");
-            Vec::new()
-        });
-        let Some(cycle) = self.cycle.as_mut() else {
-            return;
-        };
-        cycle.flight = None;
-        let wait = match self.client.settle_round(deposits, &mut cycle.flushed) {
-            Ok(w) => w,
-            Err(e) => return self.end_cycle(Err(e.to_string())),
-        };
-        let queued = !cycle.flushed.report.queued.is_empty();
-        match rules::retry_pause(wait, cycle.round, queued) {
-            Some(w) => {
-                cycle.round += 1;
-                cycle.resume_at = Some(Instant::now() + cycle.backoff.next_delay(Some(w)));
-            }
-            None => {
-                let flushed = self.client.store.flush().await.map_err(|e| e.to_string());
-                self.end_cycle(flushed);
-            }
-        }
-    }
-
-    /// Finish the cycle: report deliveries, answer its waiters, and start
-    /// the next cycle if one was asked for.
-    fn end_cycle(&mut self, result: Result<(), String>) {
-        let Some(cycle) = self.cycle.take() else {
-            return;
-        };
-        let report = &cycle.flushed.report;
-        if result.is_ok() {
-            self.report_deliveries(&cycle.flushed);
-        }
-        for w in cycle.waiters {
-            w.answer(result.clone().map(|()| report));
-        }
-        if let Some(waiters) = self.next_cycle.take() {
-            let mut waiters = waiters.into_iter();
-            self.request_flush(waiters.next());
-            if let Some(c) = self.cycle.as_mut() {
-                c.waiters.extend(waiters);
-            }
-        }
-    }
-
-    /// An event per message whose fate is news: sent and failed always,
-    /// queued only the first time.
-    fn report_deliveries(&mut self, flushed: &Flushed) {
-        for (id, status) in rules::statuses(&flushed.report) {
-            let fresh = match status {
-                DeliveryStatus::Queued { .. } => self.reported_queued.insert(id.clone()),
-                _ => {
-                    self.reported_queued.remove(&id);
-                    true
-                }
-            };
-            if !fresh {
-                continue;
-            }
-            let contact = flushed
-                .recipients
-                .get(&id)
-                .and_then(|k| self.client.store.contact(k).ok().flatten())
-                .map(|c| c.name)
-                .unwrap_or_default();
-            self.emit(Event::Delivery {
-                message_id: id,
-                contact,
-                status,
-            });
-        }
-    }
-
     async fn serve(&mut self, command: Command) {
         match command {
             Command::SendText {
@@ -445,7 +342,10 @@ impl Task {
     /// Record a deposit in flight, settle what was received, close the home
     /// connection, flush the store, and close the endpoints.
     async fn stop(mut self) {
-        let flight = self.cycle.as_mut().and_then(|c| c.flight.take());
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        let flight = self.cycle.as_mut().and_then(Cycle::take_flight);
         if let Some(flight) = flight {
             if let Ok(d) = tokio::time::timeout(SHUTDOWN_DEPOSIT_WAIT, flight).await {
                 self.on_deposited(d).await;
@@ -456,10 +356,8 @@ impl Task {
         if self.cycle.is_some() {
             let flushed = self.client.store.flush().await.map_err(|e| e.to_string());
             self.end_cycle(flushed);
-            if let Some(c) = self.cycle.take() {
-                if let Some(f) = c.flight {
-                    f.abort();
-                }
+            if let Some(f) = self.cycle.take().as_mut().and_then(Cycle::take_flight) {
+                f.abort();
             }
         }
         if self.home.is_some() {

@@ -128,10 +128,7 @@ impl Client {
     pub(crate) async fn subscribe_home(
         &mut self,
     ) -> Result<(RelayLink, MessageStream), ClientError> {
-        let link = self.home_link().await?;
-        let mut stream = link.messages().await?;
-        stream.subscribe(0).await?;
-        Ok((link, stream))
+        subscribed(self.home_link().await?).await
     }
 
     /// The error for a home relay stream that ended.
@@ -291,6 +288,13 @@ impl Client {
         }
         Ok(event)
     }
+}
+
+/// Open the message stream on an authenticated home link and subscribe.
+pub(crate) async fn subscribed(link: RelayLink) -> Result<(RelayLink, MessageStream), ClientError> {
+    let mut stream = link.messages().await?;
+    stream.subscribe(0).await?;
+    Ok((link, stream))
 }
 
 /// The backoff between reconnects to the home relay.
