@@ -2,7 +2,7 @@
 //! contacts, delivery results, the home relay connection) and the results
 //! of sending and of flushing the outbox.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tern_protocol::WireError;
 
 /// Something that happened.
@@ -23,7 +23,9 @@ pub enum Event {
         message_id: String,
         /// Contact name.
         contact: String,
-        /// Where it stands.
+        /// Where it stands (in JSON, its `status` and `reason` sit beside
+        /// the other fields).
+        #[serde(flatten)]
         status: DeliveryStatus,
     },
     /// The running client's home relay connection came up or went down.
@@ -83,6 +85,49 @@ pub struct OutboxReport {
     pub queued: Vec<(String, String)>,
 }
 
+/// As JSON: `{"sent": [id], "failed": [{"id", "code", "reason"}],
+/// "queued": [{"id", "reason"}]}`, `code` being the wire error's name
+/// (e.g. `TOKEN_INVALID`).
+impl Serialize for OutboxReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Failed<'a> {
+            id: &'a str,
+            code: &'static str,
+            reason: String,
+        }
+        #[derive(Serialize)]
+        struct Queued<'a> {
+            id: &'a str,
+            reason: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Report<'a> {
+            sent: &'a [String],
+            failed: Vec<Failed<'a>>,
+            queued: Vec<Queued<'a>>,
+        }
+        Report {
+            sent: &self.sent,
+            failed: self
+                .failed
+                .iter()
+                .map(|(id, e)| Failed {
+                    id,
+                    code: e.code.as_str_name(),
+                    reason: e.to_string(),
+                })
+                .collect(),
+            queued: self
+                .queued
+                .iter()
+                .map(|(id, reason)| Queued { id, reason })
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
 /// The result of sending one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "reason", rename_all = "snake_case")]
@@ -91,4 +136,39 @@ pub enum SendOutcome {
     Sent,
     /// It waits in the outbox; the reason it could not go yet.
     Queued(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tern_protocol::ErrorCode;
+
+    #[test]
+    fn events_and_reports_have_stable_json() {
+        let e = Event::Delivery {
+            message_id: "ab".into(),
+            contact: "bob".into(),
+            status: DeliveryStatus::Queued {
+                reason: "later".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type": "delivery", "message_id": "ab", "contact": "bob",
+                   "status": "queued", "reason": "later"})
+        );
+        let report = OutboxReport {
+            sent: vec!["a".into()],
+            failed: vec![("b".into(), WireError::new(ErrorCode::TokenInvalid, "no"))],
+            queued: vec![],
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["sent"], json!(["a"]));
+        assert_eq!(v["failed"][0]["code"], json!("TOKEN_INVALID"));
+        assert_eq!(
+            serde_json::to_value(SendOutcome::Queued("x".into())).unwrap(),
+            json!({"status": "queued", "reason": "x"})
+        );
+    }
 }
