@@ -163,3 +163,74 @@ impl EventStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+    use crate::transport::Dialer;
+    use tern_crypto::{DeviceAccount, StoreKey};
+
+    /// A client whose home relay URL does not parse: it never connects, so
+    /// everything but the network can be tested here.
+    fn offline_client(dir: &std::path::Path) -> Client {
+        let key = StoreKey::generate();
+        Client {
+            home: dir.to_path_buf(),
+            store: LocalStore::open(&dir.join("store"), key.clone()).unwrap(),
+            key,
+            account: DeviceAccount::new(),
+            profile: Profile {
+                name: "ann".into(),
+                relay_url: "not a relay".into(),
+                mailbox_id: [1; 16],
+            },
+            dialer: Dialer::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn handles_serve_the_store_and_stop_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, mut events) = spawn(offline_client(dir.path()));
+        let other = handle.clone();
+        assert_eq!(other.profile().await.unwrap().name, "ann");
+        assert!(handle.contacts().await.unwrap().is_empty());
+        assert!(matches!(
+            other.send_text("nobody", "hi").await,
+            Err(ClientError::UnknownContact(_))
+        ));
+        let report = handle.flush_outbox().await.unwrap();
+        assert!(report.sent.is_empty() && report.queued.is_empty());
+
+        handle.shutdown().await;
+        assert_eq!(events.next().await, None, "the stream ends with the task");
+        assert!(handle.subscribe().next().await.is_none());
+        assert!(matches!(other.contacts().await, Err(ClientError::Stopped)));
+        // The store is closed: it opens again.
+        LocalStore::open(&dir.path().join("store"), StoreKey::generate()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_receiver_is_told_what_it_missed() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut stream = EventStream { rx };
+        for _ in 0..10 {
+            tx.send(Event::Connection { connected: true }).unwrap();
+        }
+        assert_eq!(stream.next().await, Some(Event::Lagged { missed: 6 }));
+        assert_eq!(
+            stream.next().await,
+            Some(Event::Connection { connected: true })
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_stops_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, mut events) = spawn(offline_client(dir.path()));
+        drop(handle);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+        assert_eq!(ended.await.unwrap(), None);
+    }
+}
