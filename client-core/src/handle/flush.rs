@@ -82,7 +82,7 @@ impl Cycle {
 
 impl Task {
     /// Ask for a flush: now if none runs, else right after the one running.
-    pub(super) fn request_flush(&mut self, waiter: Option<Waiter>) {
+    pub(super) fn request_flush(&mut self, waiters: Vec<Waiter>) {
         if self.cycle.is_none() {
             self.cycle = Some(Cycle {
                 round: 0,
@@ -91,13 +91,13 @@ impl Task {
                     recipients: HashMap::new(),
                 },
                 backoff: round_backoff(),
-                waiters: waiter.into_iter().collect(),
+                waiters,
                 flight: None,
                 resume_at: None,
             });
             self.launch_round();
         } else {
-            self.next_cycle.get_or_insert_with(Vec::new).extend(waiter);
+            self.next_cycle.get_or_insert_with(Vec::new).extend(waiters);
         }
     }
 
@@ -160,11 +160,7 @@ impl Task {
             w.answer(result.clone().map(|()| report));
         }
         if let Some(waiters) = self.next_cycle.take() {
-            let mut waiters = waiters.into_iter();
-            self.request_flush(waiters.next());
-            if let Some(c) = self.cycle.as_mut() {
-                c.waiters.extend(waiters);
-            }
+            self.request_flush(waiters);
         }
     }
 

@@ -225,7 +225,7 @@ impl Task {
                     intake: Intake::default(),
                 });
                 self.emit(Event::Connection { connected: true });
-                self.request_flush(None);
+                self.request_flush(Vec::new());
             }
             Ok(Err(e)) => self.retry_later(&e),
             Err(e) => self.retry_later(&ClientError::Protocol(format!("connecting failed: {e}"))),
@@ -303,7 +303,7 @@ impl Task {
                 text,
                 reply,
             } => match self.client.queue_text(&contact, &text).await {
-                Ok(id) => self.request_flush(Some(Waiter::Send { id, reply })),
+                Ok(id) => self.request_flush(vec![Waiter::Send { id, reply }]),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -314,7 +314,7 @@ impl Task {
             Command::Accept { code, name, reply } => {
                 let r = self.client.accept_queued(&code, &name).await;
                 if r.is_ok() {
-                    self.request_flush(None);
+                    self.request_flush(Vec::new());
                 }
                 let _ = reply.send(r);
             }
@@ -331,7 +331,7 @@ impl Task {
             Command::Block { contact, reply } => {
                 let _ = reply.send(self.client.block(&contact).await);
             }
-            Command::FlushOutbox(reply) => self.request_flush(Some(Waiter::Report(reply))),
+            Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
                 let _ = reply.send(Ok(self.client.profile().clone()));
             }
