@@ -2,7 +2,7 @@
 //! introduction, the contact hello, through the outbox), adding whoever
 //! introduces themselves with a token we gave, and blocking.
 //!
-//! Naming a new contact is a pure rule ([`base_name`], [`unique_name`]) so
+//! Naming a new contact is a pure rule (`base_name`, `unique_name`) so
 //! a hostile name cannot collide with or impersonate an existing contact.
 
 use crate::client::{now_ms, random16, Client};

@@ -1,7 +1,7 @@
 //! Receiving: envelopes pushed by the home relay are opened
 //! ([`crate::layers`]), stored, shown and acknowledged, in that order.
 //!
-//! The rules are pure, in [`rules`]: [`rules::decide`] says, for an opened
+//! The rules are pure, in `rules`: `rules::decide` says, for an opened
 //! message, what to store and what to show; every envelope is acknowledged
 //! once what it carried is durable, including the ones dropped (damaged,
 //! replayed, from strangers without a hello): they can never become

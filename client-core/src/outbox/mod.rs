@@ -1,12 +1,12 @@
 //! Sending: a message is encrypted ([`crate::layers`]) and written to the
 //! on-disk outbox together with the advanced session, then the outbox is
-//! deposited relay by relay. The rules are pure, in [`rules`]; this module
+//! deposited relay by relay. The rules are pure, in `rules`; this module
 //! moves items between the store and the relays.
 //!
-//! A flush is rounds of three steps: [`Client::plan_round`] reads the
-//! outbox (store only), [`deposit_all`] sends it (network only, no client:
+//! A flush is rounds of three steps: `Client::plan_round` reads the
+//! outbox (store only), `deposit_all` sends it (network only, no client:
 //! the running client runs it beside receiving), and
-//! [`Client::settle_round`] records what the relays said (store only).
+//! `Client::settle_round` records what the relays said (store only).
 
 pub(crate) mod rules;
 
