@@ -1,16 +1,18 @@
 //! End-to-end mode (`--e2e`): every message is encrypted the way
 //! `tern-client` encrypts a text before it goes to the relay, and opened the
 //! way the client opens it on receipt, so the figures include the clients'
-//! real crypto and not only the relay.
+//! real crypto and not only the relay. Both directions call the client's own
+//! message layers ([`tern_client::layers`]), so the bench measures the code
+//! the client runs, not a copy of it.
 //!
-//! Sending (client-core's `Client::enqueue`): the text goes in a
-//! `pb::Content` (16-byte random id, wall-clock `sent_at_ms`, `Text` body),
-//! which is Olm-encrypted with the pair's [`PairSession`], wrapped in a
-//! `pb::Sealed` naming the sender's identity key, and sealed to the
-//! recipient's seal key ([`tern_crypto::seal`]: an ephemeral X25519 per
-//! message). Receiving (client-core's `Client::accept_envelope`): open the
-//! seal, decode `Sealed`, check the sender, Olm-decrypt, decode `Content`
-//! and require a text. Any failure is an error of the run.
+//! Sending ([`layers::seal_content`]): the text goes in a `pb::Content`
+//! (16-byte random id, wall-clock `sent_at_ms`, `Text` body), which is
+//! Olm-encrypted with the pair's [`PairSession`], wrapped in a `pb::Sealed`
+//! naming the sender's identity key, and sealed to the recipient's seal key
+//! (an ephemeral X25519 per message). Receiving
+//! ([`layers::open_from_peer`]): open the seal, decode `Sealed`, check the
+//! sender, route the Olm message to the session, decrypt, decode `Content`
+//! with its id; then require a text. Any failure is an error of the run.
 //!
 //! The text opens with the send time and index as [`STAMP_TEXT_LEN`] hex
 //! characters, so latency is taken after decryption; the rest is filler.
@@ -27,11 +29,11 @@
 //! it every message would be a pre-key message.
 
 use anyhow::{bail, Context};
-use prost::Message;
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tern_crypto::{DeviceAccount, OlmCiphertext, PairSession, SealKey};
-use tern_protocol::pb::{self, content::Body};
+use tern_client::layers;
+use tern_crypto::{DeviceAccount, PairSession, SealKey};
+use tern_protocol::pb::content::Body;
 
 /// Characters at the start of each text that carry its send time and index
 /// (two 64-bit numbers, 16 hex digits each): the smallest text in E2E mode.
@@ -51,43 +53,29 @@ impl Channel {
     /// Encrypt `text` for the peer as the client does: the sealed payload the
     /// relay stores.
     pub fn seal_text(&mut self, text: String) -> Vec<u8> {
-        let content = pb::Content {
-            message_id: rand::random::<[u8; 16]>().to_vec().into(),
-            sent_at_ms: now_ms(),
-            body: Some(Body::Text(pb::Text { body: text })),
-        };
-        let olm = self.session.encrypt(&content.encode_to_vec());
-        let sealed = pb::Sealed {
-            sender_identity_key: self.own_identity.to_vec().into(),
-            olm_type: olm.olm_type,
-            olm_ciphertext: olm.body.into(),
-        };
-        tern_crypto::seal(&self.peer_seal, &sealed.encode_to_vec())
+        let content = layers::content(
+            rand::random::<[u8; 16]>(),
+            now_ms(),
+            Body::Text(tern_protocol::pb::Text { body: text }),
+        );
+        layers::seal_content(
+            &mut self.session,
+            &self.own_identity,
+            &self.peer_seal,
+            &content,
+        )
     }
 
     /// Open a payload the peer sealed to us and return its text: seal,
     /// sender, Olm and content are all checked, as the client checks them.
     pub fn open_text(&mut self, payload: &[u8]) -> anyhow::Result<String> {
-        let opened = tern_crypto::open(&self.own_seal, payload).context("opening the seal")?;
-        let sealed = pb::Sealed::decode(&opened[..]).context("decoding Sealed")?;
-        if sealed.sender_identity_key[..] != self.peer_identity[..] {
-            bail!("sealed by a sender other than the pair's");
-        }
-        let olm = OlmCiphertext {
-            olm_type: sealed.olm_type,
-            body: sealed.olm_ciphertext.to_vec(),
-        };
-        // The client hands a pre-key message to an existing session only if
-        // that session was made by it; anything else would start a new one.
-        if olm.is_pre_key() && !self.session.matches_pre_key(&olm) {
-            bail!("a pre-key message for another session");
-        }
-        let plaintext = self.session.decrypt(&olm).context("Olm decryption")?;
-        let content = pb::Content::decode(&plaintext[..]).context("decoding Content")?;
-        if content.message_id.len() != 16 {
-            bail!("content without a 16-byte message id");
-        }
-        match content.body {
+        let opened = layers::open_from_peer(
+            &self.own_seal,
+            &self.peer_identity,
+            &mut self.session,
+            payload,
+        )?;
+        match opened.body {
             Some(Body::Text(t)) => Ok(t.body),
             _ => bail!("content is not a text"),
         }
@@ -114,16 +102,12 @@ pub fn handshake(receiver: &mut DeviceAccount) -> anyhow::Result<(Channel, Chann
 
     // The receiver has no session yet: it accepts one from the pre-key
     // message, as the client does with a contact's first message.
-    let opened =
-        tern_crypto::open(receiver.seal_key(), &first).context("opening the first seal")?;
-    let sealed = pb::Sealed::decode(&opened[..]).context("decoding the first Sealed")?;
-    if sealed.olm_type != OlmCiphertext::PRE_KEY {
+    let first = layers::unseal(receiver.seal_key(), &first).context("opening the first seal")?;
+    if layers::choose_session(None, &first.olm) != layers::SessionChoice::New {
         bail!("the first message is not a pre-key message");
     }
-    let (session, plaintext) = receiver
-        .accept_session(&sender.identity_key(), &sealed.olm_ciphertext)
+    let (session, _) = layers::accept_content(receiver, &sender.identity_key(), &first.olm)
         .context("accepting the Olm session")?;
-    pb::Content::decode(&plaintext[..]).context("decoding the first Content")?;
     let mut inbound = Channel {
         own_identity: receiver.identity_key(),
         own_seal: receiver.seal_key().clone(),
@@ -226,9 +210,8 @@ mod tests {
         let mut receiver = DeviceAccount::new();
         let (mut outbound, _) = handshake(&mut receiver)?;
         let payload = outbound.seal_text(stamp_text(32, 0, 0));
-        let opened = tern_crypto::open(receiver.seal_key(), &payload)?;
-        let sealed = pb::Sealed::decode(&opened[..])?;
-        assert_eq!(sealed.olm_type, OlmCiphertext::NORMAL);
+        let unsealed = layers::unseal(receiver.seal_key(), &payload)?;
+        assert!(!unsealed.olm.is_pre_key());
         Ok(())
     }
 

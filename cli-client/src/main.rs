@@ -127,6 +127,8 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// Print what `tern recv` and `tern listen` show: messages and new
+/// contacts. Other events (deliveries, the connection) are not printed.
 fn print_event(e: &Event, as_json: bool) {
     let line = match (e, as_json) {
         (Event::Message(m), true) => json!({
@@ -141,6 +143,13 @@ fn print_event(e: &Event, as_json: bool) {
         (Event::ContactAdded { name }, false) => {
             format!("* {name} accepted your invite and is now a contact")
         }
+        (Event::Lagged { missed }, _) => {
+            eprintln!(
+                "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
+            );
+            return;
+        }
+        (Event::Delivery { .. } | Event::Connection { .. }, _) => return,
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -251,11 +260,24 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Listen { json } => {
-            let mut client = Client::open(&home)?;
-            let mut print = |e: Event| print_event(&e, json);
-            tokio::select! {
-                r = client.listen(&mut print) => r?,
-                _ = tokio::signal::ctrl_c() => {}
+            let client = Client::open(&home)?;
+            let (handle, mut events) = tern_client::spawn(client);
+            loop {
+                tokio::select! {
+                    e = events.next() => match e {
+                        Some(e) => print_event(&e, json),
+                        None => break,
+                    },
+                    _ = tokio::signal::ctrl_c() => {
+                        // Settle what arrived, close the connection, flush;
+                        // then print what the settling showed.
+                        handle.shutdown().await;
+                        while let Some(e) = events.next().await {
+                            print_event(&e, json);
+                        }
+                        break;
+                    }
+                }
             }
         }
         Command::History {

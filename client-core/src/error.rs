@@ -52,6 +52,9 @@ pub enum ClientError {
     /// The local store failed.
     #[error("local store: {0}")]
     Store(String),
+    /// The running client (see [`crate::spawn`]) has stopped.
+    #[error("the running client has stopped")]
+    Stopped,
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -3,16 +3,30 @@
 //! an on-disk outbox to each contact's relay, and receives from the home
 //! relay, storing every message before acknowledging it.
 //!
-//! [`Client`] is the whole API; [`transport`] speaks the wire protocol and
-//! [`store`] is the local database.
+//! [`Client`] offers one-shot operations (what `tern send` and `tern recv`
+//! do); [`spawn`] runs it as a task that an app drives through a cloneable
+//! [`ClientHandle`] while it receives an [`EventStream`]. Each job has its
+//! module: [`account`], [`contacts`], [`outbox`], [`inbox`], and the pure
+//! [`layers`] (content → Olm → seal and back) that the bench and fuzz
+//! targets use too; [`transport`] speaks the wire protocol and [`store`] is
+//! the local database.
 #![warn(missing_docs)]
 
+pub mod account;
 pub mod backoff;
 pub mod client;
+pub mod contacts;
 pub mod error;
+pub mod event;
+pub mod handle;
+pub mod inbox;
+pub mod layers;
+pub mod outbox;
 pub mod store;
 pub mod transport;
 
-pub use client::{Client, Event, OutboxReport, ReceivedMessage, SendOutcome};
+pub use client::Client;
 pub use error::ClientError;
-pub use store::{Contact, Status, StoredMessage};
+pub use event::{DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome};
+pub use handle::{spawn, ClientHandle, EventStream};
+pub use store::{Contact, Profile, Status, StoredMessage};

@@ -26,7 +26,7 @@ pub struct Profile {
 }
 
 /// A contact and how to reach them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     /// Local name for them.
     pub name: String,
@@ -62,7 +62,7 @@ pub enum Status {
 }
 
 /// One message of a conversation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Message id, hex.
     pub id: String,

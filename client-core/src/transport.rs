@@ -12,7 +12,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tern_protocol::frame::{decode_message, encode_frame_into};
@@ -118,17 +118,29 @@ fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
 }
 
 /// QUIC endpoints for reaching relays, one per address family, reused for
-/// every relay this client talks to.
-#[derive(Default)]
+/// every relay this client talks to. Clones share the endpoints (the
+/// running client connects and deposits through clones, in tasks of their
+/// own, and closes them all at the end).
+#[derive(Default, Clone)]
 pub struct Dialer {
-    endpoints: HashMap<bool, quinn::Endpoint>,
+    // Locked only to look up or add an endpoint, never across an await.
+    endpoints: Arc<Mutex<HashMap<bool, quinn::Endpoint>>>,
 }
 
 impl Dialer {
+    /// The endpoints, even if a thread panicked while holding them (the map
+    /// is never left half-changed).
+    fn endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<bool, quinn::Endpoint>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Wait (at most `wait`) until closed connections have told their relays,
     /// so relays free their state now rather than after an idle timeout.
     pub async fn wait_idle(&self, wait: Duration) {
-        for e in self.endpoints.values() {
+        let endpoints: Vec<quinn::Endpoint> = self.endpoints().values().cloned().collect();
+        for e in endpoints {
             let _ = tokio::time::timeout(wait, e.wait_idle()).await;
         }
     }
@@ -145,8 +157,9 @@ impl Dialer {
             .next()
             .ok_or_else(|| unreachable("no address".into()))?;
         let v6 = addr.is_ipv6();
-        let endpoint = match self.endpoints.get(&v6) {
-            Some(e) => e.clone(),
+        let known = self.endpoints().get(&v6).cloned();
+        let endpoint = match known {
+            Some(e) => e,
             None => {
                 let bind: SocketAddr = if v6 {
                     "[::]:0".parse()
@@ -155,8 +168,8 @@ impl Dialer {
                 }
                 .map_err(|_| unreachable("bad bind address".into()))?;
                 let e = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
-                self.endpoints.insert(v6, e.clone());
-                e
+                // A clone may have made one meanwhile: keep the first.
+                self.endpoints().entry(v6).or_insert(e).clone()
             }
         };
         let connecting = endpoint

@@ -3,7 +3,8 @@
 //! signatures. Keys are fixed so runs are reproducible.
 //!
 //! Input: `[mode, rest...]`, mode (mod 8):
-//! 0 `open(seal key, rest)`;
+//! 0 `open(seal key, rest)`, and the client's `layers::unseal` (open, then
+//!   the `Sealed` wrapper), which must agree with it on whether the seal opens;
 //! 1 `StoreKey::decrypt(aad, data)` with `rest = [aad_len, aad, data]`;
 //! 2 / 3 `DeviceAccount` / `PairSession::from_encrypted_pickle(rest)`;
 //! 4 / 5 the same, with `rest` (pickle JSON) encrypted under the store key
@@ -13,6 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tern_client::layers::{self, OpenError};
 use tern_crypto::{open, seal, verify_signature, DeviceAccount, PairSession, SealKey, StoreKey};
 use tern_fuzz::{ACCOUNT_PICKLE_AAD, FIXTURE_SEAL_KEY, FIXTURE_STORE_KEY, SESSION_PICKLE_AAD};
 
@@ -52,7 +54,12 @@ fuzz_target!(|data: &[u8]| {
     let store = StoreKey::from_bytes(FIXTURE_STORE_KEY);
     match mode % 8 {
         0 => {
-            let _ = open(&SealKey::from_bytes(FIXTURE_SEAL_KEY), rest);
+            let key = SealKey::from_bytes(FIXTURE_SEAL_KEY);
+            let opened = open(&key, rest).is_ok();
+            match layers::unseal(&key, rest) {
+                Err(OpenError::Seal) => assert!(!opened, "unseal refused a seal that opens"),
+                _ => assert!(opened, "unseal got past a seal that does not open"),
+            }
         }
         1 => {
             let [aad_len, rest @ ..] = rest else { return };

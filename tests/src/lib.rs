@@ -260,7 +260,7 @@ pub fn messages(events: &[Event]) -> Vec<ReceivedMessage> {
         .iter()
         .filter_map(|e| match e {
             Event::Message(m) => Some(m.clone()),
-            Event::ContactAdded { .. } => None,
+            _ => None,
         })
         .collect()
 }

@@ -1,0 +1,104 @@
+//! Creating and opening an account: the device's keys, its profile and the
+//! encrypted store in the home directory. The store key lives in a file of
+//! its own, readable by the owner only.
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::layers::key32;
+use crate::store::{LocalStore, Profile};
+use crate::transport::Dialer;
+use std::path::Path;
+use tern_crypto::{DeviceAccount, StoreKey};
+use tern_protocol::url::RelayUrl;
+
+const KEY_FILE: &str = "store.key";
+const STORE_DIR: &str = "store";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+impl Client {
+    /// Create an account in `home`, registering a mailbox on `relay`.
+    pub async fn init(home: &Path, relay: &RelayUrl, name: &str) -> Result<Self, ClientError> {
+        let key_path = home.join(KEY_FILE);
+        if key_path.exists() {
+            return Err(ClientError::AccountExists(home.to_path_buf()));
+        }
+        let account = DeviceAccount::new();
+        let mut dialer = Dialer::default();
+        let link = dialer.connect(relay).await?;
+        let mailbox_id = link.register(account.signing_key()).await?;
+        link.close();
+
+        std::fs::create_dir_all(home).map_err(io_err(home))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
+        }
+        let key = StoreKey::generate();
+        write_secret(&key_path, &key.to_bytes())?;
+        let store = LocalStore::open(&home.join(STORE_DIR), key.clone())?;
+        let profile = Profile {
+            name: name.to_string(),
+            relay_url: relay.to_string(),
+            mailbox_id,
+        };
+        store.set_account_pickle(account.to_encrypted_pickle(&key))?;
+        store.set_profile(&profile)?;
+        store.flush().await?;
+        Ok(Self {
+            home: home.to_path_buf(),
+            key,
+            store,
+            account,
+            profile,
+            dialer,
+        })
+    }
+
+    /// Open the account in `home`.
+    pub fn open(home: &Path) -> Result<Self, ClientError> {
+        let key_path = home.join(KEY_FILE);
+        if !key_path.exists() {
+            return Err(ClientError::NoAccount(home.to_path_buf()));
+        }
+        let raw = std::fs::read(&key_path).map_err(io_err(&key_path))?;
+        let bytes = key32(&raw).ok_or_else(|| ClientError::Store("store.key is damaged".into()))?;
+        let key = StoreKey::from_bytes(bytes);
+        let store = LocalStore::open(&home.join(STORE_DIR), key.clone())?;
+        let pickle = store
+            .account_pickle()?
+            .ok_or_else(|| ClientError::NoAccount(home.into()))?;
+        let account = DeviceAccount::from_encrypted_pickle(&pickle, &key)?;
+        let profile = store
+            .profile()?
+            .ok_or_else(|| ClientError::NoAccount(home.into()))?;
+        Ok(Self {
+            home: home.to_path_buf(),
+            key,
+            store,
+            account,
+            profile,
+            dialer: Dialer::default(),
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! The running client's task: one loop that owns the [`Client`] and waits on
+//! whichever comes first — a command from a handle, a frame from the home
+//! relay, a batch of acks going stale, the reconnect timer, a connection
+//! attempt finishing, an outbox deposit finishing, or the pause a relay
+//! asked for between deposit rounds.
+//!
+//! Network waits that need no store run in tasks of their own: connecting
+//! to the home relay (with a signing copy of the account) and depositing
+//! the outbox (see [`super::flush`]). So an unreachable relay never holds
+//! up receiving or the handles' commands; the store is touched only here.
+
+use super::flush::{Cycle, Waiter};
+use crate::backoff::Backoff;
+use crate::client::{authenticated_link, Client};
+use crate::error::ClientError;
+use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::inbox::{reconnect_backoff, retry_after, subscribed, Intake, SETTLE_IDLE};
+use crate::outbox::Deposit;
+use crate::store::{Contact, Profile, StoredMessage};
+use crate::transport::{MessageStream, RelayLink};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tern_crypto::DeviceAccount;
+use tern_protocol::pb::{self, relay_frame::Frame};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+use tracing::warn;
+
+/// How long shutdown waits for a deposit in flight to come back.
+const SHUTDOWN_DEPOSIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a command's answer goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// What a handle asks of the running client.
+pub(super) enum Command {
+    SendText {
+        contact: String,
+        text: String,
+        reply: Reply<(String, SendOutcome)>,
+    },
+    Invite(Reply<String>),
+    Accept {
+        code: String,
+        name: String,
+        reply: Reply<Contact>,
+    },
+    Contacts(Reply<Vec<Contact>>),
+    History {
+        contact: String,
+        limit: usize,
+        reply: Reply<Vec<StoredMessage>>,
+    },
+    Block {
+        contact: String,
+        reply: Reply<()>,
+    },
+    FlushOutbox(Reply<OutboxReport>),
+    Profile(Reply<Profile>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The subscription to the home relay.
+struct Home {
+    link: RelayLink,
+    stream: MessageStream,
+    intake: Intake,
+}
+
+/// What woke the task.
+enum Wake {
+    Command(Option<Command>),
+    Frame(Result<Option<Frame>, ClientError>),
+    Settle,
+    Reconnect,
+    Connected(Result<Result<Subscription, ClientError>, JoinError>),
+    Deposited(Result<Vec<Deposit>, JoinError>),
+    Resume,
+}
+
+/// A home link with its message stream subscribed.
+type Subscription = (RelayLink, MessageStream);
+
+/// The running client.
+pub(super) struct Task {
+    pub(super) client: Client,
+    pub(super) events: broadcast::Sender<Event>,
+    home: Option<Home>,
+    /// A connection attempt in flight.
+    connecting: Option<JoinHandle<Result<Subscription, ClientError>>>,
+    /// A copy of the account for signing the home relay's challenge in the
+    /// connecting task (signing keys never change).
+    signer: Option<Arc<DeviceAccount>>,
+    backoff: Backoff,
+    next_attempt: Instant,
+    pub(super) cycle: Option<Cycle>,
+    /// Waiters for the cycle after this one, if another was asked for.
+    pub(super) next_cycle: Option<Vec<Waiter>>,
+    /// Ids already reported queued, so a retry does not report them again.
+    pub(super) reported_queued: HashSet<String>,
+}
+
+async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
+    match home {
+        Some(h) => h.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn landed(cycle: &mut Option<Cycle>) -> Result<Vec<Deposit>, JoinError> {
+    match cycle.as_mut().and_then(Cycle::flight) {
+        Some(flight) => flight.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn joined<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Task {
+    pub(super) fn new(client: Client, events: broadcast::Sender<Event>) -> Self {
+        let pickle = client.account.to_encrypted_pickle(&client.key);
+        let signer = match DeviceAccount::from_encrypted_pickle(&pickle, &client.key) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                warn!("cannot copy the account for signing in: {e}");
+                None
+            }
+        };
+        Self {
+            client,
+            events,
+            home: None,
+            connecting: None,
+            signer,
+            backoff: reconnect_backoff(),
+            next_attempt: Instant::now(),
+            cycle: None,
+            next_cycle: None,
+            reported_queued: HashSet::new(),
+        }
+    }
+
+    pub(super) fn emit(&self, e: Event) {
+        // No receivers is fine: nobody is listening right now.
+        let _ = self.events.send(e);
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let done = loop {
+            let connected = self.home.is_some();
+            let connecting = self.connecting.is_some();
+            if !connected && !connecting && Instant::now() >= self.next_attempt {
+                self.connect();
+            }
+            let connecting = self.connecting.is_some();
+            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_acks());
+            let retry_at = self.next_attempt;
+            let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
+            let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
+            let wake = tokio::select! {
+                biased;
+                c = commands.recv() => Wake::Command(c),
+                f = next_frame(&mut self.home), if connected => Wake::Frame(f),
+                c = joined(&mut self.connecting), if connecting => Wake::Connected(c),
+                d = landed(&mut self.cycle), if flying => Wake::Deposited(d),
+                _ = tokio::time::sleep(SETTLE_IDLE), if settle => Wake::Settle,
+                _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
+                _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
+            };
+            match wake {
+                Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
+                Wake::Command(Some(c)) => self.serve(c).await,
+                Wake::Command(None) => break None,
+                Wake::Frame(f) => self.on_frame(f).await,
+                Wake::Settle => {
+                    if let Err(e) = self.settle().await {
+                        self.lose(e).await;
+                    }
+                }
+                Wake::Reconnect => {}
+                Wake::Connected(c) => self.on_connected(c),
+                Wake::Deposited(d) => self.on_deposited(d).await,
+                Wake::Resume => self.launch_round(),
+            }
+        };
+        self.stop().await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Start connecting to the home relay and subscribing, in a task of
+    /// its own.
+    fn connect(&mut self) {
+        let mut dialer = self.client.dialer.clone();
+        let relay = self.client.profile.relay_url.clone();
+        let mailbox = self.client.profile.mailbox_id;
+        let signer = self.signer.clone();
+        self.connecting = Some(tokio::spawn(async move {
+            let signer = signer.ok_or_else(|| {
+                ClientError::Store("no copy of the account to sign in with".into())
+            })?;
+            let link =
+                authenticated_link(&mut dialer, &relay, &mailbox, |m| signer.sign(m)).await?;
+            subscribed(link).await
+        }));
+    }
+
+    /// Subscribed: receive from now on, and deliver what waits in the
+    /// outbox. Failed: try again after a backoff.
+    fn on_connected(&mut self, result: Result<Result<Subscription, ClientError>, JoinError>) {
+        self.connecting = None;
+        match result {
+            Ok(Ok((link, stream))) => {
+                self.home = Some(Home {
+                    link,
+                    stream,
+                    intake: Intake::default(),
+                });
+                self.emit(Event::Connection { connected: true });
+                self.request_flush(Vec::new());
+            }
+            Ok(Err(e)) => self.retry_later(&e),
+            Err(e) => self.retry_later(&ClientError::Protocol(format!("connecting failed: {e}"))),
+        }
+    }
+
+    fn retry_later(&mut self, e: &ClientError) {
+        let delay = self.backoff.next_delay(retry_after(e));
+        warn!("home relay unreachable ({e}); retrying in {delay:?}");
+        self.next_attempt = Instant::now() + delay;
+    }
+
+    /// The home connection broke: show what was stored (its acks are lost
+    /// with the connection; the relay pushes those envelopes again and they
+    /// are dropped as already stored), and try again after a backoff.
+    async fn lose(&mut self, e: ClientError) {
+        if let Some(home) = self.home.take() {
+            let events = self.events.clone();
+            home.intake
+                .abandon(&self.client, &mut |ev| {
+                    let _ = events.send(ev);
+                })
+                .await;
+            home.link.close();
+            self.emit(Event::Connection { connected: false });
+        }
+        self.retry_later(&e);
+    }
+
+    async fn on_frame(&mut self, frame: Result<Option<Frame>, ClientError>) {
+        let result = match frame {
+            Ok(Some(Frame::Envelope(env))) => self.take(env).await,
+            Ok(Some(Frame::CaughtUp(_))) => {
+                // The subscription works end to end: start backoff over.
+                self.backoff.reset();
+                self.settle().await
+            }
+            Ok(Some(Frame::Error(e))) => Err(ClientError::Refused(e.into())),
+            Ok(Some(Frame::SendResult(_))) => Ok(()),
+            Ok(None) => Err(self.client.home_closed()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.lose(e).await;
+        }
+    }
+
+    async fn take(&mut self, env: pb::Envelope) -> Result<(), ClientError> {
+        let Some(home) = self.home.as_mut() else {
+            return Ok(());
+        };
+        home.intake.take(&mut self.client, env)?;
+        if home.intake.is_full() {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<(), ClientError> {
+        let Some(home) = self.home.as_mut() else {
+            return Ok(());
+        };
+        let events = self.events.clone();
+        home.intake
+            .settle(&self.client, &mut home.stream, &mut |e| {
+                let _ = events.send(e);
+            })
+            .await
+    }
+
+    async fn serve(&mut self, command: Command) {
+        match command {
+            Command::SendText {
+                contact,
+                text,
+                reply,
+            } => match self.client.queue_text(&contact, &text).await {
+                Ok(id) => self.request_flush(vec![Waiter::Send { id, reply }]),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Invite(reply) => {
+                let _ = reply.send(self.client.invite().await);
+            }
+            Command::Accept { code, name, reply } => {
+                let r = self.client.accept_queued(&code, &name).await;
+                if r.is_ok() {
+                    self.request_flush(Vec::new());
+                }
+                let _ = reply.send(r);
+            }
+            Command::Contacts(reply) => {
+                let _ = reply.send(self.client.contacts());
+            }
+            Command::History {
+                contact,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.client.history(&contact, limit));
+            }
+            Command::Block { contact, reply } => {
+                let _ = reply.send(self.client.block(&contact).await);
+            }
+            Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
+            Command::Profile(reply) => {
+                let _ = reply.send(Ok(self.client.profile().clone()));
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Record a deposit in flight, settle what was received, close the home
+    /// connection, flush the store, and close the endpoints.
+    async fn stop(mut self) {
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        let flight = self.cycle.as_mut().and_then(Cycle::take_flight);
+        if let Some(flight) = flight {
+            if let Ok(d) = tokio::time::timeout(SHUTDOWN_DEPOSIT_WAIT, flight).await {
+                self.on_deposited(d).await;
+            }
+        }
+        // Waiters of a cycle that would pause now are answered with what
+        // happened so far.
+        if self.cycle.is_some() {
+            let flushed = self.client.store.flush().await.map_err(|e| e.to_string());
+            self.end_cycle(flushed);
+            if let Some(f) = self.cycle.take().as_mut().and_then(Cycle::take_flight) {
+                f.abort();
+            }
+        }
+        if self.home.is_some() {
+            if let Err(e) = self.settle().await {
+                warn!("settling on shutdown: {e}");
+            }
+        }
+        if let Some(mut home) = self.home.take() {
+            home.stream.finish(Duration::from_secs(2)).await;
+            home.link.close();
+            self.emit(Event::Connection { connected: false });
+        }
+        if let Err(e) = self.client.store.flush().await {
+            warn!("flushing the store on shutdown: {e}");
+        }
+        self.client.close().await;
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

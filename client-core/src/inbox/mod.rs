@@ -1,0 +1,311 @@
+//! Receiving: envelopes pushed by the home relay are opened
+//! ([`crate::layers`]), stored, shown and acknowledged, in that order.
+//!
+//! The rules are pure, in `rules`: `rules::decide` says, for an opened
+//! message, what to store and what to show; every envelope is acknowledged
+//! once what it carried is durable, including the ones dropped (damaged,
+//! replayed, from strangers without a hello): they can never become
+//! readable, and keeping them would block the mailbox. Only a failure of
+//! our own store leaves an envelope unacknowledged, for the next run.
+
+pub(crate) mod rules;
+
+use crate::backoff::Backoff;
+use crate::client::{now_ms, Client};
+use crate::error::ClientError;
+use crate::event::Event;
+use crate::layers::{self, SessionChoice};
+use crate::store::message_key;
+use crate::transport::{MessageStream, RelayLink};
+use rules::{ack_of, decide, Verdict};
+use std::time::{Duration, Instant};
+use tern_crypto::DeviceAccount;
+use tern_protocol::pb::{self, relay_frame::Frame};
+use tracing::{debug, warn};
+
+/// Envelopes processed between one durable flush-and-ack and the next.
+const ACK_BATCH: usize = 64;
+/// With acks pending and the relay quiet this long, settle them.
+pub(crate) const SETTLE_IDLE: Duration = Duration::from_millis(20);
+
+/// Received envelopes not yet settled: their acks and what they show.
+#[derive(Default)]
+pub(crate) struct Intake {
+    acks: Vec<u64>,
+    shown: Vec<Event>,
+}
+
+impl Intake {
+    /// Open and store one envelope, holding its ack and event for
+    /// [`Intake::settle`]. Errs only if our store fails.
+    pub(crate) fn take(
+        &mut self,
+        client: &mut Client,
+        env: pb::Envelope,
+    ) -> Result<(), ClientError> {
+        let seq = env.seq;
+        if let Some(event) = client.accept_envelope(env)? {
+            self.shown.push(event);
+        }
+        self.acks.extend(ack_of(seq));
+        Ok(())
+    }
+
+    /// Whether a batch is full and should be settled now.
+    pub(crate) fn is_full(&self) -> bool {
+        self.acks.len() >= ACK_BATCH
+    }
+
+    /// Whether acks wait to be sent.
+    pub(crate) fn has_acks(&self) -> bool {
+        !self.acks.is_empty()
+    }
+
+    /// Make what was received durable, then show it, then acknowledge it.
+    /// Showing only after the flush means a crash cannot show a message that
+    /// the next run would show again; acking only after it means a crash
+    /// cannot lose one.
+    pub(crate) async fn settle(
+        &mut self,
+        client: &Client,
+        stream: &mut MessageStream,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        client.store.flush().await?;
+        for e in self.shown.drain(..) {
+            on_event(e);
+        }
+        if !self.acks.is_empty() {
+            stream.ack(std::mem::take(&mut self.acks)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Intake {
+    /// The connection is gone with these acks: show what was stored (once
+    /// it is durable), and leave the envelopes to the relay, which pushes
+    /// them again on the next connection; they are then dropped as stored
+    /// before.
+    pub(crate) async fn abandon(self, client: &Client, on_event: &mut (dyn FnMut(Event) + Send)) {
+        if client.store.flush().await.is_ok() {
+            self.shown.into_iter().for_each(on_event);
+        }
+    }
+}
+
+impl Client {
+    /// Fetch everything waiting on the home relay, store it, acknowledge it,
+    /// and keep listening for `wait` more. Returns what arrived.
+    pub async fn receive(&mut self, wait: Duration) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::new();
+        self.pump(Some(wait), &mut |e| events.push(e)).await?;
+        Ok(events)
+    }
+
+    /// Stay connected and hand each arrival to `on_event`, reconnecting with
+    /// backoff when the relay goes away. Runs until the future is dropped.
+    /// (An app that also sends uses [`crate::spawn`] instead.)
+    pub async fn listen(
+        &mut self,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            let _ = self.flush_outbox().await;
+            match self.pump(None, on_event).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    let delay = backoff.next_delay(retry_after(&e));
+                    warn!("relay connection lost ({e}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Connect to the home relay and subscribe to our mailbox.
+    pub(crate) async fn subscribe_home(
+        &mut self,
+    ) -> Result<(RelayLink, MessageStream), ClientError> {
+        subscribed(self.home_link().await?).await
+    }
+
+    /// The error for a home relay stream that ended.
+    pub(crate) fn home_closed(&self) -> ClientError {
+        ClientError::Unreachable {
+            relay: self.profile.relay_url.clone(),
+            reason: "relay closed the stream".into(),
+        }
+    }
+
+    /// One connection's worth of receiving. With `wait`, returns once the
+    /// backlog is drained and `wait` has passed; without, runs until the
+    /// connection ends.
+    async fn pump(
+        &mut self,
+        wait: Option<Duration>,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), ClientError> {
+        let (link, mut stream) = self.subscribe_home().await?;
+        let mut deadline: Option<Instant> = None;
+        let mut intake = Intake::default();
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), stream.next()).await {
+                    Ok(n) => n?,
+                    Err(_) => break,
+                },
+                None if intake.has_acks() => {
+                    match tokio::time::timeout(SETTLE_IDLE, stream.next()).await {
+                        Ok(n) => n?,
+                        Err(_) => {
+                            intake.settle(self, &mut stream, on_event).await?;
+                            continue;
+                        }
+                    }
+                }
+                None => stream.next().await?,
+            };
+            match next {
+                Some(Frame::Envelope(env)) => {
+                    intake.take(self, env)?;
+                    if intake.is_full() {
+                        intake.settle(self, &mut stream, on_event).await?;
+                    }
+                }
+                Some(Frame::CaughtUp(_)) => {
+                    intake.settle(self, &mut stream, on_event).await?;
+                    if let Some(w) = wait {
+                        deadline = Some(Instant::now() + w);
+                    }
+                }
+                Some(Frame::Error(e)) => return Err(ClientError::Refused(e.into())),
+                Some(Frame::SendResult(_)) => {}
+                None => return Err(self.home_closed()),
+            }
+        }
+        intake.settle(self, &mut stream, on_event).await?;
+        stream.finish(Duration::from_secs(2)).await;
+        link.close();
+        Ok(())
+    }
+
+    /// Open, decrypt and store one envelope; the event to show, if any.
+    pub(crate) fn accept_envelope(
+        &mut self,
+        env: pb::Envelope,
+    ) -> Result<Option<Event>, ClientError> {
+        if let Ok(outer_id) = <[u8; 16]>::try_from(&env.message_id[..]) {
+            if self.store.seen(&outer_id)? {
+                debug!("dropping a message stored before");
+                return Ok(None);
+            }
+        }
+        let Ok(layers::Unsealed { sender, olm }) =
+            layers::unseal(self.account.seal_key(), &env.payload)
+        else {
+            warn!("dropping an envelope that does not open");
+            return Ok(None);
+        };
+        let known = self.store.contact(&sender)?;
+        let existing = match &known {
+            Some(c) => self.load_session(&c.identity_key)?,
+            None => None,
+        };
+        // A first message uses up a one-time key. It is used up on a copy of
+        // the account that replaces this one only once the message is
+        // stored, so a message that turns out unusable burns no key.
+        let (session, opened, account) =
+            match (layers::choose_session(existing.as_ref(), &olm), existing) {
+                (SessionChoice::Existing, Some(mut s)) => {
+                    match layers::decrypt_content(&mut s, &olm) {
+                        Ok(opened) => (s, opened, None),
+                        Err(e) => {
+                            warn!("dropping a message: {e}");
+                            return Ok(None);
+                        }
+                    }
+                }
+                (SessionChoice::New, _) => {
+                    let pickle = self.account.to_encrypted_pickle(&self.key);
+                    let mut candidate = DeviceAccount::from_encrypted_pickle(&pickle, &self.key)?;
+                    match layers::accept_content(&mut candidate, &sender, &olm) {
+                        Ok((s, opened)) => (s, opened, Some(candidate)),
+                        Err(e) => {
+                            warn!("dropping a first message: {e}");
+                            return Ok(None);
+                        }
+                    }
+                }
+                _ => {
+                    warn!("dropping a message from an unknown sender");
+                    return Ok(None);
+                }
+            };
+        let id = opened.id;
+        let seen = self.store.seen(&id)?;
+        let now = now_ms();
+        let (contact, new_contact, event, entry) =
+            match decide(opened, known, seen, now, env.received_at_ms) {
+                Verdict::Drop { reason, quiet } => {
+                    if quiet {
+                        debug!("dropping {reason}");
+                    } else {
+                        warn!("dropping {reason}");
+                    }
+                    return Ok(None);
+                }
+                Verdict::Introduce(intro) => {
+                    let contact = self.contact_from(sender, intro, now)?;
+                    let event = Event::ContactAdded {
+                        name: contact.name.clone(),
+                    };
+                    (contact, true, Some(event), None)
+                }
+                Verdict::Rehello(c) => (c, false, None, None),
+                Verdict::Text {
+                    contact,
+                    entry,
+                    shown,
+                } => (contact, false, Some(Event::Message(shown)), Some(entry)),
+            };
+        let key = entry
+            .as_ref()
+            .map(|m| message_key(&contact.identity_key, m.sent_at_ms, &id));
+        let entry_ref = match (&key, &entry) {
+            (Some(k), Some(m)) => Some((&k[..], m)),
+            _ => None,
+        };
+        let pickle = session.to_encrypted_pickle(&self.key);
+        self.store
+            .commit_incoming(&contact, new_contact, &pickle, &id, entry_ref)?;
+        if let Some(account) = account {
+            // Saved after the message, so a crash in between cannot lose it
+            // (the one-time key would be gone before the message is stored).
+            self.account = account;
+            self.save_account()?;
+        }
+        Ok(event)
+    }
+}
+
+/// Open the message stream on an authenticated home link and subscribe.
+pub(crate) async fn subscribed(link: RelayLink) -> Result<(RelayLink, MessageStream), ClientError> {
+    let mut stream = link.messages().await?;
+    stream.subscribe(0).await?;
+    Ok((link, stream))
+}
+
+/// The backoff between reconnects to the home relay.
+pub(crate) fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// A relay's own `retry_after`, if the error carries one.
+pub(crate) fn retry_after(e: &ClientError) -> Option<Duration> {
+    match e {
+        ClientError::Refused(w) => Some(Duration::from_millis(w.retry_after_ms)),
+        _ => None,
+    }
+}

@@ -1,0 +1,271 @@
+//! Sending: a message is encrypted ([`crate::layers`]) and written to the
+//! on-disk outbox together with the advanced session, then the outbox is
+//! deposited relay by relay. The rules are pure, in `rules`; this module
+//! moves items between the store and the relays.
+//!
+//! A flush is rounds of three steps: `Client::plan_round` reads the
+//! outbox (store only), `deposit_all` sends it (network only, no client:
+//! the running client runs it beside receiving), and
+//! `Client::settle_round` records what the relays said (store only).
+
+pub(crate) mod rules;
+
+use crate::backoff::Backoff;
+use crate::client::{now_ms, random16, Client};
+use crate::error::ClientError;
+use crate::event::{OutboxReport, SendOutcome};
+use crate::layers;
+use crate::store::{message_key, Contact, ContactId, OutboxItem, Status, StoredMessage};
+use crate::transport::{Dialer, Outgoing};
+use rules::{Decision, MAX_OUTBOX_WAIT, OUTBOX_RETRY_ROUNDS};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tern_crypto::PairSession;
+use tern_protocol::pb;
+use tern_protocol::url::RelayUrl;
+use tern_protocol::WireError;
+use tracing::debug;
+
+/// Sends pipelined on a message stream at once.
+const DEPOSIT_CHUNK: usize = 256;
+
+/// Each item's send result on one relay (`None`: held back), or why the
+/// relay could not be used at all.
+pub(crate) type RelayResults = Result<Vec<Option<Result<u64, WireError>>>, ClientError>;
+
+/// One relay's part of a round: its items, in outbox order, and results.
+pub(crate) struct Deposit {
+    pub(crate) relay: String,
+    pub(crate) items: Vec<OutboxItem>,
+    pub(crate) results: RelayResults,
+}
+
+/// A flush's report, with the contact each reported id was for.
+pub(crate) struct Flushed {
+    pub(crate) report: OutboxReport,
+    pub(crate) recipients: HashMap<String, ContactId>,
+}
+
+/// The backoff between a flush's rounds.
+pub(crate) fn round_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), MAX_OUTBOX_WAIT)
+}
+
+/// Deposit a round's items, relay by relay.
+pub(crate) async fn deposit_all(
+    dialer: &mut Dialer,
+    plan: BTreeMap<String, Vec<OutboxItem>>,
+) -> Vec<Deposit> {
+    let mut done = Vec::with_capacity(plan.len());
+    for (relay, items) in plan {
+        let results = deposit(dialer, &relay, &items).await;
+        done.push(Deposit {
+            relay,
+            items,
+            results,
+        });
+    }
+    done
+}
+
+/// Deposit `items` (in outbox order) on one relay, each mailbox's first
+/// item before the rest ([`rules::first_per_mailbox`]). `None` for an item
+/// held back this time.
+pub(crate) async fn deposit(
+    dialer: &mut Dialer,
+    relay: &str,
+    items: &[OutboxItem],
+) -> RelayResults {
+    let url: RelayUrl = relay.parse()?;
+    let link = dialer.connect(&url).await?;
+    let mut stream = link.messages().await?;
+    let outgoing = |i: &OutboxItem| Outgoing {
+        mailbox: i.mailbox_id,
+        token: i.token,
+        message_id: i.message_id,
+        payload: i.payload.clone(),
+    };
+    let mailboxes: Vec<[u8; 16]> = items.iter().map(|i| i.mailbox_id).collect();
+    let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+    let (firsts, rest) = rules::first_per_mailbox(&mailboxes);
+    for chunk in firsts.chunks(DEPOSIT_CHUNK) {
+        let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();
+        for (&i, r) in chunk.iter().zip(stream.send_all(&batch).await?) {
+            results[i] = Some(r);
+        }
+    }
+    let rest = rules::released(&mailboxes, &firsts, rest, &results);
+    for chunk in rest.chunks(DEPOSIT_CHUNK) {
+        let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();
+        for (&i, r) in chunk.iter().zip(stream.send_all(&batch).await?) {
+            results[i] = Some(r);
+        }
+    }
+    stream.finish(Duration::from_secs(2)).await;
+    link.close();
+    Ok(results)
+}
+
+impl Client {
+    /// Encrypt `content` for `contact` and put it in the outbox together
+    /// with the advanced session (and the conversation entry, for texts).
+    pub(crate) fn enqueue(
+        &self,
+        contact: &Contact,
+        mut session: PairSession,
+        content: &pb::Content,
+        entry: Option<(&[u8], &StoredMessage)>,
+    ) -> Result<(), ClientError> {
+        let payload = layers::seal_content(
+            &mut session,
+            &self.account.identity_key(),
+            &contact.seal_key,
+            content,
+        );
+        layers::check_size(&payload).map_err(|layers::SealError::TooLarge { size, max }| {
+            ClientError::TooLarge { size, max }
+        })?;
+        let item = OutboxItem {
+            position: self.store.next_position()?,
+            message_id: content.message_id[..]
+                .try_into()
+                .map_err(|_| ClientError::Store("message id is not 16 bytes".into()))?,
+            contact: contact.identity_key,
+            message_key: entry.map(|(k, _)| k.to_vec()),
+            relay_url: contact.relay_url.clone(),
+            mailbox_id: contact.mailbox_id,
+            token: contact.send_token,
+            payload,
+        };
+        self.store
+            .commit_outgoing(&session.to_encrypted_pickle(&self.key), entry, &item)
+    }
+
+    /// Put a text to the contact named `to` in the outbox, durably; returns
+    /// its id (hex). Nothing is sent yet.
+    pub(crate) async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
+        let contact = self.contact_named(to)?;
+        let session = self
+            .load_session(&contact.identity_key)?
+            .ok_or_else(|| ClientError::Store(format!("no session with {to}")))?;
+        let id = random16();
+        let at = now_ms();
+        let entry = StoredMessage {
+            id: hex::encode(id),
+            contact: contact.identity_key,
+            outgoing: true,
+            text: text.to_string(),
+            sent_at_ms: at,
+            stored_at_ms: at,
+            status: Status::Queued,
+        };
+        let key = message_key(&contact.identity_key, at, &id);
+        let content = layers::content(id, at, layers::text_body(text));
+        self.enqueue(&contact, session, &content, Some((&key, &entry)))?;
+        self.store.flush().await?;
+        Ok(hex::encode(id))
+    }
+
+    /// Send a text to the contact named `to`. It is in the outbox (on disk)
+    /// before anything goes out; returns its id and whether it reached the
+    /// contact's relay now or waits for a later flush.
+    pub async fn send_text(
+        &mut self,
+        to: &str,
+        text: &str,
+    ) -> Result<(String, SendOutcome), ClientError> {
+        let id = self.queue_text(to, text).await?;
+        let report = self.flush_outbox().await?;
+        let outcome = rules::outcome(&report, &id).map_err(ClientError::Refused)?;
+        Ok((id, outcome))
+    }
+
+    /// Try to deliver everything in the outbox, relay by relay. A relay that
+    /// asks us to slow down (`RATE_LIMITED`, `STORAGE_UNAVAILABLE` with a
+    /// short `retry_after`) is waited for and tried again, a few times.
+    pub async fn flush_outbox(&mut self) -> Result<OutboxReport, ClientError> {
+        let mut flushed = Flushed {
+            report: OutboxReport::default(),
+            recipients: HashMap::new(),
+        };
+        let mut backoff = round_backoff();
+        for round in 0..=OUTBOX_RETRY_ROUNDS {
+            let plan = self.plan_round()?;
+            let deposits = deposit_all(&mut self.dialer, plan).await;
+            let wait = self.settle_round(deposits, &mut flushed)?;
+            match rules::retry_pause(wait, round, !flushed.report.queued.is_empty()) {
+                Some(w) => {
+                    let delay = backoff.next_delay(Some(w));
+                    debug!("relay asked to slow down; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                None => break,
+            }
+        }
+        self.store.flush().await?;
+        Ok(flushed.report)
+    }
+
+    /// The outbox, by relay, for one round.
+    pub(crate) fn plan_round(&self) -> Result<BTreeMap<String, Vec<OutboxItem>>, ClientError> {
+        Ok(rules::by_relay(self.store.outbox()?))
+    }
+
+    /// Record a round's results: retire and fail items in the store, and add
+    /// to `flushed` (its queued list is replaced: it says what waits now).
+    /// Returns the pause a relay asked for, if one is worth waiting for.
+    pub(crate) fn settle_round(
+        &self,
+        deposits: Vec<Deposit>,
+        flushed: &mut Flushed,
+    ) -> Result<Option<Duration>, ClientError> {
+        let report = &mut flushed.report;
+        report.queued.clear();
+        let mut wait: Option<Duration> = None;
+        for Deposit {
+            relay,
+            items,
+            results,
+        } in deposits
+        {
+            for i in &items {
+                flushed
+                    .recipients
+                    .insert(hex::encode(i.message_id), i.contact);
+            }
+            let results = match results {
+                Ok(r) => r,
+                Err(e) => {
+                    // The relay is unreachable: its whole batch stays.
+                    debug!("outbox for {relay} stays queued: {e}");
+                    let reason = e.to_string();
+                    report.queued.extend(
+                        items
+                            .iter()
+                            .map(|i| (hex::encode(i.message_id), reason.clone())),
+                    );
+                    continue;
+                }
+            };
+            for (item, result) in items.iter().zip(results) {
+                let id = hex::encode(item.message_id);
+                match rules::decide(result) {
+                    Decision::Retire => {
+                        self.store.settle(item, Status::Sent)?;
+                        report.sent.push(id);
+                    }
+                    Decision::Keep { reason, pause } => {
+                        wait = rules::longest(wait, pause);
+                        report.queued.push((id, reason));
+                    }
+                    Decision::Fail(e) => {
+                        self.store.settle(item, Status::Failed(e.to_string()))?;
+                        report.failed.push((id, e));
+                    }
+                    Decision::HeldBack => report.queued.push((id, rules::HELD_BACK.into())),
+                }
+            }
+        }
+        Ok(wait)
+    }
+}
