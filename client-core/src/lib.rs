@@ -4,12 +4,14 @@
 //! relay, storing every message before acknowledging it.
 //!
 //! [`Client`] is the whole API; [`transport`] speaks the wire protocol and
-//! [`store`] is the local database.
+//! [`store`] is the local database; [`rpc`] is the local socket through
+//! which other programs use a running client.
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod rpc;
 pub mod store;
 pub mod transport;
 
