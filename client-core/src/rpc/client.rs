@@ -29,7 +29,7 @@ const MAX_KEPT_EVENTS: usize = 1024;
 #[derive(Debug, Error)]
 pub enum RpcClientError {
     /// The socket exists but could not be connected to.
-    #[error("cannot reach the client running for this home at {}: {source}", path.display())]
+    #[error("cannot reach the client running for this home at {}", path.display())]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -40,7 +40,7 @@ pub enum RpcClientError {
     #[error("the client running for this home closed the connection")]
     Closed,
     /// The socket failed.
-    #[error("talking to the client running for this home: {0}")]
+    #[error("talking to the client running for this home")]
     Io(#[from] std::io::Error),
     /// The client sent a line over [`MAX_RESPONSE_LINE`].
     #[error("the client running for this home sent a line over {max} bytes")]
