@@ -167,8 +167,6 @@ pub enum ErrorCode {
     Internal = -32603,
     /// The request line is longer than the server reads.
     RequestTooLarge = -32001,
-    /// The client is stopping.
-    ShuttingDown = -32002,
     /// No account in this home.
     NoAccount = 1,
     /// An account exists already.
@@ -212,7 +210,6 @@ impl ErrorCode {
             ErrorCode::InvalidParams => "invalid_params",
             ErrorCode::Internal => "internal",
             ErrorCode::RequestTooLarge => "request_too_large",
-            ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NoAccount => "no_account",
             ErrorCode::AccountExists => "account_exists",
             ErrorCode::UnknownContact => "unknown_contact",
