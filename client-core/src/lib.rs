@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod client;
 pub mod error;
+#[cfg(unix)]
 pub mod rpc;
 pub mod store;
 pub mod transport;

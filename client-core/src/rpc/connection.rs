@@ -15,10 +15,10 @@
 
 use super::dispatch;
 use super::framing::{encode_line, FrameError, LineReader, MAX_REQUEST_LINE, MAX_RESPONSE_LINE};
-use super::methods::{EventParams, NoParams, SubscribeResult, EVENT, SUBSCRIBE, UNSUBSCRIBE};
+use super::methods::{EventParams, NoParams, EVENT, SUBSCRIBE, UNSUBSCRIBE};
 use super::server::{EventFeed, FeedItem, RpcBackend, Stop};
 use super::wire::{parse_request, ErrorCode, Id, Request, Response, RpcError};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -80,21 +80,26 @@ pub(crate) async fn serve<B: RpcBackend>(stream: UnixStream, backend: B, mut sto
         match request.method.as_str() {
             SUBSCRIBE | UNSUBSCRIBE => {
                 let on = request.method == SUBSCRIBE;
-                let result = dispatch::params::<NoParams>(request.params).map(|NoParams {}| {
+                let result = dispatch::params::<NoParams>(request.params);
+                // Subscribe before answering, so that every event after the
+                // answer reaches the caller, and start forwarding after it,
+                // so that the answer comes first.
+                let mut feed = None;
+                if result.is_ok() {
                     if !on {
                         if let Some(task) = events.take() {
                             task.abort();
                         }
                     } else if events.as_ref().is_none_or(|t| t.is_finished()) {
-                        events = Some(tokio::spawn(forward_events(
-                            backend.subscribe(),
-                            out.clone(),
-                        )));
+                        feed = Some(backend.subscribe());
                     }
-                    serde_json::json!(SubscribeResult { subscribed: on })
-                });
+                }
                 if let Some(id) = request.id {
+                    let result = result.map(|NoParams {}| json!({ "subscribed": on }));
                     answer(&out, Some(id), result).await;
+                }
+                if let Some(feed) = feed {
+                    events = Some(tokio::spawn(forward_events(feed, out.clone())));
                 }
             }
             _ => {

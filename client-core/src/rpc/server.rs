@@ -206,14 +206,20 @@ async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
                     path: path.to_path_buf(),
                 })
             }
-            Err(e) => {
-                debug!("replacing stale socket {} ({e})", path.display());
+            // Nobody listens: the process that bound it is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                debug!("replacing stale socket {}", path.display());
                 match std::fs::remove_file(path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io(e)),
                 }
             }
+            // Gone since we looked: bind finds the path free.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Anything else (say, no permission) does not show the owner
+            // dead, so the file is not ours to remove.
+            Err(e) => return Err(io(e)),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
