@@ -106,6 +106,9 @@ impl RpcBackend for TestBackend {
         text: &str,
     ) -> Result<(String, SendOutcome), ClientError> {
         let c = self.named(contact)?;
+        if text == "slow" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let mut state = self.state.lock().unwrap();
         state.sent += 1;
         let id = format!("{:032x}", state.sent);
@@ -582,4 +585,37 @@ async fn rpc_shutdown_removes_the_socket_and_ends_connections() {
     // The home can be served again.
     let again = RpcServer::start(home.path(), TestBackend::new()).await;
     assert!(again.is_ok());
+}
+
+#[tokio::test]
+async fn rpc_calls_on_one_connection_run_concurrently() {
+    let home = home();
+    let server = RpcServer::start(home.path(), TestBackend::new())
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(home.path()).await;
+    raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"send\",\"params\":{\"contact\":\"bob\",\"text\":\"slow\"}}\n")
+        .await;
+    raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"contacts\"}\n")
+        .await;
+    assert_eq!(raw.recv().await["id"], 2, "the quick call is not held up");
+    assert_eq!(raw.recv().await["id"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rpc_a_caller_that_closes_its_side_still_gets_its_answers() {
+    // What `socat` and `nc` do when their input ends.
+    let home = home();
+    let server = RpcServer::start(home.path(), TestBackend::new())
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(home.path()).await;
+    raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"send\",\"params\":{\"contact\":\"bob\",\"text\":\"slow\"}}\n")
+        .await;
+    raw.write.shutdown().await.unwrap();
+    assert_eq!(raw.recv().await["result"]["status"], "sent");
+    let end = timeout(Duration::from_secs(5), raw.lines.next_line()).await;
+    assert!(matches!(end, Ok(Ok(None))), "then the server closes");
+    server.shutdown().await;
 }
