@@ -23,6 +23,8 @@ pub mod server;
 pub mod wire;
 
 #[cfg(test)]
+mod test_backend;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
