@@ -37,8 +37,27 @@ pub const MAX_CONNECTIONS: usize = 64;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What the server needs from a running client: the client handle's
-/// operations. The coordinator implements this for `ClientHandle` by
-/// delegation; tests implement it over in-process state.
+/// operations. The client handle implements it by delegation; tests
+/// implement it over in-process state. An implementation may write each
+/// method as an `async fn`:
+///
+/// ```ignore
+/// impl RpcBackend for ClientHandle {
+///     type Events = EventStream;
+///     async fn invite(&self) -> Result<String, ClientError> {
+///         ClientHandle::invite(self).await
+///     }
+///     // … one line each for the others …
+///     fn subscribe(&self) -> EventStream {
+///         ClientHandle::subscribe(self)
+///     }
+/// }
+/// impl EventFeed for EventStream {
+///     async fn next(&mut self) -> Option<FeedItem> {
+///         EventStream::next(self).await.map(FeedItem::Event)
+///     }
+/// }
+/// ```
 pub trait RpcBackend: Clone + Send + Sync + 'static {
     /// What [`RpcBackend::subscribe`] returns.
     type Events: EventFeed;

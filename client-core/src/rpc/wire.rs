@@ -360,6 +360,18 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn any_line_is_a_request_or_a_typed_error(line in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Err(response) = parse_request(&line) {
+                match response.outcome {
+                    Outcome::Error(e) => prop_assert!(e.code == -32700 || e.code == -32600),
+                    Outcome::Result(_) => prop_assert!(false, "an error is an error"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_json_is_a_parse_error() {
         let err = parse_request(b"{\"jsonrpc\":\"2.0\",").unwrap_err();
