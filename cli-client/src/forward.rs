@@ -118,12 +118,21 @@ fn json_line(value: serde_json::Result<serde_json::Value>) -> Result<String> {
     Ok(value?.to_string())
 }
 
-/// One event as `tern listen` prints it.
-fn print_event(out: &mut impl Write, event: &EventParams, json: bool) -> Result<()> {
-    if json {
-        return line(out, json_line(serde_json::to_value(event))?);
-    }
+/// One event as `tern listen` prints it. Only messages and new contacts
+/// are shown; falling behind is said on stderr.
+fn print_event(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    event: &EventParams,
+    json: bool,
+) -> Result<()> {
     match event {
+        EventParams::Lagged { missed } => line(
+            err,
+            format!("tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"),
+        ),
+        EventParams::Delivery { .. } | EventParams::Connection { .. } => Ok(()),
+        event if json => line(out, json_line(serde_json::to_value(event))?),
         EventParams::Message {
             from,
             sent_at,
@@ -133,10 +142,6 @@ fn print_event(out: &mut impl Write, event: &EventParams, json: bool) -> Result<
         EventParams::Contact { name } => line(
             out,
             format!("* {name} accepted your invite and is now a contact"),
-        ),
-        EventParams::Lagged { missed } => line(
-            out,
-            format!("* {missed} event(s) not shown: this terminal read too slowly"),
         ),
     }
 }
@@ -172,6 +177,7 @@ fn print_outbox(err: &mut impl Write, report: &OutboxResult) -> Result<()> {
 async fn print_events(
     client: &mut RpcClient,
     out: &mut impl Write,
+    err: &mut impl Write,
     json: bool,
     until: impl std::future::Future<Output = ()>,
 ) -> Result<bool> {
@@ -180,7 +186,7 @@ async fn print_events(
         tokio::select! {
             _ = &mut until => return Ok(true),
             event = client.next_event() => match event? {
-                Some(event) => print_event(out, &event, json)?,
+                Some(event) => print_event(out, err, &event, json)?,
                 None => return Ok(false),
             },
         }
@@ -258,12 +264,12 @@ pub async fn forward(
             print_outbox(err, &report)?;
             if wait > 0 {
                 let deadline = tokio::time::sleep(Duration::from_secs(wait));
-                print_events(&mut client, out, json, deadline).await?;
+                print_events(&mut client, out, err, json, deadline).await?;
             }
         }
         Forward::Listen { json } => {
             client.call(SUBSCRIBE, serde_json::json!({})).await?;
-            if !print_events(&mut client, out, json, stop).await? {
+            if !print_events(&mut client, out, err, json, stop).await? {
                 return Err(anyhow!("the client running for this home stopped"));
             }
         }

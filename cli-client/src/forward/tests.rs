@@ -337,3 +337,33 @@ async fn listen_and_recv_print_arrivals() {
     stopper.await.unwrap();
     assert!(r.unwrap_err().to_string().contains("stopped"));
 }
+
+#[test]
+fn events_print_as_listen_prints_them() {
+    let print = |event: EventParams, json| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        print_event(&mut out, &mut err, &event, json).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    };
+    assert_eq!(
+        print(EventParams::Contact { name: "dan".into() }, true),
+        (
+            "{\"name\":\"dan\",\"type\":\"contact\"}\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        print(EventParams::Lagged { missed: 3 }, true),
+        (
+            String::new(),
+            "tern: fell behind; 3 event(s) not shown (they are in `tern history`)\n".into()
+        )
+    );
+    assert_eq!(
+        print(EventParams::Connection { connected: true }, false),
+        (String::new(), String::new())
+    );
+}

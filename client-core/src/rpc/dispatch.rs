@@ -32,7 +32,7 @@ pub(crate) async fn call<B: RpcBackend>(
     method: &str,
     raw: Option<Value>,
 ) -> Result<Value, RpcError> {
-    let client_err = |e: crate::error::ClientError| RpcError::from(&e);
+    let client_err = |e: crate::ClientError| RpcError::from(&e);
     match method {
         SEND => {
             let p: SendParams = params(raw)?;

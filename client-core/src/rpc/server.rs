@@ -16,9 +16,8 @@
 
 use super::connection;
 use super::socket_path;
-use crate::client::{Event, OutboxReport, SendOutcome};
-use crate::error::ClientError;
-use crate::store::{Contact, Profile, StoredMessage};
+use crate::store::Profile;
+use crate::{ClientError, Contact, Event, OutboxReport, SendOutcome, StoredMessage};
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -54,7 +53,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// }
 /// impl EventFeed for EventStream {
 ///     async fn next(&mut self) -> Option<FeedItem> {
-///         EventStream::next(self).await.map(FeedItem::Event)
+///         EventStream::next(self).await.map(|e| match e {
+///             Event::Lagged { missed } => FeedItem::Lagged(missed),
+///             e => FeedItem::Event(e),
+///         })
 ///     }
 /// }
 /// ```

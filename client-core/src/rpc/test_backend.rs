@@ -4,9 +4,10 @@
 //! of its relay work.
 
 use super::server::{EventFeed, FeedItem, RpcBackend};
-use crate::client::{Event, OutboxReport, ReceivedMessage, SendOutcome};
-use crate::error::ClientError;
-use crate::store::{Contact, Profile, Status, StoredMessage};
+use crate::store::Profile;
+use crate::{
+    ClientError, Contact, Event, OutboxReport, ReceivedMessage, SendOutcome, Status, StoredMessage,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;

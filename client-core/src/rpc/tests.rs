@@ -9,7 +9,7 @@ use super::server::{RpcServer, ServeError};
 use super::test_backend::TestBackend;
 use super::wire::ErrorCode;
 use super::{socket_path, RpcClient, RpcClientError};
-use crate::client::Event;
+use crate::Event;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! prints what it prints alone) and get a stable numeric `code`, listed in
 //! [`ErrorCode`] and docs/rpc.md.
 
-use crate::error::ClientError;
+use crate::ClientError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
