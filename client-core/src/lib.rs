@@ -4,16 +4,16 @@
 //! relay, storing every message before acknowledging it.
 //!
 //! [`Client`] is the whole API; [`transport`] speaks the wire protocol and
-//! [`store`] is the local database; [`rpc`] is the local socket through
-//! which other programs use a running client.
+//! [`store`] is the local database.
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod store;
+// The local socket (other programs using a running client); Unix only.
 #[cfg(unix)]
 pub mod rpc;
-pub mod store;
 pub mod transport;
 
 pub use client::{Client, Event, OutboxReport, ReceivedMessage, SendOutcome};
