@@ -193,6 +193,8 @@ pub enum ErrorCode {
     Store = 12,
     /// A local file could not be read or written.
     Io = 13,
+    /// The running client has stopped (it is shutting down).
+    Stopped = 14,
 }
 
 impl ErrorCode {
@@ -223,6 +225,7 @@ impl ErrorCode {
             ErrorCode::Crypto => "crypto",
             ErrorCode::Store => "store",
             ErrorCode::Io => "io",
+            ErrorCode::Stopped => "stopped",
         }
     }
 
@@ -252,6 +255,10 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::Crypto(_) => ErrorCode::Crypto,
         ClientError::Store(_) => ErrorCode::Store,
         ClientError::Io { .. } => ErrorCode::Io,
+        // Merge note: the client handle adds `ClientError::Stopped`, which
+        // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
+        #[allow(unreachable_patterns)]
+        _ => ErrorCode::Stopped,
     }
 }
 
