@@ -27,7 +27,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 /// Calls one connection may have running at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -42,7 +42,7 @@ const WRITER_GRACE: Duration = Duration::from_secs(2);
 pub(crate) async fn serve<B: RpcBackend>(stream: UnixStream, backend: B, mut stop: Stop) {
     let (read, write) = stream.into_split();
     let (out, out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-    let mut writer = tokio::spawn(write_lines(write, out_rx));
+    let mut writer = tokio::spawn(write_lines(write, out_rx).in_current_span());
     let mut reader = LineReader::new(BufReader::new(read), MAX_REQUEST_LINE);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut calls = JoinSet::new();
@@ -99,7 +99,9 @@ pub(crate) async fn serve<B: RpcBackend>(stream: UnixStream, backend: B, mut sto
                     answer(&out, Some(id), result).await;
                 }
                 if let Some(feed) = feed {
-                    events = Some(tokio::spawn(forward_events(feed, out.clone())));
+                    events = Some(tokio::spawn(
+                        forward_events(feed, out.clone()).in_current_span(),
+                    ));
                 }
             }
             _ => {
@@ -111,17 +113,21 @@ pub(crate) async fn serve<B: RpcBackend>(stream: UnixStream, backend: B, mut sto
                 };
                 let backend = backend.clone();
                 let out = out.clone();
-                calls.spawn(async move {
-                    let _permit = permit;
-                    let Request {
-                        method, params, id, ..
-                    } = request;
-                    let result = dispatch::call(&backend, &method, params).await;
-                    // A notification (no id) gets no answer, even an error.
-                    if let Some(id) = id {
-                        answer(&out, Some(id), result).await;
+                calls.spawn(
+                    async move {
+                        let _permit = permit;
+                        let Request {
+                            method, params, id, ..
+                        } = request;
+                        debug!(%method, "call");
+                        let result = dispatch::call(&backend, &method, params).await;
+                        // A notification (no id) gets no answer, even an error.
+                        if let Some(id) = id {
+                            answer(&out, Some(id), result).await;
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
             }
         }
         while calls.try_join_next().is_some() {}

@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Mutex};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn, Instrument};
 
 /// Connections served at once; more are closed at accept. Callers are the
 /// owner's own programs, so this only bounds a runaway script.
@@ -269,6 +269,7 @@ async fn accept_loop<B: RpcBackend>(
     owner: u32,
 ) {
     let mut connections = JoinSet::new();
+    let mut accepted_total: u64 = 0;
     loop {
         tokio::select! {
             // A send of `true` or the server being dropped both end it.
@@ -283,7 +284,11 @@ async fn accept_loop<B: RpcBackend>(
                         warn!("refused a caller: {MAX_CONNECTIONS} connections already");
                         continue;
                     }
-                    connections.spawn(connection::serve(stream, backend.clone(), stop.clone()));
+                    accepted_total += 1;
+                    let span = debug_span!("rpc", conn = accepted_total);
+                    connections.spawn(
+                        connection::serve(stream, backend.clone(), stop.clone()).instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
