@@ -1,6 +1,9 @@
 //! `tern`: the command-line Tern client. It parses arguments, calls
 //! tern-client, and prints; nothing else lives here.
 
+#[cfg(unix)]
+mod forward;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;

@@ -23,6 +23,9 @@ pub mod inbox;
 pub mod layers;
 pub mod outbox;
 pub mod store;
+// The local socket (other programs using a running client); Unix only.
+#[cfg(unix)]
+pub mod rpc;
 pub mod transport;
 
 pub use client::Client;

@@ -1,0 +1,369 @@
+//! Forwarded commands against a server over a real socket, with a TEST
+//! BACKEND in place of a running client; each expected line is what
+//! main.rs prints for the same result alone.
+
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use tern_client::rpc::{EventFeed, FeedItem, RpcBackend, RpcServer};
+use tern_client::store::Profile;
+use tern_client::{
+    ClientError, Contact, Event, OutboxReport, ReceivedMessage, SendOutcome, Status, StoredMessage,
+};
+use tokio::sync::broadcast;
+
+/// TEST BACKEND: fixed answers and a broadcast channel of events.
+#[derive(Clone)]
+struct TestBackend {
+    events: broadcast::Sender<Event>,
+    queued: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+struct TestFeed(broadcast::Receiver<Event>);
+
+impl EventFeed for TestFeed {
+    async fn next(&mut self) -> Option<FeedItem> {
+        match self.0.recv().await {
+            Ok(e) => Some(FeedItem::Event(e)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(FeedItem::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+fn bob() -> Contact {
+    Contact {
+        name: "bob".into(),
+        identity_key: [0xab; 32],
+        signing_key: [0; 32],
+        seal_key: [0; 32],
+        relay_url: "tern://relay.test:4433/#ff".into(),
+        mailbox_id: [0; 16],
+        send_token: [0; 32],
+        token_given: None,
+        added_at_ms: 0,
+    }
+}
+
+impl RpcBackend for TestBackend {
+    type Events = TestFeed;
+
+    async fn send_text(
+        &self,
+        contact: &str,
+        text: &str,
+    ) -> Result<(String, SendOutcome), ClientError> {
+        match (contact, text) {
+            ("bob", "offline") => Ok(("02".into(), SendOutcome::Queued("relay down".into()))),
+            ("bob", _) => Ok(("01".into(), SendOutcome::Sent)),
+            _ => Err(ClientError::UnknownContact(contact.into())),
+        }
+    }
+    async fn invite(&self) -> Result<String, ClientError> {
+        Ok("CODE".into())
+    }
+    async fn accept(&self, _code: &str, name: &str) -> Result<Contact, ClientError> {
+        self.queued
+            .lock()
+            .unwrap()
+            .push(("03".into(), "relay down".into()));
+        Ok(Contact {
+            name: name.into(),
+            ..bob()
+        })
+    }
+    async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        Ok(vec![bob()])
+    }
+    async fn history(
+        &self,
+        _contact: &str,
+        _limit: usize,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        let m = |id: &str, outgoing, status| StoredMessage {
+            id: id.into(),
+            contact: [0xab; 32],
+            outgoing,
+            text: format!("text {id}"),
+            sent_at_ms: 1_700_000_000_000,
+            stored_at_ms: 1_700_000_000_000,
+            status,
+        };
+        Ok(vec![
+            m("01", false, Status::Received),
+            m("02", true, Status::Queued),
+            m("03", true, Status::Failed("Blocked".into())),
+        ])
+    }
+    async fn block(&self, _contact: &str) -> Result<(), ClientError> {
+        Ok(())
+    }
+    async fn flush_outbox(&self) -> Result<OutboxReport, ClientError> {
+        Ok(OutboxReport {
+            sent: vec!["09".into()],
+            failed: vec![],
+            queued: self.queued.lock().unwrap().clone(),
+        })
+    }
+    async fn profile(&self) -> Result<Profile, ClientError> {
+        Ok(Profile {
+            name: "alice".into(),
+            relay_url: "tern://relay.test:4433/#ee".into(),
+            mailbox_id: [0; 16],
+        })
+    }
+    fn subscribe(&self) -> TestFeed {
+        TestFeed(self.events.subscribe())
+    }
+}
+
+struct Fixture {
+    home: tempfile::TempDir,
+    backend: TestBackend,
+    server: RpcServer,
+}
+
+async fn fixture() -> Fixture {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let backend = TestBackend {
+        events: broadcast::channel(64).0,
+        queued: Arc::default(),
+    };
+    let server = RpcServer::start(home.path(), backend.clone())
+        .await
+        .unwrap();
+    Fixture {
+        home,
+        backend,
+        server,
+    }
+}
+
+/// Forward `command`; what it printed to stdout and stderr.
+async fn run(f: &Fixture, command: Forward) -> (Result<()>, String, String) {
+    let client = RpcClient::connect(f.home.path()).await.unwrap().unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let r = forward(client, command, &mut out, &mut err, std::future::pending()).await;
+    (
+        r,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+async fn ok(f: &Fixture, command: Forward) -> (String, String) {
+    let (r, out, err) = run(f, command).await;
+    r.unwrap();
+    (out, err)
+}
+
+const AT: &str = "2023-11-14T22:13:20.000Z";
+
+#[tokio::test]
+async fn no_running_client_means_run_alone() {
+    let home = tempfile::tempdir().unwrap();
+    assert!(try_forward(home.path(), Forward::Contacts { json: false })
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn forwarded_commands_print_what_they_print_alone() {
+    let f = fixture().await;
+    let send = |text: &str, json| Forward::Send {
+        contact: "bob".into(),
+        text: text.into(),
+        json,
+    };
+    assert_eq!(ok(&f, send("hi", false)).await.0, "sent 01\n");
+    assert_eq!(
+        ok(&f, send("hi", true)).await.0,
+        "{\"id\":\"01\",\"status\":\"sent\"}\n"
+    );
+    assert_eq!(
+        ok(&f, send("offline", false)).await.0,
+        "queued 02: relay down; it goes out with the next `tern send` or `tern recv`\n"
+    );
+    assert_eq!(
+        ok(&f, send("offline", true)).await.0,
+        "{\"id\":\"02\",\"reason\":\"relay down\",\"status\":\"queued\"}\n"
+    );
+
+    assert_eq!(
+        ok(&f, Forward::Contacts { json: false }).await.0,
+        "bob\ttern://relay.test:4433/#ff\n"
+    );
+    assert_eq!(
+        ok(&f, Forward::Contacts { json: true }).await.0,
+        format!(
+            "{{\"identity_key\":\"{}\",\"name\":\"bob\",\"relay\":\"tern://relay.test:4433/#ff\"}}\n",
+            "ab".repeat(32)
+        )
+    );
+
+    let history = |json| Forward::History {
+        contact: "bob".into(),
+        limit: 50,
+        json,
+    };
+    assert_eq!(
+        ok(&f, history(false)).await.0,
+        format!(
+            "[{AT}] bob: text 01\n[{AT}] alice: text 02 (queued)\n[{AT}] alice: text 03 (failed)\n"
+        )
+    );
+    let json = ok(&f, history(true)).await.0;
+    assert_eq!(
+        json.lines().nth(2).unwrap(),
+        format!(
+            "{{\"from\":\"alice\",\"id\":\"03\",\"outgoing\":true,\"sent_at\":\"{AT}\",\"status\":\"failed(\\\"blocked\\\")\",\"text\":\"text 03\",\"type\":\"message\"}}"
+        )
+    );
+
+    assert_eq!(
+        ok(
+            &f,
+            Forward::Block {
+                contact: "bob".into()
+            }
+        )
+        .await
+        .0,
+        "blocked bob: the relay now refuses their messages\n"
+    );
+    assert_eq!(ok(&f, Forward::Invite { qr: false }).await.0, "CODE\n");
+    let accept = Forward::Accept {
+        code: "CODE".into(),
+        name: "carol".into(),
+    };
+    assert_eq!(
+        ok(&f, accept).await,
+        (
+            "added contact carol\n".into(),
+            "their relay is unreachable; the introduction is queued and goes out with the next send or recv\n".into()
+        )
+    );
+    f.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusal_prints_the_same_error() {
+    let f = fixture().await;
+    let (r, out, _) = run(
+        &f,
+        Forward::Send {
+            contact: "zed".into(),
+            text: "x".into(),
+            json: false,
+        },
+    )
+    .await;
+    assert_eq!(out, "");
+    let e = r.unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        ClientError::UnknownContact("zed".into()).to_string()
+    );
+    f.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn listen_and_recv_print_arrivals() {
+    let f = fixture().await;
+    let backend = f.backend.clone();
+    // Emit once the forwarded listen has subscribed.
+    let emitter = tokio::spawn(async move {
+        while backend.events.receiver_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = backend.events.send(Event::Message(ReceivedMessage {
+            id: "aa".into(),
+            from: "bob".into(),
+            text: "hello".into(),
+            sent_at_ms: 1_700_000_000_000,
+            received_at_ms: 1_700_000_000_000,
+        }));
+        let _ = backend
+            .events
+            .send(Event::ContactAdded { name: "dan".into() });
+    });
+    let client = RpcClient::connect(f.home.path()).await.unwrap().unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let stop = async {
+        emitter.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    forward(
+        client,
+        Forward::Listen { json: false },
+        &mut out,
+        &mut err,
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("[{AT}] bob: hello\n* dan accepted your invite and is now a contact\n")
+    );
+
+    let (out, err) = ok(
+        &f,
+        Forward::Recv {
+            wait: 0,
+            json: true,
+        },
+    )
+    .await;
+    assert_eq!(out, "");
+    assert_eq!(err, "delivered 1 queued message(s) to their relays\n");
+
+    // A listen whose running client stops says so.
+    let client = RpcClient::connect(f.home.path()).await.unwrap().unwrap();
+    let server = f.server;
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.shutdown().await;
+    });
+    let r = forward(
+        client,
+        Forward::Listen { json: true },
+        &mut Vec::new(),
+        &mut Vec::new(),
+        std::future::pending(),
+    )
+    .await;
+    stopper.await.unwrap();
+    assert!(r.unwrap_err().to_string().contains("stopped"));
+}
+
+#[test]
+fn events_print_as_listen_prints_them() {
+    let print = |event: EventParams, json| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        print_event(&mut out, &mut err, &event, json).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    };
+    assert_eq!(
+        print(EventParams::Contact { name: "dan".into() }, true),
+        (
+            "{\"name\":\"dan\",\"type\":\"contact\"}\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        print(EventParams::Lagged { missed: 3 }, true),
+        (
+            String::new(),
+            "tern: fell behind; 3 event(s) not shown (they are in `tern history`)\n".into()
+        )
+    );
+    assert_eq!(
+        print(EventParams::Connection { connected: true }, false),
+        (String::new(), String::new())
+    );
+}
