@@ -13,10 +13,6 @@
 //! and `listen` prints what arrives from now on. `init` is never forwarded
 //! (the home has an account already).
 
-// Merge note: main.rs calls `try_forward` once the new `run` lands; until
-// then only the tests do.
-#![allow(dead_code)]
-
 use anyhow::{anyhow, Context, Result};
 use std::io::Write;
 use std::path::Path;

@@ -181,8 +181,56 @@ async fn flush_outbox(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
+/// The command as handed to a running client, if it can be.
+#[cfg(unix)]
+fn forwardable(command: &Command) -> Option<forward::Forward> {
+    use forward::Forward as F;
+    Some(match command {
+        Command::Init { .. } => return None,
+        Command::Invite { qr } => F::Invite { qr: *qr },
+        Command::Accept { code, name } => F::Accept {
+            code: code.clone(),
+            name: name.clone(),
+        },
+        Command::Contacts { json } => F::Contacts { json: *json },
+        Command::Send {
+            contact,
+            text,
+            json,
+        } => F::Send {
+            contact: contact.clone(),
+            text: text.clone(),
+            json: *json,
+        },
+        Command::Recv { wait, json } => F::Recv {
+            wait: *wait,
+            json: *json,
+        },
+        Command::Listen { json } => F::Listen { json: *json },
+        Command::History {
+            contact,
+            limit,
+            json,
+        } => F::History {
+            contact: contact.clone(),
+            limit: *limit,
+            json: *json,
+        },
+        Command::Block { contact } => F::Block {
+            contact: contact.clone(),
+        },
+    })
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let home = home_dir(cli.home)?;
+    // A client running for this home holds the store: hand it the work.
+    #[cfg(unix)]
+    if let Some(command) = forwardable(&cli.command) {
+        if let Some(result) = forward::try_forward(&home, command).await {
+            return result;
+        }
+    }
     match cli.command {
         Command::Init { relay, name } => {
             let url: RelayUrl = relay.parse().context("bad --relay")?;
@@ -265,6 +313,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Listen { json } => {
             let client = Client::open(&home)?;
             let (handle, mut events) = tern_client::spawn(client);
+            // Other commands for this home come to us through the socket.
+            #[cfg(unix)]
+            let server = match tern_client::rpc::RpcServer::start(&home, handle.clone()).await {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    eprintln!("tern: other commands cannot use this listen: {e}");
+                    None
+                }
+            };
             loop {
                 tokio::select! {
                     e = events.next() => match e {
@@ -272,6 +329,10 @@ async fn run(cli: Cli) -> Result<()> {
                         None => break,
                     },
                     _ = tokio::signal::ctrl_c() => {
+                        #[cfg(unix)]
+                        if let Some(server) = &server {
+                            server.shutdown().await;
+                        }
                         // Settle what arrived, close the connection, flush;
                         // then print what the settling showed.
                         handle.shutdown().await;
@@ -281,6 +342,10 @@ async fn run(cli: Cli) -> Result<()> {
                         break;
                     }
                 }
+            }
+            #[cfg(unix)]
+            if let Some(server) = &server {
+                server.shutdown().await;
             }
         }
         Command::History {

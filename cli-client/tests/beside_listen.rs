@@ -4,14 +4,12 @@
 //! relay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ok, tern, tern_cmd, Relay};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tern_tests::process::{ok, tern, tern_cmd, RelayProcess};
 
 /// A `tern listen --json` child and the lines it prints.
 struct Listen {
@@ -68,16 +66,12 @@ impl Listen {
 }
 
 #[test]
-// Needs the client handle (branch `client`) and main.rs calling
-// `forward::try_forward` and serving `RpcServer` from `listen`; it passes on
-// the two merged. Remove this line at that merge.
-#[ignore = "runs once the client handle and the main.rs wiring are merged"]
 fn commands_beside_a_running_listen_go_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&dir.path().join("relay"), "127.0.0.1:0");
+    let relay = RelayProcess::start_in(&dir.path().join("relay"));
     let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    ok(&a, &["init", "--relay", &relay.url, "--name", "alice"]);
-    ok(&b, &["init", "--relay", &relay.url, "--name", "bob"]);
+    ok(&a, &["init", "--relay", relay.url(), "--name", "alice"]);
+    ok(&b, &["init", "--relay", relay.url(), "--name", "bob"]);
     let code = ok(&a, &["invite"]);
     ok(&b, &["accept", code.trim(), "--name", "alice"]);
     ok(&a, &["recv"]);

@@ -9,7 +9,9 @@
 //! CLI prints them.
 
 use crate::store::Profile;
-use crate::{Contact, Event, OutboxReport, ReceivedMessage, SendOutcome, StoredMessage};
+use crate::{
+    Contact, DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome, StoredMessage,
+};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -378,11 +380,31 @@ impl EventParams {
         match e {
             Event::Message(m) => Some(m.into()),
             Event::ContactAdded { name } => Some(EventParams::Contact { name: name.clone() }),
-            // Merge note: the client handle adds `Delivery`, `Connection`
-            // and `Lagged` events; each gets an arm building the variant of
-            // the same name above. Until then this arm is unreachable.
-            #[allow(unreachable_patterns)]
-            _ => None,
+            Event::Delivery {
+                message_id,
+                contact,
+                status,
+            } => {
+                let (status, reason) = match status {
+                    DeliveryStatus::Sent => (DeliveryState::Sent, None),
+                    DeliveryStatus::Queued { reason } => {
+                        (DeliveryState::Queued, Some(reason.clone()))
+                    }
+                    DeliveryStatus::Failed { reason } => {
+                        (DeliveryState::Failed, Some(reason.clone()))
+                    }
+                };
+                Some(EventParams::Delivery {
+                    contact: contact.clone(),
+                    id: message_id.clone(),
+                    reason,
+                    status,
+                })
+            }
+            Event::Connection { connected } => Some(EventParams::Connection {
+                connected: *connected,
+            }),
+            Event::Lagged { missed } => Some(EventParams::Lagged { missed: *missed }),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod client;
 mod connection;
 mod dispatch;
 pub mod framing;
+mod handle_backend;
 pub mod methods;
 pub mod server;
 pub mod wire;

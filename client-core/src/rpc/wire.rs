@@ -257,8 +257,7 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::Io { .. } => ErrorCode::Io,
         // Merge note: the client handle adds `ClientError::Stopped`, which
         // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
-        #[allow(unreachable_patterns)]
-        _ => ErrorCode::Stopped,
+        ClientError::Stopped => ErrorCode::Stopped,
     }
 }
 

@@ -1,0 +1,57 @@
+//! The running client's handle as the socket's backend.
+
+use super::server::{EventFeed, FeedItem, RpcBackend};
+use crate::store::Profile;
+use crate::{
+    ClientError, ClientHandle, Contact, Event, EventStream, OutboxReport, SendOutcome,
+    StoredMessage,
+};
+
+impl RpcBackend for ClientHandle {
+    type Events = EventStream;
+
+    async fn send_text(
+        &self,
+        contact: &str,
+        text: &str,
+    ) -> Result<(String, SendOutcome), ClientError> {
+        self.send_text_with_id(contact, text).await
+    }
+    async fn invite(&self) -> Result<String, ClientError> {
+        ClientHandle::invite(self).await
+    }
+    async fn accept(&self, code: &str, name: &str) -> Result<Contact, ClientError> {
+        ClientHandle::accept(self, code, name).await
+    }
+    async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        ClientHandle::contacts(self).await
+    }
+    async fn history(
+        &self,
+        contact: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        ClientHandle::history(self, contact, limit).await
+    }
+    async fn block(&self, contact: &str) -> Result<(), ClientError> {
+        ClientHandle::block(self, contact).await
+    }
+    async fn flush_outbox(&self) -> Result<OutboxReport, ClientError> {
+        ClientHandle::flush_outbox(self).await
+    }
+    async fn profile(&self) -> Result<Profile, ClientError> {
+        ClientHandle::profile(self).await
+    }
+    fn subscribe(&self) -> EventStream {
+        ClientHandle::subscribe(self)
+    }
+}
+
+impl EventFeed for EventStream {
+    async fn next(&mut self) -> Option<FeedItem> {
+        EventStream::next(self).await.map(|e| match e {
+            Event::Lagged { missed } => FeedItem::Lagged(missed),
+            e => FeedItem::Event(e),
+        })
+    }
+}
