@@ -16,6 +16,8 @@ pub mod url;
 
 #[cfg(feature = "tokio")]
 pub mod io;
+#[cfg(feature = "logging")]
+pub mod logging;
 
 /// Generated protobuf types (package `tern.v1`).
 #[allow(missing_docs, clippy::all)]

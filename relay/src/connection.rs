@@ -3,8 +3,8 @@
 //! response) or [`STREAM_MESSAGES`] (the long-lived message stream). This
 //! module only moves bytes: it decodes control requests for [`RelayCore`],
 //! feeds message-stream frames to the [`MessageStream`] machine, runs what
-//! the machine asks for (store work off the async workers, one
-//! `spawn_blocking` per batch; durability waits; hub calls), and writes
+//! the machine asks for (store work off the async workers, on the
+//! [`StoreWorkers`] pool, one job per batch; durability waits; hub calls), and writes
 //! frames back, coalesced. The stream's rules live in [`crate::stream`].
 
 use crate::clock::Clock;
@@ -14,6 +14,7 @@ use crate::hub::{Hub, Subscription};
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
 use crate::stream::{run_store, MessageStream, Output, StoreOutcome, Ticket};
+use crate::workers::StoreWorkers;
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use std::future::Future;
@@ -24,8 +25,7 @@ use tern_protocol::frame::{decode_message, encode_frame_into, FrameError};
 use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
 use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 
 use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
@@ -50,6 +50,8 @@ pub struct Shared<S, C> {
     pub hub: Arc<Hub>,
     /// Connections open per address.
     pub slots: ConnectionSlots,
+    /// Threads that run the streams' store work.
+    pub workers: StoreWorkers,
 }
 
 /// Drive one connection until it closes.
@@ -156,11 +158,13 @@ async fn control<S: MailboxStore, C: Clock>(
                 // Registration and tokens write to the store: off the
                 // async workers.
                 let core = Arc::clone(&shared);
-                let answer = tokio::task::spawn_blocking(move || {
-                    let mut auth = state.auth.lock().ok()?;
-                    Some(core.core.control(&mut auth, &exporter, req))
-                })
-                .await;
+                let answer = shared
+                    .workers
+                    .run(move || {
+                        let mut auth = state.auth.lock().ok()?;
+                        Some(core.core.control(&mut auth, &exporter, req))
+                    })
+                    .await;
                 let Ok(Some(answer)) = answer else { return };
                 if !answer.needs_durability {
                     answer.response
@@ -221,8 +225,9 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-/// Await a spawned task if there is one; pending forever otherwise.
-async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
+/// Await store work handed to the pool if there is some; pending forever
+/// otherwise. `None` if the job panicked or the pool stopped.
+async fn join<T>(task: &mut Option<oneshot::Receiver<T>>) -> Option<T> {
     match task {
         Some(t) => t.await.ok(),
         None => std::future::pending().await,
@@ -268,9 +273,9 @@ async fn recv_ephemeral(rx: Option<&mut mpsc::Receiver<pb::Envelope>>) -> Option
 /// What one message stream's driver has under way.
 #[derive(Default)]
 struct Work {
-    store: Option<JoinHandle<Vec<StoreOutcome>>>,
+    store: Option<oneshot::Receiver<Vec<StoreOutcome>>>,
     durable: Option<(Ticket, Durable)>,
-    fetch: Option<JoinHandle<Result<Vec<pb::Envelope>, WireError>>>,
+    fetch: Option<oneshot::Receiver<Result<Vec<pb::Envelope>, WireError>>>,
     sub: Option<Subscription>,
     closing: bool,
 }
@@ -397,10 +402,12 @@ fn run_output<S: MailboxStore, C: Clock>(
             work.fetch = None;
         }
         Output::Store(ops) => {
-            let (shared, state) = (Arc::clone(shared), Arc::clone(state));
-            work.store = Some(tokio::task::spawn_blocking(move || {
-                run_store(&shared.core, &state, ops)
-            }));
+            let (core, state) = (Arc::clone(shared), Arc::clone(state));
+            work.store = Some(
+                shared
+                    .workers
+                    .run(move || run_store(&core.core, &state, ops)),
+            );
         }
         // Begun here, after the writes of every result it covers.
         Output::AwaitDurable(ticket) => work.durable = Some((ticket, shared.core.durable())),
@@ -410,9 +417,12 @@ fn run_output<S: MailboxStore, C: Clock>(
         }
         Output::Fetch(f) => {
             let shared = Arc::clone(shared);
-            work.fetch = Some(tokio::task::spawn_blocking(move || {
-                shared.core.fetch(&f.mailbox, f.after_seq, f.limit)
-            }));
+            let fetch = Arc::clone(&shared);
+            work.fetch = Some(
+                shared
+                    .workers
+                    .run(move || fetch.core.fetch(&f.mailbox, f.after_seq, f.limit)),
+            );
         }
         Output::Close => work.closing = true,
     }

@@ -22,6 +22,7 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod workers;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Limits, RateConfig, RelayConfig};

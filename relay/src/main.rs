@@ -56,14 +56,7 @@ fn main() {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
-                .unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tern_protocol::logging::init("info,quinn=warn");
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

@@ -14,6 +14,7 @@ use crate::hub::Hub;
 use crate::rate::{Admission, ConnectionSlots, Rates};
 use crate::store::{EmbeddedStore, MailboxStore, StoreError, Swept};
 use crate::tls::{TlsError, TlsIdentity};
+use crate::workers::StoreWorkers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub enum StartError {
     /// The TLS identity could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The threads that run store work could not be started.
+    #[error("cannot start the store threads: {0}")]
+    Threads(std::io::Error),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -130,6 +134,7 @@ impl<S: MailboxStore> RunningRelay<S> {
             core,
             hub: Arc::new(Hub::default()),
             slots: ConnectionSlots::new(config.limits.max_connections_per_ip),
+            workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -222,8 +227,13 @@ impl<S: MailboxStore> RunningRelay<S> {
             t.abort();
             let _ = t.await;
         }
-        let store = self.store;
-        match tokio::task::spawn_blocking(move || store.close()).await {
+        let (store, shared) = (self.store, self.shared);
+        let closed = tokio::task::spawn_blocking(move || {
+            // Queued store work finishes before the store closes.
+            shared.workers.stop();
+            store.close()
+        });
+        match closed.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("final flush failed: {e}"),
             Err(e) => tracing::error!("closing the store failed: {e}"),
