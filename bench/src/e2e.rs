@@ -30,8 +30,9 @@
 
 use anyhow::{bail, Context};
 use std::ops::Range;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tern_client::layers;
+use tern_client::now_ms;
 use tern_crypto::{DeviceAccount, PairSession, SealKey};
 use tern_protocol::pb::content::Body;
 
@@ -179,13 +180,6 @@ pub fn calibrate(size: usize, messages: u64) -> anyhow::Result<CryptoCost> {
         open_us: per_message(opening),
         payload_bytes: payloads.first().map_or(0, Vec::len),
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ pub struct Client {
     pub(crate) dialer: Dialer,
 }
 
-/// The wall clock, ms since the epoch: the one place the client reads it.
-pub(crate) fn now_ms() -> u64 {
+/// The wall clock, ms since the epoch: the one place the client reads it
+/// (tests and the load generator stamp messages with it too).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -38,7 +39,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// A fresh random message id.
-pub(crate) fn random16() -> [u8; 16] {
+pub fn random16() -> [u8; 16] {
     let mut id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut id);
     id

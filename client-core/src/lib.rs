@@ -28,7 +28,7 @@ pub mod store;
 pub mod rpc;
 pub mod transport;
 
-pub use client::Client;
+pub use client::{now_ms, random16, Client};
 pub use error::ClientError;
 pub use event::{DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome};
 pub use handle::{spawn, ClientHandle, EventStream};

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tern_client::transport::{Dialer, RelayLink};
+pub use tern_client::{now_ms, random16};
 use tern_client::{Client, Event, ReceivedMessage, SendOutcome};
 use tern_protocol::io::{read_frame, ReadFrameError};
 use tern_protocol::pb;
@@ -413,20 +414,7 @@ pub fn code(e: &pb::Error) -> pb::ErrorCode {
     pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified)
 }
 
-/// 16 random bytes (a message id).
-pub fn random16() -> [u8; 16] {
-    rand::random()
-}
-
 /// 32 random bytes (a made-up token).
 pub fn random32() -> [u8; 32] {
     rand::random()
-}
-
-/// Wall-clock milliseconds since the Unix epoch, as clients stamp messages.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
