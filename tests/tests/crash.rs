@@ -15,6 +15,10 @@
 //! The relay process comes from [`tern_tests::process`], which finds (and
 //! builds) `tern-relay`, clears the environment and restarts it on the same
 //! port and data.
+//!
+//! Longer than our usual file on purpose: the two loads, the kill loop and
+//! the final accounting are one experiment whose invariants are checked
+//! against each other, and a reader needs them side by side.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rand::Rng;
