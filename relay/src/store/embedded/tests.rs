@@ -79,11 +79,16 @@ fn held_envelopes_are_copied_out_of_dead_segments_and_survive_reopen() {
             }
             store.flush().unwrap();
         }
-        let before = store.log_bytes();
-        assert!(store.reclaim().unwrap() > 3);
+        // The background reclaimer may already have done part of the work
+        // (the flusher wakes it when a segment rolls), so judge the result,
+        // not how many segments this call deleted: 300 dead envelopes of
+        // 120 payload bytes went in, and what is left is the 30 held ones,
+        // their removal records and the head.
+        let dead_payload = 300 * 120;
+        store.reclaim().unwrap();
         assert!(
-            store.log_bytes() * 4 < before,
-            "log {} bytes after reclaim, {before} before",
+            store.log_bytes() * 3 < dead_payload,
+            "log {} bytes after reclaim, {dead_payload} dead payload bytes written",
             store.log_bytes()
         );
         assert_eq!(seqs(&store, &offline), (1..=30).collect::<Vec<_>>());
@@ -161,7 +166,8 @@ fn envelopes_in_a_freshly_sealed_segment_are_left_to_be_acked() {
     assert!(store.log_bytes() >= before);
     // ...and once acked, the segments simply go.
     store.ack(&mb, &seqs_held).unwrap();
-    assert!(store.reclaim().unwrap() >= 2);
+    // Judged by the bytes left: the background reclaimer may take part.
+    store.reclaim().unwrap();
     assert!(
         store.log_bytes() * 2 < before,
         "{} of {before}",
