@@ -59,6 +59,42 @@ impl Mailbox {
         }
     }
 
+    /// Append unless the message id is held; quota checked first.
+    fn append(&mut self, env: NewEnvelope<'_>, quota: Quota) -> Result<Appended, StoreError> {
+        if let Some(&seq) = self.by_message.get(&env.message_id) {
+            return Ok(Appended {
+                seq,
+                duplicate: true,
+            });
+        }
+        let held = self.envelopes.len() as u64;
+        let size = env.payload.len() as u64;
+        if held >= quota.max_envelopes || self.bytes.saturating_add(size) > quota.max_bytes {
+            return Err(StoreError::QuotaExceeded {
+                envelopes: held,
+                bytes: self.bytes,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += size;
+        self.by_message.insert(env.message_id, seq);
+        self.envelopes.insert(
+            seq,
+            StoredEnvelope {
+                seq,
+                message_id: env.message_id,
+                received_ms: env.now_ms,
+                expires_ms: env.expires_ms,
+                payload: env.payload.to_vec(),
+            },
+        );
+        Ok(Appended {
+            seq,
+            duplicate: false,
+        })
+    }
+
     fn remove(&mut self, seq: u64) -> bool {
         let Some(e) = self.envelopes.remove(&seq) else {
             return false;
@@ -174,42 +210,30 @@ impl MailboxStore for MemoryStore {
         quota: Quota,
     ) -> Result<Appended, StoreError> {
         let mut state = self.state_for_write()?;
-        let m = state
+        state
             .mailboxes
             .get_mut(mailbox)
-            .ok_or(StoreError::UnknownMailbox)?;
-        if let Some(&seq) = m.by_message.get(&env.message_id) {
-            return Ok(Appended {
-                seq,
-                duplicate: true,
-            });
-        }
-        let held = m.envelopes.len() as u64;
-        let size = env.payload.len() as u64;
-        if held >= quota.max_envelopes || m.bytes.saturating_add(size) > quota.max_bytes {
-            return Err(StoreError::QuotaExceeded {
-                envelopes: held,
-                bytes: m.bytes,
-            });
-        }
-        let seq = m.next_seq;
-        m.next_seq += 1;
-        m.bytes += size;
-        m.by_message.insert(env.message_id, seq);
-        m.envelopes.insert(
-            seq,
-            StoredEnvelope {
-                seq,
-                message_id: env.message_id,
-                received_ms: env.now_ms,
-                expires_ms: env.expires_ms,
-                payload: env.payload.to_vec(),
-            },
-        );
-        Ok(Appended {
-            seq,
-            duplicate: false,
-        })
+            .ok_or(StoreError::UnknownMailbox)?
+            .append(env, quota)
+    }
+
+    fn append_many(
+        &self,
+        targets: &[(MailboxId, Quota)],
+        env: NewEnvelope<'_>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        // One lock for all targets: the send is one operation.
+        let mut state = self.state_for_write()?;
+        Ok(targets
+            .iter()
+            .map(|(mailbox, quota)| {
+                state
+                    .mailboxes
+                    .get_mut(mailbox)
+                    .ok_or(StoreError::UnknownMailbox)?
+                    .append(env, *quota)
+            })
+            .collect())
     }
 
     fn fetch(

@@ -143,6 +143,9 @@ impl World {
                     self.acked.extend(seqs.iter().copied());
                     StoreOutcome::Acked { seqs }
                 }
+                // This property drives Send and Ack only; SendMany's order
+                // and durability are unit-tested in `tests.rs`.
+                (StoreOp::SendMany(_), _) => unreachable!("no SendMany is generated"),
             })
             .collect();
         s.handle_stored(outcomes);

@@ -228,6 +228,22 @@ impl MailboxStore for EmbeddedStore {
         self.inner.append(mailbox, env, quota, &self.commit)
     }
 
+    fn append_many(
+        &self,
+        targets: &[(MailboxId, Quota)],
+        env: NewEnvelope<'_>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        self.writable()?;
+        // One record per target mailbox, all into the log buffer before the
+        // caller's one durability wait, so one group commit covers them all.
+        // Sharing the payload between mailboxes is the plan in
+        // docs/decisions.md ("Multi-recipient sends").
+        Ok(targets
+            .iter()
+            .map(|(mailbox, quota)| self.inner.append(mailbox, env, *quota, &self.commit))
+            .collect())
+    }
+
     fn fetch(
         &self,
         mailbox: &MailboxId,
