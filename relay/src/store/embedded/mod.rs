@@ -32,6 +32,8 @@ pub mod record;
 pub mod signal;
 
 #[cfg(test)]
+mod fanout_tests;
+#[cfg(test)]
 mod tests;
 
 use self::envelope_log::EnvelopeLog;
