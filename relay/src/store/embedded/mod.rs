@@ -29,6 +29,7 @@ pub mod envelope_log;
 pub mod group_commit;
 pub mod index;
 pub mod record;
+mod shared;
 pub mod signal;
 
 #[cfg(test)]
@@ -236,14 +237,9 @@ impl MailboxStore for EmbeddedStore {
         env: NewEnvelope<'_>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         self.writable()?;
-        // One record per target mailbox, all into the log buffer before the
-        // caller's one durability wait, so one group commit covers them all.
-        // Sharing the payload between mailboxes is the plan in
-        // docs/decisions.md ("Multi-recipient sends").
-        Ok(targets
-            .iter()
-            .map(|(mailbox, quota)| self.inner.append(mailbox, env, *quota, &self.commit))
-            .collect())
+        // The payload once, with a reference per mailbox (`shared`); the
+        // caller's one durability wait covers every target.
+        self.inner.append_many(targets, env, &self.commit)
     }
 
     fn fetch(
