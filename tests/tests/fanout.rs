@@ -2,8 +2,9 @@
 //! on one relay is one upload with one answer; every mailbox gets the
 //! envelope once (pushed at once to those subscribed), a bad token among
 //! the targets is reported for that target only, a retry is a duplicate
-//! everywhere, and the relay's disk holds the sealed bytes but never the
-//! plaintext inside them.
+//! everywhere, the relay's log holds the payload once (under 2 x one
+//! envelope + 32 B a member), and its disk holds the sealed bytes but never
+//! the plaintext inside them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -40,6 +41,15 @@ fn disk_contains(dir: &Path, needle: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// Bytes of the relay's envelope log segments.
+fn log_bytes(data_dir: &Path) -> u64 {
+    let dir = data_dir.join("db").join("envelopes");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
 /// The next frame on `s` within `wait`, if any.
@@ -153,6 +163,14 @@ async fn one_send_many_reaches_a_thousand_mailboxes_once() {
         }
     }
     store.close().unwrap();
+    // Stored once: the whole log (segment headers included) stays under
+    // the target of 2 x one envelope + 32 B a member.
+    let one_envelope = 65 + payload.len() as u64;
+    let log = log_bytes(relay.data_dir());
+    assert!(
+        log < 2 * one_envelope + 32 * MEMBERS as u64,
+        "{log} bytes of log for one {MEMBERS}-target send"
+    );
     assert!(disk_contains(relay.data_dir(), &payload[..64]));
     assert!(!disk_contains(relay.data_dir(), plaintext.as_bytes()));
 }
