@@ -18,7 +18,7 @@ use super::{
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Relay state in memory only.
 #[derive(Default)]
@@ -42,9 +42,30 @@ struct Mailbox {
     tokens: u64,
     /// Payload bytes held.
     bytes: u64,
-    envelopes: BTreeMap<u64, StoredEnvelope>,
+    envelopes: BTreeMap<u64, Held>,
     /// Held envelopes by message id, for de-duplication.
     by_message: HashMap<MessageId, u64>,
+}
+
+/// One held envelope. The payload is shared by every mailbox one
+/// multi-recipient send reached.
+struct Held {
+    message_id: MessageId,
+    received_ms: u64,
+    expires_ms: u64,
+    payload: Arc<[u8]>,
+}
+
+impl Held {
+    fn stored(&self, seq: u64) -> StoredEnvelope {
+        StoredEnvelope {
+            seq,
+            message_id: self.message_id,
+            received_ms: self.received_ms,
+            expires_ms: self.expires_ms,
+            payload: self.payload.to_vec(),
+        }
+    }
 }
 
 impl Mailbox {
@@ -59,8 +80,15 @@ impl Mailbox {
         }
     }
 
-    /// Append unless the message id is held; quota checked first.
-    fn append(&mut self, env: NewEnvelope<'_>, quota: Quota) -> Result<Appended, StoreError> {
+    /// Append unless the message id is held; quota checked first. The
+    /// payload is copied into `shared` the first time one is stored and
+    /// shared from then on.
+    fn append(
+        &mut self,
+        env: NewEnvelope<'_>,
+        quota: Quota,
+        shared: &mut Option<Arc<[u8]>>,
+    ) -> Result<Appended, StoreError> {
         if let Some(&seq) = self.by_message.get(&env.message_id) {
             return Ok(Appended {
                 seq,
@@ -79,14 +107,14 @@ impl Mailbox {
         self.next_seq += 1;
         self.bytes += size;
         self.by_message.insert(env.message_id, seq);
+        let payload = shared.get_or_insert_with(|| Arc::from(env.payload));
         self.envelopes.insert(
             seq,
-            StoredEnvelope {
-                seq,
+            Held {
                 message_id: env.message_id,
                 received_ms: env.now_ms,
                 expires_ms: env.expires_ms,
-                payload: env.payload.to_vec(),
+                payload: Arc::clone(payload),
             },
         );
         Ok(Appended {
@@ -214,7 +242,7 @@ impl MailboxStore for MemoryStore {
             .mailboxes
             .get_mut(mailbox)
             .ok_or(StoreError::UnknownMailbox)?
-            .append(env, quota)
+            .append(env, quota, &mut None)
     }
 
     fn append_many(
@@ -222,8 +250,10 @@ impl MailboxStore for MemoryStore {
         targets: &[(MailboxId, Quota)],
         env: NewEnvelope<'_>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        // One lock for all targets: the send is one operation.
+        // One lock for all targets: the send is one operation; one copy of
+        // the payload for all of them.
         let mut state = self.state_for_write()?;
+        let mut shared = None;
         Ok(targets
             .iter()
             .map(|(mailbox, quota)| {
@@ -231,7 +261,7 @@ impl MailboxStore for MemoryStore {
                     .mailboxes
                     .get_mut(mailbox)
                     .ok_or(StoreError::UnknownMailbox)?
-                    .append(env, *quota)
+                    .append(env, *quota, &mut shared)
             })
             .collect())
     }
@@ -249,7 +279,7 @@ impl MailboxStore for MemoryStore {
         Ok(m.envelopes
             .range((Excluded(after_seq), Unbounded))
             .take(limit)
-            .map(|(_, e)| e.clone())
+            .map(|(seq, e)| e.stored(*seq))
             .collect())
     }
 
@@ -267,9 +297,9 @@ impl MailboxStore for MemoryStore {
         for m in state.mailboxes.values_mut() {
             let expired: Vec<u64> = m
                 .envelopes
-                .values()
-                .filter(|e| e.expires_ms <= now_ms)
-                .map(|e| e.seq)
+                .iter()
+                .filter(|(_, e)| e.expires_ms <= now_ms)
+                .map(|(seq, _)| *seq)
                 .collect();
             for seq in expired {
                 m.remove(seq);
