@@ -354,6 +354,22 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// One envelope for many mailboxes: a multi-recipient send (a group
+/// message, a user's other devices). The relay stores the one payload for
+/// every valid target with one durable write and answers once.
+#[derive(Debug, Clone)]
+pub struct OutgoingMany {
+    /// Message id (stable across retries; de-duplicated per mailbox).
+    pub message_id: [u8; 16],
+    /// Sealed payload, the same bytes for every target.
+    pub payload: Vec<u8>,
+    /// Target mailboxes and a send token for each, at most the relay's
+    /// `max_recipients_per_send` (1,000 by default).
+    pub targets: Vec<([u8; 16], [u8; 32])>,
+    /// Pass only to connected recipients, never store (typing).
+    pub ephemeral: bool,
+}
+
 /// Frames read ahead of the caller on one message stream.
 const FRAME_QUEUE: usize = 64;
 
@@ -466,6 +482,67 @@ impl MessageStream {
             }
         }
         Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Send one payload to many mailboxes in one frame and wait for its one
+    /// answer: one result per target, in the order of `m.targets`
+    /// (`Ok(duplicate)` once that mailbox holds it durably, or why that
+    /// target was refused; the others are unaffected). A refusal of the
+    /// whole request (too many targets, payload too large, over the rate)
+    /// is [`ClientError::Refused`]. Other frames arriving meanwhile are
+    /// dropped, as in [`Self::send_all`].
+    pub async fn send_many(
+        &mut self,
+        m: &OutgoingMany,
+    ) -> Result<Vec<Result<bool, WireError>>, ClientError> {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let frame = pb::ClientFrame::of(pb::client_frame::Frame::SendMany(pb::SendMany {
+            request_id,
+            message_id: m.message_id.to_vec().into(),
+            payload: m.payload.clone().into(),
+            ephemeral: m.ephemeral,
+            targets: m
+                .targets
+                .iter()
+                .map(|(mailbox, token)| pb::SendTarget {
+                    mailbox_id: mailbox.to_vec().into(),
+                    token: token.to_vec().into(),
+                })
+                .collect(),
+        }));
+        write_frame(&mut self.send, &frame)
+            .await
+            .map_err(|e| self.broken(e))?;
+        loop {
+            match self.next().await? {
+                Some(pb::relay_frame::Frame::SendManyResult(r)) if r.request_id == request_id => {
+                    if let Some(e) = r.error {
+                        return Err(ClientError::Refused(WireError::from(e)));
+                    }
+                    if r.results.len() != m.targets.len() {
+                        return Err(ClientError::Protocol(format!(
+                            "{} results for {} targets",
+                            r.results.len(),
+                            m.targets.len()
+                        )));
+                    }
+                    return Ok(r
+                        .results
+                        .into_iter()
+                        .map(|t| match t.error {
+                            Some(e) => Err(WireError::from(e)),
+                            None => Ok(t.duplicate),
+                        })
+                        .collect());
+                }
+                Some(pb::relay_frame::Frame::Error(e)) => {
+                    return Err(ClientError::Refused(WireError::from(e)))
+                }
+                Some(_) => {}
+                None => return Err(self.broken("relay closed the stream")),
+            }
+        }
     }
 
     /// Ask the relay to push this (authenticated) mailbox's envelopes.

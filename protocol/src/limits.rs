@@ -17,3 +17,9 @@ pub const DEFAULT_PUSH_WINDOW: u32 = 256;
 pub const MAX_PUSH_WINDOW: u32 = 4096;
 /// Largest number of sequence numbers in one Ack.
 pub const MAX_ACK_SEQS: usize = 4096;
+/// Default most targets in one `SendMany`.
+pub const DEFAULT_MAX_RECIPIENTS_PER_SEND: usize = 1_000;
+/// Most bytes one `SendMany` target takes on the wire: a 16-byte mailbox id
+/// and a 32-byte token, each with a tag and a length, inside a
+/// length-delimited `SendTarget` field.
+pub const SEND_TARGET_WIRE_BYTES: usize = 2 + (2 + 16) + (2 + 32);

@@ -117,6 +117,10 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Most send tokens one mailbox may hold.
     pub max_tokens_per_mailbox: u64,
+    /// Most targets in one multi-recipient send (`SendMany`). A full one
+    /// must fit a frame: `max_frame_bytes` must hold `max_envelope_bytes`
+    /// plus 54 bytes a target (the defaults leave ~11 KiB to spare).
+    pub max_recipients_per_send: usize,
     /// Below this much free space on the data directory's disk, new sends,
     /// registrations and tokens are refused (STORAGE_UNAVAILABLE) while
     /// deliveries and acks go on; they resume by themselves when space
@@ -159,6 +163,7 @@ impl Default for Limits {
             max_concurrent_streams: 16,
             idle_timeout_secs: 60,
             max_tokens_per_mailbox: 10_000,
+            max_recipients_per_send: limits::DEFAULT_MAX_RECIPIENTS_PER_SEND,
             min_free_disk_bytes: 128 << 20,
             max_connections_per_ip: 1_000,
             udp_socket_buffer_bytes: 4 << 20,
@@ -212,6 +217,11 @@ impl RelayConfig {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must exceed limits.max_envelope_bytes by at least 1024"
                     .into(),
+            ));
+        }
+        if l.max_recipients_per_send == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_recipients_per_send must be at least 1".into(),
             ));
         }
         if l.max_frame_bytes > MAX_FRAME_CEILING {

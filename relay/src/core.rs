@@ -454,6 +454,10 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     }
 }
 
+#[path = "core_fanout.rs"]
+mod fanout;
+pub use fanout::SentMany;
+
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;

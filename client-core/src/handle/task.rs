@@ -264,7 +264,7 @@ impl Task {
                 self.settle().await
             }
             Ok(Some(Frame::Error(e))) => Err(ClientError::Refused(e.into())),
-            Ok(Some(Frame::SendResult(_))) => Ok(()),
+            Ok(Some(Frame::SendResult(_) | Frame::SendManyResult(_))) => Ok(()),
             Ok(None) => Err(self.client.home_closed()),
             Err(e) => Err(e),
         };

@@ -181,7 +181,7 @@ impl Client {
                     }
                 }
                 Some(Frame::Error(e)) => return Err(ClientError::Refused(e.into())),
-                Some(Frame::SendResult(_)) => {}
+                Some(Frame::SendResult(_) | Frame::SendManyResult(_)) => {}
                 None => return Err(self.home_closed()),
             }
         }

@@ -24,6 +24,10 @@ use super::{
     Appended, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota, StoreError, TokenRecord,
 };
 
+#[path = "conformance_fanout.rs"]
+mod fanout;
+pub use fanout::*;
+
 /// A quota nothing in the suite reaches.
 const ROOMY: Quota = Quota {
     max_envelopes: 1_000_000,
@@ -506,6 +510,13 @@ macro_rules! mailbox_store_conformance {
             durable_resolves,
             flush_keeps_everything,
             close_is_idempotent_and_refuses_writes,
+            append_many_answers_each_target_in_order,
+            append_many_reports_duplicates_per_target,
+            append_many_quota_refusal_leaves_others_stored,
+            append_many_unknown_mailbox_per_target,
+            append_many_copies_are_fetched_and_acked_independently,
+            append_many_copies_expire,
+            append_many_is_durable_and_refused_when_closed,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {

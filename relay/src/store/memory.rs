@@ -18,7 +18,7 @@ use super::{
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Relay state in memory only.
 #[derive(Default)]
@@ -42,9 +42,30 @@ struct Mailbox {
     tokens: u64,
     /// Payload bytes held.
     bytes: u64,
-    envelopes: BTreeMap<u64, StoredEnvelope>,
+    envelopes: BTreeMap<u64, Held>,
     /// Held envelopes by message id, for de-duplication.
     by_message: HashMap<MessageId, u64>,
+}
+
+/// One held envelope. The payload is shared by every mailbox one
+/// multi-recipient send reached.
+struct Held {
+    message_id: MessageId,
+    received_ms: u64,
+    expires_ms: u64,
+    payload: Arc<[u8]>,
+}
+
+impl Held {
+    fn stored(&self, seq: u64) -> StoredEnvelope {
+        StoredEnvelope {
+            seq,
+            message_id: self.message_id,
+            received_ms: self.received_ms,
+            expires_ms: self.expires_ms,
+            payload: self.payload.to_vec(),
+        }
+    }
 }
 
 impl Mailbox {
@@ -57,6 +78,49 @@ impl Mailbox {
             tokens: self.tokens,
             created_ms: self.created_ms,
         }
+    }
+
+    /// Append unless the message id is held; quota checked first. The
+    /// payload is copied into `shared` the first time one is stored and
+    /// shared from then on.
+    fn append(
+        &mut self,
+        env: NewEnvelope<'_>,
+        quota: Quota,
+        shared: &mut Option<Arc<[u8]>>,
+    ) -> Result<Appended, StoreError> {
+        if let Some(&seq) = self.by_message.get(&env.message_id) {
+            return Ok(Appended {
+                seq,
+                duplicate: true,
+            });
+        }
+        let held = self.envelopes.len() as u64;
+        let size = env.payload.len() as u64;
+        if held >= quota.max_envelopes || self.bytes.saturating_add(size) > quota.max_bytes {
+            return Err(StoreError::QuotaExceeded {
+                envelopes: held,
+                bytes: self.bytes,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += size;
+        self.by_message.insert(env.message_id, seq);
+        let payload = shared.get_or_insert_with(|| Arc::from(env.payload));
+        self.envelopes.insert(
+            seq,
+            Held {
+                message_id: env.message_id,
+                received_ms: env.now_ms,
+                expires_ms: env.expires_ms,
+                payload: Arc::clone(payload),
+            },
+        );
+        Ok(Appended {
+            seq,
+            duplicate: false,
+        })
     }
 
     fn remove(&mut self, seq: u64) -> bool {
@@ -174,42 +238,32 @@ impl MailboxStore for MemoryStore {
         quota: Quota,
     ) -> Result<Appended, StoreError> {
         let mut state = self.state_for_write()?;
-        let m = state
+        state
             .mailboxes
             .get_mut(mailbox)
-            .ok_or(StoreError::UnknownMailbox)?;
-        if let Some(&seq) = m.by_message.get(&env.message_id) {
-            return Ok(Appended {
-                seq,
-                duplicate: true,
-            });
-        }
-        let held = m.envelopes.len() as u64;
-        let size = env.payload.len() as u64;
-        if held >= quota.max_envelopes || m.bytes.saturating_add(size) > quota.max_bytes {
-            return Err(StoreError::QuotaExceeded {
-                envelopes: held,
-                bytes: m.bytes,
-            });
-        }
-        let seq = m.next_seq;
-        m.next_seq += 1;
-        m.bytes += size;
-        m.by_message.insert(env.message_id, seq);
-        m.envelopes.insert(
-            seq,
-            StoredEnvelope {
-                seq,
-                message_id: env.message_id,
-                received_ms: env.now_ms,
-                expires_ms: env.expires_ms,
-                payload: env.payload.to_vec(),
-            },
-        );
-        Ok(Appended {
-            seq,
-            duplicate: false,
-        })
+            .ok_or(StoreError::UnknownMailbox)?
+            .append(env, quota, &mut None)
+    }
+
+    fn append_many(
+        &self,
+        targets: &[(MailboxId, Quota)],
+        env: NewEnvelope<'_>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        // One lock for all targets: the send is one operation; one copy of
+        // the payload for all of them.
+        let mut state = self.state_for_write()?;
+        let mut shared = None;
+        Ok(targets
+            .iter()
+            .map(|(mailbox, quota)| {
+                state
+                    .mailboxes
+                    .get_mut(mailbox)
+                    .ok_or(StoreError::UnknownMailbox)?
+                    .append(env, *quota, &mut shared)
+            })
+            .collect())
     }
 
     fn fetch(
@@ -225,7 +279,7 @@ impl MailboxStore for MemoryStore {
         Ok(m.envelopes
             .range((Excluded(after_seq), Unbounded))
             .take(limit)
-            .map(|(_, e)| e.clone())
+            .map(|(seq, e)| e.stored(*seq))
             .collect())
     }
 
@@ -243,9 +297,9 @@ impl MailboxStore for MemoryStore {
         for m in state.mailboxes.values_mut() {
             let expired: Vec<u64> = m
                 .envelopes
-                .values()
-                .filter(|e| e.expires_ms <= now_ms)
-                .map(|e| e.seq)
+                .iter()
+                .filter(|(_, e)| e.expires_ms <= now_ms)
+                .map(|(seq, _)| *seq)
                 .collect();
             for seq in expired {
                 m.remove(seq);

@@ -190,6 +190,16 @@ pub trait MailboxStore: Send + Sync + 'static {
         env: NewEnvelope<'_>,
         quota: Quota,
     ) -> Result<Appended, StoreError>;
+    /// Append one envelope to each of `targets` (mailbox and its quota), as
+    /// [`Self::append`] would to each, in one operation: one result per
+    /// target, in order, so one refused target (unknown, over quota) leaves
+    /// the others stored. One [`Self::durable`] wait after it covers every
+    /// target. The outer error means nothing was attempted (a closed store).
+    fn append_many(
+        &self,
+        targets: &[(MailboxId, Quota)],
+        env: NewEnvelope<'_>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError>;
     /// Up to `limit` envelopes with sequence numbers above `after_seq`, in order.
     fn fetch(
         &self,

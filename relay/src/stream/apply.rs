@@ -32,6 +32,18 @@ pub fn run_store<S: MailboxStore, C: Clock>(
                     error,
                 },
             },
+            StoreOp::SendMany(s) => match core.send_many(&s) {
+                Ok(sent) => StoreOutcome::SentMany {
+                    request_id: s.request_id,
+                    ephemeral: (!sent.ephemeral.is_empty())
+                        .then(|| core.ephemeral_envelope_many(&s)),
+                    sent,
+                },
+                Err(error) => StoreOutcome::SendManyRefused {
+                    request_id: s.request_id,
+                    error,
+                },
+            },
             StoreOp::Ack(seqs) => {
                 let applied = match state.auth.lock() {
                     Ok(auth) => core.ack(&auth, &seqs),

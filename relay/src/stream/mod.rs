@@ -22,10 +22,10 @@ mod replies;
 
 pub use apply::run_store;
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
-pub use replies::{Ticket, REPLY_BATCH};
+pub use replies::{Ticket, Wake, REPLY_BATCH};
 
 use crate::conn_state::ConnState;
-use crate::core::Accepted;
+use crate::core::{Accepted, SentMany};
 use crate::store::{MailboxId, StoreError};
 use bytes::Bytes;
 use prost::Message;
@@ -57,6 +57,9 @@ pub enum StoreOp {
     Send(pb::Send),
     /// Delete acknowledged envelopes: `RelayCore::ack`.
     Ack(Vec<u64>),
+    /// Check and store (or pass on) a multi-recipient send:
+    /// `RelayCore::send_many`.
+    SendMany(pb::SendMany),
 }
 
 /// What one [`StoreOp`] came to, in the machine's terms.
@@ -85,6 +88,41 @@ pub enum StoreOutcome {
     },
     /// An ack was refused.
     AckRefused(WireError),
+    /// A multi-recipient send was taken (some targets may be refused).
+    SentMany {
+        /// The send's request id.
+        request_id: u64,
+        /// Per-target results and the mailboxes it reached.
+        sent: SentMany,
+        /// For an ephemeral send, the envelope to pass to each recipient.
+        ephemeral: Option<pb::Envelope>,
+    },
+    /// A multi-recipient send was refused as a whole.
+    SendManyRefused {
+        /// The send's request id.
+        request_id: u64,
+        /// Why.
+        error: WireError,
+    },
+}
+
+/// Which answer a queued store operation owes, should its outcome go
+/// missing.
+#[derive(Debug, Clone, Copy)]
+enum Owed {
+    Send(u64),
+    SendMany(u64),
+    Ack,
+}
+
+impl Owed {
+    fn for_op(op: &StoreOp) -> Self {
+        match op {
+            StoreOp::Send(s) => Self::Send(s.request_id),
+            StoreOp::SendMany(s) => Self::SendMany(s.request_id),
+            StoreOp::Ack(_) => Self::Ack,
+        }
+    }
 }
 
 /// What the machine asks its driver to do, from [`MessageStream::poll`].
@@ -126,9 +164,9 @@ pub struct MessageStream {
     /// Store operations not yet handed out, and their answers' slots
     /// (with the request id of a send).
     ops: Vec<StoreOp>,
-    op_slots: VecDeque<(SlotId, Option<u64>)>,
+    op_slots: VecDeque<(SlotId, Owed)>,
     /// Slots of the batch out with the driver.
-    batch_slots: Vec<(SlotId, Option<u64>)>,
+    batch_slots: Vec<(SlotId, Owed)>,
     store_busy: bool,
     push: Option<Push>,
     /// Envelopes and `CaughtUp` to write, beside the replies.
@@ -195,16 +233,22 @@ impl MessageStream {
             (In::Send(s), Some(e)) => self
                 .replies
                 .ready(pb::RelayFrame::send_result(s.request_id, Err(e))),
-            (In::Send(s), None) => self.queue_op(Some(s.request_id), StoreOp::Send(s)),
-            (In::Ack(a), _) => self.queue_op(None, StoreOp::Ack(a.seqs)),
+            (In::Send(s), None) => self.queue_op(StoreOp::Send(s)),
+            // A multi-recipient send is one frame to the connection's rate;
+            // the core charges each target's token its own send.
+            (In::SendMany(s), Some(e)) => self
+                .replies
+                .ready(pb::RelayFrame::send_many_result(s.request_id, Err(e))),
+            (In::SendMany(s), None) => self.queue_op(StoreOp::SendMany(s)),
+            (In::Ack(a), _) => self.queue_op(StoreOp::Ack(a.seqs)),
             (In::Subscribe(sub), _) => self.subscribe(sub.window),
         }
     }
 
-    fn queue_op(&mut self, request_id: Option<u64>, op: StoreOp) {
+    fn queue_op(&mut self, op: StoreOp) {
         let slot = self.replies.pending();
+        self.op_slots.push_back((slot, Owed::for_op(&op)));
         self.ops.push(op);
-        self.op_slots.push_back((slot, request_id));
     }
 
     fn subscribe(&mut self, window: u32) {
@@ -274,7 +318,7 @@ impl MessageStream {
         self.store_busy = false;
         let mut outcomes = outcomes.into_iter();
         let slots = std::mem::take(&mut self.batch_slots);
-        for &(slot, request_id) in &slots {
+        for &(slot, owed) in &slots {
             match outcomes.next() {
                 Some(StoreOutcome::Sent {
                     request_id,
@@ -287,7 +331,7 @@ impl MessageStream {
                         duplicate,
                     } => {
                         let frame = pb::RelayFrame::send_result(request_id, Ok((seq, duplicate)));
-                        self.replies.fill_held(slot, frame, mailbox);
+                        self.replies.fill_held(slot, frame, Wake::One(mailbox));
                     }
                     Accepted::Ephemeral { mailbox } => {
                         if let Some(envelope) = ephemeral {
@@ -314,11 +358,23 @@ impl MessageStream {
                     tracing::debug!("ack refused: {e}");
                     self.replies.fill_ready(slot, pb::RelayFrame::error(e));
                 }
+                Some(StoreOutcome::SentMany {
+                    request_id,
+                    sent,
+                    ephemeral,
+                }) => self.sent_many(slot, request_id, sent, ephemeral),
+                Some(StoreOutcome::SendManyRefused { request_id, error }) => {
+                    self.replies.fill_ready(
+                        slot,
+                        pb::RelayFrame::send_many_result(request_id, Err(error)),
+                    );
+                }
                 None => {
                     let e = crate::core::storage_unavailable();
-                    let frame = match request_id {
-                        Some(id) => pb::RelayFrame::send_result(id, Err(e)),
-                        None => pb::RelayFrame::error(e),
+                    let frame = match owed {
+                        Owed::Send(id) => pb::RelayFrame::send_result(id, Err(e)),
+                        Owed::SendMany(id) => pb::RelayFrame::send_many_result(id, Err(e)),
+                        Owed::Ack => pb::RelayFrame::error(e),
                     };
                     self.replies.fill_ready(slot, frame);
                 }
@@ -327,6 +383,32 @@ impl MessageStream {
         // Kept for the next batch's slots.
         self.batch_slots = slots;
         self.batch_slots.clear();
+    }
+
+    /// A multi-recipient send came back: if it stored anything, its answer
+    /// waits for one durability wait and then wakes every mailbox it
+    /// reached; an ephemeral one is passed to each recipient at once.
+    fn sent_many(
+        &mut self,
+        slot: SlotId,
+        request_id: u64,
+        sent: SentMany,
+        ephemeral: Option<pb::Envelope>,
+    ) {
+        if let Some(envelope) = ephemeral {
+            for mailbox in sent.ephemeral {
+                self.events.push_back(Output::Ephemeral {
+                    mailbox,
+                    envelope: envelope.clone(),
+                });
+            }
+        }
+        let frame = pb::RelayFrame::send_many_result(request_id, Ok(sent.results));
+        if sent.stored.is_empty() {
+            self.replies.fill_ready(slot, frame);
+        } else {
+            self.replies.fill_held(slot, frame, Wake::Many(sent.stored));
+        }
     }
 
     /// The durability wait `ticket` ended with `result`.
@@ -473,6 +555,8 @@ impl Drop for MessageStream {
     }
 }
 
+#[cfg(test)]
+mod fanout_tests;
 #[cfg(test)]
 mod pair_tests;
 #[cfg(test)]

@@ -294,3 +294,93 @@ async fn a_backlog_is_drained_then_caught_up_is_said() {
     let got = p.take_written(alice);
     assert!(matches!(&got[..], [Out::Error(e)] if e.code == ErrorCode::NotAuthenticated as i32));
 }
+
+fn send_many(id: u64, targets: &[(MailboxId, Vec<u8>)], ephemeral: bool) -> In {
+    In::SendMany(pb::SendMany {
+        request_id: id,
+        message_id: vec![id as u8; 16].into(),
+        payload: b"sealed once".to_vec().into(),
+        ephemeral,
+        targets: targets
+            .iter()
+            .map(|(m, t)| pb::SendTarget {
+                mailbox_id: m.to_vec().into(),
+                token: t.clone().into(),
+            })
+            .collect(),
+    })
+}
+
+#[tokio::test]
+async fn a_send_many_reaches_every_subscriber_once_and_answers_per_target() {
+    let mut p = Pair::new();
+    let alice = p.connect();
+    let members: Vec<usize> = (0..3).map(|_| p.connect()).collect();
+    let mut targets = Vec::new();
+    for (k, &m) in members.iter().enumerate() {
+        targets.push(p.login(m, 10 + k as u8));
+        p.frame(m, In::Subscribe(pb::Subscribe { window: 0 }));
+    }
+    p.drive().await;
+    for &m in &members {
+        assert_eq!(p.take_written(m), vec![Out::CaughtUp(pb::CaughtUp {})]);
+    }
+    let mut with_bad = targets.clone();
+    with_bad[1].1 = vec![7; 32];
+    p.frame(alice, send(&targets[0].0, &targets[0].1, 1, false));
+    p.frame(alice, send_many(2, &with_bad, false));
+    p.frame(alice, send_many(2, &targets, false));
+    p.drive().await;
+    let answers = p.take_written(alice);
+    let [Out::SendResult(first), Out::SendManyResult(r), Out::SendManyResult(again)] = &answers[..]
+    else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(first.request_id, 1);
+    let codes: Vec<_> = r
+        .results
+        .iter()
+        .map(|t| t.error.as_ref().map(|e| e.code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![None, Some(ErrorCode::TokenInvalid as i32), None]
+    );
+    // The retry with the good token: a duplicate where it was stored.
+    let dups: Vec<_> = again
+        .results
+        .iter()
+        .map(|t| (t.duplicate, t.error.is_none()))
+        .collect();
+    assert_eq!(dups, vec![(true, true), (false, true), (true, true)]);
+    // Each member got the group envelope once (member 0 after the Send).
+    let got: Vec<Vec<u64>> = members
+        .iter()
+        .map(|&m| pushed(&p.take_written(m)))
+        .collect();
+    assert_eq!(got, vec![vec![1, 2], vec![1], vec![1]]);
+    let stored = p.core.fetch(&targets[2].0, 0, 10).unwrap();
+    assert_eq!(&stored[0].payload[..], b"sealed once");
+}
+
+#[tokio::test]
+async fn an_ephemeral_send_many_reaches_subscribers_and_is_stored_nowhere() {
+    let mut p = Pair::new();
+    let alice = p.connect();
+    let (bob, carol) = (p.connect(), p.connect());
+    let targets = vec![p.login(bob, 2), p.login(carol, 3)];
+    // Only bob is connected and subscribed.
+    p.frame(bob, In::Subscribe(pb::Subscribe { window: 0 }));
+    p.drive().await;
+    p.take_written(bob);
+    p.frame(alice, send_many(5, &targets, true));
+    p.drive().await;
+    let got = p.take_written(bob);
+    assert!(matches!(&got[..], [Out::Envelope(e)] if e.ephemeral && e.seq == 0));
+    let answers = p.take_written(alice);
+    assert!(matches!(&answers[..], [Out::SendManyResult(r)]
+        if r.results.len() == 2 && r.results.iter().all(|t| t.error.is_none())));
+    for (m, _) in &targets {
+        assert!(p.core.fetch(m, 0, 10).unwrap().is_empty());
+    }
+}

@@ -3,7 +3,8 @@
 //! break its promises. Every send is answered exactly once and in arrival
 //! order; a stored send's result leaves only after a durability wait that
 //! began after its write and ended, and says `StorageUnavailable` if that
-//! wait failed; pushes never exceed the window.
+//! wait failed; pushes never exceed the window. Multi-recipient sends
+//! (`SendMany`) are mixed in and held to the same promises.
 
 use super::*;
 use crate::config::RateConfig;
@@ -18,6 +19,7 @@ const WINDOW: u32 = 5;
 #[derive(Debug, Clone)]
 enum Action {
     Send,
+    SendMany,
     Ack,
     Garbage,
     Subscribe,
@@ -32,6 +34,7 @@ enum Action {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         4 => Just(Action::Send),
+        2 => Just(Action::SendMany),
         2 => Just(Action::Ack),
         1 => Just(Action::Garbage),
         1 => Just(Action::Subscribe),
@@ -103,6 +106,22 @@ impl World {
                     }
                     self.answered.push(r.request_id);
                 }
+                Some(Out::SendManyResult(r)) => {
+                    if let Some(written) = self.written_at.get(&r.request_id) {
+                        let cover = self
+                            .waits
+                            .iter()
+                            .find(|(begun, _, _)| begun > written)
+                            .unwrap_or_else(|| panic!("{} left before a wait", r.request_id));
+                        let unavailable = r.results.iter().all(|t| {
+                            t.error.as_ref().map(|e| e.code)
+                                == Some(ErrorCode::StorageUnavailable as i32)
+                        });
+                        assert_eq!(!cover.2, unavailable, "{r:?}");
+                        assert_eq!(r.results.len(), 2);
+                    }
+                    self.answered.push(r.request_id);
+                }
                 Some(Out::Envelope(e)) => {
                     assert!(self.pushed.insert(e.seq), "pushed twice");
                 }
@@ -142,6 +161,37 @@ impl World {
                 (StoreOp::Ack(seqs), _) => {
                     self.acked.extend(seqs.iter().copied());
                     StoreOutcome::Acked { seqs }
+                }
+                (StoreOp::SendMany(x), 1) => StoreOutcome::SendManyRefused {
+                    request_id: x.request_id,
+                    error: WireError::new(ErrorCode::Malformed, "no"),
+                },
+                // Every target refused: nothing stored, nothing to wait for.
+                (StoreOp::SendMany(x), 2) => StoreOutcome::SentMany {
+                    request_id: x.request_id,
+                    sent: SentMany {
+                        results: vec![
+                            pb::TargetResult::of(Err(WireError::new(
+                                ErrorCode::TokenInvalid,
+                                "no"
+                            )));
+                            2
+                        ],
+                        ..SentMany::default()
+                    },
+                    ephemeral: None,
+                },
+                (StoreOp::SendMany(x), _) => {
+                    self.written_at.insert(x.request_id, self.step);
+                    StoreOutcome::SentMany {
+                        request_id: x.request_id,
+                        sent: SentMany {
+                            results: vec![pb::TargetResult::of(Ok(false)); 2],
+                            stored: vec![MAILBOX, [8; 16]],
+                            ephemeral: Vec::new(),
+                        },
+                        ephemeral: None,
+                    }
                 }
             })
             .collect();
@@ -186,6 +236,14 @@ proptest! {
                     let id = w.next_id;
                     w.next_id += 1;
                     w.frame(&mut s, t0, In::Send(pb::Send {
+                        request_id: id,
+                        ..Default::default()
+                    }));
+                }
+                Action::SendMany => {
+                    let id = w.next_id;
+                    w.next_id += 1;
+                    w.frame(&mut s, t0, In::SendMany(pb::SendMany {
                         request_id: id,
                         ..Default::default()
                     }));

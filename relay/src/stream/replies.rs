@@ -17,15 +17,30 @@ pub const REPLY_BATCH: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(pub(crate) u64);
 
+/// Whose subscribers a held answer wakes once durable.
+#[derive(Debug)]
+pub enum Wake {
+    /// A send's one mailbox (no allocation on the common path).
+    One(MailboxId),
+    /// Every mailbox a multi-recipient send reached.
+    Many(Vec<MailboxId>),
+}
+
+impl Wake {
+    fn mailboxes(&self) -> &[MailboxId] {
+        match self {
+            Self::One(m) => std::slice::from_ref(m),
+            Self::Many(v) => v,
+        }
+    }
+}
+
 /// Where one frame's answer stands.
 enum Slot {
     /// Its store operation has not come back yet.
     Pending,
     /// Stored; leaves after a durability wait begun after the write.
-    Held {
-        frame: pb::RelayFrame,
-        wake: MailboxId,
-    },
+    Held { frame: pb::RelayFrame, wake: Wake },
     /// May leave.
     Ready(pb::RelayFrame),
     /// Nothing to say (an ack that was applied).
@@ -86,7 +101,7 @@ impl Replies {
 
     /// Fill a pending slot with a stored send's result, held for durability;
     /// once durable, `wake` is told.
-    pub fn fill_held(&mut self, id: SlotId, frame: pb::RelayFrame, wake: MailboxId) {
+    pub fn fill_held(&mut self, id: SlotId, frame: pb::RelayFrame, wake: Wake) {
         if let Some(s) = self.slot(id) {
             *s = Slot::Held { frame, wake };
             self.unsynced.push_back(id);
@@ -117,6 +132,7 @@ impl Replies {
     /// once each, in the order their sends arrived.
     pub fn finish_wait(&mut self, ticket: Ticket, durable: bool) -> Vec<MailboxId> {
         let mut woken = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let covered = match self.syncing.take() {
             Some((t, covered)) if t == ticket => covered,
             other => {
@@ -132,13 +148,28 @@ impl Replies {
                 continue;
             };
             if durable {
-                if !woken.contains(&wake) {
-                    woken.push(wake);
+                for m in wake.mailboxes() {
+                    if seen.insert(*m) {
+                        woken.push(*m);
+                    }
                 }
-            } else if let Some(Out::SendResult(r)) = &mut frame.frame {
-                r.seq = 0;
-                r.duplicate = false;
-                r.error = Some(storage_unavailable().into());
+            } else {
+                match &mut frame.frame {
+                    Some(Out::SendResult(r)) => {
+                        r.seq = 0;
+                        r.duplicate = false;
+                        r.error = Some(storage_unavailable().into());
+                    }
+                    // Every target that was stored is now unknown to be so;
+                    // those refused already keep their own reason.
+                    Some(Out::SendManyResult(r)) => {
+                        for t in r.results.iter_mut().filter(|t| t.error.is_none()) {
+                            t.duplicate = false;
+                            t.error = Some(storage_unavailable().into());
+                        }
+                    }
+                    _ => {}
+                }
             }
             *slot = Slot::Ready(frame);
         }

@@ -301,6 +301,37 @@ impl EnvelopeLog {
         Ok(loc)
     }
 
+    /// Append one payload for `refs` holders: a PAYLOAD record (written by
+    /// `put_payload`) and right after it, in the same segment, a REFS record
+    /// (written by `put_refs`, told the payload's offset). Returns the
+    /// payload's location, which every holder's index entry points at; it
+    /// counts as `refs` live records, one per holder, so the segment stays
+    /// until the last holder's removal. (Its live bytes are counted per
+    /// holder too: an upper bound while several hold it.)
+    pub fn append_shared(
+        &self,
+        put_payload: impl FnOnce(&mut Vec<u8>),
+        put_refs: impl FnOnce(&mut Vec<u8>, u64),
+        refs: u64,
+    ) -> Result<Location, StoreError> {
+        let mut t = self.tail()?;
+        if let Some(e) = &t.sync_failed {
+            return Err(StoreError::Unavailable(e.clone()));
+        }
+        if t.write_failed || t.buf.len() >= MAX_BUFFER {
+            return Err(StoreError::Unavailable(
+                "the envelope log cannot write to disk".into(),
+            ));
+        }
+        let loc = Self::append(&mut t, put_payload);
+        Self::append(&mut t, |b| put_refs(b, loc.offset));
+        if let Some(s) = t.segments.get_mut(&loc.segment) {
+            s.live += refs;
+            s.live_bytes += u64::from(loc.len) * refs;
+        }
+        Ok(loc)
+    }
+
     /// Append a removal record and stop counting the records it removes.
     pub fn append_removal(
         &self,

@@ -43,7 +43,37 @@ pub(super) fn replay(
     segment_bytes: u64,
 ) -> Result<(EnvelopeLog, Replayed), StoreError> {
     let mut replayed = Replayed::default();
+    // The PAYLOAD record just read: the REFS record right after it names
+    // its holders.
+    let mut payload: Option<(Location, Entry)> = None;
     let log = EnvelopeLog::open(dir, segment_bytes, |r| match r.record {
+        Record::Payload(p) => {
+            let entry = Entry {
+                at: r.at,
+                message_id: p.message_id,
+                expires_ms: p.expires_ms,
+                payload_len: u32::try_from(p.payload.len()).unwrap_or(u32::MAX),
+            };
+            payload = Some((r.at, entry));
+        }
+        Record::Refs {
+            payload_offset,
+            refs,
+        } => match payload.take() {
+            Some((at, entry)) if at.segment == r.at.segment && at.offset == payload_offset => {
+                for (mailbox, seq) in refs {
+                    replayed
+                        .entry(mailbox)
+                        .or_insert_with(|| MailboxState::new(1))
+                        .insert(seq, entry);
+                }
+            }
+            _ => tracing::warn!(
+                segment = r.at.segment,
+                offset = r.at.offset,
+                "references to a payload that is not before them; ignoring them"
+            ),
+        },
         Record::Envelope(e) => {
             let entry = Entry {
                 at: r.at,
@@ -244,6 +274,16 @@ impl Inner {
                     .get(from..from + at.len as usize)
                     .ok_or(StoreError::Corrupt("log span"))?;
                 match record::decode(raw) {
+                    // Stored once for many mailboxes: the index says whose.
+                    Ok((Record::Payload(p), _)) => {
+                        out.push(StoredEnvelope {
+                            seq: *seq,
+                            message_id: p.message_id,
+                            received_ms: p.received_ms,
+                            expires_ms: p.expires_ms,
+                            payload: p.payload.to_vec(),
+                        });
+                    }
                     Ok((Record::Envelope(e), _)) if e.mailbox == *mailbox && e.seq == *seq => {
                         out.push(StoredEnvelope {
                             seq: *seq,

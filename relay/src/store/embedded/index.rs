@@ -101,8 +101,28 @@ impl Default for Index {
 impl Index {
     /// Lock the shard holding `mailbox`.
     pub fn shard(&self, mailbox: &MailboxId) -> Option<MutexGuard<'_, Shard>> {
-        let i = usize::from(mailbox[0]) % SHARDS;
-        self.shards[i].lock().ok()
+        self.shards[Self::shard_id(mailbox)].lock().ok()
+    }
+
+    /// The number of the shard holding `mailbox`.
+    pub fn shard_id(mailbox: &MailboxId) -> usize {
+        usize::from(mailbox[0]) % SHARDS
+    }
+
+    /// Lock the shards holding `mailboxes`, each once, in ascending order:
+    /// the one order every multi-shard lock takes, so two of them cannot
+    /// deadlock (everything else holds one shard at a time).
+    pub fn lock_many<'a>(
+        &self,
+        mailboxes: impl IntoIterator<Item = &'a MailboxId>,
+    ) -> Option<BTreeMap<usize, MutexGuard<'_, Shard>>> {
+        let ids: std::collections::BTreeSet<usize> =
+            mailboxes.into_iter().map(Self::shard_id).collect();
+        let mut locked = BTreeMap::new();
+        for i in ids {
+            locked.insert(i, self.shards[i].lock().ok()?);
+        }
+        Some(locked)
     }
 
     /// Lock each shard in turn.

@@ -29,8 +29,11 @@ pub mod envelope_log;
 pub mod group_commit;
 pub mod index;
 pub mod record;
+mod shared;
 pub mod signal;
 
+#[cfg(test)]
+mod fanout_tests;
 #[cfg(test)]
 mod tests;
 
@@ -226,6 +229,17 @@ impl MailboxStore for EmbeddedStore {
     ) -> Result<Appended, StoreError> {
         self.writable()?;
         self.inner.append(mailbox, env, quota, &self.commit)
+    }
+
+    fn append_many(
+        &self,
+        targets: &[(MailboxId, Quota)],
+        env: NewEnvelope<'_>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        self.writable()?;
+        // The payload once, with a reference per mailbox (`shared`); the
+        // caller's one durability wait covers every target.
+        self.inner.append_many(targets, env, &self.commit)
     }
 
     fn fetch(

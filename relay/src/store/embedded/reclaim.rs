@@ -137,6 +137,13 @@ impl Inner {
             let Ok((rec, len)) = record::decode(rest) else {
                 break;
             };
+            if let Record::Refs {
+                payload_offset,
+                refs,
+            } = &rec
+            {
+                self.copy_shared_forward(id, &bytes, *payload_offset, refs)?;
+            }
             if let Record::Envelope(e) = rec {
                 let old = Location {
                     segment: id,

@@ -6,7 +6,16 @@
 //! body = kind (1) ‖ mailbox id (16) ‖ ...
 //!   ENVELOPE: seq (8) ‖ received ms (8) ‖ expires ms (8) ‖ message id (16) ‖ payload
 //!   REMOVE:   seq (8) × n          (acknowledged or expired envelopes)
+//! body = kind (1) ‖ ...            (kinds 3 and 4 carry no mailbox id)
+//!   PAYLOAD:  received ms (8) ‖ expires ms (8) ‖ message id (16) ‖ payload
+//!   REFS:     payload offset (8) ‖ (mailbox id (16) ‖ seq (8)) × n
 //! ```
+//!
+//! PAYLOAD and REFS (added with multi-recipient sends) store one envelope
+//! once for many mailboxes: a PAYLOAD record immediately followed, in the
+//! same segment, by a REFS record naming it by offset and listing which
+//! mailbox holds it under which sequence number (24 bytes a mailbox).
+//! Segments written before them hold only kinds 1 and 2 and read the same.
 //!
 //! All integers are big-endian. The CRC lets recovery tell a record torn by
 //! a crash (or damaged on disk) from a whole one.
@@ -19,6 +28,14 @@ pub const MAGIC: &[u8; 8] = b"TERNLOG1";
 pub const HEADER: usize = 8;
 const KIND_ENVELOPE: u8 = 1;
 const KIND_REMOVE: u8 = 2;
+const KIND_PAYLOAD: u8 = 3;
+const KIND_REFS: u8 = 4;
+/// Payload body bytes before the payload.
+pub const PAYLOAD_FIXED: usize = 1 + 8 + 8 + 16;
+/// REFS body bytes before the references.
+const REFS_FIXED: usize = 1 + 8;
+/// Bytes of one reference in a REFS record.
+pub const REF_LEN: usize = 16 + 8;
 /// Envelope body bytes before the payload.
 pub const ENVELOPE_FIXED: usize = 1 + 16 + 8 + 8 + 8 + 16;
 /// Largest body recovery accepts; anything longer is damage, not a record.
@@ -41,6 +58,19 @@ pub struct EnvelopeRecord<'a> {
     pub payload: &'a [u8],
 }
 
+/// One envelope's payload as logged once for many mailboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadRecord<'a> {
+    /// When the relay accepted it.
+    pub received_ms: u64,
+    /// When it expires unless acked.
+    pub expires_ms: u64,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// Opaque sealed bytes.
+    pub payload: &'a [u8],
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -52,6 +82,16 @@ pub enum Record<'a> {
         mailbox: MailboxId,
         /// Their sequence numbers.
         seqs: Vec<u64>,
+    },
+    /// A payload held by the mailboxes of the REFS record after it.
+    Payload(PayloadRecord<'a>),
+    /// The mailboxes holding the PAYLOAD record at `payload_offset` of
+    /// this segment, and their sequence numbers.
+    Refs {
+        /// Offset of the PAYLOAD record in this segment.
+        payload_offset: u64,
+        /// (mailbox, seq) for each holder.
+        refs: Vec<(MailboxId, u64)>,
     },
 }
 
@@ -104,6 +144,38 @@ pub fn put_remove(out: &mut Vec<u8>, mailbox: &MailboxId, seqs: &[u64]) {
     finish(out, start);
 }
 
+/// Length of a PAYLOAD record with a payload of `payload_len` bytes.
+pub fn payload_len(payload_len: usize) -> usize {
+    HEADER + PAYLOAD_FIXED + payload_len
+}
+
+/// Append a PAYLOAD record to `out`.
+pub fn put_payload(out: &mut Vec<u8>, p: &PayloadRecord<'_>) {
+    let start = out.len();
+    out.reserve(payload_len(p.payload.len()));
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(KIND_PAYLOAD);
+    out.extend_from_slice(&p.received_ms.to_be_bytes());
+    out.extend_from_slice(&p.expires_ms.to_be_bytes());
+    out.extend_from_slice(&p.message_id);
+    out.extend_from_slice(p.payload);
+    finish(out, start);
+}
+
+/// Append a REFS record to `out` for the PAYLOAD record at `payload_offset`.
+pub fn put_refs(out: &mut Vec<u8>, payload_offset: u64, refs: &[(MailboxId, u64)]) {
+    let start = out.len();
+    out.reserve(HEADER + REFS_FIXED + refs.len() * REF_LEN);
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(KIND_REFS);
+    out.extend_from_slice(&payload_offset.to_be_bytes());
+    for (mailbox, seq) in refs {
+        out.extend_from_slice(mailbox);
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
+    finish(out, start);
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -146,6 +218,30 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), Damage> {
             let seqs = body[17..].chunks_exact(8).map(|c| u64_at(c, 0)).collect();
             Record::Remove { mailbox, seqs }
         }
+        KIND_PAYLOAD if body.len() >= PAYLOAD_FIXED => {
+            let mut message_id = [0u8; 16];
+            message_id.copy_from_slice(&body[17..33]);
+            Record::Payload(PayloadRecord {
+                received_ms: u64_at(body, 1),
+                expires_ms: u64_at(body, 9),
+                message_id,
+                payload: &body[PAYLOAD_FIXED..],
+            })
+        }
+        KIND_REFS if body.len() > REFS_FIXED && (body.len() - REFS_FIXED) % REF_LEN == 0 => {
+            let refs = body[REFS_FIXED..]
+                .chunks_exact(REF_LEN)
+                .map(|c| {
+                    let mut m = [0u8; 16];
+                    m.copy_from_slice(&c[..16]);
+                    (m, u64_at(c, 16))
+                })
+                .collect();
+            Record::Refs {
+                payload_offset: u64_at(body, 1),
+                refs,
+            }
+        }
         _ => return Err(Damage::Corrupt("record kind or layout")),
     };
     Ok((record, HEADER + len))
@@ -185,6 +281,35 @@ mod tests {
             }
         );
         assert_eq!(n + m, out.len());
+    }
+
+    #[test]
+    fn shared_records_round_trip() {
+        let mut out = Vec::new();
+        let p = PayloadRecord {
+            received_ms: 1,
+            expires_ms: 2,
+            message_id: [3; 16],
+            payload: b"group",
+        };
+        put_payload(&mut out, &p);
+        assert_eq!(out.len(), payload_len(5));
+        let refs = vec![([1; 16], 7), ([2; 16], 1)];
+        put_refs(&mut out, 8, &refs);
+        assert_eq!(
+            out.len(),
+            payload_len(5) + HEADER + REFS_FIXED + 2 * REF_LEN
+        );
+        let (first, n) = decode(&out).unwrap();
+        assert_eq!(first, Record::Payload(p));
+        let (second, _) = decode(&out[n..]).unwrap();
+        assert_eq!(
+            second,
+            Record::Refs {
+                payload_offset: 8,
+                refs
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! Multi-recipient sends (`SendMany`): one sealed payload, many (mailbox,
+//! token) targets, one store operation, one answer. Groups and a user's
+//! other devices are built on it. Each target's token is checked as a
+//! `Send`'s is (in constant time; unknown and revoked tokens both answer
+//! `TOKEN_INVALID`), each is charged the per-token send rate, and each
+//! mailbox's quota is its own, so one bad target refuses only itself.
+//! Whole-request refusals are for what the whole frame got wrong (message
+//! id, payload size, target count, a full disk).
+
+use super::{fixed, store_error, token_hash, RelayCore};
+use crate::clock::Clock;
+use crate::store::{MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, TokenHash};
+use subtle::ConstantTimeEq;
+use tern_protocol::pb;
+use tern_protocol::{ErrorCode, WireError, TOKEN_LEN};
+
+/// What a `SendMany` the relay took came to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SentMany {
+    /// One result per target, in the order of the request's targets.
+    pub results: Vec<pb::TargetResult>,
+    /// Mailboxes that hold the envelope (new or already): once durable,
+    /// their subscribers are woken. Empty for an ephemeral send.
+    pub stored: Vec<MailboxId>,
+    /// For an ephemeral send, the mailboxes to pass it to.
+    pub ephemeral: Vec<MailboxId>,
+}
+
+impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
+    /// Check one target: its mailbox id, its token (constant time), and the
+    /// token's send rate.
+    fn check_target(&self, t: &pb::SendTarget) -> Result<(MailboxId, TokenHash), WireError> {
+        let mailbox: MailboxId = fixed(&t.mailbox_id, "mailbox_id")?;
+        // Unknown and revoked tokens get the same answer, so a blocked
+        // sender cannot tell that it was blocked.
+        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
+        if t.token.len() != TOKEN_LEN {
+            return Err(invalid());
+        }
+        let hash = token_hash(&t.token);
+        let record = self.store.token(&hash).map_err(store_error)?;
+        let Some(record) = record.filter(|r| !r.revoked) else {
+            return Err(invalid());
+        };
+        if !bool::from(record.mailbox.ct_eq(&mailbox)) {
+            return Err(invalid());
+        }
+        self.rates.send(&hash)?;
+        Ok((mailbox, hash))
+    }
+
+    /// Check and apply one multi-recipient send. Every valid target is
+    /// appended in one store operation; for a stored send the caller must
+    /// await [`Self::durable`] once before answering.
+    pub fn send_many(&self, s: &pb::SendMany) -> Result<SentMany, WireError> {
+        let message_id: MessageId = fixed(&s.message_id, "message_id")?;
+        if s.payload.len() > self.limits.max_envelope_bytes {
+            return Err(WireError::new(
+                ErrorCode::EnvelopeTooLarge,
+                format!(
+                    "envelope of {} bytes exceeds the maximum of {}",
+                    s.payload.len(),
+                    self.limits.max_envelope_bytes
+                ),
+            ));
+        }
+        let max = self.limits.max_recipients_per_send;
+        if s.targets.is_empty() || s.targets.len() > max {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "a send must name 1 to {max} targets, not {}",
+                    s.targets.len()
+                ),
+            ));
+        }
+        if !s.ephemeral {
+            self.check_disk()?;
+        }
+        let checked: Vec<Result<MailboxId, WireError>> = s
+            .targets
+            .iter()
+            .map(|t| self.check_target(t).map(|(m, _)| m))
+            .collect();
+        let valid: Vec<MailboxId> = checked.iter().filter_map(|r| r.clone().ok()).collect();
+        if s.ephemeral {
+            return Ok(SentMany {
+                results: checked
+                    .into_iter()
+                    .map(|r| pb::TargetResult::of(r.map(|_| false)))
+                    .collect(),
+                stored: Vec::new(),
+                ephemeral: valid,
+            });
+        }
+        let now = self.clock.now_ms();
+        let env = NewEnvelope {
+            message_id,
+            payload: &s.payload,
+            now_ms: now,
+            expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
+        };
+        let quota = Quota {
+            max_envelopes: self.limits.mailbox_max_envelopes,
+            max_bytes: self.limits.mailbox_max_bytes,
+        };
+        let targets: Vec<(MailboxId, Quota)> = valid.iter().map(|m| (*m, quota)).collect();
+        let appended = if targets.is_empty() {
+            Vec::new()
+        } else {
+            self.store.append_many(&targets, env).map_err(store_error)?
+        };
+        let mut appended = appended.into_iter();
+        let mut stored = Vec::with_capacity(targets.len());
+        let results = checked
+            .into_iter()
+            .map(|r| {
+                let r = r.and_then(|mailbox| match appended.next() {
+                    Some(Ok(a)) => {
+                        stored.push(mailbox);
+                        Ok(a.duplicate)
+                    }
+                    Some(Err(e)) => Err(store_error(e)),
+                    None => Err(crate::core::storage_unavailable()),
+                });
+                pb::TargetResult::of(r)
+            })
+            .collect();
+        Ok(SentMany {
+            results,
+            stored,
+            ephemeral: Vec::new(),
+        })
+    }
+
+    /// The ephemeral envelope to pass on for an accepted ephemeral
+    /// multi-recipient send.
+    pub fn ephemeral_envelope_many(&self, s: &pb::SendMany) -> pb::Envelope {
+        pb::Envelope {
+            seq: 0,
+            message_id: s.message_id.clone(),
+            received_at_ms: self.clock.now_ms(),
+            payload: s.payload.clone(),
+            ephemeral: true,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "core_fanout_tests.rs"]
+mod tests;
