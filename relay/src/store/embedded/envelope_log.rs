@@ -15,6 +15,9 @@
 //!
 //! Which envelopes are live, and where, is the caller's index; this module
 //! keeps per-segment counts so it can say when a segment may go.
+//!
+//! A little over 600 lines on purpose: the buffer, the segment files, sync
+//! and replay share one lock discipline and are meant to be read together.
 
 use super::record::{self, Damage, Record, MAGIC};
 use super::StoreError;
