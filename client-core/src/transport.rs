@@ -341,6 +341,11 @@ fn unexpected(r: &Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response {r:?}"))
 }
 
+/// A relay's yes to one send: the envelope is durably stored. It carries
+/// nothing else; relays tell senders no sequence number (protocol.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored;
+
 /// One envelope to deposit.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -411,11 +416,11 @@ impl MessageStream {
     }
 
     /// Send many envelopes with all of them in flight at once; returns each
-    /// one's result in order (`Ok(seq)` once the relay has it durably).
+    /// one's result in order (`Ok(Stored)` once the relay has it durably).
     pub async fn send_all(
         &mut self,
         items: &[Outgoing],
-    ) -> Result<Vec<Result<u64, WireError>>, ClientError> {
+    ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
         let first = self.next_request;
         // All of them leave in one write.
         let mut out = BytesMut::new();
@@ -438,7 +443,7 @@ impl MessageStream {
             .write_chunk(out.freeze())
             .await
             .map_err(|e| self.broken(e))?;
-        let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+        let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
         let mut missing = items.len();
         while missing > 0 {
             match self.next().await? {
@@ -455,7 +460,8 @@ impl MessageStream {
                     }
                     *slot = Some(match r.error {
                         Some(e) => Err(WireError::from(e)),
-                        None => Ok(r.seq),
+                        // `seq` is 0 from current relays: never relied on.
+                        None => Ok(Stored),
                     });
                 }
                 Some(pb::relay_frame::Frame::Error(e)) => {

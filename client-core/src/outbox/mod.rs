@@ -16,7 +16,7 @@ use crate::error::ClientError;
 use crate::event::{OutboxReport, SendOutcome};
 use crate::layers;
 use crate::store::{message_key, Contact, ContactId, OutboxItem, Status, StoredMessage};
-use crate::transport::{Dialer, Outgoing};
+use crate::transport::{Dialer, Outgoing, Stored};
 use rules::{Decision, MAX_OUTBOX_WAIT, OUTBOX_RETRY_ROUNDS};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -31,7 +31,7 @@ const DEPOSIT_CHUNK: usize = 256;
 
 /// Each item's send result on one relay (`None`: held back), or why the
 /// relay could not be used at all.
-pub(crate) type RelayResults = Result<Vec<Option<Result<u64, WireError>>>, ClientError>;
+pub(crate) type RelayResults = Result<Vec<Option<Result<Stored, WireError>>>, ClientError>;
 
 /// One relay's part of a round: its items, in outbox order, and results.
 pub(crate) struct Deposit {
@@ -86,7 +86,7 @@ pub(crate) async fn deposit(
         payload: i.payload.clone(),
     };
     let mailboxes: Vec<[u8; 16]> = items.iter().map(|i| i.mailbox_id).collect();
-    let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+    let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
     let (firsts, rest) = rules::first_per_mailbox(&mailboxes);
     for chunk in firsts.chunks(DEPOSIT_CHUNK) {
         let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();

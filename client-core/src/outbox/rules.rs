@@ -5,6 +5,7 @@
 
 use crate::event::{DeliveryStatus, OutboxReport, SendOutcome};
 use crate::store::OutboxItem;
+use crate::transport::Stored;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tern_protocol::{ErrorCode, WireError};
@@ -35,9 +36,9 @@ pub(crate) enum Decision {
 }
 
 /// Decide what a send result means.
-pub(crate) fn decide(result: Option<Result<u64, WireError>>) -> Decision {
+pub(crate) fn decide(result: Option<Result<Stored, WireError>>) -> Decision {
     match result {
-        Some(Ok(_)) => Decision::Retire,
+        Some(Ok(Stored)) => Decision::Retire,
         Some(Err(e)) if e.is_retryable() => {
             let after = Duration::from_millis(e.retry_after_ms);
             let asked_to_pause = matches!(
@@ -84,11 +85,11 @@ pub(crate) fn released(
     mailboxes: &[[u8; 16]],
     firsts: &[usize],
     rest: Vec<usize>,
-    results: &[Option<Result<u64, WireError>>],
+    results: &[Option<Result<Stored, WireError>>],
 ) -> Vec<usize> {
     let stored: HashSet<[u8; 16]> = firsts
         .iter()
-        .filter(|&&i| matches!(results[i], Some(Ok(_))))
+        .filter(|&&i| matches!(results[i], Some(Ok(Stored))))
         .map(|&i| mailboxes[i])
         .collect();
     rest.into_iter()
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_stored_send_retires_and_a_missing_one_is_held_back() {
-        assert_eq!(decide(Some(Ok(7))), Decision::Retire);
+        assert_eq!(decide(Some(Ok(Stored))), Decision::Retire);
         assert_eq!(decide(None), Decision::HeldBack);
     }
 
@@ -197,9 +198,9 @@ mod tests {
         assert_eq!(rest, [1, 3, 5]);
         // a's first was stored, b's was refused, c's was stored.
         let mut results = vec![None; boxes.len()];
-        results[0] = Some(Ok(1));
+        results[0] = Some(Ok(Stored));
         results[2] = Some(Err(refusal(ErrorCode::RateLimited, 10)));
-        results[4] = Some(Ok(2));
+        results[4] = Some(Ok(Stored));
         assert_eq!(released(&boxes, &firsts, rest, &results), [1, 3]);
     }
 
