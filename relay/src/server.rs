@@ -135,6 +135,7 @@ impl<S: MailboxStore> RunningRelay<S> {
             hub: Arc::new(Hub::default()),
             slots: ConnectionSlots::new(config.limits.max_connections_per_ip),
             workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
+            observer: config.observer.clone(),
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)

@@ -70,14 +70,29 @@ pub(crate) async fn deposit_all(
 
 /// Deposit `items` (in outbox order) on one relay, each mailbox's first
 /// item before the rest ([`rules::first_per_mailbox`]). `None` for an item
-/// held back this time.
+/// held back this time. Each recipient mailbox gets a connection of its
+/// own ([`Dialer::connect_unlinked`]): sends to different contacts never
+/// share a connection, socket or port, nor with our authenticated one.
 pub(crate) async fn deposit(
     dialer: &mut Dialer,
     relay: &str,
     items: &[OutboxItem],
 ) -> RelayResults {
     let url: RelayUrl = relay.parse()?;
-    let link = dialer.connect(&url).await?;
+    let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
+    for group in rules::by_mailbox(items.iter().map(|i| i.mailbox_id)) {
+        let picked: Vec<OutboxItem> = group.iter().map(|&i| items[i].clone()).collect();
+        let got = deposit_to_one(dialer, &url, &picked).await?;
+        for (i, r) in group.into_iter().zip(got) {
+            results[i] = r;
+        }
+    }
+    Ok(results)
+}
+
+/// Deposit `items`, all for one mailbox, on a connection of their own.
+async fn deposit_to_one(dialer: &mut Dialer, url: &RelayUrl, items: &[OutboxItem]) -> RelayResults {
+    let link = dialer.connect_unlinked(url).await?;
     let mut stream = link.messages().await?;
     let outgoing = |i: &OutboxItem| Outgoing {
         mailbox: i.mailbox_id,
@@ -143,7 +158,7 @@ impl Client {
 
     /// Put a text to the contact named `to` in the outbox, durably; returns
     /// its id (hex). Nothing is sent yet.
-    pub(crate) async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
+    pub async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
         let contact = self.contact_named(to)?;
         let session = self
             .load_session(&contact.identity_key)?

@@ -70,6 +70,20 @@ pub(crate) fn by_relay(items: Vec<OutboxItem>) -> BTreeMap<String, Vec<OutboxIte
     grouped
 }
 
+/// Indices of the items for each mailbox, in outbox order, one group per
+/// mailbox in the order each first appears: each group goes out on a
+/// connection of its own.
+pub(crate) fn by_mailbox(mailboxes: impl Iterator<Item = [u8; 16]>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<([u8; 16], Vec<usize>)> = Vec::new();
+    for (i, m) in mailboxes.enumerate() {
+        match groups.iter_mut().find(|(g, _)| *g == m) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((m, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
 /// Indices of each mailbox's first item, and of all the others, in order.
 /// The firsts go out first and the rest only once their mailbox's first is
 /// stored, so a contact's introduction can never land after the texts that
@@ -155,6 +169,16 @@ mod tests {
             retry_after_ms,
             ..WireError::new(code, "no")
         }
+    }
+
+    #[test]
+    fn items_are_grouped_by_mailbox_in_outbox_order() {
+        let (a, b) = ([1; 16], [2; 16]);
+        assert_eq!(
+            by_mailbox([a, b, a, a, b].into_iter()),
+            vec![vec![0, 2, 3], vec![1, 4]]
+        );
+        assert!(by_mailbox(std::iter::empty()).is_empty());
     }
 
     #[test]
