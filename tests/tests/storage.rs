@@ -292,8 +292,26 @@ async fn no_plaintext_reaches_the_relay_or_client_disks() {
     assert_eq!(waiting.len(), 1, "the undelivered message is not on disk");
     drop(store);
 
+    // Each user's identity and seal keys, as their contact holds them: the
+    // relay must not be able to tell whose device an envelope came from.
+    // (Signing keys are the mailboxes' auth keys, which the relay holds by
+    // design, under the mailbox record.)
+    let mut keys: Vec<[u8; 32]> = Vec::new();
+    for user in [&alice, &bob] {
+        for c in user.client.contacts().unwrap() {
+            keys.extend([c.identity_key, c.seal_key]);
+        }
+    }
+    assert_eq!(keys.len(), 4);
     let canaries = [&alice_name, &bob_name, &delivered, &reply, &undelivered];
     let homes = [alice.into_home(), bob.into_home()];
+    for key in &keys {
+        let found = files_containing(relay.data_dir(), key);
+        assert!(
+            found.is_empty(),
+            "an identity or seal key in the relay's files {found:?}"
+        );
+    }
     for canary in canaries {
         let found = files_containing(relay.data_dir(), canary.as_bytes());
         assert!(
