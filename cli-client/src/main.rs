@@ -343,13 +343,19 @@ async fn run(cli: Cli) -> Result<()> {
                     None
                 }
             };
+            // One Ctrl-C listener for the whole loop: a fresh `ctrl_c()` per
+            // turn would miss a SIGINT that arrives while an event prints
+            // (tokio reports only signals after the listener exists), and
+            // listen would never stop.
+            let interrupted = tokio::signal::ctrl_c();
+            tokio::pin!(interrupted);
             loop {
                 tokio::select! {
                     e = events.next() => match e {
                         Some(e) => print_event(&e, json),
                         None => break,
                     },
-                    _ = tokio::signal::ctrl_c() => {
+                    _ = &mut interrupted => {
                         #[cfg(unix)]
                         if let Some(server) = &server {
                             server.shutdown().await;
