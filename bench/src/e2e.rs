@@ -9,7 +9,8 @@
 //! (16-byte random id, wall-clock `sent_at_ms`, `Text` body), which is
 //! Olm-encrypted with the pair's [`PairSession`], wrapped in a `pb::Sealed`
 //! naming the sender's identity key, and sealed to the recipient's seal key
-//! (an ephemeral X25519 per message). Receiving
+//! (an ephemeral X25519 per message), padded inside the seal so the payload
+//! is exactly one size bucket (256 B, 1 KiB, 4 KiB, …). Receiving
 //! ([`layers::open_from_peer`]): open the seal, decode `Sealed`, check the
 //! sender, route the Olm message to the session, decrypt, decode `Content`
 //! with its id; then require a text. Any failure is an error of the run.
@@ -151,7 +152,8 @@ pub struct CryptoCost {
     pub seal_us: f64,
     /// Mean time to open, decrypt and decode one, microseconds.
     pub open_us: f64,
-    /// Bytes of one sealed payload on the wire.
+    /// Bytes of one sealed payload on the wire: its padded size bucket, not
+    /// the text's length.
     pub payload_bytes: usize,
 }
 
@@ -195,6 +197,7 @@ mod tests {
             let text = inbound.open_text(&payload)?;
             assert_eq!(text.len(), 200);
             assert_eq!(read_stamp(&text)?, (1000 + i, i));
+            assert!(tern_protocol::padding::is_bucket(payload.len()));
         }
         Ok(())
     }

@@ -494,16 +494,20 @@ async fn e2e_notes(mode: Mode, size: usize) -> anyhow::Result<Vec<String>> {
         .await
         .map_err(|e| anyhow!("crypto calibration: {e}"))?
         .context("crypto calibration")?;
-    if cost.payload_bytes > DEFAULT_MAX_ENVELOPE {
+    // The client pads every payload to a size bucket; one that could not be
+    // padded under the limit is one the client would refuse to send.
+    if cost.payload_bytes > DEFAULT_MAX_ENVELOPE
+        || !tern_protocol::padding::is_bucket(cost.payload_bytes)
+    {
         return Err(anyhow!(
-            "a {size}-byte text seals to {} bytes, more than an envelope may hold ({DEFAULT_MAX_ENVELOPE})",
+            "a {size}-byte text seals to {} bytes, more than an envelope may hold padded ({DEFAULT_MAX_ENVELOPE})",
             cost.payload_bytes
         ));
     }
     Ok(vec![
         format!(
             "e2e: each message is a {}-byte text in a Content, Olm-encrypted on the pair's session and sealed \
-             to the receiver as tern-client does ({} bytes on the wire); the receiver opens, decrypts and \
+             to the receiver as tern-client does, padded to a size bucket ({} bytes on the wire); the receiver opens, decrypts and \
              decodes it before latency is taken; the clients' local stores are not involved",
             size.max(e2e::STAMP_TEXT_LEN),
             cost.payload_bytes

@@ -20,6 +20,12 @@ struct Cli {
     /// Where this account lives (default: the user's data directory).
     #[arg(long, global = true, env = "TERN_HOME")]
     home: Option<PathBuf>,
+    /// Milliseconds kept between this device's authentication (or token
+    /// minting) and its sends, drawn at random from MIN-MAX each time
+    /// (default 300-3000), so a relay cannot pair them by timing. 0 turns
+    /// it off (for tests).
+    #[arg(long, global = true, env = "TERN_SEND_SPACING_MS", value_parser = parse_spacing, value_name = "MIN-MAX")]
+    send_spacing_ms: Option<(Duration, Duration)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +113,20 @@ fn main() {
     if let Err(e) = result {
         eprintln!("tern: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
+    }
+}
+
+/// `MIN-MAX` or a single number of milliseconds.
+fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|e| format!("{v:?}: {e}"))
+    };
+    match s.split_once('-') {
+        Some((lo, hi)) => Ok((ms(lo)?, ms(hi)?)),
+        None => ms(s).map(|d| (d, d)),
     }
 }
 
@@ -217,6 +237,14 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
 
 async fn run(cli: Cli) -> Result<()> {
     let home = home_dir(cli.home)?;
+    let spacing = cli.send_spacing_ms;
+    let open = |home: &PathBuf| -> Result<Client> {
+        let client = Client::open(home)?;
+        if let Some((min, max)) = spacing {
+            client.set_send_spacing(min, max);
+        }
+        Ok(client)
+    };
     // A client running for this home holds the store: hand it the work.
     #[cfg(unix)]
     if let Some(command) = forwardable(&cli.command) {
@@ -241,7 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Invite { qr } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open(&home)?;
             let code = client.invite().await?;
             println!("{code}");
             if qr {
@@ -255,7 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Accept { code, name } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open(&home)?;
             let contact = client.accept(&code, &name).await?;
             println!("added contact {}", contact.name);
             if client.outbox_len()? > 0 {
@@ -264,7 +292,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Contacts { json } => {
-            let client = Client::open(&home)?;
+            let client = open(&home)?;
             for c in client.contacts()? {
                 if json {
                     println!(
@@ -281,7 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
             text,
             json,
         } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open(&home)?;
             let (id, outcome) = client.send_text(&contact, &text).await?;
             match (outcome, json) {
                 (SendOutcome::Sent, false) => println!("sent {id}"),
@@ -296,7 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Recv { wait, json } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open(&home)?;
             flush_outbox(&mut client).await?;
             for e in client.receive(Duration::from_secs(wait)).await? {
                 print_event(&e, json);
@@ -304,7 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
         }
         Command::Listen { json } => {
-            let client = Client::open(&home)?;
+            let client = open(&home)?;
             let (handle, mut events) = tern_client::spawn(client);
             // Other commands for this home come to us through the socket.
             #[cfg(unix)]
@@ -315,13 +343,19 @@ async fn run(cli: Cli) -> Result<()> {
                     None
                 }
             };
+            // One Ctrl-C listener for the whole loop: a fresh `ctrl_c()` per
+            // turn would miss a SIGINT that arrives while an event prints
+            // (tokio reports only signals after the listener exists), and
+            // listen would never stop.
+            let interrupted = tokio::signal::ctrl_c();
+            tokio::pin!(interrupted);
             loop {
                 tokio::select! {
                     e = events.next() => match e {
                         Some(e) => print_event(&e, json),
                         None => break,
                     },
-                    _ = tokio::signal::ctrl_c() => {
+                    _ = &mut interrupted => {
                         #[cfg(unix)]
                         if let Some(server) = &server {
                             server.shutdown().await;
@@ -346,7 +380,7 @@ async fn run(cli: Cli) -> Result<()> {
             limit,
             json,
         } => {
-            let client = Client::open(&home)?;
+            let client = open(&home)?;
             for m in client.history(&contact, limit)? {
                 let who = if m.outgoing {
                     client.profile().name.clone()
@@ -373,7 +407,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Block { contact } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open(&home)?;
             client.block(&contact).await?;
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");

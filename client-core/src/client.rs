@@ -72,6 +72,14 @@ impl Client {
         Ok(self.store.outbox()?.len())
     }
 
+    /// Keep sends between `min` and `max` (drawn at random each time) away
+    /// from this client's authentications and token minting, in either
+    /// order (`spacing.rs`; default 300 ms to 3 s). Zero turns it off, for
+    /// tests that do not look at timing.
+    pub fn set_send_spacing(&self, min: Duration, max: Duration) {
+        self.dialer.spacing().set_range(min, max);
+    }
+
     /// Close relay connections politely (bounded wait); call before exiting.
     pub async fn close(self) {
         self.dialer.wait_idle(Duration::from_secs(1)).await;
@@ -122,7 +130,5 @@ pub(crate) async fn authenticated_link(
     sign: impl Fn(&[u8]) -> [u8; 64],
 ) -> Result<RelayLink, ClientError> {
     let url: RelayUrl = relay_url.parse()?;
-    let link = dialer.connect(&url).await?;
-    link.authenticate(mailbox, sign).await?;
-    Ok(link)
+    dialer.connect_authenticated(&url, mailbox, sign).await
 }

@@ -48,6 +48,7 @@ impl Client {
     pub async fn invite(&mut self) -> Result<String, ClientError> {
         let link = self.home_link().await?;
         let token = link.create_token().await?;
+        self.dialer.spacing().note_auth();
         link.close();
         let one_time_key = self.account.new_one_time_key();
         self.save_account()?;
@@ -100,6 +101,8 @@ impl Client {
 
         let link = self.home_link().await?;
         let my_token = link.create_token().await?;
+        // The hello goes out no sooner than a random gap after this mint.
+        self.dialer.spacing().note_auth();
         link.close();
 
         let now = now_ms();

@@ -1,7 +1,9 @@
 //! The message layers, and nothing else: a `pb::Content` (id, time, body) is
 //! Olm-encrypted with the pair's session, wrapped in a `pb::Sealed` that
 //! names the sender's identity key, and sealed to the recipient's seal key;
-//! opening reverses each step and says which one refused.
+//! opening reverses each step and says which one refused. The wrapper is
+//! padded so the sealed payload is exactly one size bucket long; opening
+//! ignores the padding, and payloads made before padding open as before.
 //!
 //! Pure: no store, no sockets, no clock. Ids and times are passed in; the
 //! only randomness is inside the crypto itself (Olm's ratchet and the
@@ -12,8 +14,8 @@
 use prost::Message;
 use tern_crypto::{CryptoError, DeviceAccount, OlmCiphertext, PairSession, SealKey};
 use tern_protocol::invite::validate_address;
-use tern_protocol::limits;
 use tern_protocol::pb::{self, content::Body};
+use tern_protocol::{limits, padding};
 use thiserror::Error;
 
 /// Why a payload from a peer did not open. Each variant is one layer.
@@ -64,8 +66,9 @@ pub fn text_body(text: &str) -> Body {
 }
 
 /// Encrypt `content` with `session` and seal it to `peer_seal`, naming
-/// `own_identity` inside the seal: the payload the relay stores. Advances
-/// the session; the caller saves it with the payload.
+/// `own_identity` inside the seal: the payload the relay stores, padded to
+/// a size bucket ([`pad`]). Advances the session; the caller saves it with
+/// the payload.
 pub fn seal_content(
     session: &mut PairSession,
     own_identity: &[u8; 32],
@@ -73,17 +76,34 @@ pub fn seal_content(
     content: &pb::Content,
 ) -> Vec<u8> {
     let olm = session.encrypt(&content.encode_to_vec());
-    let sealed = pb::Sealed {
+    let mut sealed = pb::Sealed {
         sender_identity_key: own_identity.to_vec().into(),
         olm_type: olm.olm_type,
         olm_ciphertext: olm.body.into(),
+        padding: Default::default(),
     };
+    pad(&mut sealed);
     tern_crypto::seal(peer_seal, &sealed.encode_to_vec())
 }
 
-/// Refuse a payload larger than a relay's default envelope limit.
+/// Fill `sealed.padding` so that, sealed, it is exactly one size bucket
+/// long (`tern_protocol::padding`): the relay learns the bucket, not the
+/// length. The filler is inside the seal, so the relay cannot strip it.
+/// A wrapper too large for any bucket under the envelope limit is left
+/// unpadded, and [`check_size`] refuses it.
+pub fn pad(sealed: &mut pb::Sealed) {
+    sealed.padding = Default::default();
+    let unpadded = tern_crypto::SEAL_OVERHEAD + sealed.encoded_len();
+    if let Some(filler) = padding::padding_for(unpadded, limits::DEFAULT_MAX_ENVELOPE) {
+        sealed.padding = vec![0; filler].into();
+    }
+}
+
+/// Refuse a payload that a relay's default envelope limit does not take,
+/// or that could not be padded to a bucket under it (within two bytes of
+/// the limit: sending it unpadded would show its exact length).
 pub fn check_size(payload: &[u8]) -> Result<(), SealError> {
-    if payload.len() > limits::DEFAULT_MAX_ENVELOPE {
+    if payload.len() > limits::DEFAULT_MAX_ENVELOPE || !padding::is_bucket(payload.len()) {
         return Err(SealError::TooLarge {
             size: payload.len(),
             max: limits::DEFAULT_MAX_ENVELOPE,
@@ -358,8 +378,84 @@ mod tests {
     }
 
     #[test]
-    fn oversized_payloads_are_refused() {
+    fn oversized_or_unbucketed_payloads_are_refused() {
         assert!(check_size(&vec![0; limits::DEFAULT_MAX_ENVELOPE]).is_ok());
+        assert!(check_size(&vec![0; 256]).is_ok());
         assert!(check_size(&vec![0; limits::DEFAULT_MAX_ENVELOPE + 1]).is_err());
+        assert!(check_size(&vec![0; limits::DEFAULT_MAX_ENVELOPE - 1]).is_err());
+        assert!(check_size(&vec![0; 300]).is_err());
+    }
+
+    #[test]
+    fn an_unpadded_payload_from_an_older_client_still_opens() {
+        let (alice, mut bob, mut to_bob) = pair();
+        let olm = to_bob.encrypt(&content([7; 16], 1, text_body("old")).encode_to_vec());
+        let sealed = pb::Sealed {
+            sender_identity_key: alice.identity_key().to_vec().into(),
+            olm_type: olm.olm_type,
+            olm_ciphertext: olm.body.into(),
+            padding: Default::default(),
+        };
+        let payload = tern_crypto::seal(&bob.seal_public(), &sealed.encode_to_vec());
+        let u = unseal(bob.seal_key(), &payload).unwrap();
+        let (_, opened) = accept_content(&mut bob, &u.sender, &u.olm).unwrap();
+        assert_eq!(opened.body, Some(text_body("old")));
+    }
+
+    #[test]
+    fn a_hello_and_a_short_text_fall_in_buckets() {
+        let (alice, bob, mut to_bob) = pair();
+        let hello = Body::Hello(pb::ContactHello {
+            name: "alice".into(),
+            reply_to: Some(address(
+                &format!("tern://127.0.0.1:4433?fp={}", "ab".repeat(32)),
+                &[3; 16],
+                &[4; 32],
+            )),
+            signing_key: vec![5; 32].into(),
+            seal_key: vec![9; 32].into(),
+            invite_token: vec![6; 32].into(),
+        });
+        for body in [hello, text_body("hi")] {
+            let payload = seal_content(
+                &mut to_bob,
+                &alice.identity_key(),
+                &bob.seal_public(),
+                &content([1; 16], 0, body),
+            );
+            assert!(padding::is_bucket(payload.len()), "{}", payload.len());
+            assert!(check_size(&payload).is_ok());
+        }
+    }
+
+    mod padded {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            /// Every text the client can send seals to exactly a bucket, and
+            /// opening ignores the padding: the same text comes back.
+            #[test]
+            fn every_sealed_text_is_a_bucket_and_opens(len in 0usize..70_000) {
+                let (alice, mut bob, mut to_bob) = pair();
+                let text = "x".repeat(len);
+                let payload = seal_content(
+                    &mut to_bob,
+                    &alice.identity_key(),
+                    &bob.seal_public(),
+                    &content([1; 16], 0, text_body(&text)),
+                );
+                if check_size(&payload).is_err() {
+                    // Only texts too large for any bucket are refused.
+                    prop_assert!(len > limits::DEFAULT_MAX_ENVELOPE - 400);
+                    return Ok(());
+                }
+                prop_assert!(padding::is_bucket(payload.len()));
+                let u = unseal(bob.seal_key(), &payload).unwrap();
+                let (_, opened) = accept_content(&mut bob, &u.sender, &u.olm).unwrap();
+                prop_assert_eq!(opened.body, Some(text_body(&text)));
+            }
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod handle;
 pub mod inbox;
 pub mod layers;
 pub mod outbox;
+pub mod spacing;
 pub mod store;
 // The local socket (other programs using a running client); Unix only.
 #[cfg(unix)]

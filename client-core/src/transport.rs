@@ -1,8 +1,11 @@
 //! Connections to relays: QUIC with the relay's certificate pinned by the
 //! fingerprint in its URL, control requests on their own streams, and the
-//! long-lived message stream with many sends in flight.
+//! long-lived message stream with many sends in flight. Sends go out on
+//! connections of their own, unlinkable to the authenticated one
+//! ([`Dialer::connect_unlinked`]).
 
 use crate::error::ClientError;
+use crate::spacing::Spacing;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -117,14 +120,22 @@ fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
     Ok(config)
 }
 
-/// QUIC endpoints for reaching relays, one per address family, reused for
-/// every relay this client talks to. Clones share the endpoints (the
-/// running client connects and deposits through clones, in tasks of their
-/// own, and closes them all at the end).
+/// QUIC endpoints for reaching relays. Authenticated and control
+/// connections share one endpoint per address family. Sends never do: each
+/// send connection ([`Dialer::connect_unlinked`]) gets an endpoint of its
+/// own on a fresh ephemeral UDP port, so a relay cannot tie a send to the
+/// device's authenticated connection, nor to its sends to other mailboxes,
+/// by connection, socket or source port. Clones share the endpoints and the
+/// [`Spacing`] (the running client connects and deposits through clones,
+/// in tasks of their own, and closes them all at the end).
 #[derive(Default, Clone)]
 pub struct Dialer {
     // Locked only to look up or add an endpoint, never across an await.
     endpoints: Arc<Mutex<HashMap<bool, quinn::Endpoint>>>,
+    // Send endpoints whose connections may still be closing; pruned as new
+    // ones are made, waited for by `wait_idle`.
+    send_endpoints: Arc<Mutex<Vec<quinn::Endpoint>>>,
+    spacing: Spacing,
 }
 
 impl Dialer {
@@ -136,54 +147,120 @@ impl Dialer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The send endpoints, as [`Dialer::endpoints`].
+    fn send_endpoints(&self) -> std::sync::MutexGuard<'_, Vec<quinn::Endpoint>> {
+        self.send_endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The timing rule shared by this dialer's clones.
+    pub fn spacing(&self) -> &Spacing {
+        &self.spacing
+    }
+
     /// Wait (at most `wait`) until closed connections have told their relays,
     /// so relays free their state now rather than after an idle timeout.
     pub async fn wait_idle(&self, wait: Duration) {
-        let endpoints: Vec<quinn::Endpoint> = self.endpoints().values().cloned().collect();
+        let mut endpoints: Vec<quinn::Endpoint> = self.endpoints().values().cloned().collect();
+        endpoints.extend(self.send_endpoints().drain(..));
         for e in endpoints {
             let _ = tokio::time::timeout(wait, e.wait_idle()).await;
         }
     }
 
-    /// Connect to the relay at `url`.
+    /// Connect to the relay at `url` on the shared endpoint: for
+    /// authenticated and control connections, never for sends.
     pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            relay: url.authority(),
-            reason,
-        };
-        let addr: SocketAddr = tokio::net::lookup_host(url.authority())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .next()
-            .ok_or_else(|| unreachable("no address".into()))?;
+        let addr = resolve(url).await?;
         let v6 = addr.is_ipv6();
         let known = self.endpoints().get(&v6).cloned();
         let endpoint = match known {
             Some(e) => e,
             None => {
-                let bind: SocketAddr = if v6 {
-                    "[::]:0".parse()
-                } else {
-                    "0.0.0.0:0".parse()
-                }
-                .map_err(|_| unreachable("bad bind address".into()))?;
-                let e = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+                let e = fresh_endpoint(url, v6)?;
                 // A clone may have made one meanwhile: keep the first.
                 self.endpoints().entry(v6).or_insert(e).clone()
             }
         };
-        let connecting = endpoint
-            .connect_with(client_config(url)?, addr, "tern-relay")
-            .map_err(|e| unreachable(e.to_string()))?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(RelayLink {
-            conn,
-            relay: url.authority(),
-        })
+        dial(&endpoint, url, addr).await
     }
+
+    /// Connect to the relay at `url` as the home mailbox's owner: after the
+    /// [`Spacing`] gap from the last send, on the shared endpoint.
+    pub async fn connect_authenticated(
+        &mut self,
+        url: &RelayUrl,
+        mailbox: &[u8; 16],
+        sign: impl Fn(&[u8]) -> [u8; 64],
+    ) -> Result<RelayLink, ClientError> {
+        self.spacing.before_auth().await;
+        let link = self.connect(url).await?;
+        link.authenticate(mailbox, sign).await?;
+        Ok(link)
+    }
+
+    /// Connect to the relay at `url` to send to one mailbox: after the
+    /// [`Spacing`] gap from the last authentication, from an endpoint of
+    /// its own on a fresh ephemeral UDP port, used for nothing else.
+    pub async fn connect_unlinked(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
+        self.spacing.before_send().await;
+        let addr = resolve(url).await?;
+        let endpoint = fresh_endpoint(url, addr.is_ipv6())?;
+        {
+            let mut kept = self.send_endpoints();
+            kept.retain(|e| e.open_connections() > 0);
+            kept.push(endpoint.clone());
+        }
+        dial(&endpoint, url, addr).await
+    }
+}
+
+/// The relay's address.
+async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(url.authority())
+        .await
+        .map_err(|e| unreachable(url, e.to_string()))?
+        .next()
+        .ok_or_else(|| unreachable(url, "no address".into()))
+}
+
+fn unreachable(url: &RelayUrl, reason: String) -> ClientError {
+    ClientError::Unreachable {
+        relay: url.authority(),
+        reason,
+    }
+}
+
+/// A client endpoint on a new socket with an ephemeral port.
+fn fresh_endpoint(url: &RelayUrl, v6: bool) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if v6 {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    quinn::Endpoint::client(bind).map_err(|e| unreachable(url, e.to_string()))
+}
+
+/// Connect from `endpoint` to the relay at `addr`, pinning `url`'s
+/// certificate.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    url: &RelayUrl,
+    addr: SocketAddr,
+) -> Result<RelayLink, ClientError> {
+    let unreachable = |reason: String| unreachable(url, reason);
+    let connecting = endpoint
+        .connect_with(client_config(url)?, addr, "tern-relay")
+        .map_err(|e| unreachable(e.to_string()))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(RelayLink {
+        conn,
+        relay: url.authority(),
+    })
 }
 
 /// One connection to one relay.
@@ -341,6 +418,11 @@ fn unexpected(r: &Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response {r:?}"))
 }
 
+/// A relay's yes to one send: the envelope is durably stored. It carries
+/// nothing else; relays tell senders no sequence number (protocol.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored;
+
 /// One envelope to deposit.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -427,11 +509,11 @@ impl MessageStream {
     }
 
     /// Send many envelopes with all of them in flight at once; returns each
-    /// one's result in order (`Ok(seq)` once the relay has it durably).
+    /// one's result in order (`Ok(Stored)` once the relay has it durably).
     pub async fn send_all(
         &mut self,
         items: &[Outgoing],
-    ) -> Result<Vec<Result<u64, WireError>>, ClientError> {
+    ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
         let first = self.next_request;
         // All of them leave in one write.
         let mut out = BytesMut::new();
@@ -454,7 +536,7 @@ impl MessageStream {
             .write_chunk(out.freeze())
             .await
             .map_err(|e| self.broken(e))?;
-        let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+        let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
         let mut missing = items.len();
         while missing > 0 {
             match self.next().await? {
@@ -471,7 +553,8 @@ impl MessageStream {
                     }
                     *slot = Some(match r.error {
                         Some(e) => Err(WireError::from(e)),
-                        None => Ok(r.seq),
+                        // `seq` is 0 from current relays: never relied on.
+                        None => Ok(Stored),
                     });
                 }
                 Some(pb::relay_frame::Frame::Error(e)) => {
@@ -486,7 +569,7 @@ impl MessageStream {
 
     /// Send one payload to many mailboxes in one frame and wait for its one
     /// answer: one result per target, in the order of `m.targets`
-    /// (`Ok(duplicate)` once that mailbox holds it durably, or why that
+    /// ([`Stored`] once that mailbox holds it durably, or why that
     /// target was refused; the others are unaffected). A refusal of the
     /// whole request (too many targets, payload too large, over the rate)
     /// is [`ClientError::Refused`]. Other frames arriving meanwhile are
@@ -494,7 +577,7 @@ impl MessageStream {
     pub async fn send_many(
         &mut self,
         m: &OutgoingMany,
-    ) -> Result<Vec<Result<bool, WireError>>, ClientError> {
+    ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
         let request_id = self.next_request;
         self.next_request += 1;
         let frame = pb::ClientFrame::of(pb::client_frame::Frame::SendMany(pb::SendMany {
@@ -532,7 +615,7 @@ impl MessageStream {
                         .into_iter()
                         .map(|t| match t.error {
                             Some(e) => Err(WireError::from(e)),
-                            None => Ok(t.duplicate),
+                            None => Ok(Stored),
                         })
                         .collect());
                 }

@@ -303,6 +303,7 @@ fn main() {
         sender_identity_key: alice.identity_key().to_vec().into(),
         olm_type: m1.olm_type,
         olm_ciphertext: m1.body.clone().into(),
+        padding: Default::default(),
     };
     let text = pb::Content {
         message_id: vec![3; 16].into(),

@@ -24,6 +24,10 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Rate limits (0 turns one off).
     pub rates: RateConfig,
+    /// Who is told what the relay sees per connection (tests and audits);
+    /// none by default, and never part of a config file.
+    #[serde(skip)]
+    pub observer: crate::observer::Observer,
 }
 
 /// Rate limits. Each is a sustained rate and a burst; a rate of 0 turns
@@ -146,6 +150,7 @@ impl Default for RelayConfig {
             public_host: None,
             limits: Limits::default(),
             rates: RateConfig::default(),
+            observer: Default::default(),
         }
     }
 }

@@ -11,9 +11,10 @@ use crate::clock::Clock;
 use crate::conn_state::ConnState;
 use crate::core::{storage_unavailable, ConnAuth, RelayCore};
 use crate::hub::{Hub, Subscription};
+use crate::observer::Observer;
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
-use crate::stream::{run_store, MessageStream, Output, StoreOutcome, Ticket};
+use crate::stream::{run_store, MessageStream, Output, StoreOp, StoreOutcome, Ticket};
 use crate::workers::StoreWorkers;
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
@@ -52,6 +53,8 @@ pub struct Shared<S, C> {
     pub slots: ConnectionSlots,
     /// Threads that run the streams' store work.
     pub workers: StoreWorkers,
+    /// Told what the relay sees per connection; none by default.
+    pub observer: Observer,
 }
 
 /// Drive one connection until it closes.
@@ -63,6 +66,10 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
     {
         conn.close(1u32.into(), b"no keying material");
         return;
+    }
+    let id = crate::observer::next_connection_id();
+    if let Some(o) = shared.observer.get() {
+        o.connected(id, conn.remote_address());
     }
     let state = Arc::new(ConnState::new(
         ConnAuth::new(conn.remote_address().ip()),
@@ -83,7 +90,7 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         let (shared, state) = (Arc::clone(&shared), Arc::clone(&state));
         let span = tracing::debug_span!("stream", id = %send.id());
         tokio::spawn(
-            async move { stream(shared, state, exporter, send, recv).await }.instrument(span),
+            async move { stream(shared, state, id, exporter, send, recv).await }.instrument(span),
         );
     }
 }
@@ -91,6 +98,7 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
 async fn stream<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
+    id: usize,
     exporter: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
@@ -104,8 +112,8 @@ async fn stream<S: MailboxStore, C: Clock>(
         }
     }
     match kind[0] {
-        STREAM_CONTROL => control(shared, state, exporter, send, recv).await,
-        STREAM_MESSAGES => messages(shared, state, send, recv).await,
+        STREAM_CONTROL => control(shared, state, id, exporter, send, recv).await,
+        STREAM_MESSAGES => messages(shared, state, id, send, recv).await,
         _ => {
             let frame = pb::RelayFrame::error(WireError::new(
                 ErrorCode::Unsupported,
@@ -135,6 +143,7 @@ fn control_error(e: WireError) -> pb::ControlResponse {
 async fn control<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
+    id: usize,
     exporter: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
@@ -189,6 +198,13 @@ async fn control<S: MailboxStore, C: Clock>(
         }
         Err(_) => return,
     };
+    if let (Some(o), Some(pb::control_response::Response::Authenticated(a))) =
+        (shared.observer.get(), &response.response)
+    {
+        if let Ok(mailbox) = MailboxId::try_from(&a.mailbox_id[..]) {
+            o.authenticated(id, mailbox);
+        }
+    }
     let _ = write_frame(&mut send, &response).await;
     let _ = send.finish();
 }
@@ -284,6 +300,7 @@ struct Work {
 async fn messages<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
+    id: usize,
     send: SendStream,
     recv: RecvStream,
 ) {
@@ -294,7 +311,7 @@ async fn messages<S: MailboxStore, C: Clock>(
     let mut work = Work::default();
     loop {
         while let Some(output) = machine.poll() {
-            run_output(&shared, &state, &mut work, output);
+            run_output(&shared, &state, id, &mut work, output);
         }
         // Hand the writer what may leave, as far as its queue has room.
         let mut writer_full = false;
@@ -389,6 +406,7 @@ async fn messages<S: MailboxStore, C: Clock>(
 fn run_output<S: MailboxStore, C: Clock>(
     shared: &Arc<Shared<S, C>>,
     state: &Arc<ConnState>,
+    id: usize,
     work: &mut Work,
     output: Output,
 ) {
@@ -402,6 +420,18 @@ fn run_output<S: MailboxStore, C: Clock>(
             work.fetch = None;
         }
         Output::Store(ops) => {
+            if let Some(o) = shared.observer.get() {
+                let targets = ops.iter().flat_map(|op| match op {
+                    StoreOp::Send(send) => vec![&send.mailbox_id],
+                    StoreOp::SendMany(many) => many.targets.iter().map(|t| &t.mailbox_id).collect(),
+                    _ => Vec::new(),
+                });
+                for mailbox in targets {
+                    if let Ok(mailbox) = MailboxId::try_from(&mailbox[..]) {
+                        o.sent(id, mailbox);
+                    }
+                }
+            }
             let (core, state) = (Arc::clone(shared), Arc::clone(state));
             work.store = Some(
                 shared

@@ -116,9 +116,12 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             .into_iter()
             .map(|r| {
                 let r = r.and_then(|mailbox| match appended.next() {
-                    Some(Ok(a)) => {
+                    // Stored, or already held: the answer is the same, as
+                    // for a `Send`, so a re-send does not tell the sender
+                    // whether this member has acked yet (threat-model.md).
+                    Some(Ok(_)) => {
                         stored.push(mailbox);
-                        Ok(a.duplicate)
+                        Ok(false)
                     }
                     Some(Err(e)) => Err(store_error(e)),
                     None => Err(crate::core::storage_unavailable()),

@@ -425,3 +425,26 @@ fn fetch_returns_envelopes_as_pushed() {
         .all(|e| !e.ephemeral && e.payload[..] == b"x"[..]));
     assert_eq!(h.core.fetch(&mailbox, 0, 1).unwrap().len(), 1);
 }
+
+#[test]
+fn an_unknown_mailbox_is_refused_like_a_wrong_key_after_the_same_check() {
+    // The stand-in key is a real key of full order: verify_strict does the
+    // whole signature check against it rather than refusing early.
+    let stand_in =
+        ed25519_dalek::VerifyingKey::from_bytes(&crate::core::STAND_IN_AUTH_KEY).unwrap();
+    assert!(!stand_in.is_weak());
+
+    let h = harness(Limits::default());
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let (_, mailbox) = login(&h, &key, &[1; 32]);
+    let wrong_key = authenticate(
+        &h,
+        &mut ConnAuth::default(),
+        &SigningKey::from_bytes(&[8; 32]),
+        &[1; 32],
+        &mailbox,
+    );
+    let unknown = authenticate(&h, &mut ConnAuth::default(), &key, &[1; 32], &[9; 16]);
+    assert_eq!(wrong_key, Err(ErrorCode::AuthFailed));
+    assert_eq!(unknown, wrong_key);
+}

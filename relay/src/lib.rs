@@ -17,6 +17,7 @@ pub mod connection;
 pub mod core;
 pub mod entropy;
 pub mod hub;
+pub mod observer;
 pub mod rate;
 pub mod server;
 pub mod store;
@@ -26,4 +27,5 @@ pub mod workers;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Limits, RateConfig, RelayConfig};
+pub use observer::{ConnectionObserver, Observer};
 pub use server::{RunningRelay, StartError};

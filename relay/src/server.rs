@@ -135,6 +135,7 @@ impl<S: MailboxStore> RunningRelay<S> {
             hub: Arc::new(Hub::default()),
             slots: ConnectionSlots::new(config.limits.max_connections_per_ip),
             workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
+            observer: config.observer.clone(),
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -303,7 +304,11 @@ async fn accept_loop<S: MailboxStore>(
             };
             match incoming.await {
                 Ok(conn) => {
-                    let span = tracing::info_span!("conn", id = conn.stable_id(), %remote);
+                    // The peer's address only at debug level: an
+                    // operator's info logs must not pair addresses with
+                    // what each connection did.
+                    let span = tracing::info_span!("conn", id = conn.stable_id());
+                    tracing::debug!(parent: &span, %remote, "connection");
                     connection::serve(shared, conn).instrument(span).await
                 }
                 Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),

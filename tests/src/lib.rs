@@ -23,7 +23,9 @@ use tern_protocol::io::{read_frame, ReadFrameError};
 use tern_protocol::pb;
 use tern_protocol::url::RelayUrl;
 use tern_relay::store::EmbeddedStore;
-use tern_relay::{Clock, Limits, ManualClock, RelayConfig, RunningRelay, StartError, SystemClock};
+use tern_relay::{
+    Clock, Limits, ManualClock, Observer, RelayConfig, RunningRelay, StartError, SystemClock,
+};
 
 pub mod process;
 
@@ -42,6 +44,7 @@ pub struct TestRelay {
     url: RelayUrl,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    observer: Observer,
     running: Option<RunningRelay>,
 }
 
@@ -53,19 +56,30 @@ impl TestRelay {
 
     /// A relay with `clock` (the system clock if `None`) and `limits`.
     pub async fn start_with(clock: Option<ManualClock>, limits: Limits) -> Self {
+        Self::start_observed(clock, limits, Observer::default()).await
+    }
+
+    /// As [`TestRelay::start_with`], telling `observer` what the relay sees
+    /// per connection.
+    pub async fn start_observed(
+        clock: Option<ManualClock>,
+        limits: Limits,
+        observer: Observer,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = match clock {
             Some(c) => Arc::new(c),
             None => Arc::new(SystemClock),
         };
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let running = launch(dir.path(), listen, &clock, &limits).await;
+        let running = launch(dir.path(), listen, &clock, &limits, &observer).await;
         Self {
             addr: running.local_addr,
             url: running.url.clone(),
             dir,
             clock,
             limits,
+            observer,
             running: Some(running),
         }
     }
@@ -101,7 +115,14 @@ impl TestRelay {
     /// stopping it first if it runs. The URL must not change.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running = launch(self.dir.path(), self.addr, &self.clock, &self.limits).await;
+        let running = launch(
+            self.dir.path(),
+            self.addr,
+            &self.clock,
+            &self.limits,
+            &self.observer,
+        )
+        .await;
         assert_eq!(running.url, self.url, "the relay URL changed on restart");
         self.running = Some(running);
     }
@@ -132,12 +153,14 @@ async fn launch(
     listen: SocketAddr,
     clock: &Arc<dyn Clock>,
     limits: &Limits,
+    observer: &Observer,
 ) -> RunningRelay {
     let config = RelayConfig {
         listen,
         data_dir: dir.to_path_buf(),
         public_host: None,
         limits: limits.clone(),
+        observer: observer.clone(),
         ..RelayConfig::default()
     };
     let deadline = Instant::now() + DEADLINE;
@@ -177,6 +200,8 @@ impl TestUser {
         let client = Client::init(&home.path().join("home"), url, name)
             .await
             .unwrap_or_else(|e| panic!("init {name}: {e}"));
+        // Timing is not what these tests look at (unlinkable.rs sets its own).
+        client.set_send_spacing(Duration::ZERO, Duration::ZERO);
         Self {
             name: name.to_string(),
             client,

@@ -40,6 +40,7 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_RELAY_PUBLIC_HOST",
     // tern
     "TERN_HOME",
+    "TERN_SEND_SPACING_MS",
     // both: the tracing filter
     "TERN_LOG",
 ];
@@ -202,6 +203,9 @@ pub fn tern_cmd(home: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary(Binary::Tern));
     cmd.arg("--home").arg(home).args(args);
     clear_tern_env(&mut cmd)
+        // No pauses between authentication and sends: these tests look at
+        // delivery, not timing (tests/tests/unlinkable.rs does).
+        .env("TERN_SEND_SPACING_MS", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -34,7 +34,11 @@ async fn open(home: &Path) -> Client {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match Client::open(home) {
-            Ok(c) => return c,
+            Ok(c) => {
+                // Delivery, not timing, is what these tests look at.
+                c.set_send_spacing(Duration::ZERO, Duration::ZERO);
+                return c;
+            }
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,6 +6,7 @@ use tern_client::Status;
 use tern_protocol::limits::{DEFAULT_MAX_ENVELOPE, DEFAULT_MAX_FRAME};
 use tern_protocol::pb::{self, control_response::Response, relay_frame::Frame, ErrorCode};
 use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
+use tern_relay::store::MailboxStore;
 use tern_tests::{
     befriend, code, connect, invite_address, random16, random32, send_frame, texts, RawStream,
     TestRelay, TestUser,
@@ -97,7 +98,7 @@ async fn revoked_and_made_up_tokens_are_refused_and_others_still_get_through() {
         ))
         .await;
     assert_eq!(result_code(&r), None);
-    assert!(r.seq > 0);
+    assert_eq!(r.seq, 0, "a sender is told no seq");
     link.close();
 
     // Nothing refused reached Bob.
@@ -106,7 +107,7 @@ async fn revoked_and_made_up_tokens_are_refused_and_others_still_get_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversize_truncated_and_abandoned_frames_are_refused_harmlessly() {
-    let relay = TestRelay::start().await;
+    let mut relay = TestRelay::start().await;
     let mut alice = TestUser::new(&relay, "alice").await;
     let mut bob = TestUser::new(&relay, "bob").await;
     befriend(&mut alice, &mut bob).await;
@@ -147,11 +148,12 @@ async fn malformed_oversize_truncated_and_abandoned_frames_are_refused_harmlessl
     assert_eq!(error_code(m.read_relay().await), ErrorCode::Malformed);
     m.write_body(&[]).await;
     assert_eq!(error_code(m.read_relay().await), ErrorCode::Unsupported);
+    let ok_id = random16();
     let ok = m
-        .send(&send_frame(1, &mailbox, &token, &random16(), b"opaque"))
+        .send(&send_frame(1, &mailbox, &token, &ok_id, b"opaque"))
         .await;
     assert_eq!(result_code(&ok), None);
-    assert!(ok.seq > 0);
+    assert_eq!(ok.seq, 0, "a sender is told no seq");
 
     // (e) A payload over max_envelope_bytes, in a frame under the limit; ids
     // of the wrong length. The stream goes on.
@@ -180,11 +182,11 @@ async fn malformed_oversize_truncated_and_abandoned_frames_are_refused_harmlessl
         error_code(m.read_relay().await),
         ErrorCode::NotAuthenticated
     );
+    let last_id = random16();
     let r = m
-        .send(&send_frame(5, &mailbox, &token, &random16(), b"opaque"))
+        .send(&send_frame(5, &mailbox, &token, &last_id, b"opaque"))
         .await;
     assert_eq!(result_code(&r), None);
-    assert_eq!(r.seq, ok.seq + 1, "a refused send was stored");
     // An oversize length ends the message stream: it cannot be resynced.
     m.write(&too_large).await;
     assert_eq!(error_code(m.read_relay().await), ErrorCode::FrameTooLarge);
@@ -216,6 +218,27 @@ async fn malformed_oversize_truncated_and_abandoned_frames_are_refused_harmlessl
     }
     drop(abandoned);
     link2.close();
+
+    // Only the two accepted sends are stored: no refused one. (A sender is
+    // told no seq, so this is read from the relay's store.)
+    let store = relay.open_store().await;
+    let held = store.fetch(&mailbox, 0, 1000).unwrap();
+    let raw: Vec<_> = held
+        .iter()
+        .filter(|e| e.payload.len() == big.len() || e.payload[..] == b"x"[..])
+        .collect();
+    assert!(raw.is_empty(), "a refused send was stored");
+    let mut opaque: Vec<[u8; 16]> = held
+        .iter()
+        .filter(|e| e.payload[..] == b"opaque"[..])
+        .map(|e| e.message_id)
+        .collect();
+    opaque.sort();
+    let mut expected = vec![ok_id, last_id];
+    expected.sort();
+    assert_eq!(opaque, expected);
+    drop(store);
+    relay.restart().await;
 
     // The relay still serves honest users, and Bob's client shrugs off the
     // opaque payloads deposited above.

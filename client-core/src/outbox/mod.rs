@@ -16,7 +16,7 @@ use crate::error::ClientError;
 use crate::event::{OutboxReport, SendOutcome};
 use crate::layers;
 use crate::store::{message_key, Contact, ContactId, OutboxItem, Status, StoredMessage};
-use crate::transport::{Dialer, Outgoing};
+use crate::transport::{Dialer, Outgoing, Stored};
 use rules::{Decision, MAX_OUTBOX_WAIT, OUTBOX_RETRY_ROUNDS};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -31,7 +31,7 @@ const DEPOSIT_CHUNK: usize = 256;
 
 /// Each item's send result on one relay (`None`: held back), or why the
 /// relay could not be used at all.
-pub(crate) type RelayResults = Result<Vec<Option<Result<u64, WireError>>>, ClientError>;
+pub(crate) type RelayResults = Result<Vec<Option<Result<Stored, WireError>>>, ClientError>;
 
 /// One relay's part of a round: its items, in outbox order, and results.
 pub(crate) struct Deposit {
@@ -70,14 +70,29 @@ pub(crate) async fn deposit_all(
 
 /// Deposit `items` (in outbox order) on one relay, each mailbox's first
 /// item before the rest ([`rules::first_per_mailbox`]). `None` for an item
-/// held back this time.
+/// held back this time. Each recipient mailbox gets a connection of its
+/// own ([`Dialer::connect_unlinked`]): sends to different contacts never
+/// share a connection, socket or port, nor with our authenticated one.
 pub(crate) async fn deposit(
     dialer: &mut Dialer,
     relay: &str,
     items: &[OutboxItem],
 ) -> RelayResults {
     let url: RelayUrl = relay.parse()?;
-    let link = dialer.connect(&url).await?;
+    let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
+    for group in rules::by_mailbox(items.iter().map(|i| i.mailbox_id)) {
+        let picked: Vec<OutboxItem> = group.iter().map(|&i| items[i].clone()).collect();
+        let got = deposit_to_one(dialer, &url, &picked).await?;
+        for (i, r) in group.into_iter().zip(got) {
+            results[i] = r;
+        }
+    }
+    Ok(results)
+}
+
+/// Deposit `items`, all for one mailbox, on a connection of their own.
+async fn deposit_to_one(dialer: &mut Dialer, url: &RelayUrl, items: &[OutboxItem]) -> RelayResults {
+    let link = dialer.connect_unlinked(url).await?;
     let mut stream = link.messages().await?;
     let outgoing = |i: &OutboxItem| Outgoing {
         mailbox: i.mailbox_id,
@@ -86,7 +101,7 @@ pub(crate) async fn deposit(
         payload: i.payload.clone(),
     };
     let mailboxes: Vec<[u8; 16]> = items.iter().map(|i| i.mailbox_id).collect();
-    let mut results: Vec<Option<Result<u64, WireError>>> = vec![None; items.len()];
+    let mut results: Vec<Option<Result<Stored, WireError>>> = vec![None; items.len()];
     let (firsts, rest) = rules::first_per_mailbox(&mailboxes);
     for chunk in firsts.chunks(DEPOSIT_CHUNK) {
         let batch: Vec<Outgoing> = chunk.iter().map(|&i| outgoing(&items[i])).collect();
@@ -143,7 +158,7 @@ impl Client {
 
     /// Put a text to the contact named `to` in the outbox, durably; returns
     /// its id (hex). Nothing is sent yet.
-    pub(crate) async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
+    pub async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
         let contact = self.contact_named(to)?;
         let session = self
             .load_session(&contact.identity_key)?

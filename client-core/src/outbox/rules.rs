@@ -5,6 +5,7 @@
 
 use crate::event::{DeliveryStatus, OutboxReport, SendOutcome};
 use crate::store::OutboxItem;
+use crate::transport::Stored;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tern_protocol::{ErrorCode, WireError};
@@ -35,9 +36,9 @@ pub(crate) enum Decision {
 }
 
 /// Decide what a send result means.
-pub(crate) fn decide(result: Option<Result<u64, WireError>>) -> Decision {
+pub(crate) fn decide(result: Option<Result<Stored, WireError>>) -> Decision {
     match result {
-        Some(Ok(_)) => Decision::Retire,
+        Some(Ok(Stored)) => Decision::Retire,
         Some(Err(e)) if e.is_retryable() => {
             let after = Duration::from_millis(e.retry_after_ms);
             let asked_to_pause = matches!(
@@ -69,6 +70,20 @@ pub(crate) fn by_relay(items: Vec<OutboxItem>) -> BTreeMap<String, Vec<OutboxIte
     grouped
 }
 
+/// Indices of the items for each mailbox, in outbox order, one group per
+/// mailbox in the order each first appears: each group goes out on a
+/// connection of its own.
+pub(crate) fn by_mailbox(mailboxes: impl Iterator<Item = [u8; 16]>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<([u8; 16], Vec<usize>)> = Vec::new();
+    for (i, m) in mailboxes.enumerate() {
+        match groups.iter_mut().find(|(g, _)| *g == m) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((m, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
 /// Indices of each mailbox's first item, and of all the others, in order.
 /// The firsts go out first and the rest only once their mailbox's first is
 /// stored, so a contact's introduction can never land after the texts that
@@ -84,11 +99,11 @@ pub(crate) fn released(
     mailboxes: &[[u8; 16]],
     firsts: &[usize],
     rest: Vec<usize>,
-    results: &[Option<Result<u64, WireError>>],
+    results: &[Option<Result<Stored, WireError>>],
 ) -> Vec<usize> {
     let stored: HashSet<[u8; 16]> = firsts
         .iter()
-        .filter(|&&i| matches!(results[i], Some(Ok(_))))
+        .filter(|&&i| matches!(results[i], Some(Ok(Stored))))
         .map(|&i| mailboxes[i])
         .collect();
     rest.into_iter()
@@ -157,8 +172,18 @@ mod tests {
     }
 
     #[test]
+    fn items_are_grouped_by_mailbox_in_outbox_order() {
+        let (a, b) = ([1; 16], [2; 16]);
+        assert_eq!(
+            by_mailbox([a, b, a, a, b].into_iter()),
+            vec![vec![0, 2, 3], vec![1, 4]]
+        );
+        assert!(by_mailbox(std::iter::empty()).is_empty());
+    }
+
+    #[test]
     fn a_stored_send_retires_and_a_missing_one_is_held_back() {
-        assert_eq!(decide(Some(Ok(7))), Decision::Retire);
+        assert_eq!(decide(Some(Ok(Stored))), Decision::Retire);
         assert_eq!(decide(None), Decision::HeldBack);
     }
 
@@ -197,9 +222,9 @@ mod tests {
         assert_eq!(rest, [1, 3, 5]);
         // a's first was stored, b's was refused, c's was stored.
         let mut results = vec![None; boxes.len()];
-        results[0] = Some(Ok(1));
+        results[0] = Some(Ok(Stored));
         results[2] = Some(Err(refusal(ErrorCode::RateLimited, 10)));
-        results[4] = Some(Ok(2));
+        results[4] = Some(Ok(Stored));
         assert_eq!(released(&boxes, &firsts, rest, &results), [1, 3]);
     }
 

@@ -325,12 +325,12 @@ impl MessageStream {
                     accepted,
                     ephemeral,
                 }) => match accepted {
-                    Accepted::Stored {
-                        mailbox,
-                        seq,
-                        duplicate,
-                    } => {
-                        let frame = pb::RelayFrame::send_result(request_id, Ok((seq, duplicate)));
+                    Accepted::Stored { mailbox, .. } => {
+                        // The sender learns that its envelope is stored and
+                        // nothing else: the seq would count the recipient's
+                        // mail, and `duplicate` would tell a re-send whether
+                        // the recipient has acked yet (threat-model.md).
+                        let frame = pb::RelayFrame::send_result(request_id, Ok((0, false)));
                         self.replies.fill_held(slot, frame, Wake::One(mailbox));
                     }
                     Accepted::Ephemeral { mailbox } => {

@@ -220,9 +220,9 @@ async fn sends_are_stored_pushed_within_the_window_and_acked() {
     assert_eq!(
         results,
         vec![
-            (1, 1, None),
-            (2, 2, None),
-            (3, 3, None),
+            (1, 0, None),
+            (2, 0, None),
+            (3, 0, None),
             (4, 0, Some(ErrorCode::TokenInvalid as i32))
         ]
     );
@@ -280,7 +280,7 @@ async fn a_backlog_is_drained_then_caught_up_is_said() {
     let results = p.take_written(alice);
     assert_eq!(results.len(), 300);
     assert!(results.iter().all(
-        |f| matches!(f, Out::SendResult(r) if r.seq > 0 && !r.duplicate && r.error.is_none())
+        |f| matches!(f, Out::SendResult(r) if r.seq == 0 && !r.duplicate && r.error.is_none())
     ));
 
     p.frame(bob, In::Subscribe(pb::Subscribe { window: 1000 }));

@@ -102,7 +102,8 @@ impl World {
                         let unavailable = r.error.as_ref().map(|e| e.code)
                             == Some(ErrorCode::StorageUnavailable as i32);
                         assert_eq!(failed, unavailable, "{r:?}");
-                        assert_eq!(failed, r.seq == 0);
+                        // Never a seq for the sender, failed or not.
+                        assert_eq!((r.seq, r.duplicate), (0, false));
                     }
                     self.answered.push(r.request_id);
                 }
