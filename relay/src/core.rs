@@ -352,6 +352,30 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         }
     }
 
+    /// May `token` write to `mailbox`? Unknown, revoked and foreign tokens
+    /// get the same answer (compared in constant time), so a blocked sender
+    /// cannot tell that it was blocked; then the token's send rate.
+    pub(crate) fn check_token(
+        &self,
+        mailbox: &MailboxId,
+        token: &[u8],
+    ) -> Result<TokenHash, WireError> {
+        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
+        if token.len() != TOKEN_LEN {
+            return Err(invalid());
+        }
+        let hash = token_hash(token);
+        let record = self.store.token(&hash).map_err(store_error)?;
+        let Some(record) = record.filter(|r| !r.revoked) else {
+            return Err(invalid());
+        };
+        if !bool::from(record.mailbox.ct_eq(mailbox)) {
+            return Err(invalid());
+        }
+        self.rates.send(&hash)?;
+        Ok(hash)
+    }
+
     /// Check and apply one send. For a stored envelope the caller must await
     /// [`Self::durable`] before telling the sender it succeeded.
     pub fn send(&self, s: &pb::Send) -> Result<Accepted, WireError> {
@@ -367,21 +391,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                 ),
             ));
         }
-        // Unknown and revoked tokens get the same answer, so a blocked sender
-        // cannot tell that it was blocked.
-        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
-        if s.token.len() != TOKEN_LEN {
-            return Err(invalid());
-        }
-        let hash = token_hash(&s.token);
-        let record = self.store.token(&hash).map_err(store_error)?;
-        let Some(record) = record.filter(|r| !r.revoked) else {
-            return Err(invalid());
-        };
-        if !bool::from(record.mailbox.ct_eq(&mailbox)) {
-            return Err(invalid());
-        }
-        self.rates.send(&hash)?;
+        self.check_token(&mailbox, &s.token)?;
         if s.ephemeral {
             return Ok(Accepted::Ephemeral { mailbox });
         }

@@ -7,12 +7,11 @@
 //! Whole-request refusals are for what the whole frame got wrong (message
 //! id, payload size, target count, a full disk).
 
-use super::{fixed, store_error, token_hash, RelayCore};
+use super::{fixed, store_error, RelayCore};
 use crate::clock::Clock;
 use crate::store::{MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, TokenHash};
-use subtle::ConstantTimeEq;
 use tern_protocol::pb;
-use tern_protocol::{ErrorCode, WireError, TOKEN_LEN};
+use tern_protocol::{ErrorCode, WireError};
 
 /// What a `SendMany` the relay took came to.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -31,21 +30,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     /// token's send rate.
     fn check_target(&self, t: &pb::SendTarget) -> Result<(MailboxId, TokenHash), WireError> {
         let mailbox: MailboxId = fixed(&t.mailbox_id, "mailbox_id")?;
-        // Unknown and revoked tokens get the same answer, so a blocked
-        // sender cannot tell that it was blocked.
-        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
-        if t.token.len() != TOKEN_LEN {
-            return Err(invalid());
-        }
-        let hash = token_hash(&t.token);
-        let record = self.store.token(&hash).map_err(store_error)?;
-        let Some(record) = record.filter(|r| !r.revoked) else {
-            return Err(invalid());
-        };
-        if !bool::from(record.mailbox.ct_eq(&mailbox)) {
-            return Err(invalid());
-        }
-        self.rates.send(&hash)?;
+        let hash = self.check_token(&mailbox, &t.token)?;
         Ok((mailbox, hash))
     }
 

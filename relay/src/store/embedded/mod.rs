@@ -97,6 +97,10 @@ struct Inner {
     log: EnvelopeLog,
     index: Index,
     options: LogOptions,
+    /// One reclamation at a time: the background thread and an explicit
+    /// [`EmbeddedStore::reclaim`] must not copy the same segment forward
+    /// twice or judge a segment while the other is emptying it.
+    reclaiming: std::sync::Mutex<()>,
 }
 
 /// A failure of the sled metadata database.
@@ -124,6 +128,7 @@ impl EmbeddedStore {
             log,
             index: Index::default(),
             options,
+            reclaiming: std::sync::Mutex::new(()),
         };
         inner.load_index(replayed)?;
         let inner = Arc::new(inner);

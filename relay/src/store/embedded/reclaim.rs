@@ -89,6 +89,7 @@ impl Inner {
     /// Delete segments whose envelopes are all gone, oldest first, copying
     /// what is still held out of the oldest one when that is worth it.
     pub(super) fn reclaim(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.reclaiming.lock().map_err(|_| poisoned())?;
         let mut deleted = 0;
         loop {
             let sealed = self.log.sealed_segments()?;

@@ -274,7 +274,19 @@ fn close_flushes_and_stops_the_background_threads() {
     // Reads still answer after close; nothing waits on a flusher.
     assert_eq!(store.fetch(&[13; 16], 0, 10).unwrap().len(), 1);
     drop(store);
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    // sled lets go of its file lock when its own last handle drops, which
+    // can trail ours by a moment under load: retry within a bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match EmbeddedStore::open(dir.path()) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen after close: {e}"),
+        }
+    };
     assert_eq!(
         store.fetch(&[13; 16], 0, 10).unwrap()[0].payload,
         b"closing"
