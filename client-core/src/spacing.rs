@@ -101,14 +101,19 @@ impl Spacing {
     }
 
     async fn wait(&self, other: fn(&Record) -> Option<Instant>, mark: fn(&mut Record, Instant)) {
+        // The slot is taken under the lock, before sleeping: an operation of
+        // the other kind that starts meanwhile keeps its distance from the
+        // moment this one will go, not from when it began waiting.
         let pause = {
-            let r = self.record();
-            wait_needed(Instant::now(), other(&r), Self::gap(&r))
+            let mut r = self.record();
+            let now = Instant::now();
+            let pause = wait_needed(now, other(&r), Self::gap(&r));
+            mark(&mut r, now + pause);
+            pause
         };
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
-        mark(&mut self.record(), Instant::now());
     }
 }
 

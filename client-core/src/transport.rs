@@ -197,6 +197,9 @@ impl Dialer {
         self.spacing.before_auth().await;
         let link = self.connect(url).await?;
         link.authenticate(mailbox, sign).await?;
+        // The relay saw the authentication a handshake and two round trips
+        // after the slot was taken: sends keep their distance from now.
+        self.spacing.note_auth();
         Ok(link)
     }
 

@@ -183,6 +183,24 @@ impl Drop for Slot<'_> {
 pub struct ConnectionRate(Option<PerConnection>);
 
 impl ConnectionRate {
+    /// Count `n` more units at `now` (a multi-recipient send's extra
+    /// targets), at most the whole burst; `Err` when over the limit.
+    pub fn check_n_at(&self, now: Instant, n: u32) -> Result<(), WireError> {
+        let (Some(l), Some(n)) = (&self.0, std::num::NonZeroU32::new(n)) else {
+            return Ok(());
+        };
+        l.clock().set(now);
+        let checked = match l.check_n(n) {
+            Ok(r) => r,
+            // More than the burst: charge the whole burst instead.
+            Err(governor::InsufficientCapacity(cap)) => match std::num::NonZeroU32::new(cap) {
+                Some(cap) => l.check_n(cap).unwrap_or(Ok(())),
+                None => Ok(()),
+            },
+        };
+        checked.map_err(|u| limited("frames on this connection", &u, l.clock().now()))
+    }
+
     /// Count one frame or request at `now`; `Err` when over the limit.
     pub fn check_at(&self, now: Instant) -> Result<(), WireError> {
         match &self.0 {

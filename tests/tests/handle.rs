@@ -170,6 +170,7 @@ async fn a_message_arrives_while_a_send_is_in_flight() {
     .await;
 
     let sender = handle.clone();
+    let started = Instant::now();
     let to_carol = tokio::spawn(async move { sender.send_text_with_id("carol", "hello?").await });
     // Bob's message shows while the send to Carol is still trying.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -178,8 +179,11 @@ async fn a_message_arrives_while_a_send_is_in_flight() {
         matches!(e, Event::Message(_))
     })
     .await;
+    // The send to the dead relay gives up after its connect timeout (5 s);
+    // until then it must not have held Bob's message back. (On a box so
+    // loaded that Bob's path took longer, the send may have ended first.)
     assert!(
-        !to_carol.is_finished(),
+        !to_carol.is_finished() || started.elapsed() >= Duration::from_secs(5),
         "the send to an unreachable relay should still be in flight"
     );
     match shown {
@@ -247,8 +251,9 @@ async fn sends_go_out_while_the_home_relay_is_down() {
     let started = Instant::now();
     let (id, outcome) = handle.send_text_with_id("bob", "still here").await.unwrap();
     assert_eq!(outcome, SendOutcome::Sent);
+    // Waiting for the home relay would take its connect timeout (5 s).
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_millis(4_500),
         "the send waited {:?} for the home relay",
         started.elapsed()
     );

@@ -28,8 +28,8 @@ use tern_tests::{messages, texts, TestRelay, TestUser, DEADLINE};
 
 /// Alice's spacing between authentications and sends, and the least gap
 /// the relay must see (the send's own connection set-up eats into it).
-const GAP_MIN: Duration = Duration::from_millis(250);
-const GAP_MAX: Duration = Duration::from_millis(400);
+const GAP_MIN: Duration = Duration::from_millis(400);
+const GAP_MAX: Duration = Duration::from_millis(600);
 const GAP_SEEN: Duration = Duration::from_millis(150);
 
 /// The relay's view of one connection.

@@ -239,15 +239,16 @@ fn an_ephemeral_send_many_is_handed_to_each_recipient_without_a_wait() {
 }
 
 #[test]
-fn over_the_connection_rate_a_send_many_is_one_frame_refused_whole() {
+fn over_the_connection_rate_a_send_many_pays_per_target_and_is_refused_whole() {
     let t0 = Instant::now();
     let rates = RateConfig {
         frames_per_connection_per_sec: 1,
-        frames_per_connection_burst: 1,
+        frames_per_connection_burst: 3,
         ..RateConfig::unlimited()
     };
     let mut s = MessageStream::new(conn(t0, &rates), 256);
-    // The first SendMany, with three targets, uses one frame of the burst.
+    // The first SendMany, with three targets, uses the whole burst of
+    // three: one unit per target.
     s.handle_frame(t0, body(send_many(1, false)));
     s.handle_frame(t0, body(send_many(2, false)));
     let out = outputs(&mut s);

@@ -226,6 +226,21 @@ impl MessageStream {
                 return;
             }
         };
+        // A multi-recipient send costs the connection's rate one unit per
+        // target (the frame itself paid one above), so its token checks
+        // cannot outrun what single sends could ask of the store.
+        let limited = match (&frame, limited) {
+            (In::SendMany(m), None) if m.targets.len() > 1 => {
+                let extra = u32::try_from(m.targets.len() - 1).unwrap_or(u32::MAX);
+                let e = self.conn.rate.check_n_at(now, extra).err();
+                if let Some(e) = &e {
+                    let pause = Duration::from_millis(e.retry_after_ms.max(1)).min(MAX_PAUSE);
+                    self.paused_until = Some(now + pause);
+                }
+                e
+            }
+            (_, limited) => limited,
+        };
         match (frame, limited) {
             // Over the rate a send is refused (its sender retries later);
             // acks and subscriptions are still applied, since dropping an
@@ -234,8 +249,8 @@ impl MessageStream {
                 .replies
                 .ready(pb::RelayFrame::send_result(s.request_id, Err(e))),
             (In::Send(s), None) => self.queue_op(StoreOp::Send(s)),
-            // A multi-recipient send is one frame to the connection's rate;
-            // the core charges each target's token its own send.
+            // Refused whole over the connection's rate; otherwise the core
+            // also charges each target's token its own send.
             (In::SendMany(s), Some(e)) => self
                 .replies
                 .ready(pb::RelayFrame::send_many_result(s.request_id, Err(e))),

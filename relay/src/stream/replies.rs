@@ -97,6 +97,17 @@ impl Replies {
         if let Some(s) = self.slot(id) {
             *s = Slot::Silent;
         }
+        self.trim_silent();
+    }
+
+    /// Drop answered-with-nothing slots from the front at once: nothing
+    /// would pop them while no answer is ready (a run of acks alone), and
+    /// they count against the bound that pauses reading.
+    fn trim_silent(&mut self) {
+        while matches!(self.slots.front(), Some(Slot::Silent)) {
+            self.base += 1;
+            self.slots.pop_front();
+        }
     }
 
     /// Fill a pending slot with a stored send's result, held for durability;
@@ -183,6 +194,7 @@ impl Replies {
                 Some(Slot::Ready(_)) => {
                     self.base += 1;
                     if let Some(Slot::Ready(f)) = self.slots.pop_front() {
+                        self.trim_silent();
                         return Some(f);
                     }
                 }

@@ -599,3 +599,36 @@ fn reading_stops_when_answers_reach_their_bound() {
     // The wait under way holds one batch; the rest still count.
     assert!(s.wants_frames());
 }
+
+#[test]
+fn a_long_run_of_acks_alone_never_stops_reading() {
+    let t0 = Instant::now();
+    let mut s = MessageStream::new(
+        conn_with(
+            ConnAuth::authenticated(MAILBOX),
+            &RateConfig::unlimited(),
+            t0,
+        ),
+        256,
+    );
+    // Far more acks than the answer bound, with no push or reply between
+    // them: each is answered with nothing, and must not count forever.
+    for i in 0..3_000u64 {
+        assert!(s.wants_frames(), "reading stopped after {i} acks");
+        s.handle_frame(t0, body(ack(&[i + 1])));
+        for out in outputs(&mut s) {
+            if let Output::Store(ops) = out {
+                let outcomes = ops
+                    .into_iter()
+                    .map(|op| match op {
+                        StoreOp::Ack(seqs) => StoreOutcome::Acked { seqs },
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                s.handle_stored(outcomes);
+            }
+        }
+    }
+    assert!(s.wants_frames());
+    assert!(!s.has_transmit());
+}
