@@ -352,6 +352,27 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         }
     }
 
+    /// A new envelope stamped now, with its expiry, and the mailbox quota
+    /// it is checked against.
+    pub(crate) fn stamp<'a>(
+        &self,
+        message_id: MessageId,
+        payload: &'a [u8],
+    ) -> (NewEnvelope<'a>, Quota) {
+        let now = self.clock.now_ms();
+        let env = NewEnvelope {
+            message_id,
+            payload,
+            now_ms: now,
+            expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
+        };
+        let quota = Quota {
+            max_envelopes: self.limits.mailbox_max_envelopes,
+            max_bytes: self.limits.mailbox_max_bytes,
+        };
+        (env, quota)
+    }
+
     /// May `token` write to `mailbox`? Unknown, revoked and foreign tokens
     /// get the same answer (compared in constant time), so a blocked sender
     /// cannot tell that it was blocked; then the token's send rate.
@@ -396,17 +417,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             return Ok(Accepted::Ephemeral { mailbox });
         }
         self.check_disk()?;
-        let now = self.clock.now_ms();
-        let env = NewEnvelope {
-            message_id,
-            payload: &s.payload,
-            now_ms: now,
-            expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
-        };
-        let quota = Quota {
-            max_envelopes: self.limits.mailbox_max_envelopes,
-            max_bytes: self.limits.mailbox_max_bytes,
-        };
+        let (env, quota) = self.stamp(message_id, &s.payload);
         let appended = self
             .store
             .append(&mailbox, env, quota)

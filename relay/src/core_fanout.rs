@@ -9,7 +9,7 @@
 
 use super::{fixed, store_error, RelayCore};
 use crate::clock::Clock;
-use crate::store::{MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, TokenHash};
+use crate::store::{MailboxId, MailboxStore, MessageId, Quota, TokenHash};
 use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
 
@@ -78,17 +78,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                 ephemeral: valid,
             });
         }
-        let now = self.clock.now_ms();
-        let env = NewEnvelope {
-            message_id,
-            payload: &s.payload,
-            now_ms: now,
-            expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
-        };
-        let quota = Quota {
-            max_envelopes: self.limits.mailbox_max_envelopes,
-            max_bytes: self.limits.mailbox_max_bytes,
-        };
+        let (env, quota) = self.stamp(message_id, &s.payload);
         let targets: Vec<(MailboxId, Quota)> = valid.iter().map(|m| (*m, quota)).collect();
         let appended = if targets.is_empty() {
             Vec::new()

@@ -1,6 +1,6 @@
 //! Running one batch of the message stream's store work through the core:
 //! the only code between [`super::StoreOp`] and [`RelayCore`]. The driver
-//! calls it on a blocking thread, once per batch; the in-process tests call
+//! calls it on a store thread ([`crate::workers`]), once per batch; the in-process tests call
 //! it directly.
 
 use super::{StoreOp, StoreOutcome};

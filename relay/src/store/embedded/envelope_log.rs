@@ -273,6 +273,21 @@ impl EnvelopeLog {
             .map_err(|_| StoreError::Unavailable("envelope log lock poisoned".into()))
     }
 
+    /// The tail, if new records may be appended: not after a failed sync,
+    /// nor while the disk refuses writes or the buffer is full.
+    fn writable_tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
+        let t = self.tail()?;
+        if let Some(e) = &t.sync_failed {
+            return Err(StoreError::Unavailable(e.clone()));
+        }
+        if t.write_failed || t.buf.len() >= MAX_BUFFER {
+            return Err(StoreError::Unavailable(
+                "the envelope log cannot write to disk".into(),
+            ));
+        }
+        Ok(t)
+    }
+
     /// Count the records replayed at open that are still live. Called once
     /// per live envelope after replay.
     pub fn count_live(&self, at: Location) -> Result<(), StoreError> {
@@ -287,15 +302,7 @@ impl EnvelopeLog {
     /// Append a live envelope record (written by `put`) to the head.
     /// Refused while the disk refuses writes or after a failed sync.
     pub fn append_envelope(&self, put: impl FnOnce(&mut Vec<u8>)) -> Result<Location, StoreError> {
-        let mut t = self.tail()?;
-        if let Some(e) = &t.sync_failed {
-            return Err(StoreError::Unavailable(e.clone()));
-        }
-        if t.write_failed || t.buf.len() >= MAX_BUFFER {
-            return Err(StoreError::Unavailable(
-                "the envelope log cannot write to disk".into(),
-            ));
-        }
+        let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put);
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += 1;
@@ -317,15 +324,7 @@ impl EnvelopeLog {
         put_refs: impl FnOnce(&mut Vec<u8>, u64),
         refs: u64,
     ) -> Result<Location, StoreError> {
-        let mut t = self.tail()?;
-        if let Some(e) = &t.sync_failed {
-            return Err(StoreError::Unavailable(e.clone()));
-        }
-        if t.write_failed || t.buf.len() >= MAX_BUFFER {
-            return Err(StoreError::Unavailable(
-                "the envelope log cannot write to disk".into(),
-            ));
-        }
+        let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put_payload);
         Self::append(&mut t, |b| put_refs(b, loc.offset));
         if let Some(s) = t.segments.get_mut(&loc.segment) {
