@@ -16,8 +16,11 @@ use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
 use crate::inbox::{reconnect_backoff, retry_after, subscribed, Intake, SETTLE_IDLE};
 use crate::outbox::Deposit;
+use crate::receipts::MessageReport;
+use crate::settings::Settings;
 use crate::store::{Contact, Profile, StoredMessage};
 use crate::transport::{MessageStream, RelayLink};
+use crate::typing::{send_typing, TypingOutcome};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +62,18 @@ pub(super) enum Command {
     },
     FlushOutbox(Reply<OutboxReport>),
     Profile(Reply<Profile>),
+    Status {
+        id: String,
+        reply: Reply<MessageReport>,
+    },
+    Typing {
+        contact: String,
+        reply: Reply<TypingOutcome>,
+    },
+    Settings {
+        read_receipts: Option<bool>,
+        reply: Reply<Settings>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -293,7 +308,11 @@ impl Task {
             .settle(&self.client, &mut home.stream, &mut |e| {
                 let _ = events.send(e);
             })
-            .await
+            .await?;
+        if home.intake.take_receipts_queued() {
+            self.request_flush(Vec::new());
+        }
+        Ok(())
     }
 
     async fn serve(&mut self, command: Command) {
@@ -326,7 +345,12 @@ impl Task {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.client.history(&contact, limit));
+                // Shown to the user: read receipts go out now.
+                let r = self.client.read_history(&contact, limit);
+                if matches!(r, Ok((_, true))) {
+                    self.request_flush(Vec::new());
+                }
+                let _ = reply.send(r.map(|(m, _)| m));
             }
             Command::Block { contact, reply } => {
                 let _ = reply.send(self.client.block(&contact).await);
@@ -334,6 +358,37 @@ impl Task {
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
                 let _ = reply.send(Ok(self.client.profile().clone()));
+            }
+            Command::Status { id, reply } => {
+                let _ = reply.send(self.client.message_status(&id));
+            }
+            Command::Typing { contact, reply } => {
+                match self.client.prepare_typing(&contact).await {
+                    // The network part runs on its own: receiving goes on.
+                    Ok(Ok(prepared)) => {
+                        let mut dialer = self.client.dialer.clone();
+                        tokio::spawn(async move {
+                            let r = send_typing(&mut dialer, prepared).await;
+                            let _ = reply.send(r.map(|()| TypingOutcome::Sent));
+                        });
+                    }
+                    Ok(Err(wait)) => {
+                        let _ = reply.send(Ok(TypingOutcome::TooSoon(wait)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Settings {
+                read_receipts,
+                reply,
+            } => {
+                let r = match read_receipts {
+                    Some(on) => self.client.set_read_receipts(on).await,
+                    None => self.client.settings(),
+                };
+                let _ = reply.send(r);
             }
             Command::Shutdown(_) => {}
         }
