@@ -58,9 +58,10 @@ impl Intake {
         self.acks.len() >= ACK_BATCH
     }
 
-    /// Whether acks wait to be sent.
+    /// Whether acks wait to be sent or events to be shown (an ephemeral
+    /// envelope, a typing notice, has an event and no ack).
     pub(crate) fn has_acks(&self) -> bool {
-        !self.acks.is_empty()
+        !self.acks.is_empty() || !self.shown.is_empty()
     }
 
     /// Make what was received durable, then show it, then acknowledge it.

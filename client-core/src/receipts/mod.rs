@@ -258,18 +258,24 @@ impl Client {
             else {
                 continue;
             };
+            let was_delivered = status.delivered_at_ms.is_some();
             let news = match kind {
                 ReceiptKind::Delivered => status.delivered(now),
                 ReceiptKind::Read => status.read(now),
             };
-            if news {
-                match kind {
-                    ReceiptKind::Delivered => got_delivered.push(hex::encode(id)),
-                    ReceiptKind::Read => got_read.push(hex::encode(id)),
-                }
-                if !changed.contains(&id) {
-                    changed.push(id);
-                }
+            if !news {
+                continue;
+            }
+            // Each step that is news is said: a read receipt for a message
+            // not known delivered says both.
+            if !was_delivered {
+                got_delivered.push(hex::encode(id));
+            }
+            if kind == ReceiptKind::Read {
+                got_read.push(hex::encode(id));
+            }
+            if !changed.contains(&id) {
+                changed.push(id);
             }
         }
         for id in &changed {

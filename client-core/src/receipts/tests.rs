@@ -84,8 +84,29 @@ fn the_recipients_receipts_move_the_status_and_strangers_are_ignored() {
     // The same receipt again is no news.
     assert_eq!(ann.apply_receipts(&bob, &batch(&[id], &[])).unwrap(), None);
     let got = ann.apply_receipts(&bob, &batch(&[], &[id])).unwrap();
-    assert!(matches!(got, Some(Event::Receipt { read, .. }) if read == [hex::encode(id)]));
+    assert_eq!(
+        got,
+        Some(Event::Receipt {
+            from: "bob".into(),
+            delivered: vec![],
+            read: vec![hex::encode(id)],
+        })
+    );
     assert_eq!(state(&ann, &id), ReceiptState::Read);
+
+    // A read receipt for a message not known delivered says both steps.
+    let other = [9; 16];
+    ann.track_sent(&other, b"key2", &[bob.identity_key])
+        .unwrap();
+    let got = ann.apply_receipts(&bob, &batch(&[], &[other])).unwrap();
+    assert_eq!(
+        got,
+        Some(Event::Receipt {
+            from: "bob".into(),
+            delivered: vec![hex::encode(other)],
+            read: vec![hex::encode(other)],
+        })
+    );
 }
 
 #[tokio::test]
