@@ -230,7 +230,10 @@ async fn a_message_arrives_while_a_send_is_in_flight() {
         report.sent.is_empty() || report.sent == std::slice::from_ref(&id),
         "{report:?}"
     );
-    assert!(report.queued.is_empty() && report.failed.is_empty(), "{report:?}");
+    assert!(
+        report.queued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
     next_matching(&mut events, "the Sent delivery", |e| {
         matches!(e, Event::Delivery { message_id, status: DeliveryStatus::Sent, .. } if *message_id == id)
     })
