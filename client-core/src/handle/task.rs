@@ -175,7 +175,7 @@ impl Task {
                 self.connect();
             }
             let connecting = self.connecting.is_some();
-            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_acks());
+            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_pending());
             let retry_at = self.next_attempt;
             let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);

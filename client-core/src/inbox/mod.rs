@@ -60,7 +60,7 @@ impl Intake {
 
     /// Whether acks wait to be sent or events to be shown (an ephemeral
     /// envelope, a typing notice, has an event and no ack).
-    pub(crate) fn has_acks(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.acks.is_empty() || !self.shown.is_empty()
     }
 
@@ -188,7 +188,7 @@ impl Client {
                     Ok(n) => n?,
                     Err(_) => break,
                 },
-                None if intake.has_acks() => {
+                None if intake.has_pending() => {
                     match tokio::time::timeout(SETTLE_IDLE, stream.next()).await {
                         Ok(n) => n?,
                         Err(_) => {

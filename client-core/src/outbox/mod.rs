@@ -267,12 +267,12 @@ impl Client {
                 let id = hex::encode(item.message_id);
                 // Receipt batches go like messages but are not reported as
                 // messages (crate::receipts).
-                let receipts = self.store.is_receipt_batch(&item.message_id, false)?;
+                let receipts = self.store.is_receipt_batch(&item.message_id)?;
                 match rules::decide(result) {
                     Decision::Retire => {
                         self.store.settle(item, Status::Sent)?;
                         if receipts {
-                            self.store.is_receipt_batch(&item.message_id, true)?;
+                            self.store.forget_receipt_batch(&item.message_id)?;
                         } else {
                             self.note_relay_answer(&item.message_id, &item.contact, Ok(()))?;
                             report.sent.push(id);
@@ -287,7 +287,7 @@ impl Client {
                     Decision::Fail(e) => {
                         self.store.settle(item, Status::Failed(e.to_string()))?;
                         if receipts {
-                            self.store.is_receipt_batch(&item.message_id, true)?;
+                            self.store.forget_receipt_batch(&item.message_id)?;
                         } else {
                             let why = e.to_string();
                             self.note_relay_answer(&item.message_id, &item.contact, Err(&why))?;

@@ -101,13 +101,15 @@ impl LocalStore {
             .map_err(tx_err)
     }
 
-    /// Whether outbox item `id` is a receipt batch; forgets it if `settled`.
-    pub fn is_receipt_batch(&self, id: &[u8; 16], settled: bool) -> Result<bool, ClientError> {
-        if settled {
-            Ok(self.receipt_batches.remove(id)?.is_some())
-        } else {
-            Ok(self.receipt_batches.contains_key(id)?)
-        }
+    /// Whether outbox item `id` is a receipt batch.
+    pub fn is_receipt_batch(&self, id: &[u8; 16]) -> Result<bool, ClientError> {
+        Ok(self.receipt_batches.contains_key(id)?)
+    }
+
+    /// Forget that outbox item `id` was a receipt batch (it left the outbox).
+    pub fn forget_receipt_batch(&self, id: &[u8; 16]) -> Result<(), ClientError> {
+        self.receipt_batches.remove(id)?;
+        Ok(())
     }
 
     /// When we last sent `peer` a typing notice, ms since the epoch.
