@@ -501,7 +501,8 @@ impl From<&ReceivedMessage> for EventParams {
 
 impl EventParams {
     /// The notification for a client event, or `None` for an event that is
-    /// not shown to front-ends.
+    /// not shown to front-ends. A receipt event is several notifications;
+    /// this gives its first: use [`Self::all_from_event`].
     pub fn from_event(e: &Event) -> Option<Self> {
         match e {
             Event::Message(m) => Some(m.into()),
