@@ -93,6 +93,7 @@ enum Wake {
     Connected(Result<Result<Subscription, ClientError>, JoinError>),
     Deposited(Result<Vec<Deposit>, JoinError>),
     Resume,
+    Receipts,
 }
 
 /// A home link with its message stream subscribed.
@@ -115,6 +116,10 @@ pub(super) struct Task {
     pub(super) next_cycle: Option<Vec<Waiter>>,
     /// Ids already reported queued, so a retry does not report them again.
     pub(super) reported_queued: HashSet<String>,
+    /// When to flush receipts queued after a fetch: a random delay
+    /// (the send spacing's range) after the first of them, so receipts do
+    /// not answer each push at once (docs/threat-model.md).
+    receipts_due: Option<Instant>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -159,6 +164,7 @@ impl Task {
             cycle: None,
             next_cycle: None,
             reported_queued: HashSet::new(),
+            receipts_due: None,
         }
     }
 
@@ -179,6 +185,7 @@ impl Task {
             let retry_at = self.next_attempt;
             let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
+            let receipts_due = self.receipts_due;
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
@@ -188,6 +195,7 @@ impl Task {
                 _ = tokio::time::sleep(SETTLE_IDLE), if settle => Wake::Settle,
                 _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
+                _ = sleep_until_some(receipts_due), if receipts_due.is_some() => Wake::Receipts,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -203,6 +211,10 @@ impl Task {
                 Wake::Connected(c) => self.on_connected(c),
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
+                Wake::Receipts => {
+                    self.receipts_due = None;
+                    self.request_flush(Vec::new());
+                }
             }
         };
         self.stop().await;
@@ -309,8 +321,9 @@ impl Task {
                 let _ = events.send(e);
             })
             .await?;
-        if home.intake.take_receipts_queued() {
-            self.request_flush(Vec::new());
+        if home.intake.take_receipts_queued() && self.receipts_due.is_none() {
+            let delay = self.client.dialer.spacing().draw();
+            self.receipts_due = Some(Instant::now() + delay);
         }
         Ok(())
     }
