@@ -75,6 +75,25 @@ pub enum Forward {
         /// Contact name.
         contact: String,
     },
+    /// `tern status MESSAGE_ID [--json]`
+    Status {
+        /// Message id, hex.
+        id: String,
+        /// One JSON object per recipient per line.
+        json: bool,
+    },
+    /// `tern typing CONTACT [--json]`
+    Typing {
+        /// Contact name.
+        contact: String,
+        /// Print a JSON object.
+        json: bool,
+    },
+    /// `tern settings read-receipts [on|off]`
+    ReadReceipts {
+        /// The new value, if one is given.
+        set: Option<bool>,
+    },
 }
 
 /// Run `command` in the client running for `home`, printing to stdout and
@@ -139,6 +158,10 @@ fn print_event(
             out,
             format!("* {name} accepted your invite and is now a contact"),
         ),
+        EventParams::Receipt { from, id, status } => {
+            line(out, format!("* {from}: {} {id}", status.as_str()))
+        }
+        EventParams::Typing { from } => line(out, format!("* {from} is typing")),
     }
 }
 
@@ -294,6 +317,42 @@ pub async fn forward(
                     )?;
                 }
             }
+        }
+        Forward::Status { id, json } => {
+            let lines: Vec<StatusLine> = client.request(STATUS, &StatusParams { id }).await?;
+            for l in lines {
+                if json {
+                    line(out, json_line(serde_json::to_value(&l))?)?;
+                } else {
+                    let at = l.time.as_deref().unwrap_or("-");
+                    line(out, format!("{}\t{}\t{}", l.name, l.status.as_str(), at))?;
+                }
+            }
+        }
+        Forward::Typing { contact, json } => {
+            let r: TypingResult = client.request(TYPING, &TypingParams { contact }).await?;
+            if json {
+                line(out, json_line(serde_json::to_value(&r))?)?;
+            } else {
+                match r.retry_after_ms {
+                    None => line(out, format!("told {} you are typing", r.contact))?,
+                    Some(ms) => line(
+                        out,
+                        format!(
+                            "not sent: {} was told moments ago (again in {:.1} s)",
+                            r.contact,
+                            ms as f64 / 1000.0
+                        ),
+                    )?,
+                }
+            }
+        }
+        Forward::ReadReceipts { set } => {
+            let s: tern_client::Settings = client
+                .request(SETTINGS, &SettingsParams { read_receipts: set })
+                .await?;
+            let on = if s.read_receipts { "on" } else { "off" };
+            line(out, format!("read-receipts {on}"))?;
         }
         Forward::Block { contact } => {
             let blocked: BlockResult = client.request(BLOCK, &BlockParams { contact }).await?;

@@ -10,7 +10,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
-use tern_client::{Client, Event, SendOutcome};
+use tern_client::{Client, Event, SendOutcome, TypingOutcome};
 use tern_protocol::url::RelayUrl;
 
 /// Tern: end-to-end encrypted chat through relays that see only sealed envelopes.
@@ -102,6 +102,57 @@ enum Command {
         /// Contact name.
         contact: String,
     },
+    /// Show where a message you sent stands, per recipient: sent (their
+    /// relay has it), delivered (their device stored it), read (they saw it).
+    Status {
+        /// The id `tern send` printed.
+        message_id: String,
+        /// One JSON object per recipient per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell a contact you are typing (shown only if they are connected;
+    /// at most one every 3 seconds per contact).
+    Typing {
+        /// Contact name.
+        contact: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or change settings.
+    Settings {
+        #[command(subcommand)]
+        setting: Setting,
+    },
+}
+
+/// One setting of `tern settings`.
+#[derive(Subcommand, Clone, Copy, Debug)]
+enum Setting {
+    /// Send read receipts and see contacts' (on, the default), or neither
+    /// (off). Without a value, print the current one.
+    ReadReceipts {
+        /// on or off.
+        value: Option<OnOff>,
+    },
+}
+
+/// A switch's value.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    /// Turned on.
+    On,
+    /// Turned off.
+    Off,
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 fn main() {
@@ -143,22 +194,51 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// Print what `tern recv` and `tern listen` show: messages and new
-/// contacts. Other events (deliveries, the connection) are not printed.
+/// Print what `tern recv` and `tern listen` show: messages, new contacts,
+/// receipts (one line per message id) and typing. Other events
+/// (deliveries, the connection) are not printed.
 fn print_event(e: &Event, as_json: bool) {
-    let line = match (e, as_json) {
-        (Event::Message(m), true) => json!({
+    let lines: Vec<String> = match (e, as_json) {
+        (Event::Message(m), true) => vec![json!({
             "type": "message", "id": m.id, "from": m.from, "text": m.text,
             "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
         })
-        .to_string(),
-        (Event::Message(m), false) => format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text),
+        .to_string()],
+        (Event::Message(m), false) => {
+            vec![format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text)]
+        }
         (Event::ContactAdded { name }, true) => {
-            json!({ "type": "contact", "name": name }).to_string()
+            vec![json!({ "type": "contact", "name": name }).to_string()]
         }
         (Event::ContactAdded { name }, false) => {
-            format!("* {name} accepted your invite and is now a contact")
+            vec![format!(
+                "* {name} accepted your invite and is now a contact"
+            )]
         }
+        (
+            Event::Receipt {
+                from,
+                delivered,
+                read,
+            },
+            json,
+        ) => {
+            let tagged = delivered
+                .iter()
+                .map(|id| (id, "delivered"))
+                .chain(read.iter().map(|id| (id, "read")));
+            tagged
+                .map(|(id, status)| match json {
+                    true => json!({ "type": "receipt", "id": id, "from": from, "status": status })
+                        .to_string(),
+                    false => format!("* {from}: {status} {id}"),
+                })
+                .collect()
+        }
+        (Event::Typing { from }, true) => {
+            vec![json!({ "type": "typing", "from": from }).to_string()]
+        }
+        (Event::Typing { from }, false) => vec![format!("* {from} is typing")],
         (Event::Lagged { missed }, _) => {
             eprintln!(
                 "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
@@ -168,8 +248,70 @@ fn print_event(e: &Event, as_json: bool) {
         (Event::Delivery { .. } | Event::Connection { .. }, _) => return,
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = out.flush();
+}
+
+/// Send what receiving or reading queued (receipts), quietly: a relay
+/// that cannot be reached now gets them with the next flush.
+async fn send_receipts(client: &mut Client) {
+    if client.outbox_len().unwrap_or(0) > 0 {
+        if let Err(e) = client.flush_outbox().await {
+            eprintln!("tern: receipts wait in the outbox: {e}");
+        }
+    }
+}
+
+/// `tern status` lines for one message.
+fn print_status(report: &tern_client::MessageReport, as_json: bool) {
+    for r in &report.recipients {
+        if as_json {
+            let mut line = serde_json::Map::new();
+            let mut put = |k: &str, v: serde_json::Value| {
+                line.insert(k.to_string(), v);
+            };
+            put("id", json!(report.id));
+            put("identity_key", json!(r.identity_key));
+            put("name", json!(r.name));
+            put("status", json!(r.status.as_str()));
+            for (k, ms) in [
+                ("time", r.time_ms),
+                ("sent_at", r.sent_at_ms),
+                ("delivered_at", r.delivered_at_ms),
+                ("read_at", r.read_at_ms),
+            ] {
+                if let Some(ms) = ms {
+                    put(k, json!(time(ms)));
+                }
+            }
+            println!("{}", serde_json::Value::Object(line));
+        } else {
+            let at = r.time_ms.map(time).unwrap_or_else(|| "-".into());
+            println!("{}\t{}\t{}", r.name, r.status.as_str(), at);
+        }
+    }
+}
+
+/// What `tern typing` prints.
+fn print_typing(contact: &str, outcome: &TypingOutcome, as_json: bool) {
+    let (sent, wait) = match outcome {
+        TypingOutcome::Sent => (true, None),
+        TypingOutcome::TooSoon(w) => (false, Some(w.as_millis() as u64)),
+    };
+    match (as_json, wait) {
+        (true, None) => println!("{}", json!({ "contact": contact, "sent": sent })),
+        (true, Some(ms)) => println!(
+            "{}",
+            json!({ "contact": contact, "sent": sent, "retry_after_ms": ms })
+        ),
+        (false, None) => println!("told {contact} you are typing"),
+        (false, Some(ms)) => println!(
+            "not sent: {contact} was told moments ago (again in {:.1} s)",
+            ms as f64 / 1000.0
+        ),
+    }
 }
 
 /// Deliver what waits in the outbox, telling the user what changed.
@@ -231,6 +373,19 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         },
         Command::Block { contact } => F::Block {
             contact: contact.clone(),
+        },
+        Command::Status { message_id, json } => F::Status {
+            id: message_id.clone(),
+            json: *json,
+        },
+        Command::Typing { contact, json } => F::Typing {
+            contact: contact.clone(),
+            json: *json,
+        },
+        Command::Settings {
+            setting: Setting::ReadReceipts { value },
+        } => F::ReadReceipts {
+            set: value.map(|v| v == OnOff::On),
         },
     })
 }
@@ -329,6 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
             for e in client.receive(Duration::from_secs(wait)).await? {
                 print_event(&e, json);
             }
+            send_receipts(&mut client).await;
             client.close().await;
         }
         Command::Listen { json } => {
@@ -380,8 +536,9 @@ async fn run(cli: Cli) -> Result<()> {
             limit,
             json,
         } => {
-            let client = open(&home)?;
-            for m in client.history(&contact, limit)? {
+            let mut client = open(&home)?;
+            let (messages, receipts) = client.read_history(&contact, limit)?;
+            for m in messages {
                 let who = if m.outgoing {
                     client.profile().name.clone()
                 } else {
@@ -405,12 +562,36 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("[{}] {}: {}{}", time(m.sent_at_ms), who, m.text, mark);
                 }
             }
+            if receipts {
+                send_receipts(&mut client).await;
+            }
+            client.close().await;
         }
         Command::Block { contact } => {
             let mut client = open(&home)?;
             client.block(&contact).await?;
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
+        }
+        Command::Status { message_id, json } => {
+            let client = open(&home)?;
+            print_status(&client.message_status(&message_id)?, json);
+        }
+        Command::Typing { contact, json } => {
+            let mut client = open(&home)?;
+            let outcome = client.send_typing(&contact).await?;
+            print_typing(&contact, &outcome, json);
+            client.close().await;
+        }
+        Command::Settings {
+            setting: Setting::ReadReceipts { value },
+        } => {
+            let client = open(&home)?;
+            let settings = match value {
+                Some(v) => client.set_read_receipts(v == OnOff::On).await?,
+                None => client.settings()?,
+            };
+            println!("read-receipts {}", on_off(settings.read_receipts));
         }
     }
     Ok(())

@@ -55,6 +55,9 @@ pub enum ClientError {
     /// The running client (see [`crate::spawn`]) has stopped.
     #[error("the running client has stopped")]
     Stopped,
+    /// No message we sent has this id (`tern status`).
+    #[error("no message sent with id {0:?}")]
+    UnknownMessage(String),
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -39,6 +39,21 @@ pub enum Event {
         /// How many events it missed.
         missed: u64,
     },
+    /// A contact's receipts for messages we sent (only news: each id once
+    /// per step). Read ones appear only while read receipts are on.
+    Receipt {
+        /// Contact name.
+        from: String,
+        /// Ids (hex) their device stored.
+        delivered: Vec<String>,
+        /// Ids (hex) their user saw.
+        read: Vec<String>,
+    },
+    /// A contact is typing (an ephemeral notice; only while connected).
+    Typing {
+        /// Contact name.
+        from: String,
+    },
 }
 
 /// Where a sent message stands.

@@ -22,15 +22,22 @@ pub mod handle;
 pub mod inbox;
 pub mod layers;
 pub mod outbox;
+pub mod receipts;
+pub mod settings;
 pub mod spacing;
 pub mod store;
 // The local socket (other programs using a running client); Unix only.
 #[cfg(unix)]
 pub mod rpc;
 pub mod transport;
+pub mod typing;
 
 pub use client::{now_ms, random16, Client};
 pub use error::ClientError;
 pub use event::{DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome};
 pub use handle::{spawn, ClientHandle, EventStream};
+pub use receipts::rules::ReceiptState;
+pub use receipts::{MessageReport, RecipientReport};
+pub use settings::Settings;
 pub use store::{Contact, Profile, Status, StoredMessage};
+pub use typing::TypingOutcome;

@@ -81,6 +81,13 @@ impl Spacing {
         Duration::from_millis(rand::thread_rng().gen_range(lo..=hi))
     }
 
+    /// A delay drawn from the current range (zero when spacing is off):
+    /// how long the running client holds receipts after a fetch, so they
+    /// do not answer each push at once.
+    pub fn draw(&self) -> Duration {
+        Self::gap(&self.record())
+    }
+
     /// Wait until a send may go, and record it as the last send.
     pub async fn before_send(&self) {
         self.wait(|r| r.last_auth, |r, t| r.last_send = Some(t))

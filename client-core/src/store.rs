@@ -11,6 +11,8 @@ use sled::{Db, Tree};
 use std::path::Path;
 use tern_crypto::StoreKey;
 
+mod receipts;
+
 /// Identity key of a contact's device: how contacts are keyed.
 pub type ContactId = [u8; 32];
 
@@ -113,6 +115,12 @@ pub struct LocalStore {
     messages: Tree,
     seen: Tree,
     outbox: Tree,
+    // Receipts and typing (store/receipts.rs).
+    receipt_status: Tree,
+    receipt_pending: Tree,
+    receipt_shown: Tree,
+    receipt_batches: Tree,
+    typing_sent: Tree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<ClientError>>;
@@ -163,6 +171,11 @@ impl LocalStore {
             messages: t("messages")?,
             seen: t("seen")?,
             outbox: t("outbox")?,
+            receipt_status: t("receipt_status")?,
+            receipt_pending: t("receipt_pending")?,
+            receipt_shown: t("receipt_shown")?,
+            receipt_batches: t("receipt_batches")?,
+            typing_sent: t("typing_sent")?,
             db,
             key,
         })

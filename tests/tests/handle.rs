@@ -223,8 +223,17 @@ async fn a_message_arrives_while_a_send_is_in_flight() {
 
     // Carol's relay is back: a flush delivers and says so.
     far.restart().await;
+    // (A flush the client started on its own, to send Bob receipts for his
+    // message, may have delivered it already; then this one finds nothing.)
     let report = handle.flush_outbox().await.unwrap();
-    assert_eq!(report.sent, std::slice::from_ref(&id));
+    assert!(
+        report.sent.is_empty() || report.sent == std::slice::from_ref(&id),
+        "{report:?}"
+    );
+    assert!(
+        report.queued.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
     next_matching(&mut events, "the Sent delivery", |e| {
         matches!(e, Event::Delivery { message_id, status: DeliveryStatus::Sent, .. } if *message_id == id)
     })

@@ -289,7 +289,12 @@ async fn no_plaintext_reaches_the_relay_or_client_disks() {
 
     let store = relay.open_store().await;
     let waiting = store.fetch(&bob.mailbox(), 0, 100).unwrap();
-    assert_eq!(waiting.len(), 1, "the undelivered message is not on disk");
+    // Beside it, Alice's receipt for Bob's reply, which went out with it.
+    assert_eq!(
+        waiting.len(),
+        2,
+        "the undelivered message (and a receipt) is not on disk"
+    );
     drop(store);
 
     // Each user's identity and seal keys, as their contact holds them: the

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use tern_client::rpc::{EventFeed, FeedItem, RpcBackend, RpcServer};
 use tern_client::store::Profile;
 use tern_client::{
-    ClientError, Contact, Event, OutboxReport, ReceivedMessage, SendOutcome, Status, StoredMessage,
+    ClientError, Contact, Event, MessageReport, OutboxReport, ReceiptState, ReceivedMessage,
+    RecipientReport, SendOutcome, Settings, Status, StoredMessage, TypingOutcome,
 };
 use tokio::sync::broadcast;
 
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 struct TestBackend {
     events: broadcast::Sender<Event>,
     queued: Arc<Mutex<Vec<(String, String)>>>,
+    read_receipts: Arc<Mutex<bool>>,
 }
 
 struct TestFeed(broadcast::Receiver<Event>);
@@ -115,6 +117,40 @@ impl RpcBackend for TestBackend {
     fn subscribe(&self) -> TestFeed {
         TestFeed(self.events.subscribe())
     }
+    async fn message_status(&self, id: &str) -> Result<MessageReport, ClientError> {
+        if id != "0a" {
+            return Err(ClientError::UnknownMessage(id.into()));
+        }
+        let line = |name: &str, status, at: Option<u64>| RecipientReport {
+            name: name.into(),
+            identity_key: "ab".into(),
+            status,
+            time_ms: at,
+            sent_at_ms: at,
+            delivered_at_ms: None,
+            read_at_ms: None,
+        };
+        Ok(MessageReport {
+            id: id.into(),
+            recipients: vec![
+                line("bob", ReceiptState::Sent, Some(1_700_000_000_000)),
+                line("carol", ReceiptState::Queued, None),
+            ],
+        })
+    }
+    async fn send_typing(&self, contact: &str) -> Result<TypingOutcome, ClientError> {
+        Ok(match contact {
+            "bob" => TypingOutcome::Sent,
+            _ => TypingOutcome::TooSoon(Duration::from_millis(1_500)),
+        })
+    }
+    async fn settings(&self, read_receipts: Option<bool>) -> Result<Settings, ClientError> {
+        let mut on = self.read_receipts.lock().unwrap();
+        if let Some(v) = read_receipts {
+            *on = v;
+        }
+        Ok(Settings { read_receipts: *on })
+    }
 }
 
 struct Fixture {
@@ -129,6 +165,7 @@ async fn fixture() -> Fixture {
     let backend = TestBackend {
         events: broadcast::channel(64).0,
         queued: Arc::default(),
+        read_receipts: Arc::new(Mutex::new(true)),
     };
     let server = RpcServer::start(home.path(), backend.clone())
         .await
@@ -365,5 +402,124 @@ fn events_print_as_listen_prints_them() {
     assert_eq!(
         print(EventParams::Connection { connected: true }, false),
         (String::new(), String::new())
+    );
+}
+
+#[tokio::test]
+async fn status_typing_and_settings_print_what_they_print_alone() {
+    let f = fixture().await;
+    let status = |json| Forward::Status {
+        id: "0a".into(),
+        json,
+    };
+    assert_eq!(
+        ok(&f, status(false)).await.0,
+        format!("bob\tsent\t{AT}\ncarol\tqueued\t-\n")
+    );
+    assert_eq!(
+        ok(&f, status(true)).await.0,
+        format!(
+            "{{\"id\":\"0a\",\"identity_key\":\"ab\",\"name\":\"bob\",\"sent_at\":\"{AT}\",\"status\":\"sent\",\"time\":\"{AT}\"}}\n\
+             {{\"id\":\"0a\",\"identity_key\":\"ab\",\"name\":\"carol\",\"status\":\"queued\"}}\n"
+        )
+    );
+    let (r, _, _) = run(
+        &f,
+        Forward::Status {
+            id: "0b".into(),
+            json: false,
+        },
+    )
+    .await;
+    assert_eq!(r.unwrap_err().to_string(), "no message sent with id \"0b\"");
+
+    let typing = |contact: &str, json| Forward::Typing {
+        contact: contact.into(),
+        json,
+    };
+    assert_eq!(
+        ok(&f, typing("bob", false)).await.0,
+        "told bob you are typing\n"
+    );
+    assert_eq!(
+        ok(&f, typing("bob", true)).await.0,
+        "{\"contact\":\"bob\",\"sent\":true}\n"
+    );
+    assert_eq!(
+        ok(&f, typing("dan", false)).await.0,
+        "not sent: dan was told moments ago (again in 1.5 s)\n"
+    );
+    assert_eq!(
+        ok(&f, typing("dan", true)).await.0,
+        "{\"contact\":\"dan\",\"retry_after_ms\":1500,\"sent\":false}\n"
+    );
+
+    let rr = |set| Forward::ReadReceipts { set };
+    assert_eq!(ok(&f, rr(None)).await.0, "read-receipts on\n");
+    assert_eq!(ok(&f, rr(Some(false))).await.0, "read-receipts off\n");
+    assert_eq!(ok(&f, rr(None)).await.0, "read-receipts off\n");
+}
+
+#[tokio::test]
+async fn a_receipt_batch_is_a_line_per_message_and_typing_a_line() {
+    let f = fixture().await;
+    let backend = f.backend.clone();
+    let emitter = tokio::spawn(async move {
+        while backend.events.receiver_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = backend.events.send(Event::Receipt {
+            from: "bob".into(),
+            delivered: vec!["01".into()],
+            read: vec!["01".into(), "02".into()],
+        });
+        let _ = backend.events.send(Event::Typing { from: "bob".into() });
+    });
+    let client = RpcClient::connect(f.home.path()).await.unwrap().unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let stop = async {
+        emitter.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    forward(
+        client,
+        Forward::Listen { json: true },
+        &mut out,
+        &mut err,
+        stop,
+    )
+    .await
+    .unwrap();
+    let line = |id: &str, status: &str| {
+        format!(
+            "{{\"from\":\"bob\",\"id\":\"{id}\",\"status\":\"{status}\",\"type\":\"receipt\"}}\n"
+        )
+    };
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "{}{}{}{{\"from\":\"bob\",\"type\":\"typing\"}}\n",
+            line("01", "delivered"),
+            line("01", "read"),
+            line("02", "read")
+        )
+    );
+    // Without --json, as `tern listen` prints them.
+    let print = |event: EventParams| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        print_event(&mut out, &mut err, &event, false).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(
+        print(EventParams::Receipt {
+            from: "bob".into(),
+            id: "01".into(),
+            status: ReceiptState::Read
+        }),
+        "* bob: read 01\n"
+    );
+    assert_eq!(
+        print(EventParams::Typing { from: "bob".into() }),
+        "* bob is typing\n"
     );
 }

@@ -15,7 +15,10 @@ mod task;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::receipts::MessageReport;
+use crate::settings::Settings;
 use crate::store::{Contact, Profile, StoredMessage};
+use crate::typing::TypingOutcome;
 use task::{Command, Reply, Task};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -125,6 +128,28 @@ impl ClientHandle {
     /// This device's profile.
     pub async fn profile(&self) -> Result<Profile, ClientError> {
         self.ask(Command::Profile).await
+    }
+
+    /// Where a message we sent stands, per recipient (`tern status`).
+    pub async fn message_status(&self, id: &str) -> Result<MessageReport, ClientError> {
+        let id = id.to_string();
+        self.ask(|reply| Command::Status { id, reply }).await
+    }
+
+    /// Tell `contact` we are typing (see [`Client::send_typing`]).
+    pub async fn send_typing(&self, contact: &str) -> Result<TypingOutcome, ClientError> {
+        let contact = contact.to_string();
+        self.ask(|reply| Command::Typing { contact, reply }).await
+    }
+
+    /// The settings, after setting read receipts if `read_receipts` is
+    /// given.
+    pub async fn settings(&self, read_receipts: Option<bool>) -> Result<Settings, ClientError> {
+        self.ask(|reply| Command::Settings {
+            read_receipts,
+            reply,
+        })
+        .await
     }
 
     /// A new receiver of every event from now on (for a second front-end,

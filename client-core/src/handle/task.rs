@@ -16,8 +16,11 @@ use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
 use crate::inbox::{reconnect_backoff, retry_after, subscribed, Intake, SETTLE_IDLE};
 use crate::outbox::Deposit;
+use crate::receipts::MessageReport;
+use crate::settings::Settings;
 use crate::store::{Contact, Profile, StoredMessage};
 use crate::transport::{MessageStream, RelayLink};
+use crate::typing::{send_typing, TypingOutcome};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +62,18 @@ pub(super) enum Command {
     },
     FlushOutbox(Reply<OutboxReport>),
     Profile(Reply<Profile>),
+    Status {
+        id: String,
+        reply: Reply<MessageReport>,
+    },
+    Typing {
+        contact: String,
+        reply: Reply<TypingOutcome>,
+    },
+    Settings {
+        read_receipts: Option<bool>,
+        reply: Reply<Settings>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -78,6 +93,7 @@ enum Wake {
     Connected(Result<Result<Subscription, ClientError>, JoinError>),
     Deposited(Result<Vec<Deposit>, JoinError>),
     Resume,
+    Receipts,
 }
 
 /// A home link with its message stream subscribed.
@@ -100,6 +116,10 @@ pub(super) struct Task {
     pub(super) next_cycle: Option<Vec<Waiter>>,
     /// Ids already reported queued, so a retry does not report them again.
     pub(super) reported_queued: HashSet<String>,
+    /// When to flush receipts queued after a fetch: a random delay
+    /// (the send spacing's range) after the first of them, so receipts do
+    /// not answer each push at once (docs/threat-model.md).
+    receipts_due: Option<Instant>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -144,6 +164,7 @@ impl Task {
             cycle: None,
             next_cycle: None,
             reported_queued: HashSet::new(),
+            receipts_due: None,
         }
     }
 
@@ -160,10 +181,11 @@ impl Task {
                 self.connect();
             }
             let connecting = self.connecting.is_some();
-            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_acks());
+            let settle = self.home.as_ref().is_some_and(|h| h.intake.has_pending());
             let retry_at = self.next_attempt;
             let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
+            let receipts_due = self.receipts_due;
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
@@ -173,6 +195,7 @@ impl Task {
                 _ = tokio::time::sleep(SETTLE_IDLE), if settle => Wake::Settle,
                 _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
+                _ = sleep_until_some(receipts_due), if receipts_due.is_some() => Wake::Receipts,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -188,6 +211,10 @@ impl Task {
                 Wake::Connected(c) => self.on_connected(c),
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
+                Wake::Receipts => {
+                    self.receipts_due = None;
+                    self.request_flush(Vec::new());
+                }
             }
         };
         self.stop().await;
@@ -293,7 +320,12 @@ impl Task {
             .settle(&self.client, &mut home.stream, &mut |e| {
                 let _ = events.send(e);
             })
-            .await
+            .await?;
+        if home.intake.take_receipts_queued() && self.receipts_due.is_none() {
+            let delay = self.client.dialer.spacing().draw();
+            self.receipts_due = Some(Instant::now() + delay);
+        }
+        Ok(())
     }
 
     async fn serve(&mut self, command: Command) {
@@ -326,7 +358,12 @@ impl Task {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.client.history(&contact, limit));
+                // Shown to the user: read receipts go out now.
+                let r = self.client.read_history(&contact, limit);
+                if matches!(r, Ok((_, true))) {
+                    self.request_flush(Vec::new());
+                }
+                let _ = reply.send(r.map(|(m, _)| m));
             }
             Command::Block { contact, reply } => {
                 let _ = reply.send(self.client.block(&contact).await);
@@ -334,6 +371,37 @@ impl Task {
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
                 let _ = reply.send(Ok(self.client.profile().clone()));
+            }
+            Command::Status { id, reply } => {
+                let _ = reply.send(self.client.message_status(&id));
+            }
+            Command::Typing { contact, reply } => {
+                match self.client.prepare_typing(&contact).await {
+                    // The network part runs on its own: receiving goes on.
+                    Ok(Ok(prepared)) => {
+                        let mut dialer = self.client.dialer.clone();
+                        tokio::spawn(async move {
+                            let r = send_typing(&mut dialer, prepared).await;
+                            let _ = reply.send(r.map(|()| TypingOutcome::Sent));
+                        });
+                    }
+                    Ok(Err(wait)) => {
+                        let _ = reply.send(Ok(TypingOutcome::TooSoon(wait)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Settings {
+                read_receipts,
+                reply,
+            } => {
+                let r = match read_receipts {
+                    Some(on) => self.client.set_read_receipts(on).await,
+                    None => self.client.settings(),
+                };
+                let _ = reply.send(r);
             }
             Command::Shutdown(_) => {}
         }

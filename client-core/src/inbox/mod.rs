@@ -33,6 +33,8 @@ pub(crate) const SETTLE_IDLE: Duration = Duration::from_millis(20);
 pub(crate) struct Intake {
     acks: Vec<u64>,
     shown: Vec<Event>,
+    /// Receipt batches were put in the outbox since last asked.
+    receipts_queued: bool,
 }
 
 impl Intake {
@@ -56,9 +58,10 @@ impl Intake {
         self.acks.len() >= ACK_BATCH
     }
 
-    /// Whether acks wait to be sent.
-    pub(crate) fn has_acks(&self) -> bool {
-        !self.acks.is_empty()
+    /// Whether acks wait to be sent or events to be shown (an ephemeral
+    /// envelope, a typing notice, has an event and no ack).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.acks.is_empty() || !self.shown.is_empty()
     }
 
     /// Make what was received durable, then show it, then acknowledge it.
@@ -72,14 +75,43 @@ impl Intake {
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<(), ClientError> {
         client.store.flush().await?;
+        let read = read_ids(&self.shown);
         for e in self.shown.drain(..) {
             on_event(e);
         }
         if !self.acks.is_empty() {
             stream.ack(std::mem::take(&mut self.acks)).await?;
         }
+        // What was stored is owed delivered receipts, what was shown read
+        // ones: one batch per peer into the outbox. A failure here costs
+        // receipts, never messages, so it does not end the connection.
+        match client
+            .note_shown(&read)
+            .and_then(|_| client.queue_receipts())
+        {
+            Ok(n) => self.receipts_queued |= n > 0,
+            Err(e) => warn!("queueing receipts: {e}"),
+        }
         Ok(())
     }
+
+    /// Whether receipt batches were queued since the last call (the
+    /// running client then flushes the outbox).
+    pub(crate) fn take_receipts_queued(&mut self) -> bool {
+        std::mem::take(&mut self.receipts_queued)
+    }
+}
+
+/// The ids of the messages among `shown` (the user sees them now).
+fn read_ids(shown: &[Event]) -> Vec<([u8; 16], Option<crate::store::ContactId>)> {
+    shown
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => hex::decode(&m.id).ok()?.try_into().ok(),
+            _ => None,
+        })
+        .map(|id| (id, None))
+        .collect()
 }
 
 impl Intake {
@@ -156,7 +188,7 @@ impl Client {
                     Ok(n) => n?,
                     Err(_) => break,
                 },
-                None if intake.has_acks() => {
+                None if intake.has_pending() => {
                     match tokio::time::timeout(SETTLE_IDLE, stream.next()).await {
                         Ok(n) => n?,
                         Err(_) => {
@@ -269,6 +301,19 @@ impl Client {
                     entry,
                     shown,
                 } => (contact, false, Some(Event::Message(shown)), Some(entry)),
+                Verdict::Receipts { contact, batch } => {
+                    // Applied before the session step is saved: if we stop
+                    // in between, the envelope comes again and applying it
+                    // again changes nothing.
+                    let event = self.apply_receipts(&contact, &batch)?;
+                    (contact, false, event, None)
+                }
+                Verdict::Typing(contact) => {
+                    let event = env.ephemeral.then(|| Event::Typing {
+                        from: contact.name.clone(),
+                    });
+                    (contact, false, event, None)
+                }
             };
         let key = entry
             .as_ref()
@@ -280,6 +325,10 @@ impl Client {
         let pickle = session.to_encrypted_pickle(&self.key);
         self.store
             .commit_incoming(&contact, new_contact, &pickle, &id, entry_ref)?;
+        if entry.is_some() {
+            // A text stored: its sender is owed a delivered receipt.
+            self.note_stored(&contact.identity_key, &id)?;
+        }
         if let Some(account) = account {
             // Saved after the message, so a crash in between cannot lose it
             // (the one-time key would be gone before the message is stored).

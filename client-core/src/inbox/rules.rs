@@ -6,7 +6,7 @@
 use crate::event::ReceivedMessage;
 use crate::layers::{self, Introduction, Opened};
 use crate::store::{Contact, Status, StoredMessage};
-use tern_protocol::pb::content::Body;
+use tern_protocol::pb::{self, content::Body};
 
 /// What to do with a message that opened.
 // One short-lived value per envelope: boxing the large variants would buy
@@ -37,6 +37,17 @@ pub(crate) enum Verdict {
         /// What the user sees.
         shown: ReceivedMessage,
     },
+    /// A contact's receipts for messages we sent: store the session and
+    /// the id, apply them (`crate::receipts`); never answered by a receipt.
+    Receipts {
+        /// From whom.
+        contact: Contact,
+        /// The ids they acknowledge.
+        batch: pb::ReceiptBatch,
+    },
+    /// A contact is typing: store the session and the id; show it if it
+    /// came ephemeral (a stored one is stale); never answered.
+    Typing(Contact),
 }
 
 /// Decide what an opened message means. `known` is the sender if they are
@@ -89,6 +100,8 @@ pub(crate) fn decide(
                 shown,
             }
         }
+        (Some(Body::Receipts(batch)), Some(contact)) => Verdict::Receipts { contact, batch },
+        (Some(Body::Typing(_)), Some(c)) => Verdict::Typing(c),
         _ => drop("a message that is neither text nor introduction"),
     }
 }
@@ -102,7 +115,6 @@ pub(crate) fn ack_of(seq: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_protocol::pb;
 
     fn contact() -> Contact {
         Contact {
@@ -184,6 +196,35 @@ mod tests {
             Verdict::Introduce(i) => assert_eq!(i.name, "carol"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn receipts_and_typing_count_only_from_contacts() {
+        let batch = pb::ReceiptBatch {
+            delivered: vec![vec![9; 16].into()],
+            read: vec![],
+        };
+        let v = decide(
+            opened(Some(Body::Receipts(batch.clone()))),
+            Some(contact()),
+            false,
+            0,
+            0,
+        );
+        assert_eq!(
+            v,
+            Verdict::Receipts {
+                contact: contact(),
+                batch: batch.clone()
+            }
+        );
+        let v = decide(opened(Some(Body::Receipts(batch))), None, false, 0, 0);
+        assert!(matches!(v, Verdict::Drop { quiet: false, .. }));
+        let typing = Some(Body::Typing(pb::TypingNotice {}));
+        let v = decide(opened(typing.clone()), Some(contact()), false, 0, 0);
+        assert_eq!(v, Verdict::Typing(contact()));
+        let v = decide(opened(typing), None, false, 0, 0);
+        assert!(matches!(v, Verdict::Drop { quiet: false, .. }));
     }
 
     #[test]

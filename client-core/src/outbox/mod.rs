@@ -175,6 +175,7 @@ impl Client {
             status: Status::Queued,
         };
         let key = message_key(&contact.identity_key, at, &id);
+        self.track_sent(&id, &key, &[contact.identity_key])?;
         let content = layers::content(id, at, layers::text_body(text));
         self.enqueue(&contact, session, &content, Some((&key, &entry)))?;
         self.store.flush().await?;
@@ -264,19 +265,36 @@ impl Client {
             };
             for (item, result) in items.iter().zip(results) {
                 let id = hex::encode(item.message_id);
+                // Receipt batches go like messages but are not reported as
+                // messages (crate::receipts).
+                let receipts = self.store.is_receipt_batch(&item.message_id)?;
                 match rules::decide(result) {
                     Decision::Retire => {
                         self.store.settle(item, Status::Sent)?;
-                        report.sent.push(id);
+                        if receipts {
+                            self.store.forget_receipt_batch(&item.message_id)?;
+                        } else {
+                            self.note_relay_answer(&item.message_id, &item.contact, Ok(()))?;
+                            report.sent.push(id);
+                        }
                     }
                     Decision::Keep { reason, pause } => {
                         wait = rules::longest(wait, pause);
-                        report.queued.push((id, reason));
+                        if !receipts {
+                            report.queued.push((id, reason));
+                        }
                     }
                     Decision::Fail(e) => {
                         self.store.settle(item, Status::Failed(e.to_string()))?;
-                        report.failed.push((id, e));
+                        if receipts {
+                            self.store.forget_receipt_batch(&item.message_id)?;
+                        } else {
+                            let why = e.to_string();
+                            self.note_relay_answer(&item.message_id, &item.contact, Err(&why))?;
+                            report.failed.push((id, e));
+                        }
                     }
+                    Decision::HeldBack if receipts => {}
                     Decision::HeldBack => report.queued.push((id, rules::HELD_BACK.into())),
                 }
             }

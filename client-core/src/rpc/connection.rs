@@ -231,30 +231,31 @@ fn offer(out: &mpsc::Sender<Vec<u8>>, event: &EventParams) -> Offer {
 async fn forward_events<F: EventFeed>(mut feed: F, out: mpsc::Sender<Vec<u8>>) {
     let mut missed: u64 = 0;
     while let Some(item) = feed.next().await {
-        let event = match item {
+        let events = match item {
             FeedItem::Lagged(n) => {
                 missed = missed.saturating_add(n);
                 continue;
             }
-            FeedItem::Event(e) => match EventParams::from_event(&e) {
-                Some(event) => event,
-                None => continue,
-            },
+            // One event may be several notifications (a receipt batch is
+            // one per message id, as `tern listen --json` prints it).
+            FeedItem::Event(e) => EventParams::all_from_event(&e),
         };
-        if missed > 0 {
-            match offer(&out, &EventParams::Lagged { missed }) {
-                Offer::Queued => missed = 0,
-                Offer::Full => {
-                    missed = missed.saturating_add(1);
-                    continue;
+        for event in events {
+            if missed > 0 {
+                match offer(&out, &EventParams::Lagged { missed }) {
+                    Offer::Queued => missed = 0,
+                    Offer::Full => {
+                        missed = missed.saturating_add(1);
+                        continue;
+                    }
+                    Offer::Closed => return,
                 }
+            }
+            match offer(&out, &event) {
+                Offer::Queued => {}
+                Offer::Full => missed = missed.saturating_add(1),
                 Offer::Closed => return,
             }
-        }
-        match offer(&out, &event) {
-            Offer::Queued => {}
-            Offer::Full => missed = missed.saturating_add(1),
-            Offer::Closed => return,
         }
     }
 }

@@ -95,6 +95,24 @@ pub(crate) async fn call<B: RpcBackend>(
             let profile = backend.profile().await.map_err(client_err)?;
             encode(&ProfileResult::from(&profile))
         }
+        STATUS => {
+            let p: StatusParams = params(raw)?;
+            let report = backend.message_status(&p.id).await.map_err(client_err)?;
+            encode(&StatusLine::all(&report))
+        }
+        TYPING => {
+            let p: TypingParams = params(raw)?;
+            let outcome = backend.send_typing(&p.contact).await.map_err(client_err)?;
+            encode(&TypingResult::new(p.contact, &outcome))
+        }
+        SETTINGS => {
+            let p: SettingsParams = params(raw)?;
+            let settings = backend
+                .settings(p.read_receipts)
+                .await
+                .map_err(client_err)?;
+            encode(&settings)
+        }
         other => Err(ErrorCode::MethodNotFound.error(format!("no method {other:?}"))),
     }
 }

@@ -1,7 +1,10 @@
 //! The running client's handle as the socket's backend.
 
 use super::server::{EventFeed, FeedItem, RpcBackend};
+use crate::receipts::MessageReport;
+use crate::settings::Settings;
 use crate::store::Profile;
+use crate::typing::TypingOutcome;
 use crate::{
     ClientError, ClientHandle, Contact, Event, EventStream, OutboxReport, SendOutcome,
     StoredMessage,
@@ -44,6 +47,15 @@ impl RpcBackend for ClientHandle {
     }
     fn subscribe(&self) -> EventStream {
         ClientHandle::subscribe(self)
+    }
+    async fn message_status(&self, id: &str) -> Result<MessageReport, ClientError> {
+        ClientHandle::message_status(self, id).await
+    }
+    async fn send_typing(&self, contact: &str) -> Result<TypingOutcome, ClientError> {
+        ClientHandle::send_typing(self, contact).await
+    }
+    async fn settings(&self, read_receipts: Option<bool>) -> Result<Settings, ClientError> {
+        ClientHandle::settings(self, read_receipts).await
     }
 }
 

@@ -8,7 +8,10 @@
 //! what it prints alone. Times are RFC 3339 strings with milliseconds, as the
 //! CLI prints them.
 
+use crate::receipts::rules::ReceiptState;
+use crate::receipts::MessageReport;
 use crate::store::Profile;
+use crate::typing::TypingOutcome;
 use crate::{
     Contact, DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome, StoredMessage,
 };
@@ -37,6 +40,12 @@ pub const SUBSCRIBE: &str = "subscribe";
 pub const UNSUBSCRIBE: &str = "unsubscribe";
 /// The notification the server sends a subscriber for each event.
 pub const EVENT: &str = "event";
+/// `status`: where a message we sent stands, per recipient.
+pub const STATUS: &str = "status";
+/// `typing`: tell a contact we are typing (ephemeral, rate-limited).
+pub const TYPING: &str = "typing";
+/// `settings`: read (and optionally change) the settings.
+pub const SETTINGS: &str = "settings";
 
 /// A time as the CLI prints it: RFC 3339, UTC, milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -294,6 +303,108 @@ impl From<&Profile> for ProfileResult {
     }
 }
 
+/// Params of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusParams {
+    /// Message id, hex (as `send` printed it).
+    pub id: String,
+}
+
+/// One recipient of a sent message, as `tern status --json` prints it
+/// (one line each). Times are absent until reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusLine {
+    /// When their delivered receipt came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// Message id, hex.
+    pub id: String,
+    /// Their identity key, hex.
+    pub identity_key: String,
+    /// Their contact name.
+    pub name: String,
+    /// When their read receipt came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
+    /// When their relay acknowledged it durably.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    /// `queued`, `sent`, `delivered`, `read` or `failed`.
+    pub status: ReceiptState,
+    /// When that status was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+impl StatusLine {
+    /// Every recipient's line of `report`.
+    pub fn all(report: &MessageReport) -> Vec<Self> {
+        let t = |ms: Option<u64>| ms.map(rfc3339_ms);
+        report
+            .recipients
+            .iter()
+            .map(|r| Self {
+                delivered_at: t(r.delivered_at_ms),
+                id: report.id.clone(),
+                identity_key: r.identity_key.clone(),
+                name: r.name.clone(),
+                read_at: t(r.read_at_ms),
+                sent_at: t(r.sent_at_ms),
+                status: r.status,
+                time: t(r.time_ms),
+            })
+            .collect()
+    }
+}
+
+/// Params of `typing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypingParams {
+    /// Contact name.
+    pub contact: String,
+}
+
+/// Result of `typing`, as `tern typing --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingResult {
+    /// Contact name.
+    pub contact: String,
+    /// When not sent: milliseconds until one may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Whether it went (false: one went to them moments ago).
+    pub sent: bool,
+}
+
+impl TypingResult {
+    /// The result of telling `contact` we type.
+    pub fn new(contact: String, outcome: &TypingOutcome) -> Self {
+        match outcome {
+            TypingOutcome::Sent => Self {
+                contact,
+                retry_after_ms: None,
+                sent: true,
+            },
+            TypingOutcome::TooSoon(wait) => Self {
+                contact,
+                retry_after_ms: Some(wait.as_millis() as u64),
+                sent: false,
+            },
+        }
+    }
+}
+
+/// Params of `settings`: each field given is set; none only reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsParams {
+    /// Turn read receipts on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_receipts: Option<bool>,
+}
+
 /// Result of `subscribe` and `unsubscribe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeResult {
@@ -347,6 +458,21 @@ pub enum EventParams {
         /// How many.
         missed: u64,
     },
+    /// A contact's receipt for one message we sent, as `tern listen
+    /// --json` prints it.
+    Receipt {
+        /// Contact name.
+        from: String,
+        /// Message id, hex.
+        id: String,
+        /// `delivered` or `read`.
+        status: ReceiptState,
+    },
+    /// A contact is typing.
+    Typing {
+        /// Contact name.
+        from: String,
+    },
 }
 
 /// Where a sent message stands, in a `delivery` event.
@@ -375,7 +501,8 @@ impl From<&ReceivedMessage> for EventParams {
 
 impl EventParams {
     /// The notification for a client event, or `None` for an event that is
-    /// not shown to front-ends.
+    /// not shown to front-ends. A receipt event is several notifications;
+    /// this gives its first: use [`Self::all_from_event`].
     pub fn from_event(e: &Event) -> Option<Self> {
         match e {
             Event::Message(m) => Some(m.into()),
@@ -405,6 +532,34 @@ impl EventParams {
                 connected: *connected,
             }),
             Event::Lagged { missed } => Some(EventParams::Lagged { missed: *missed }),
+            Event::Receipt { .. } => Self::all_from_event(e).into_iter().next(),
+            Event::Typing { from } => Some(EventParams::Typing { from: from.clone() }),
+        }
+    }
+
+    /// Every notification for a client event: one per message id for a
+    /// receipt, else what [`Self::from_event`] gives.
+    pub fn all_from_event(e: &Event) -> Vec<Self> {
+        match e {
+            Event::Receipt {
+                from,
+                delivered,
+                read,
+            } => {
+                let line = |status| {
+                    move |id: &String| EventParams::Receipt {
+                        from: from.clone(),
+                        id: id.clone(),
+                        status,
+                    }
+                };
+                delivered
+                    .iter()
+                    .map(line(ReceiptState::Delivered))
+                    .chain(read.iter().map(line(ReceiptState::Read)))
+                    .collect()
+            }
+            e => Self::from_event(e).into_iter().collect(),
         }
     }
 }

@@ -16,7 +16,10 @@
 
 use super::connection;
 use super::socket_path;
+use crate::receipts::MessageReport;
+use crate::settings::Settings;
 use crate::store::Profile;
+use crate::typing::TypingOutcome;
 use crate::{ClientError, Contact, Event, OutboxReport, SendOutcome, StoredMessage};
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -95,6 +98,31 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
     fn profile(&self) -> impl Future<Output = Result<Profile, ClientError>> + Send;
     /// A new feed of every event from now on.
     fn subscribe(&self) -> Self::Events;
+    /// Where a message we sent stands, per recipient. (Defaults, here and
+    /// below, refuse: a backend without receipts need not implement them.)
+    fn message_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<MessageReport, ClientError>> + Send {
+        let id = id.to_string();
+        async move { Err(ClientError::UnknownMessage(id)) }
+    }
+    /// Tell a contact we are typing.
+    fn send_typing(
+        &self,
+        contact: &str,
+    ) -> impl Future<Output = Result<TypingOutcome, ClientError>> + Send {
+        let contact = contact.to_string();
+        async move { Err(ClientError::UnknownContact(contact)) }
+    }
+    /// The settings, after setting read receipts if given.
+    fn settings(
+        &self,
+        read_receipts: Option<bool>,
+    ) -> impl Future<Output = Result<Settings, ClientError>> + Send {
+        let _ = read_receipts;
+        async { Err(ClientError::Store("this backend keeps no settings".into())) }
+    }
 }
 
 /// A receiver of client events for one subscribed connection.

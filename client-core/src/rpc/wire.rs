@@ -195,6 +195,8 @@ pub enum ErrorCode {
     Io = 13,
     /// The running client has stopped (it is shutting down).
     Stopped = 14,
+    /// No sent message has that id (`status`).
+    UnknownMessage = 20,
 }
 
 impl ErrorCode {
@@ -226,6 +228,7 @@ impl ErrorCode {
             ErrorCode::Store => "store",
             ErrorCode::Io => "io",
             ErrorCode::Stopped => "stopped",
+            ErrorCode::UnknownMessage => "unknown_message",
         }
     }
 
@@ -258,6 +261,7 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         // Merge note: the client handle adds `ClientError::Stopped`, which
         // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
         ClientError::Stopped => ErrorCode::Stopped,
+        ClientError::UnknownMessage(_) => ErrorCode::UnknownMessage,
     }
 }
 
