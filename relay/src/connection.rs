@@ -309,7 +309,7 @@ async fn messages<S: MailboxStore, C: Clock>(
     let mut machine = MessageStream::new(Arc::clone(&state), shared.core.limits().push_window);
     let mut frames = FrameReader::new(recv, shared.core.limits().max_frame_bytes);
     let mut work = Work::default();
-    loop {
+    'drive: loop {
         while let Some(output) = machine.poll() {
             run_output(&shared, &state, id, &mut work, output);
         }
@@ -327,7 +327,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                     break;
                 }
                 // The peer stopped reading: nothing more can be said.
-                Err(mpsc::error::TrySendError::Closed(())) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => break 'drive,
             }
         }
         if work.closing && !machine.has_transmit() {
@@ -390,7 +390,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                 match (permit, machine.poll_transmit()) {
                     (Ok(permit), Some(f)) => permit.send(f),
                     (Ok(_), None) => {}
-                    (Err(_), _) => return,
+                    (Err(_), _) => break 'drive,
                 }
             }
             // Nothing under way and nothing to wait for: the machine has
@@ -399,7 +399,34 @@ async fn messages<S: MailboxStore, C: Clock>(
         }
     }
     drop(out_tx);
+    wake_owed(&shared, &mut machine, &mut work).await;
     let _ = writer.await;
+}
+
+/// The stream ended, perhaps mid-way (its peer stopped reading): sends it
+/// already handed to the store are in the store whatever became of their
+/// answers, so their recipients are woken once those writes are durable,
+/// as they would have been had the sender stayed.
+async fn wake_owed<S: MailboxStore, C: Clock>(
+    shared: &Arc<Shared<S, C>>,
+    machine: &mut MessageStream,
+    work: &mut Work,
+) {
+    if work.store.is_some() {
+        let outcomes = join(&mut work.store).await;
+        work.store = None;
+        machine.handle_stored(outcomes.unwrap_or_default());
+    }
+    let owed = machine.abandon();
+    if owed.is_empty() {
+        return;
+    }
+    // Begun now, after every write the held results cover.
+    if shared.core.durable().await.is_ok() {
+        for mailbox in &owed {
+            shared.hub.stored(mailbox);
+        }
+    }
 }
 
 /// Carry out one of the machine's outputs.

@@ -358,6 +358,18 @@ impl MessageStream {
                             pb::RelayFrame::send_result(request_id, Ok((0, false))),
                         );
                     }
+                    // A blocked sender's send: the same answer on the same
+                    // path as its kind (a stored one waits for the same
+                    // durability batch), and nobody to wake.
+                    Accepted::Discarded { ephemeral } => {
+                        let frame = pb::RelayFrame::send_result(request_id, Ok((0, false)));
+                        if ephemeral {
+                            self.replies.fill_ready(slot, frame);
+                        } else {
+                            self.replies
+                                .fill_held(slot, frame, Wake::Many(Vec::new()));
+                        }
+                    }
                 },
                 Some(StoreOutcome::SendRefused { request_id, error }) => {
                     self.replies
@@ -419,7 +431,7 @@ impl MessageStream {
             }
         }
         let frame = pb::RelayFrame::send_many_result(request_id, Ok(sent.results));
-        if sent.stored.is_empty() {
+        if sent.stored.is_empty() && sent.discarded == 0 {
             self.replies.fill_ready(slot, frame);
         } else {
             self.replies.fill_held(slot, frame, Wake::Many(sent.stored));
@@ -552,6 +564,16 @@ impl MessageStream {
     /// The mailbox this stream pushes, if it holds the subscription.
     pub fn subscribed(&self) -> Option<MailboxId> {
         self.push.as_ref().map(Push::mailbox)
+    }
+
+    /// The peer can no longer be answered (its stream died): the mailboxes
+    /// that sends already written to the store still owe a wake-up. The
+    /// driver wakes them once a durability wait begun now has ended, so an
+    /// online recipient hears of them as it would have.
+    pub fn abandon(&mut self) -> Vec<MailboxId> {
+        self.reading = false;
+        self.stop_push();
+        self.replies.held_mailboxes()
     }
 
     /// Whether a durability wait is under way.
