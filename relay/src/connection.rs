@@ -38,6 +38,9 @@ const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for one stream's writer (their bytes are bounded by the
 /// stream's push bound: replies are small).
 const WRITE_QUEUE: usize = 256;
+/// How long a finished stream's writer may take to hand its last frames
+/// to a peer that is not reading them.
+const WRITER_DRAIN: Duration = Duration::from_secs(10);
 /// Most frames coalesced into one write on a stream...
 const WRITE_BATCH: usize = 256;
 /// ...and most bytes, so a batch of large envelopes stays small.
@@ -357,15 +360,14 @@ async fn messages<S: MailboxStore, C: Clock>(
 ) {
     let (out_tx, out_rx) = mpsc::channel::<(pb::RelayFrame, usize)>(WRITE_QUEUE);
     let (written_tx, mut written_rx) = mpsc::unbounded_channel::<usize>();
-    let writer = tokio::spawn(write_frames(send, out_rx, written_tx));
+    let mut writer = tokio::spawn(write_frames(send, out_rx, written_tx));
     let limits = shared.core.limits();
-    let mut machine = MessageStream::new(Arc::clone(&state), limits.push_window).with_limits(
-        PushLimits {
+    let mut machine =
+        MessageStream::new(Arc::clone(&state), limits.push_window).with_limits(PushLimits {
             stream_bytes: limits.stream_push_bytes,
             envelope_frame_bytes: limits.max_envelope_bytes + ENVELOPE_FRAME_OVERHEAD,
             relay: Arc::clone(&shared.push_budget),
-        },
-    );
+        });
     let mut frames = FrameReader::new(recv, shared.core.limits().max_frame_bytes);
     let mut work = Work::default();
     'drive: loop {
@@ -406,11 +408,7 @@ async fn messages<S: MailboxStore, C: Clock>(
             ..
         } = &mut work;
         let (wake, ephemeral, replaced) = match sub {
-            Some(s) => (
-                Some(&s.wake),
-                Some(&mut s.ephemeral),
-                Some(&mut s.replaced),
-            ),
+            Some(s) => (Some(&s.wake), Some(&mut s.ephemeral), Some(&mut s.replaced)),
             None => (None, None, None),
         };
         tokio::select! {
@@ -478,7 +476,15 @@ async fn messages<S: MailboxStore, C: Clock>(
     }
     drop(out_tx);
     wake_owed(&shared, &mut machine, &mut work).await;
-    let _ = writer.await;
+    // A peer that stopped reading (a replaced subscription's, say) would
+    // keep the writer, and what it holds, forever: it gets a while, then
+    // the stream is given up.
+    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 /// The stream ended, perhaps mid-way (its peer stopped reading): sends it

@@ -82,10 +82,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             .iter()
             .filter_map(|r| r.clone().ok().flatten())
             .collect();
-        let discarded = checked
-            .iter()
-            .filter(|r| matches!(r, Ok(None)))
-            .count();
+        let discarded = checked.iter().filter(|r| matches!(r, Ok(None))).count();
         if s.ephemeral {
             return Ok(SentMany {
                 results: checked
@@ -114,15 +111,15 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                         return Ok(false);
                     };
                     match appended.next() {
-                    // Stored, or already held: the answer is the same, as
-                    // for a `Send`, so a re-send does not tell the sender
-                    // whether this member has acked yet (threat-model.md).
-                    Some(Ok(_)) => {
-                        stored.push(mailbox);
-                        Ok(false)
-                    }
-                    Some(Err(e)) => Err(store_error(e)),
-                    None => Err(crate::core::storage_unavailable()),
+                        // Stored, or already held: the answer is the same, as
+                        // for a `Send`, so a re-send does not tell the sender
+                        // whether this member has acked yet (threat-model.md).
+                        Some(Ok(_)) => {
+                            stored.push(mailbox);
+                            Ok(false)
+                        }
+                        Some(Err(e)) => Err(store_error(e)),
+                        None => Err(crate::core::storage_unavailable()),
                     }
                 });
                 pb::TargetResult::of(r)

@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(a.replaced.try_recv(), Ok(()), "the oldest is told");
         assert!(b.replaced.try_recv().is_err());
         assert!(c.replaced.try_recv().is_err());
-        assert!(other.replaced.try_recv().is_err(), "other mailboxes keep theirs");
+        assert!(
+            other.replaced.try_recv().is_err(),
+            "other mailboxes keep theirs"
+        );
         assert_eq!(hub.subscribers(), 3);
         drop(a);
         assert_eq!(hub.subscribers(), 3, "the replaced one was already gone");

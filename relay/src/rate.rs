@@ -490,12 +490,18 @@ mod tests {
         assert!(slots.acquire(ip("2001:db8:1:3::1")).is_some());
         let _c = slots.acquire(ip("10.0.0.1")).unwrap();
         let _d = slots.acquire(ip("10.0.0.1")).unwrap();
-        assert!(slots.acquire(ip("::ffff:10.0.0.1")).is_none(), "mapped IPv4");
+        assert!(
+            slots.acquire(ip("::ffff:10.0.0.1")).is_none(),
+            "mapped IPv4"
+        );
         assert!(slots.acquire(ip("10.0.0.2")).is_some());
 
         assert_eq!(address_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
         assert_eq!(address_key(ip("2001:db8::1"), 0), ip("::"));
-        assert_eq!(address_key(ip("2001:db8:aa:bb::1"), 48), ip("2001:db8:aa::"));
+        assert_eq!(
+            address_key(ip("2001:db8:aa:bb::1"), 48),
+            ip("2001:db8:aa::")
+        );
 
         let r = Rates::new(&config()).keyed_on_prefix(64);
         let got: Vec<_> = (0..4)

@@ -65,7 +65,11 @@ fn fetches_fit_the_streams_bytes_and_unwritten_bytes_hold_the_room() {
     let relay = PushBudget::new(0);
     let mut s = stream(t0, 10, &relay);
     s.handle_frame(t0, subscribe());
-    assert_eq!(fetch_limit(&mut s), Some(10), "ten envelopes at their largest");
+    assert_eq!(
+        fetch_limit(&mut s),
+        Some(10),
+        "ten envelopes at their largest"
+    );
     s.handle_fetched(t0, Ok((1..=10).map(big).collect()));
     // Handed to the writer but not written: still held, so no fetch, and
     // no ephemeral envelope fits either.
@@ -73,7 +77,11 @@ fn fetches_fit_the_streams_bytes_and_unwritten_bytes_hold_the_room() {
     assert!(handed > 9 * UNIT, "{handed}");
     assert_eq!(fetch_limit(&mut s), None);
     s.handle_ephemeral(big(0));
-    assert_eq!(transmit(&mut s), 0, "an ephemeral envelope over the bound is dropped");
+    assert_eq!(
+        transmit(&mut s),
+        0,
+        "an ephemeral envelope over the bound is dropped"
+    );
     // Half written: room for what that freed, no more.
     s.handle_written(handed / 2);
     let limit = fetch_limit(&mut s).unwrap();

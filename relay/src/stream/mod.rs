@@ -414,8 +414,7 @@ impl MessageStream {
                         if ephemeral {
                             self.replies.fill_ready(slot, frame);
                         } else {
-                            self.replies
-                                .fill_held(slot, frame, Wake::Many(Vec::new()));
+                            self.replies.fill_held(slot, frame, Wake::Many(Vec::new()));
                         }
                     }
                 },
