@@ -300,7 +300,7 @@ pub async fn forward(
             line(
                 out,
                 format!(
-                    "blocked {}: the relay now refuses their messages",
+                    "blocked {}: the relay now drops their messages, unseen by them",
                     blocked.blocked
                 ),
             )?;

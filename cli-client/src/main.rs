@@ -413,7 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = open(&home)?;
             client.block(&contact).await?;
             client.close().await;
-            println!("blocked {contact}: the relay now refuses their messages");
+            println!("blocked {contact}: the relay now drops their messages, unseen by them");
         }
     }
     Ok(())
