@@ -450,7 +450,7 @@ async fn messages<S: MailboxStore, C: Clock>(
                 work.sub = None;
                 machine.handle_replaced();
             }
-            Some(n) = written_rx.recv() => {
+            Some(n) = written_rx.recv(), if machine.awaiting_written() => {
                 machine.handle_written(n);
                 while let Ok(n) = written_rx.try_recv() {
                     machine.handle_written(n);

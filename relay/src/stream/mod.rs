@@ -661,6 +661,12 @@ impl MessageStream {
         matches!(frame.frame, Some(Out::Envelope(_) | Out::CaughtUp(_)))
     }
 
+    /// Whether push frames handed out are still waiting for
+    /// [`Self::handle_written`].
+    pub fn awaiting_written(&self) -> bool {
+        self.unwritten_bytes > 0
+    }
+
     /// A fetch is due but the relay-wide push budget has no room now: the
     /// driver should poll again a little later.
     pub fn starved(&self) -> bool {
