@@ -3,7 +3,7 @@
 //! never answers (keep-alives hold the connection open). `tern send` to Bob
 //! gives up at its deadline with the message still queued, and `tern recv`
 //! still receives from Alice's honest home relay, though the message to Bob
-//! still waits in the outbox.
+//! still waits in the outbox. Bob's own `tern recv` fails with a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -63,4 +63,10 @@ fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
         history.trim_end().ends_with("into the void (queued)"),
         "{history}"
     );
+
+    // Bob, whose own relay it is, gets a typed timeout, not a hang.
+    let out = tern(&b, &["recv"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
 }

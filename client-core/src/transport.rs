@@ -36,6 +36,10 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// result. A relay's keep-alives hold a connection open however long it
 /// stays silent, so without this a hostile one would hold a sender forever.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest silence from the home relay while it pushes the backlog, before
+/// its `CaughtUp`: a relay that accepts a subscription and sends nothing
+/// would otherwise hold `tern recv` forever.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest frame a client reads.
 const MAX_FRAME: usize = limits::DEFAULT_MAX_FRAME;
 
