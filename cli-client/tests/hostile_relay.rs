@@ -3,12 +3,29 @@
 //! never answers (keep-alives hold the connection open). `tern send` to Bob
 //! gives up at its deadline with the message still queued, and `tern recv`
 //! still receives from Alice's honest home relay, though the message to Bob
-//! still waits in the outbox. Bob's own `tern recv` fails with a timeout.
+//! still waits in the outbox; a send to Carol's relay is delivered while
+//! the same command still waits on Bob's. Bob's own `tern recv` fails with
+//! a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
 use tern_tests::hostile::HostileRelay;
-use tern_tests::process::{ok, tern, RelayProcess};
+use tern_tests::process::{ok, tern, tern_cmd, RelayProcess};
+
+/// The messages `tern recv --json` prints for `home`, as (from, text).
+fn texts(home: &std::path::Path) -> Vec<(String, String)> {
+    ok(home, &["recv", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "message")
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
 
 #[test]
 fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
@@ -34,7 +51,6 @@ fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
     bobs.kill();
     let _hostile = HostileRelay::start(&data, port);
 
-    ok(&c, &["send", "alice", "from carol"]);
     // Bounded by the harness's process deadline (60 s): the send's own
     // deadline (20 s) ends it, with the message kept for later.
     let out = tern(&a, &["send", "bob", "into the void"]);
@@ -47,7 +63,29 @@ fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
     assert!(stdout.starts_with("queued "), "{stdout}");
     assert!(stdout.contains("did not answer in time"), "{stdout}");
 
+    // Sends to other relays do not wait for the silent one: Carol gets a
+    // message while the command that sent it is still stuck retrying the
+    // one for Bob (which cannot end before its 20 s deadline).
+    let mut beside = tern_cmd(&a, &["send", "carol", "meanwhile"])
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(texts(&c));
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, [("alice".to_string(), "meanwhile".to_string())]);
+    assert!(
+        beside.try_wait().unwrap().is_none(),
+        "the send was still waiting on Bob's relay"
+    );
+    let out = beside.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sent "));
+
     // Receiving goes on beside the stuck send.
+    ok(&c, &["send", "alice", "from carol"]);
     let got: Vec<Value> = ok(&a, &["recv", "--json"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
