@@ -151,7 +151,8 @@ pub struct Limits {
     pub stream_push_bytes: usize,
     /// Most bytes of envelopes all subscriptions together hold fetched and
     /// not yet taken by QUIC (0: no limit). When it is spent, subscribers
-    /// wait for room before fetching more.
+    /// wait for room before fetching more; one holding nothing may still
+    /// fetch one envelope, so none is starved.
     pub push_budget_bytes: usize,
     /// Receive and send buffer asked of the kernel for the relay's UDP
     /// socket. Every connection shares this one socket; with the kernel's

@@ -602,11 +602,19 @@ impl MessageStream {
             let room = PUSH_QUEUE
                 .saturating_sub(self.pushes.len())
                 .min(self.byte_room() / unit);
-            let granted = if room == 0 {
+            let mut granted = if room == 0 {
                 0
             } else {
                 self.limits.relay.reserve_units(room.min(DRAIN_BATCH), unit)
             };
+            // A stream holding nothing may always fetch one envelope, so
+            // streams that never read cannot starve every other
+            // subscriber by spending the relay-wide budget; each can go
+            // over it by one envelope at most, once.
+            if room > 0 && granted == 0 && self.push_bytes() == 0 {
+                self.limits.relay.force(unit);
+                granted = 1;
+            }
             self.starved = room > 0 && granted == 0;
             let fetch = self.push.as_mut().and_then(|p| p.poll_fetch(granted));
             let used = fetch.map_or(0, |f| f.limit);
