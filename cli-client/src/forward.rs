@@ -359,7 +359,7 @@ pub async fn forward(
             line(
                 out,
                 format!(
-                    "blocked {}: the relay now refuses their messages",
+                    "blocked {}: the relay now drops their messages, unseen by them",
                     blocked.blocked
                 ),
             )?;

@@ -314,9 +314,8 @@ fn print_typing(contact: &str, outcome: &TypingOutcome, as_json: bool) {
     }
 }
 
-/// Deliver what waits in the outbox, telling the user what changed.
-async fn flush_outbox(client: &mut Client) -> Result<()> {
-    let report = client.flush_outbox().await?;
+/// Tell the user what a flush of the outbox changed.
+fn tell_flushed(report: &tern_client::OutboxReport) {
     if !report.sent.is_empty() {
         eprintln!(
             "delivered {} queued message(s) to their relays",
@@ -333,7 +332,6 @@ async fn flush_outbox(client: &mut Client) -> Result<()> {
             report.queued[0].1
         );
     }
-    Ok(())
 }
 
 /// The command as handed to a running client, if it can be.
@@ -480,8 +478,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Recv { wait, json } => {
             let mut client = open(&home)?;
-            flush_outbox(&mut client).await?;
-            for e in client.receive(Duration::from_secs(wait)).await? {
+            // The outbox goes out beside receiving, never before it: a
+            // send stuck on a contact's relay does not hold up receiving.
+            let (events, report) = client
+                .receive_while_flushing(Duration::from_secs(wait))
+                .await?;
+            tell_flushed(&report);
+            for e in events {
                 print_event(&e, json);
             }
             send_receipts(&mut client).await;
@@ -571,7 +574,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = open(&home)?;
             client.block(&contact).await?;
             client.close().await;
-            println!("blocked {contact}: the relay now refuses their messages");
+            println!("blocked {contact}: the relay now drops their messages, unseen by them");
         }
         Command::Status { message_id, json } => {
             let client = open(&home)?;

@@ -32,6 +32,16 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// A relay took longer than its deadline to answer (it may be slow, or
+    /// hostile: accepting connections and never answering). Whatever was
+    /// being sent stays queued.
+    #[error("relay {relay} did not answer in time ({what})")]
+    TimedOut {
+        /// Which relay.
+        relay: String,
+        /// The operation that timed out.
+        what: &'static str,
+    },
     /// The relay refused a request.
     #[error("relay refused: {0}")]
     Refused(WireError),

@@ -26,9 +26,20 @@ use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
 use tokio::sync::mpsc;
 
 /// How long connecting to a relay may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one control request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a stream may take (a relay that grants none would
+/// otherwise hold the opener forever).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one batch of sends may take, from writing it to its last
+/// result. A relay's keep-alives hold a connection open however long it
+/// stays silent, so without this a hostile one would hold a sender forever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest silence from the home relay while it pushes the backlog, before
+/// its `CaughtUp`: a relay that accepts a subscription and sends nothing
+/// would otherwise hold `tern recv` forever.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest frame a client reads.
 const MAX_FRAME: usize = limits::DEFAULT_MAX_FRAME;
 
@@ -228,6 +239,14 @@ async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| unreachable(url, "no address".into()))
 }
 
+/// A relay over its deadline for `what`.
+fn timed_out(relay: impl Into<String>, what: &'static str) -> ClientError {
+    ClientError::TimedOut {
+        relay: relay.into(),
+        what,
+    }
+}
+
 fn unreachable(url: &RelayUrl, reason: String) -> ClientError {
     ClientError::Unreachable {
         relay: url.authority(),
@@ -258,7 +277,7 @@ async fn dial(
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|_| timed_out(url.authority(), "connecting"))?
         .map_err(|e| unreachable(e.to_string()))?;
     Ok(RelayLink {
         conn,
@@ -305,7 +324,7 @@ impl RelayLink {
         };
         let resp = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| self.broken("request timed out"))??;
+            .map_err(|_| timed_out(self.relay.clone(), "control request"))??;
         match resp.response {
             Some(Response::Error(e)) => Err(ClientError::Refused(WireError::from(e))),
             Some(r) => Ok(r),
@@ -384,10 +403,16 @@ impl RelayLink {
 
     /// Open the message stream.
     pub async fn messages(&self) -> Result<MessageStream, ClientError> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.broken(e))?;
-        send.write_all(&[STREAM_MESSAGES])
+        let open = async {
+            let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.broken(e))?;
+            send.write_all(&[STREAM_MESSAGES])
+                .await
+                .map_err(|e| self.broken(e))?;
+            Ok::<_, ClientError>((send, recv))
+        };
+        let (send, recv) = tokio::time::timeout(OPEN_TIMEOUT, open)
             .await
-            .map_err(|e| self.broken(e))?;
+            .map_err(|_| timed_out(self.relay.clone(), "opening the message stream"))??;
         let (tx, frames) = mpsc::channel(FRAME_QUEUE);
         let reader = tokio::spawn(read_frames(recv, self.relay.clone(), tx));
         Ok(MessageStream {
@@ -513,7 +538,19 @@ impl MessageStream {
 
     /// Send many envelopes with all of them in flight at once; returns each
     /// one's result in order (`Ok(Stored)` once the relay has it durably).
+    /// A relay that has not answered them all within [`SEND_TIMEOUT`] is
+    /// [`ClientError::TimedOut`]; the stream is then out of step and must
+    /// be dropped.
     pub async fn send_all(
+        &mut self,
+        items: &[Outgoing],
+    ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
+        tokio::time::timeout(SEND_TIMEOUT, self.send_all_unbounded(items))
+            .await
+            .map_err(|_| timed_out(self.relay.clone(), "sending"))?
+    }
+
+    async fn send_all_unbounded(
         &mut self,
         items: &[Outgoing],
     ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
@@ -576,8 +613,17 @@ impl MessageStream {
     /// target was refused; the others are unaffected). A refusal of the
     /// whole request (too many targets, payload too large, over the rate)
     /// is [`ClientError::Refused`]. Other frames arriving meanwhile are
-    /// dropped, as in [`Self::send_all`].
+    /// dropped, as in [`Self::send_all`], and the same deadline holds.
     pub async fn send_many(
+        &mut self,
+        m: &OutgoingMany,
+    ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
+        tokio::time::timeout(SEND_TIMEOUT, self.send_many_unbounded(m))
+            .await
+            .map_err(|_| timed_out(self.relay.clone(), "sending"))?
+    }
+
+    async fn send_many_unbounded(
         &mut self,
         m: &OutgoingMany,
     ) -> Result<Vec<Result<Stored, WireError>>, ClientError> {

@@ -134,6 +134,26 @@ pub struct Limits {
     /// each idle connection holds some memory, so this bounds what one
     /// address can make the relay hold.
     pub max_connections_per_ip: u32,
+    /// IPv6 addresses are counted per network of this prefix length by
+    /// every per-address limit (open connections, connection attempts,
+    /// registrations), since one host is commonly handed a whole /64;
+    /// IPv4 addresses are counted one by one. 128 counts each IPv6 address.
+    pub ipv6_prefix_len: u8,
+    /// Most subscriptions one mailbox holds at once (0: no limit). A new
+    /// one beyond it replaces the oldest, which is told
+    /// (`SUBSCRIPTION_REPLACED`) and finished: a user's devices share a
+    /// mailbox, and one abuser cannot pile subscriptions on it.
+    pub max_subscriptions_per_mailbox: u32,
+    /// Most bytes of envelopes one subscription holds fetched and not yet
+    /// taken by QUIC (queued, or handed to the stream's writer). Fetches
+    /// are sized to what fits, counting each envelope at its largest; it
+    /// must hold at least one frame of `max_frame_bytes`.
+    pub stream_push_bytes: usize,
+    /// Most bytes of envelopes all subscriptions together hold fetched and
+    /// not yet taken by QUIC (0: no limit). When it is spent, subscribers
+    /// wait for room before fetching more; one holding nothing may still
+    /// fetch one envelope, so none is starved.
+    pub push_budget_bytes: usize,
     /// Receive and send buffer asked of the kernel for the relay's UDP
     /// socket. Every connection shares this one socket; with the kernel's
     /// default (~208 KiB) bursts from many clients overflow it and QUIC
@@ -171,6 +191,10 @@ impl Default for Limits {
             max_recipients_per_send: limits::DEFAULT_MAX_RECIPIENTS_PER_SEND,
             min_free_disk_bytes: 128 << 20,
             max_connections_per_ip: 1_000,
+            ipv6_prefix_len: 64,
+            max_subscriptions_per_mailbox: 4,
+            stream_push_bytes: 1 << 20,
+            push_budget_bytes: 256 << 20,
             udp_socket_buffer_bytes: 4 << 20,
         }
     }
@@ -247,6 +271,18 @@ impl RelayConfig {
                 "limits.idle_timeout_secs must be between 1 and 3600".into(),
             ));
         }
+        if l.ipv6_prefix_len > 128 {
+            return Err(ConfigError::Invalid(
+                "limits.ipv6_prefix_len must be at most 128".into(),
+            ));
+        }
+        if l.stream_push_bytes < l.max_frame_bytes
+            || (l.push_budget_bytes != 0 && l.push_budget_bytes < l.stream_push_bytes)
+        {
+            return Err(ConfigError::Invalid(
+                "limits.stream_push_bytes must hold a frame of max_frame_bytes, and push_budget_bytes (if not 0) one stream's".into(),
+            ));
+        }
         if l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 || l.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_concurrent_streams must be at least 2, envelope_ttl_secs and sweep_interval_secs positive"
@@ -286,6 +322,12 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = RelayConfig::default();
         c.limits.max_frame_bytes = c.limits.max_envelope_bytes;
+        assert!(c.validate().is_err());
+        let mut c = RelayConfig::default();
+        c.limits.ipv6_prefix_len = 129;
+        assert!(c.validate().is_err());
+        let mut c = RelayConfig::default();
+        c.limits.stream_push_bytes = c.limits.max_frame_bytes - 1;
         assert!(c.validate().is_err());
         RelayConfig::default().validate().unwrap();
     }

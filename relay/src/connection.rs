@@ -14,7 +14,9 @@ use crate::hub::{Hub, Subscription};
 use crate::observer::Observer;
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
-use crate::stream::{run_store, MessageStream, Output, StoreOp, StoreOutcome, Ticket};
+use crate::stream::{
+    run_store, MessageStream, Output, PushBudget, PushLimits, StoreOp, StoreOutcome, Ticket,
+};
 use crate::workers::StoreWorkers;
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
@@ -33,8 +35,12 @@ use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
 
 /// How long a new stream may take to say what kind it is.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued for one stream's writer.
+/// Frames queued for one stream's writer (their bytes are bounded by the
+/// stream's push bound: replies are small).
 const WRITE_QUEUE: usize = 256;
+/// How long a finished stream's writer may take to hand its last frames
+/// to a peer that is not reading them.
+const WRITER_DRAIN: Duration = Duration::from_secs(10);
 /// Most frames coalesced into one write on a stream...
 const WRITE_BATCH: usize = 256;
 /// ...and most bytes, so a batch of large envelopes stays small.
@@ -55,7 +61,16 @@ pub struct Shared<S, C> {
     pub workers: StoreWorkers,
     /// Told what the relay sees per connection; none by default.
     pub observer: Observer,
+    /// Bytes of pushes held over every stream ([`PushLimits`]).
+    pub push_budget: Arc<PushBudget>,
 }
+
+/// Largest an envelope frame's fields other than the payload make it: the
+/// unit fetches are sized in, with the payload at its largest.
+const ENVELOPE_FRAME_OVERHEAD: usize = 128;
+/// How soon a stream whose fetch found the relay-wide push budget spent
+/// looks again.
+const BUDGET_RETRY: Duration = Duration::from_millis(50);
 
 /// Drive one connection until it closes.
 pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: quinn::Connection) {
@@ -211,21 +226,33 @@ async fn control<S: MailboxStore, C: Clock>(
 
 /// Write frames as they come, coalescing those queued while a write is
 /// under way into the next one; finish the stream when the queue closes.
-async fn write_frames(mut send: SendStream, mut out: mpsc::Receiver<pb::RelayFrame>) {
+/// Each frame comes with its push bytes (0 for a reply); once a write has
+/// been taken by QUIC they are reported on `written`, freeing that room.
+async fn write_frames(
+    mut send: SendStream,
+    mut out: mpsc::Receiver<(pb::RelayFrame, usize)>,
+    written: mpsc::UnboundedSender<usize>,
+) {
     let mut buf = BytesMut::new();
-    while let Some(frame) = out.recv().await {
+    while let Some((frame, mut pushed)) = out.recv().await {
         encode_frame_into(&frame, &mut buf);
         for _ in 1..WRITE_BATCH {
             if buf.len() >= WRITE_BATCH_BYTES {
                 break;
             }
             match out.try_recv() {
-                Ok(frame) => encode_frame_into(&frame, &mut buf),
+                Ok((frame, n)) => {
+                    encode_frame_into(&frame, &mut buf);
+                    pushed += n;
+                }
                 Err(_) => break,
             }
         }
         if send.write_chunk(buf.split().freeze()).await.is_err() {
             return;
+        }
+        if pushed > 0 {
+            let _ = written.send(pushed);
         }
     }
     let _ = send.finish();
@@ -277,6 +304,33 @@ async fn notified(wake: Option<&Arc<tokio::sync::Notify>>) {
     }
 }
 
+/// A frame for the writer, with the bytes it counts against the push
+/// bounds until written.
+fn with_push_bytes(f: pb::RelayFrame) -> (pb::RelayFrame, usize) {
+    use prost::Message;
+    let n = if MessageStream::is_push(&f) {
+        f.encoded_len()
+    } else {
+        0
+    };
+    (f, n)
+}
+
+/// Resolves when a newer subscription replaced this one; pending if there
+/// is no subscription or it was never replaced.
+async fn replaced_by_newer(rx: Option<&mut oneshot::Receiver<()>>) {
+    match rx {
+        Some(rx) => {
+            if rx.await.is_err() {
+                // The hub let go without replacing it (it is shutting
+                // down): nothing to do.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// An ephemeral envelope for the subscribed mailbox; pending if there is no
 /// subscription.
 async fn recv_ephemeral(rx: Option<&mut mpsc::Receiver<pb::Envelope>>) -> Option<pb::Envelope> {
@@ -304,12 +358,19 @@ async fn messages<S: MailboxStore, C: Clock>(
     send: SendStream,
     recv: RecvStream,
 ) {
-    let (out_tx, out_rx) = mpsc::channel::<pb::RelayFrame>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_frames(send, out_rx));
-    let mut machine = MessageStream::new(Arc::clone(&state), shared.core.limits().push_window);
+    let (out_tx, out_rx) = mpsc::channel::<(pb::RelayFrame, usize)>(WRITE_QUEUE);
+    let (written_tx, mut written_rx) = mpsc::unbounded_channel::<usize>();
+    let mut writer = tokio::spawn(write_frames(send, out_rx, written_tx));
+    let limits = shared.core.limits();
+    let mut machine =
+        MessageStream::new(Arc::clone(&state), limits.push_window).with_limits(PushLimits {
+            stream_bytes: limits.stream_push_bytes,
+            envelope_frame_bytes: limits.max_envelope_bytes + ENVELOPE_FRAME_OVERHEAD,
+            relay: Arc::clone(&shared.push_budget),
+        });
     let mut frames = FrameReader::new(recv, shared.core.limits().max_frame_bytes);
     let mut work = Work::default();
-    loop {
+    'drive: loop {
         while let Some(output) = machine.poll() {
             run_output(&shared, &state, id, &mut work, output);
         }
@@ -319,7 +380,7 @@ async fn messages<S: MailboxStore, C: Clock>(
             match out_tx.try_reserve() {
                 Ok(permit) => {
                     if let Some(f) = machine.poll_transmit() {
-                        permit.send(f);
+                        permit.send(with_push_bytes(f));
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
@@ -327,13 +388,18 @@ async fn messages<S: MailboxStore, C: Clock>(
                     break;
                 }
                 // The peer stopped reading: nothing more can be said.
-                Err(mpsc::error::TrySendError::Closed(())) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => break 'drive,
             }
         }
         if work.closing && !machine.has_transmit() {
             break;
         }
-        let timeout = machine.poll_timeout();
+        let sub_present = work.sub.is_some();
+        let mut timeout = machine.poll_timeout();
+        if machine.starved() {
+            let retry = Instant::now() + BUDGET_RETRY;
+            timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
+        }
         let Work {
             store,
             durable,
@@ -341,9 +407,9 @@ async fn messages<S: MailboxStore, C: Clock>(
             sub,
             ..
         } = &mut work;
-        let (wake, ephemeral) = match sub {
-            Some(s) => (Some(&s.wake), Some(&mut s.ephemeral)),
-            None => (None, None),
+        let (wake, ephemeral, replaced) = match sub {
+            Some(s) => (Some(&s.wake), Some(&mut s.ephemeral), Some(&mut s.replaced)),
+            None => (None, None, None),
         };
         tokio::select! {
             read = frames.next(), if machine.wants_frames() => {
@@ -380,6 +446,16 @@ async fn messages<S: MailboxStore, C: Clock>(
                 machine.handle_fetched(Instant::now(), fetched);
             }
             _ = notified(wake), if wake.is_some() => machine.handle_wake(),
+            _ = replaced_by_newer(replaced), if sub_present => {
+                work.sub = None;
+                machine.handle_replaced();
+            }
+            Some(n) = written_rx.recv(), if machine.awaiting_written() => {
+                machine.handle_written(n);
+                while let Ok(n) = written_rx.try_recv() {
+                    machine.handle_written(n);
+                }
+            }
             Some(env) = recv_ephemeral(ephemeral), if machine.wants_ephemeral() => {
                 machine.handle_ephemeral(env);
             }
@@ -388,9 +464,9 @@ async fn messages<S: MailboxStore, C: Clock>(
             }
             permit = out_tx.reserve(), if writer_full => {
                 match (permit, machine.poll_transmit()) {
-                    (Ok(permit), Some(f)) => permit.send(f),
+                    (Ok(permit), Some(f)) => permit.send(with_push_bytes(f)),
                     (Ok(_), None) => {}
-                    (Err(_), _) => return,
+                    (Err(_), _) => break 'drive,
                 }
             }
             // Nothing under way and nothing to wait for: the machine has
@@ -399,7 +475,42 @@ async fn messages<S: MailboxStore, C: Clock>(
         }
     }
     drop(out_tx);
-    let _ = writer.await;
+    wake_owed(&shared, &mut machine, &mut work).await;
+    // A peer that stopped reading (a replaced subscription's, say) would
+    // keep the writer, and what it holds, forever: it gets a while, then
+    // the stream is given up.
+    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// The stream ended, perhaps mid-way (its peer stopped reading): sends it
+/// already handed to the store are in the store whatever became of their
+/// answers, so their recipients are woken once those writes are durable,
+/// as they would have been had the sender stayed.
+async fn wake_owed<S: MailboxStore, C: Clock>(
+    shared: &Arc<Shared<S, C>>,
+    machine: &mut MessageStream,
+    work: &mut Work,
+) {
+    if work.store.is_some() {
+        let outcomes = join(&mut work.store).await;
+        work.store = None;
+        machine.handle_stored(outcomes.unwrap_or_default());
+    }
+    let owed = machine.abandon();
+    if owed.is_empty() {
+        return;
+    }
+    // Begun now, after every write the held results cover.
+    if shared.core.durable().await.is_ok() {
+        for mailbox in &owed {
+            shared.hub.stored(mailbox);
+        }
+    }
 }
 
 /// Carry out one of the machine's outputs.

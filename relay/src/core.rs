@@ -83,6 +83,24 @@ pub enum Accepted {
         /// The target mailbox.
         mailbox: MailboxId,
     },
+    /// Sent with a token its mailbox's owner revoked (blocked the sender):
+    /// answered exactly as an accepted send of its kind, a stored one only
+    /// after the same durability wait, but dropped, so the sender cannot
+    /// tell that it was blocked (threat-model.md).
+    Discarded {
+        /// True for an ephemeral send (answered at once, as one is).
+        ephemeral: bool,
+    },
+}
+
+/// What a send token check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenCheck {
+    /// A live token of the mailbox: the send goes ahead.
+    Valid(TokenHash),
+    /// A token of the mailbox that its owner revoked: the send is answered
+    /// as accepted and dropped.
+    Revoked(TokenHash),
 }
 
 /// A control request's answer, and whether it may leave only once the
@@ -373,28 +391,35 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         (env, quota)
     }
 
-    /// May `token` write to `mailbox`? Unknown, revoked and foreign tokens
-    /// get the same answer (compared in constant time), so a blocked sender
-    /// cannot tell that it was blocked; then the token's send rate.
+    /// May `token` write to `mailbox`? Unknown and foreign tokens get the
+    /// same answer (compared in constant time). A token the mailbox's owner
+    /// revoked is [`TokenCheck::Revoked`]: its sends are answered as
+    /// accepted and dropped, so a blocked sender cannot tell that it was
+    /// blocked. Either kind is then charged the token's send rate, as a
+    /// live one would be.
     pub(crate) fn check_token(
         &self,
         mailbox: &MailboxId,
         token: &[u8],
-    ) -> Result<TokenHash, WireError> {
+    ) -> Result<TokenCheck, WireError> {
         let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
         if token.len() != TOKEN_LEN {
             return Err(invalid());
         }
         let hash = token_hash(token);
         let record = self.store.token(&hash).map_err(store_error)?;
-        let Some(record) = record.filter(|r| !r.revoked) else {
+        let Some(record) = record else {
             return Err(invalid());
         };
         if !bool::from(record.mailbox.ct_eq(mailbox)) {
             return Err(invalid());
         }
         self.rates.send(&hash)?;
-        Ok(hash)
+        Ok(if record.revoked {
+            TokenCheck::Revoked(hash)
+        } else {
+            TokenCheck::Valid(hash)
+        })
     }
 
     /// Check and apply one send. For a stored envelope the caller must await
@@ -412,11 +437,22 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                 ),
             ));
         }
-        self.check_token(&mailbox, &s.token)?;
+        let revoked = matches!(
+            self.check_token(&mailbox, &s.token)?,
+            TokenCheck::Revoked(_)
+        );
         if s.ephemeral {
-            return Ok(Accepted::Ephemeral { mailbox });
+            return Ok(if revoked {
+                Accepted::Discarded { ephemeral: true }
+            } else {
+                Accepted::Ephemeral { mailbox }
+            });
         }
+        // A full disk refuses a blocked sender's send as it would anyone's.
         self.check_disk()?;
+        if revoked {
+            return Ok(Accepted::Discarded { ephemeral: false });
+        }
         let (env, quota) = self.stamp(message_id, &s.payload);
         let appended = self
             .store

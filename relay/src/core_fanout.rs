@@ -1,15 +1,16 @@
 //! Multi-recipient sends (`SendMany`): one sealed payload, many (mailbox,
 //! token) targets, one store operation, one answer. Groups and a user's
 //! other devices are built on it. Each target's token is checked as a
-//! `Send`'s is (in constant time; unknown and revoked tokens both answer
-//! `TOKEN_INVALID`), each is charged the per-token send rate, and each
+//! `Send`'s is (in constant time; unknown tokens answer `TOKEN_INVALID`,
+//! revoked ones are answered as delivered and dropped), each is charged the
+//! per-token send rate, and each
 //! mailbox's quota is its own, so one bad target refuses only itself.
 //! Whole-request refusals are for what the whole frame got wrong (message
 //! id, payload size, target count, a full disk).
 
-use super::{fixed, store_error, RelayCore};
+use super::{fixed, store_error, RelayCore, TokenCheck};
 use crate::clock::Clock;
-use crate::store::{MailboxId, MailboxStore, MessageId, Quota, TokenHash};
+use crate::store::{MailboxId, MailboxStore, MessageId, Quota};
 use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
 
@@ -23,15 +24,19 @@ pub struct SentMany {
     pub stored: Vec<MailboxId>,
     /// For an ephemeral send, the mailboxes to pass it to.
     pub ephemeral: Vec<MailboxId>,
+    /// Targets of a stored send whose token was revoked: answered as
+    /// stored and dropped; the send's answer waits for durability all the
+    /// same. Always 0 for an ephemeral send (answered at once anyway).
+    pub discarded: usize,
 }
 
 impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     /// Check one target: its mailbox id, its token (constant time), and the
     /// token's send rate.
-    fn check_target(&self, t: &pb::SendTarget) -> Result<(MailboxId, TokenHash), WireError> {
+    fn check_target(&self, t: &pb::SendTarget) -> Result<(MailboxId, TokenCheck), WireError> {
         let mailbox: MailboxId = fixed(&t.mailbox_id, "mailbox_id")?;
-        let hash = self.check_token(&mailbox, &t.token)?;
-        Ok((mailbox, hash))
+        let check = self.check_token(&mailbox, &t.token)?;
+        Ok((mailbox, check))
     }
 
     /// Check and apply one multi-recipient send. Every valid target is
@@ -62,12 +67,22 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         if !s.ephemeral {
             self.check_disk()?;
         }
-        let checked: Vec<Result<MailboxId, WireError>> = s
+        // `Ok(None)`: a revoked token's target, answered as taken.
+        let checked: Vec<Result<Option<MailboxId>, WireError>> = s
             .targets
             .iter()
-            .map(|t| self.check_target(t).map(|(m, _)| m))
+            .map(|t| {
+                self.check_target(t).map(|(m, c)| match c {
+                    TokenCheck::Valid(_) => Some(m),
+                    TokenCheck::Revoked(_) => None,
+                })
+            })
             .collect();
-        let valid: Vec<MailboxId> = checked.iter().filter_map(|r| r.clone().ok()).collect();
+        let valid: Vec<MailboxId> = checked
+            .iter()
+            .filter_map(|r| r.clone().ok().flatten())
+            .collect();
+        let discarded = checked.iter().filter(|r| matches!(r, Ok(None))).count();
         if s.ephemeral {
             return Ok(SentMany {
                 results: checked
@@ -76,6 +91,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                     .collect(),
                 stored: Vec::new(),
                 ephemeral: valid,
+                discarded: 0,
             });
         }
         let (env, quota) = self.stamp(message_id, &s.payload);
@@ -90,16 +106,21 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         let results = checked
             .into_iter()
             .map(|r| {
-                let r = r.and_then(|mailbox| match appended.next() {
-                    // Stored, or already held: the answer is the same, as
-                    // for a `Send`, so a re-send does not tell the sender
-                    // whether this member has acked yet (threat-model.md).
-                    Some(Ok(_)) => {
-                        stored.push(mailbox);
-                        Ok(false)
+                let r = r.and_then(|mailbox| {
+                    let Some(mailbox) = mailbox else {
+                        return Ok(false);
+                    };
+                    match appended.next() {
+                        // Stored, or already held: the answer is the same, as
+                        // for a `Send`, so a re-send does not tell the sender
+                        // whether this member has acked yet (threat-model.md).
+                        Some(Ok(_)) => {
+                            stored.push(mailbox);
+                            Ok(false)
+                        }
+                        Some(Err(e)) => Err(store_error(e)),
+                        None => Err(crate::core::storage_unavailable()),
                     }
-                    Some(Err(e)) => Err(store_error(e)),
-                    None => Err(crate::core::storage_unavailable()),
                 });
                 pb::TargetResult::of(r)
             })
@@ -108,6 +129,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             results,
             stored,
             ephemeral: Vec::new(),
+            discarded,
         })
     }
 

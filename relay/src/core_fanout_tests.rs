@@ -101,7 +101,7 @@ fn each_target_is_checked_alone_and_the_good_ones_stored() {
         vec![
             None,
             Some(TokenInvalid),
-            Some(TokenInvalid),
+            None, // revoked: answered as taken, dropped
             Some(TokenInvalid),
             Some(Malformed),
             Some(TokenInvalid),
@@ -109,6 +109,7 @@ fn each_target_is_checked_alone_and_the_good_ones_stored() {
         ]
     );
     assert_eq!(sent.stored, vec![a, b]);
+    assert_eq!(sent.discarded, 1);
     assert!(sent.ephemeral.is_empty());
     assert_eq!(h.payloads(&a), vec![b"opaque".to_vec()]);
     assert_eq!(h.payloads(&b), vec![b"opaque".to_vec()]);

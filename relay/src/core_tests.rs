@@ -247,7 +247,7 @@ fn sends_are_sequenced_deduplicated_and_acked() {
 }
 
 #[test]
-fn revoked_made_up_and_foreign_tokens_are_refused() {
+fn made_up_and_foreign_tokens_are_refused_and_revoked_ones_discarded() {
     let h = harness(Limits::default());
     let (mut conn, mailbox) = login(&h, &SigningKey::from_bytes(&[7; 32]), &[1; 32]);
     let (mut conn2, mailbox2) = login(&h, &SigningKey::from_bytes(&[9; 32]), &[2; 32]);
@@ -285,7 +285,31 @@ fn revoked_made_up_and_foreign_tokens_are_refused() {
         })),
     );
     assert_eq!(error_code(&resp), None);
-    assert_eq!(code(&send(&mailbox, &t, 3, b"x")), ErrorCode::TokenInvalid);
+    // A blocked sender is answered as if stored, and nothing is stored;
+    // an ephemeral send likewise. Revoked again, still the same.
+    assert_eq!(
+        h.core.send(&send(&mailbox, &t, 3, b"x")).unwrap(),
+        Accepted::Discarded { ephemeral: false }
+    );
+    let mut eph = send(&mailbox, &t, 4, b"x");
+    eph.ephemeral = true;
+    assert_eq!(
+        h.core.send(&eph).unwrap(),
+        Accepted::Discarded { ephemeral: true }
+    );
+    let ids: Vec<_> = h
+        .store
+        .fetch(&mailbox, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(ids, vec![2], "only the send before the revocation");
+    // A made-up token is still refused after a revocation.
+    assert_eq!(
+        code(&send(&mailbox, &[5; 32], 5, b"x")),
+        ErrorCode::TokenInvalid
+    );
 }
 
 #[test]

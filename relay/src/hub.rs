@@ -2,13 +2,16 @@
 //! mailbox's subscribers, which then read the store themselves, so a wake-up
 //! that races a reconnect loses nothing. Ephemeral envelopes are handed over
 //! directly and dropped when nobody is there or a subscriber is backed up.
+//! A mailbox holds a bounded number of subscriptions: the newest replaces
+//! the oldest, which is told so and finishes its stream, so one abuser
+//! cannot pile up subscriptions (and what each may hold) on one mailbox.
 
 use crate::store::MailboxId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tern_protocol::pb;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Ephemeral envelopes buffered per subscriber before newer ones are dropped.
 const EPHEMERAL_BUFFER: usize = 64;
@@ -17,6 +20,8 @@ struct Subscriber {
     id: u64,
     wake: Arc<Notify>,
     ephemeral: mpsc::Sender<pb::Envelope>,
+    /// Told when a newer subscription replaces this one.
+    replaced: oneshot::Sender<()>,
 }
 
 /// The relay's table of connected, subscribed devices.
@@ -24,6 +29,8 @@ struct Subscriber {
 pub struct Hub {
     subs: Mutex<HashMap<MailboxId, Vec<Subscriber>>>,
     next_id: AtomicU64,
+    /// Most subscriptions one mailbox holds (0: no limit).
+    max_per_mailbox: usize,
 }
 
 /// One device's subscription; unsubscribes when dropped.
@@ -35,19 +42,39 @@ pub struct Subscription {
     pub wake: Arc<Notify>,
     /// Ephemeral envelopes for the mailbox.
     pub ephemeral: mpsc::Receiver<pb::Envelope>,
+    /// Resolves when a newer subscription to the mailbox replaced this one
+    /// (it is then no longer woken).
+    pub replaced: oneshot::Receiver<()>,
 }
 
 impl Hub {
-    /// Subscribe to `mailbox`.
+    /// A hub that keeps at most `max` subscriptions per mailbox (0: no
+    /// limit).
+    pub fn with_max_per_mailbox(max: usize) -> Self {
+        Self {
+            max_per_mailbox: max,
+            ..Self::default()
+        }
+    }
+
+    /// Subscribe to `mailbox`. If the mailbox already holds its most
+    /// subscriptions, the oldest is dropped from it and told.
     pub fn subscribe(self: &Arc<Self>, mailbox: MailboxId) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(EPHEMERAL_BUFFER);
+        let (replaced_tx, replaced) = oneshot::channel();
         if let Ok(mut subs) = self.subs.lock() {
-            subs.entry(mailbox).or_default().push(Subscriber {
+            let list = subs.entry(mailbox).or_default();
+            while self.max_per_mailbox != 0 && list.len() >= self.max_per_mailbox {
+                let oldest = list.remove(0);
+                let _ = oldest.replaced.send(());
+            }
+            list.push(Subscriber {
                 id,
                 wake: Arc::clone(&wake),
                 ephemeral: tx,
+                replaced: replaced_tx,
             });
         }
         Subscription {
@@ -56,6 +83,7 @@ impl Hub {
             id,
             wake,
             ephemeral: rx,
+            replaced,
         }
     }
 
@@ -99,5 +127,32 @@ impl Drop for Subscription {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_subscription_replaces_the_oldest_which_is_told() {
+        let hub = Arc::new(Hub::with_max_per_mailbox(2));
+        let mut a = hub.subscribe([1; 16]);
+        let mut b = hub.subscribe([1; 16]);
+        let mut other = hub.subscribe([2; 16]);
+        assert!(a.replaced.try_recv().is_err(), "room for two");
+        let mut c = hub.subscribe([1; 16]);
+        assert_eq!(a.replaced.try_recv(), Ok(()), "the oldest is told");
+        assert!(b.replaced.try_recv().is_err());
+        assert!(c.replaced.try_recv().is_err());
+        assert!(
+            other.replaced.try_recv().is_err(),
+            "other mailboxes keep theirs"
+        );
+        assert_eq!(hub.subscribers(), 3);
+        drop(a);
+        assert_eq!(hub.subscribers(), 3, "the replaced one was already gone");
+        drop((b, c));
+        assert_eq!(hub.subscribers(), 1);
     }
 }

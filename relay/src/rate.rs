@@ -121,6 +121,23 @@ fn limited(what: &str, until: &NotUntil<Nanos>, now: Nanos) -> WireError {
     .retry_after(wait.as_millis().max(1) as u64)
 }
 
+/// The key a per-address limit counts `ip` under: an IPv4 address (also
+/// one mapped into IPv6) as it is, an IPv6 address as its network of
+/// `v6_prefix` bits, since one host is commonly handed a whole /64.
+pub fn address_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
 /// The relay's shared limiters. A rate of 0 in the config turns a limit off.
 pub struct Rates {
     handshakes: Option<Direct>,
@@ -130,12 +147,15 @@ pub struct Rates {
     sends_per_token: Option<Keyed<TokenHash>>,
     frames_per_connection: Option<Quota>,
     clock: RelayTime,
+    /// IPv6 addresses are keyed on this prefix ([`address_key`]).
+    v6_prefix: u8,
 }
 
 /// Connections open at once per IP address.
 pub struct ConnectionSlots {
     open: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
     max: u32,
+    v6_prefix: u8,
 }
 
 /// One open connection's place; frees it when dropped.
@@ -145,16 +165,19 @@ pub struct Slot<'a> {
 }
 
 impl ConnectionSlots {
-    /// At most `max` connections per address (0: no limit).
-    pub fn new(max: u32) -> Self {
+    /// At most `max` connections per address (0: no limit), IPv6 ones
+    /// counted per network of `v6_prefix` bits.
+    pub fn new(max: u32, v6_prefix: u8) -> Self {
         Self {
             open: Default::default(),
             max,
+            v6_prefix,
         }
     }
 
     /// Take a place for a connection from `ip`, if one is free.
     pub fn acquire(&self, ip: IpAddr) -> Option<Slot<'_>> {
+        let ip = address_key(ip, self.v6_prefix);
         let mut open = self.open.lock().ok()?;
         let n = open.entry(ip).or_insert(0);
         if self.max != 0 && *n >= self.max {
@@ -259,7 +282,15 @@ impl Rates {
                 false,
             ),
             clock: t,
+            v6_prefix: 128,
         }
+    }
+
+    /// The same limiters, counting IPv6 addresses per network of
+    /// `v6_prefix` bits ([`address_key`]).
+    pub fn keyed_on_prefix(mut self, v6_prefix: u8) -> Self {
+        self.v6_prefix = v6_prefix;
+        self
     }
 
     /// Decide on a connection attempt from `ip` (`validated`: the client
@@ -278,7 +309,7 @@ impl Rates {
         if self
             .connections_per_ip
             .as_ref()
-            .is_some_and(|l| l.check_key(&ip).is_err())
+            .is_some_and(|l| l.check_key(&address_key(ip, self.v6_prefix)).is_err())
         {
             return Admission::Refuse;
         }
@@ -289,7 +320,7 @@ impl Rates {
     pub fn registration(&self, ip: Option<IpAddr>) -> Result<(), WireError> {
         match (&self.registrations_per_ip, ip) {
             (Some(l), Some(ip)) => l
-                .check_key(&ip)
+                .check_key(&address_key(ip, self.v6_prefix))
                 .map_err(|u| limited("registrations from this address", &u, self.clock.now())),
             _ => Ok(()),
         }
@@ -436,7 +467,7 @@ mod tests {
 
     #[test]
     fn connection_slots_are_freed_when_dropped() {
-        let slots = ConnectionSlots::new(2);
+        let slots = ConnectionSlots::new(2, 64);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let a = slots.acquire(ip).unwrap();
         let _b = slots.acquire(ip).unwrap();
@@ -444,6 +475,39 @@ mod tests {
         assert!(slots.acquire("10.0.0.2".parse().unwrap()).is_some());
         drop(a);
         assert!(slots.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_prefix_and_ipv4_per_address() {
+        let slots = ConnectionSlots::new(2, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = slots.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = slots.acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(
+            slots.acquire(ip("2001:db8:1:2:1234::1")).is_none(),
+            "the same /64 is one address"
+        );
+        assert!(slots.acquire(ip("2001:db8:1:3::1")).is_some());
+        let _c = slots.acquire(ip("10.0.0.1")).unwrap();
+        let _d = slots.acquire(ip("10.0.0.1")).unwrap();
+        assert!(
+            slots.acquire(ip("::ffff:10.0.0.1")).is_none(),
+            "mapped IPv4"
+        );
+        assert!(slots.acquire(ip("10.0.0.2")).is_some());
+
+        assert_eq!(address_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(address_key(ip("2001:db8::1"), 0), ip("::"));
+        assert_eq!(
+            address_key(ip("2001:db8:aa:bb::1"), 48),
+            ip("2001:db8:aa::")
+        );
+
+        let r = Rates::new(&config()).keyed_on_prefix(64);
+        let got: Vec<_> = (0..4)
+            .map(|i| r.admit(ip(&format!("2001:db8:0:1::{i}")), true))
+            .collect();
+        assert_eq!(got[3], Admission::Refuse, "a /64 shares one burst");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::core::RelayCore;
 use crate::hub::Hub;
 use crate::rate::{Admission, ConnectionSlots, Rates};
 use crate::store::{EmbeddedStore, MailboxStore, StoreError, Swept};
+use crate::stream::PushBudget;
 use crate::tls::{TlsError, TlsIdentity};
 use crate::workers::StoreWorkers;
 use std::net::SocketAddr;
@@ -128,12 +129,19 @@ impl<S: MailboxStore> RunningRelay<S> {
         create_data_dir(&config)?;
         let dir = &config.data_dir;
         let identity = TlsIdentity::load_or_create(dir)?;
-        let rates = Rates::with_clock(&config.rates, Arc::clone(&clock));
+        let rates = Rates::with_clock(&config.rates, Arc::clone(&clock))
+            .keyed_on_prefix(config.limits.ipv6_prefix_len);
         let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
-            hub: Arc::new(Hub::default()),
-            slots: ConnectionSlots::new(config.limits.max_connections_per_ip),
+            hub: Arc::new(Hub::with_max_per_mailbox(
+                config.limits.max_subscriptions_per_mailbox as usize,
+            )),
+            slots: ConnectionSlots::new(
+                config.limits.max_connections_per_ip,
+                config.limits.ipv6_prefix_len,
+            ),
+            push_budget: PushBudget::new(config.limits.push_budget_bytes),
             workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
             observer: config.observer.clone(),
         });

@@ -27,6 +27,7 @@ use tern_relay::{
     Clock, Limits, ManualClock, Observer, RelayConfig, RunningRelay, StartError, SystemClock,
 };
 
+pub mod hostile;
 pub mod process;
 
 /// Upper bound on any single wait in these tests.

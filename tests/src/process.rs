@@ -105,6 +105,13 @@ pub fn binary(bin: Binary) -> PathBuf {
         deps
     };
     build_once(profile_dir);
+    // Another relay build to run the same tests against (an older one, to
+    // show what a change fixed).
+    if bin == Binary::Relay {
+        if let Some(path) = std::env::var_os("TERN_TESTS_RELAY_BIN") {
+            return PathBuf::from(path);
+        }
+    }
     // Cargo sets this (at run time too) for the tests of the package that
     // defines the binary.
     if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{}", bin.name())) {

@@ -267,7 +267,7 @@ async fn forwarded_commands_print_what_they_print_alone() {
         )
         .await
         .0,
-        "blocked bob: the relay now refuses their messages\n"
+        "blocked bob: the relay now drops their messages, unseen by them\n"
     );
     assert_eq!(ok(&f, Forward::Invite { qr: false }).await.0, "CODE\n");
     let accept = Forward::Accept {

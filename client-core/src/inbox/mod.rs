@@ -16,7 +16,7 @@ use crate::error::ClientError;
 use crate::event::Event;
 use crate::layers::{self, SessionChoice};
 use crate::store::message_key;
-use crate::transport::{MessageStream, RelayLink};
+use crate::transport::{MessageStream, RelayLink, FETCH_TIMEOUT};
 use rules::{ack_of, decide, Verdict};
 use std::time::{Duration, Instant};
 use tern_crypto::DeviceAccount;
@@ -181,6 +181,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let (link, mut stream) = self.subscribe_home().await?;
         let mut deadline: Option<Instant> = None;
+        let mut caught_up = false;
         let mut intake = Intake::default();
         loop {
             let next = match deadline {
@@ -197,6 +198,19 @@ impl Client {
                         }
                     }
                 }
+                // Until the backlog is pushed, the relay owes frames: a
+                // silent one is given up on.
+                None if !caught_up => {
+                    match tokio::time::timeout(FETCH_TIMEOUT, stream.next()).await {
+                        Ok(n) => n?,
+                        Err(_) => {
+                            return Err(ClientError::TimedOut {
+                                relay: self.profile.relay_url.clone(),
+                                what: "fetching",
+                            })
+                        }
+                    }
+                }
                 None => stream.next().await?,
             };
             match next {
@@ -207,6 +221,7 @@ impl Client {
                     }
                 }
                 Some(Frame::CaughtUp(_)) => {
+                    caught_up = true;
                     intake.settle(self, &mut stream, on_event).await?;
                     if let Some(w) = wait {
                         deadline = Some(Instant::now() + w);

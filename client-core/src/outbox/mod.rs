@@ -51,19 +51,34 @@ pub(crate) fn round_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), MAX_OUTBOX_WAIT)
 }
 
-/// Deposit a round's items, relay by relay.
+/// Deposit a round's items on every relay at once: one slow or hostile
+/// relay (each operation on it has a deadline, see
+/// [`crate::transport::SEND_TIMEOUT`]) holds up only its own items, never
+/// those for other relays. Each relay's part runs through a clone of
+/// `dialer` (clones share endpoints and the send spacing).
 pub(crate) async fn deposit_all(
     dialer: &mut Dialer,
     plan: BTreeMap<String, Vec<OutboxItem>>,
 ) -> Vec<Deposit> {
-    let mut done = Vec::with_capacity(plan.len());
-    for (relay, items) in plan {
-        let results = deposit(dialer, &relay, &items).await;
+    let mut running = tokio::task::JoinSet::new();
+    let mut done: Vec<Deposit> = Vec::with_capacity(plan.len());
+    for (i, (relay, items)) in plan.into_iter().enumerate() {
+        let mut dialer = dialer.clone();
+        let (r, its) = (relay.clone(), items.clone());
+        running.spawn(async move { (i, deposit(&mut dialer, &r, &its).await) });
         done.push(Deposit {
             relay,
             items,
-            results,
+            results: Err(ClientError::Protocol("deposit did not finish".into())),
         });
+    }
+    while let Some(joined) = running.join_next().await {
+        // A deposit task that panicked leaves its relay's items queued.
+        if let Ok((i, results)) = joined {
+            if let Some(d) = done.get_mut(i) {
+                d.results = results;
+            }
+        }
     }
     done
 }
@@ -220,6 +235,31 @@ impl Client {
         }
         self.store.flush().await?;
         Ok(flushed.report)
+    }
+
+    /// Receive as [`Client::receive`] does while one round of the outbox is
+    /// deposited beside it, so a send stuck on a slow or hostile relay
+    /// never holds up receiving from the home relay (the deposit has its
+    /// deadlines; receiving waits for it only at the end, to record what
+    /// the relays said). Returns what arrived and what the round did.
+    pub async fn receive_while_flushing(
+        &mut self,
+        wait: Duration,
+    ) -> Result<(Vec<crate::event::Event>, OutboxReport), ClientError> {
+        let plan = self.plan_round()?;
+        let mut dialer = self.dialer.clone();
+        let flight = tokio::spawn(async move { deposit_all(&mut dialer, plan).await });
+        let received = self.receive(wait).await;
+        let deposits = flight
+            .await
+            .map_err(|e| ClientError::Protocol(format!("depositing failed: {e}")))?;
+        let mut flushed = Flushed {
+            report: OutboxReport::default(),
+            recipients: HashMap::new(),
+        };
+        self.settle_round(deposits, &mut flushed)?;
+        self.store.flush().await?;
+        Ok((received?, flushed.report))
     }
 
     /// The outbox, by relay, for one round.

@@ -69,7 +69,7 @@ pub(crate) async fn call<B: RpcBackend>(
         HISTORY => {
             let p: HistoryParams = params(raw)?;
             let messages = backend
-                .history(&p.contact, p.limit)
+                .history(&p.contact, p.capped_limit())
                 .await
                 .map_err(client_err)?;
             let me = backend.profile().await.map_err(client_err)?.name;

@@ -161,9 +161,22 @@ pub struct AcceptResult {
 pub struct HistoryParams {
     /// Contact name.
     pub contact: String,
-    /// At most this many of the latest messages (default 50, as the CLI).
+    /// At most this many of the latest messages (default 50, as the CLI;
+    /// at most [`MAX_HISTORY_LIMIT`], see [`HistoryParams::capped_limit`]).
     #[serde(default = "default_history_limit")]
     pub limit: usize,
+}
+
+/// Most messages one `history` call returns, whatever limit it asks: a
+/// caller on the socket cannot make the running client load a whole
+/// conversation into memory and one reply.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+
+impl HistoryParams {
+    /// The limit asked, capped at [`MAX_HISTORY_LIMIT`].
+    pub fn capped_limit(&self) -> usize {
+        self.limit.min(MAX_HISTORY_LIMIT)
+    }
 }
 
 fn default_history_limit() -> usize {
@@ -624,6 +637,9 @@ mod tests {
     fn params_refuse_unknown_fields_and_default_the_limit() {
         let p: HistoryParams = serde_json::from_value(json!({ "contact": "bob" })).unwrap();
         assert_eq!(p.limit, 50);
+        let huge: HistoryParams =
+            serde_json::from_value(json!({ "contact": "bob", "limit": u64::MAX })).unwrap();
+        assert_eq!(huge.capped_limit(), MAX_HISTORY_LIMIT);
         assert!(
             serde_json::from_value::<SendParams>(json!({ "contact": "b", "txt": "x" })).is_err()
         );

@@ -252,6 +252,8 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::Invite(_) => ErrorCode::InvalidInvite,
         ClientError::RelayUrl(_) => ErrorCode::InvalidRelayUrl,
         ClientError::Unreachable { .. } => ErrorCode::Unreachable,
+        // Over its deadline a relay is as good as unreachable.
+        ClientError::TimedOut { .. } => ErrorCode::Unreachable,
         ClientError::Refused(_) => ErrorCode::Refused,
         ClientError::Protocol(_) => ErrorCode::RelayProtocol,
         ClientError::TooLarge { .. } => ErrorCode::TooLarge,
@@ -273,7 +275,9 @@ impl From<&ClientError> for RpcError {
             ClientError::UnknownContact(name) | ClientError::ContactExists(name) => {
                 json!({ "name": name })
             }
-            ClientError::Unreachable { relay, .. } => json!({ "relay": relay }),
+            ClientError::Unreachable { relay, .. } | ClientError::TimedOut { relay, .. } => {
+                json!({ "relay": relay })
+            }
             ClientError::Refused(w) => json!({
                 "relay_code": w.code.as_str_name(),
                 "retry_after_ms": w.retry_after_ms,

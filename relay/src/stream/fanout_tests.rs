@@ -66,6 +66,7 @@ fn sent_many(request_id: u64, stored: Vec<MailboxId>) -> StoreOutcome {
             results: vec![ok(), refused(), ok()],
             stored,
             ephemeral: Vec::new(),
+            discarded: 0,
         },
         ephemeral: None,
     }
@@ -161,6 +162,7 @@ fn mixed_sends_answer_in_order_after_one_wait_and_wake_each_mailbox_once() {
                 results: vec![refused(), refused(), refused()],
                 stored: Vec::new(),
                 ephemeral: Vec::new(),
+                discarded: 0,
             },
             ephemeral: None,
         },
@@ -222,6 +224,7 @@ fn an_ephemeral_send_many_is_handed_to_each_recipient_without_a_wait() {
             results: vec![ok(), refused(), ok()],
             stored: Vec::new(),
             ephemeral: vec![A, C],
+            discarded: 0,
         },
         ephemeral: Some(env.clone()),
     }]);

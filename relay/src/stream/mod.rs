@@ -17,10 +17,12 @@
 //! without any.
 
 mod apply;
+mod budget;
 mod push;
 mod replies;
 
 pub use apply::run_store;
+pub use budget::{PushBudget, PushLimits};
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
 pub use replies::{Ticket, Wake, REPLY_BATCH};
 
@@ -179,6 +181,18 @@ pub struct MessageStream {
     /// Alternates writes between replies and pushes.
     replies_next: bool,
     closed: bool,
+    /// What bounds the pushes' bytes, per stream and relay-wide.
+    limits: PushLimits,
+    /// Bytes of the frames in `pushes`.
+    queued_bytes: usize,
+    /// Bytes of push frames handed out and not yet reported written.
+    unwritten_bytes: usize,
+    /// Bytes reserved in the relay-wide budget for the fetch under way.
+    fetch_reserved: usize,
+    /// A fetch was due but the relay-wide budget had no room.
+    starved: bool,
+    /// The subscription was replaced by a newer one on the same mailbox.
+    replaced: bool,
 }
 
 impl MessageStream {
@@ -201,7 +215,36 @@ impl MessageStream {
             reading: true,
             replies_next: true,
             closed: false,
+            limits: PushLimits::default(),
+            queued_bytes: 0,
+            unwritten_bytes: 0,
+            fetch_reserved: 0,
+            starved: false,
+            replaced: false,
         }
+    }
+
+    /// The same stream with its pushes bounded by `limits`.
+    pub fn with_limits(mut self, limits: PushLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bytes of pushes this stream holds unwritten, or reserved for the
+    /// fetch under way.
+    pub fn push_bytes(&self) -> usize {
+        self.queued_bytes + self.unwritten_bytes + self.fetch_reserved
+    }
+
+    /// Room left in the stream's own bound, in bytes.
+    fn byte_room(&self) -> usize {
+        self.limits.stream_bytes.saturating_sub(self.push_bytes())
+    }
+
+    /// Queue a push frame of `len` bytes already reserved relay-wide.
+    fn queue_push(&mut self, frame: pb::RelayFrame, len: usize) {
+        self.queued_bytes += len;
+        self.pushes.push_back(frame);
     }
 
     /// One frame body arrived at `now`. Every frame counts against the
@@ -321,6 +364,11 @@ impl MessageStream {
     fn stop_push(&mut self) {
         if self.push.take().is_some() {
             self.pushes.clear();
+            self.limits
+                .relay
+                .release(self.queued_bytes + self.fetch_reserved);
+            self.queued_bytes = 0;
+            self.fetch_reserved = 0;
             self.conn.release_subscription();
             self.events.push_back(Output::Unsubscribe);
         }
@@ -357,6 +405,17 @@ impl MessageStream {
                             slot,
                             pb::RelayFrame::send_result(request_id, Ok((0, false))),
                         );
+                    }
+                    // A blocked sender's send: the same answer on the same
+                    // path as its kind (a stored one waits for the same
+                    // durability batch), and nobody to wake.
+                    Accepted::Discarded { ephemeral } => {
+                        let frame = pb::RelayFrame::send_result(request_id, Ok((0, false)));
+                        if ephemeral {
+                            self.replies.fill_ready(slot, frame);
+                        } else {
+                            self.replies.fill_held(slot, frame, Wake::Many(Vec::new()));
+                        }
                     }
                 },
                 Some(StoreOutcome::SendRefused { request_id, error }) => {
@@ -419,7 +478,7 @@ impl MessageStream {
             }
         }
         let frame = pb::RelayFrame::send_many_result(request_id, Ok(sent.results));
-        if sent.stored.is_empty() {
+        if sent.stored.is_empty() && sent.discarded == 0 {
             self.replies.fill_ready(slot, frame);
         } else {
             self.replies.fill_held(slot, frame, Wake::Many(sent.stored));
@@ -438,8 +497,22 @@ impl MessageStream {
 
     /// A fetch came back at `now`.
     pub fn handle_fetched(&mut self, now: Instant, result: Result<Vec<pb::Envelope>, WireError>) {
-        if let Some(p) = &mut self.push {
-            p.fetched(now, result, &mut self.pushes);
+        let reserved = std::mem::take(&mut self.fetch_reserved);
+        let Some(p) = &mut self.push else {
+            self.limits.relay.release(reserved);
+            return;
+        };
+        let mut frames = Vec::new();
+        p.fetched(now, result, &mut frames);
+        // What the fetch brought replaces what was reserved for it: its
+        // envelopes were sized to fit, so this stays within the bounds
+        // (a frame of CaughtUp aside).
+        let len: usize = frames.iter().map(Message::encoded_len).sum();
+        self.limits.relay.release(reserved);
+        self.limits.relay.force(len);
+        for f in frames {
+            let n = f.encoded_len();
+            self.queue_push(f, n);
         }
     }
 
@@ -453,10 +526,41 @@ impl MessageStream {
     /// An ephemeral envelope for the subscribed mailbox: pushed as it is,
     /// outside the window, never stored.
     pub fn handle_ephemeral(&mut self, env: pb::Envelope) {
-        if self.push.is_some() {
-            self.pushes
-                .push_back(pb::RelayFrame::of(Out::Envelope(env)));
+        if self.push.is_none() {
+            return;
         }
+        let frame = pb::RelayFrame::of(Out::Envelope(env));
+        let len = frame.encoded_len();
+        // Over either bound an ephemeral envelope is dropped, as the hub
+        // drops one for a backed-up subscriber.
+        if len <= self.byte_room() && self.limits.relay.try_reserve(len) {
+            self.queue_push(frame, len);
+        }
+    }
+
+    /// The writer wrote `bytes` of push frames to QUIC: that room is free
+    /// again, here and relay-wide.
+    pub fn handle_written(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.unwritten_bytes);
+        self.unwritten_bytes -= bytes;
+        self.limits.relay.release(bytes);
+    }
+
+    /// A newer subscription to the same mailbox replaced this one: the
+    /// peer is told so, pushing stops, and the stream finishes once what
+    /// it already took is answered.
+    pub fn handle_replaced(&mut self) {
+        if self.push.is_none() || self.replaced {
+            return;
+        }
+        self.replaced = true;
+        let e = WireError::new(
+            ErrorCode::SubscriptionReplaced,
+            "a newer subscription to this mailbox replaced this one",
+        );
+        self.stop_push();
+        self.replies.ready(pb::RelayFrame::error(e));
+        self.reading = false;
     }
 
     /// Time moved to `now`: timers due by then fire.
@@ -490,9 +594,37 @@ impl MessageStream {
         if let Some(t) = self.replies.start_wait() {
             return Some(Output::AwaitDurable(t));
         }
-        let room = PUSH_QUEUE.saturating_sub(self.pushes.len());
-        if let Some(f) = self.push.as_mut().and_then(|p| p.poll_fetch(room)) {
-            return Some(Output::Fetch(f));
+        self.starved = false;
+        if self.push.as_ref().is_some_and(Push::wants_fetch) {
+            // Sized to what fits the stream's own bound and the relay-wide
+            // budget, counting every envelope at its largest.
+            let unit = self.limits.envelope_frame_bytes.max(1);
+            let room = PUSH_QUEUE
+                .saturating_sub(self.pushes.len())
+                .min(self.byte_room() / unit);
+            let mut granted = if room == 0 {
+                0
+            } else {
+                self.limits.relay.reserve_units(room.min(DRAIN_BATCH), unit)
+            };
+            // A stream holding nothing may always fetch one envelope, so
+            // streams that never read cannot starve every other
+            // subscriber by spending the relay-wide budget; each can go
+            // over it by one envelope at most, once.
+            if room > 0 && granted == 0 && self.push_bytes() == 0 {
+                self.limits.relay.force(unit);
+                granted = 1;
+            }
+            self.starved = room > 0 && granted == 0;
+            let fetch = self.push.as_mut().and_then(|p| p.poll_fetch(granted));
+            let used = fetch.map_or(0, |f| f.limit);
+            self.limits
+                .relay
+                .release(granted.saturating_sub(used) * unit);
+            if let Some(f) = fetch {
+                self.fetch_reserved = used * unit;
+                return Some(Output::Fetch(f));
+            }
         }
         if !self.closed && self.is_drained() {
             self.closed = true;
@@ -515,10 +647,38 @@ impl MessageStream {
     pub fn poll_transmit(&mut self) -> Option<pb::RelayFrame> {
         self.replies_next = !self.replies_next;
         if self.replies_next {
-            self.replies.pop_ready().or_else(|| self.pushes.pop_front())
+            self.replies.pop_ready().or_else(|| self.pop_push())
         } else {
-            self.pushes.pop_front().or_else(|| self.replies.pop_ready())
+            self.pop_push().or_else(|| self.replies.pop_ready())
         }
+    }
+
+    /// The next push frame; its bytes now count as handed to the writer
+    /// until [`Self::handle_written`].
+    fn pop_push(&mut self) -> Option<pb::RelayFrame> {
+        let f = self.pushes.pop_front()?;
+        let len = f.encoded_len();
+        self.queued_bytes = self.queued_bytes.saturating_sub(len);
+        self.unwritten_bytes += len;
+        Some(f)
+    }
+
+    /// Whether `frame` is a push (its bytes count against the push bounds
+    /// until written); replies never are.
+    pub fn is_push(frame: &pb::RelayFrame) -> bool {
+        matches!(frame.frame, Some(Out::Envelope(_) | Out::CaughtUp(_)))
+    }
+
+    /// Whether push frames handed out are still waiting for
+    /// [`Self::handle_written`].
+    pub fn awaiting_written(&self) -> bool {
+        self.unwritten_bytes > 0
+    }
+
+    /// A fetch is due but the relay-wide push budget has no room now: the
+    /// driver should poll again a little later.
+    pub fn starved(&self) -> bool {
+        self.starved
     }
 
     /// Whether [`Self::poll_transmit`] has a frame now.
@@ -536,7 +696,7 @@ impl MessageStream {
     /// Whether the driver should take an ephemeral envelope from the hub
     /// now; while not, the hub's own small buffer fills and drops.
     pub fn wants_ephemeral(&self) -> bool {
-        self.push.is_some() && self.pushes.len() < PUSH_QUEUE
+        self.push.is_some() && self.pushes.len() < PUSH_QUEUE && self.byte_room() > 0
     }
 
     /// When [`Self::handle_timeout`] is next due: the end of a rate pause
@@ -554,6 +714,16 @@ impl MessageStream {
         self.push.as_ref().map(Push::mailbox)
     }
 
+    /// The peer can no longer be answered (its stream died): the mailboxes
+    /// that sends already written to the store still owe a wake-up. The
+    /// driver wakes them once a durability wait begun now has ended, so an
+    /// online recipient hears of them as it would have.
+    pub fn abandon(&mut self) -> Vec<MailboxId> {
+        self.reading = false;
+        self.stop_push();
+        self.replies.held_mailboxes()
+    }
+
     /// Whether a durability wait is under way.
     pub fn awaiting_durability(&self) -> bool {
         self.replies.waiting()
@@ -567,11 +737,16 @@ impl Drop for MessageStream {
         if self.push.is_some() {
             self.conn.release_subscription();
         }
+        self.limits
+            .relay
+            .release(self.queued_bytes + self.unwritten_bytes + self.fetch_reserved);
     }
 }
 
 #[cfg(test)]
 mod fanout_tests;
+#[cfg(test)]
+mod memory_tests;
 #[cfg(test)]
 mod pair_tests;
 #[cfg(test)]

@@ -190,6 +190,7 @@ impl World {
                             results: vec![pb::TargetResult::of(Ok(false)); 2],
                             stored: vec![MAILBOX, [8; 16]],
                             ephemeral: Vec::new(),
+                            discarded: 0,
                         },
                         ephemeral: None,
                     }

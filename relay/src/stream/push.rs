@@ -63,8 +63,16 @@ impl Push {
         self.mailbox
     }
 
+    /// Whether a fetch is due, were there room to queue what it brings.
+    pub fn wants_fetch(&self) -> bool {
+        self.fetching.is_none()
+            && self.dirty
+            && self.retry_at.is_none()
+            && self.in_flight.len() < self.window
+    }
+
     /// The next fetch to run, if one is due: `queue_room` is how many more
-    /// frames the stream's outgoing queue should take.
+    /// envelopes the stream's outgoing queue should take.
     pub fn poll_fetch(&mut self, queue_room: usize) -> Option<Fetch> {
         let room = self.window.saturating_sub(self.in_flight.len());
         if self.fetching.is_some()
@@ -75,7 +83,7 @@ impl Push {
         {
             return None;
         }
-        let limit = room.min(DRAIN_BATCH);
+        let limit = room.min(DRAIN_BATCH).min(queue_room);
         self.dirty = false;
         self.fetching = Some(limit);
         Some(Fetch {

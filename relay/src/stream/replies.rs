@@ -187,6 +187,23 @@ impl Replies {
         woken
     }
 
+    /// The mailboxes of every result still held for durability, once each:
+    /// what a stream that can no longer answer still owes a wake-up.
+    pub fn held_mailboxes(&self) -> Vec<MailboxId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            if let Slot::Held { wake, .. } = slot {
+                for m in wake.mailboxes() {
+                    if seen.insert(*m) {
+                        out.push(*m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The next answer that may leave now, if any.
     pub fn pop_ready(&mut self) -> Option<pb::RelayFrame> {
         loop {

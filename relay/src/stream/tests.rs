@@ -632,3 +632,56 @@ fn a_long_run_of_acks_alone_never_stops_reading() {
     assert!(s.wants_frames());
     assert!(!s.has_transmit());
 }
+
+#[test]
+fn a_blocked_senders_send_is_answered_after_the_same_durability_wait() {
+    let t0 = Instant::now();
+    let mut s = MessageStream::new(conn(t0), 256);
+    s.handle_frame(t0, body(send(1)));
+    s.handle_frame(t0, body(send(2)));
+    outputs(&mut s);
+    s.handle_stored(vec![
+        StoreOutcome::Sent {
+            request_id: 1,
+            accepted: Accepted::Discarded { ephemeral: false },
+            ephemeral: None,
+        },
+        StoreOutcome::Sent {
+            request_id: 2,
+            accepted: Accepted::Discarded { ephemeral: true },
+            ephemeral: None,
+        },
+    ]);
+    let out = outputs(&mut s);
+    assert!(
+        written(&mut s).is_empty(),
+        "held for durability like a stored send"
+    );
+    s.handle_durable(ticket(&out), Ok(()));
+    assert!(outputs(&mut s).is_empty(), "nobody to wake");
+    let frames = written(&mut s);
+    let answers: Vec<_> = frames
+        .iter()
+        .map(|f| {
+            let r = result(f);
+            (r.request_id, r.seq, r.duplicate, r.error.is_some())
+        })
+        .collect();
+    assert_eq!(answers, vec![(1, 0, false, false), (2, 0, false, false)]);
+}
+
+#[test]
+fn a_stream_abandoned_mid_wait_still_owes_its_recipients_a_wake() {
+    let t0 = Instant::now();
+    let mut s = MessageStream::new(conn(t0), 256);
+    s.handle_frame(t0, body(send(1)));
+    s.handle_frame(t0, body(send(2)));
+    outputs(&mut s);
+    s.handle_stored(vec![stored(1, 10), stored(2, 11)]);
+    let out = outputs(&mut s);
+    ticket(&out);
+    // The sender's stream dies before the wait ends: its durability wait is
+    // dropped with it, but the recipient is still owed one wake.
+    assert_eq!(s.abandon(), vec![OTHER]);
+    assert!(s.abandon().contains(&OTHER), "asked again, still owed");
+}
