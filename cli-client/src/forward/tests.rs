@@ -283,6 +283,7 @@ async fn listen_and_recv_print_arrivals() {
             text: "hello".into(),
             sent_at_ms: 1_700_000_000_000,
             received_at_ms: 1_700_000_000_000,
+            group: None,
         }));
         let _ = backend
             .events

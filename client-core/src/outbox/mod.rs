@@ -217,8 +217,10 @@ impl Client {
                 None => break,
             }
         }
+        let mut report = flushed.report;
+        self.flush_group_outbox(&mut report).await?;
         self.store.flush().await?;
-        Ok(flushed.report)
+        Ok(report)
     }
 
     /// The outbox, by relay, for one round.

@@ -310,6 +310,9 @@ pub enum EventParams {
     Message {
         /// Contact name.
         from: String,
+        /// The group's name, for a group message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
         /// Message id, hex.
         id: String,
         /// When our home relay accepted it.
@@ -365,6 +368,7 @@ impl From<&ReceivedMessage> for EventParams {
     fn from(m: &ReceivedMessage) -> Self {
         EventParams::Message {
             from: m.from.clone(),
+            group: m.group.clone(),
             id: m.id.clone(),
             received_at: rfc3339_ms(m.received_at_ms),
             sent_at: rfc3339_ms(m.sent_at_ms),
@@ -423,6 +427,7 @@ mod tests {
             text: "hi".into(),
             sent_at_ms: 1_700_000_000_123,
             received_at_ms: 1_700_000_000_456,
+            group: None,
         };
         let cli = json!({
             "type": "message", "id": m.id, "from": m.from, "text": m.text,

@@ -70,6 +70,7 @@ impl TestBackend {
             text: text.into(),
             sent_at_ms: 1_700_000_000_000 + n,
             received_at_ms: 1_700_000_000_500 + n,
+            group: None,
         }));
     }
 }

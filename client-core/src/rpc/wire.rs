@@ -258,6 +258,8 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         // Merge note: the client handle adds `ClientError::Stopped`, which
         // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
         ClientError::Stopped => ErrorCode::Stopped,
+        // Group commands are not offered over the socket yet.
+        ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
     }
 }
 

@@ -1,0 +1,449 @@
+//! A group's membership as a set of signed ops, and the one deterministic
+//! replay that turns the set into members and admins. Pure: no store, no
+//! clock, no network.
+//!
+//! Each op (create, add, remove) carries a Lamport time and is signed by
+//! its author's Ed25519 key. Members merge by set union (an op is known by
+//! its signature), so it does not matter in which order, or how often,
+//! updates arrive. The state is a replay of every op in the total order
+//! (lamport, author, signature): an op counts only if its author may make
+//! it at that point of the replay (an admin adds or removes; anyone removes
+//! itself), and its signature verifies with the author's signing key as
+//! recorded when the author was added. Two admins changing membership at
+//! once produce ops with the same or close Lamport times; every member
+//! replays the same union in the same order and ends with the same state.
+//!
+//! Member cards ([`pb::GroupMemberCard`]) are merged beside the ops: one
+//! per member, signed by that member, the highest version kept.
+
+use prost::Message;
+use std::collections::BTreeMap;
+use tern_crypto::verify_signature;
+use tern_protocol::pb::{self, GroupOpKind};
+
+/// What an op's signature covers, after this prefix.
+pub(crate) const OP_CONTEXT: &[u8] = b"tern/1 group op";
+/// What a card's signature covers, after this prefix.
+pub(crate) const CARD_CONTEXT: &[u8] = b"tern/1 group card";
+
+/// One member as the replay leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Curve25519 identity key.
+    pub identity: [u8; 32],
+    /// Ed25519 key that signs its ops and card.
+    pub signing_key: [u8; 32],
+    /// The display name the adder gave.
+    pub name: String,
+    /// Whether it may add and remove members.
+    pub admin: bool,
+}
+
+/// A group's membership after replaying its ops.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct State {
+    /// The group's name (from its create op).
+    pub name: String,
+    /// Current members by identity key.
+    pub members: BTreeMap<[u8; 32], Member>,
+    /// The highest Lamport time of any op (valid or not).
+    pub lamport: u64,
+}
+
+impl State {
+    /// Whether `id` is a member.
+    pub fn is_member(&self, id: &[u8; 32]) -> bool {
+        self.members.contains_key(id)
+    }
+
+    /// Whether `id` is an admin member.
+    pub fn is_admin(&self, id: &[u8; 32]) -> bool {
+        self.members.get(id).is_some_and(|m| m.admin)
+    }
+}
+
+/// A decoded, well-formed op and where it sorts.
+struct Decoded {
+    op: pb::GroupOp,
+    author: [u8; 32],
+    target: [u8; 32],
+    raw: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+fn key32(b: &[u8]) -> Option<[u8; 32]> {
+    b.try_into().ok()
+}
+
+fn signed_bytes(context: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut m = context.to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+fn decode(group_id: &[u8; 16], s: &pb::GroupSignedOp) -> Option<Decoded> {
+    let op = pb::GroupOp::decode(&s.op[..]).ok()?;
+    if op.group_id[..] != group_id[..] || s.signature.len() != 64 {
+        return None;
+    }
+    Some(Decoded {
+        author: key32(&op.author)?,
+        target: key32(&op.target)?,
+        raw: s.op.to_vec(),
+        signature: s.signature.to_vec(),
+        op,
+    })
+}
+
+/// Replay `ops` (any order, repeats allowed) into a state.
+pub fn replay(group_id: &[u8; 16], ops: &[pb::GroupSignedOp]) -> State {
+    let mut sorted: Vec<Decoded> = ops.iter().filter_map(|s| decode(group_id, s)).collect();
+    sorted.sort_by(|a, b| {
+        (a.op.lamport, a.author, &a.signature).cmp(&(b.op.lamport, b.author, &b.signature))
+    });
+    sorted.dedup_by(|a, b| a.signature == b.signature);
+    let mut state = State::default();
+    let mut created = false;
+    for d in sorted {
+        state.lamport = state.lamport.max(d.op.lamport);
+        let verifies = |key: &[u8; 32]| {
+            verify_signature(key, &signed_bytes(OP_CONTEXT, &d.raw), &d.signature).is_ok()
+        };
+        match GroupOpKind::try_from(d.op.kind) {
+            Ok(GroupOpKind::GroupOpCreate) if !created => {
+                let Some(signing_key) = key32(&d.op.target_signing_key) else {
+                    continue;
+                };
+                if d.author != d.target || !verifies(&signing_key) {
+                    continue;
+                }
+                created = true;
+                state.name = d.op.group_name.clone();
+                state.members.insert(
+                    d.author,
+                    Member {
+                        identity: d.author,
+                        signing_key,
+                        name: d.op.target_name.clone(),
+                        admin: true,
+                    },
+                );
+            }
+            Ok(GroupOpKind::GroupOpAdd) => {
+                let Some(author) = state.members.get(&d.author) else {
+                    continue;
+                };
+                let Some(signing_key) = key32(&d.op.target_signing_key) else {
+                    continue;
+                };
+                if !author.admin || !verifies(&author.signing_key) {
+                    continue;
+                }
+                state.members.insert(
+                    d.target,
+                    Member {
+                        identity: d.target,
+                        signing_key,
+                        name: d.op.target_name.clone(),
+                        admin: d.op.admin,
+                    },
+                );
+            }
+            Ok(GroupOpKind::GroupOpRemove) => {
+                let Some(author) = state.members.get(&d.author) else {
+                    continue;
+                };
+                let allowed = author.admin || d.author == d.target;
+                if !allowed || !verifies(&author.signing_key) {
+                    continue;
+                }
+                state.members.remove(&d.target);
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+/// Add `incoming` ops to `log` (union, by signature); whether any was new.
+/// Ops for another group or malformed are not kept.
+pub fn merge_ops(
+    group_id: &[u8; 16],
+    log: &mut Vec<pb::GroupSignedOp>,
+    incoming: Vec<pb::GroupSignedOp>,
+) -> bool {
+    let mut changed = false;
+    for op in incoming {
+        if decode(group_id, &op).is_none() || log.iter().any(|o| o.signature == op.signature) {
+            continue;
+        }
+        log.push(op);
+        changed = true;
+    }
+    changed
+}
+
+/// A new op by `author`, signed with `sign`, one Lamport tick after `state`.
+#[allow(clippy::too_many_arguments)]
+pub fn make_op(
+    group_id: &[u8; 16],
+    state: &State,
+    author: &[u8; 32],
+    kind: GroupOpKind,
+    target: &Member,
+    group_name: &str,
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> pb::GroupSignedOp {
+    let op = pb::GroupOp {
+        group_id: group_id.to_vec().into(),
+        lamport: state.lamport + 1,
+        author: author.to_vec().into(),
+        kind: kind as i32,
+        target: target.identity.to_vec().into(),
+        target_signing_key: target.signing_key.to_vec().into(),
+        target_name: target.name.clone(),
+        admin: target.admin,
+        group_name: group_name.to_string(),
+    };
+    let raw = op.encode_to_vec();
+    let signature = sign(&signed_bytes(OP_CONTEXT, &raw));
+    pb::GroupSignedOp {
+        op: raw.into(),
+        signature: signature.to_vec().into(),
+    }
+}
+
+/// A card signed with `sign`.
+pub fn sign_card(
+    card: &pb::GroupMemberCard,
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> pb::GroupSignedCard {
+    let raw = card.encode_to_vec();
+    let signature = sign(&signed_bytes(CARD_CONTEXT, &raw));
+    pb::GroupSignedCard {
+        card: raw.into(),
+        signature: signature.to_vec().into(),
+    }
+}
+
+/// A card that verifies against its member's signing key in `state`.
+pub fn read_card(
+    group_id: &[u8; 16],
+    state: &State,
+    s: &pb::GroupSignedCard,
+) -> Option<pb::GroupMemberCard> {
+    let card = pb::GroupMemberCard::decode(&s.card[..]).ok()?;
+    let member = state.members.get(&key32(&card.identity_key)?)?;
+    if card.group_id[..] != group_id[..] {
+        return None;
+    }
+    verify_signature(
+        &member.signing_key,
+        &signed_bytes(CARD_CONTEXT, &s.card),
+        &s.signature,
+    )
+    .ok()?;
+    Some(card)
+}
+
+/// Merge `incoming` cards into `cards` (one per current member, highest
+/// version kept; unverifiable ones ignored); whether any was new.
+pub fn merge_cards(
+    group_id: &[u8; 16],
+    state: &State,
+    cards: &mut Vec<pb::GroupSignedCard>,
+    incoming: Vec<pb::GroupSignedCard>,
+) -> bool {
+    let mut changed = false;
+    for s in incoming {
+        let Some(new) = read_card(group_id, state, &s) else {
+            continue;
+        };
+        let old = cards.iter().position(|c| {
+            read_card(group_id, state, c).is_some_and(|o| o.identity_key == new.identity_key)
+        });
+        match old {
+            Some(i) => {
+                let held = read_card(group_id, state, &cards[i]).map_or(0, |c| c.version);
+                if new.version > held {
+                    cards[i] = s;
+                    changed = true;
+                }
+            }
+            None => {
+                cards.push(s);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_crypto::DeviceAccount;
+
+    const G: [u8; 16] = [7; 16];
+
+    struct Dev {
+        acct: DeviceAccount,
+        name: &'static str,
+    }
+
+    impl Dev {
+        fn new(name: &'static str) -> Self {
+            Self {
+                acct: DeviceAccount::new(),
+                name,
+            }
+        }
+        fn id(&self) -> [u8; 32] {
+            self.acct.identity_key()
+        }
+        fn member(&self, admin: bool) -> Member {
+            Member {
+                identity: self.id(),
+                signing_key: self.acct.signing_key(),
+                name: self.name.into(),
+                admin,
+            }
+        }
+        fn op(&self, log: &[pb::GroupSignedOp], kind: GroupOpKind, t: Member) -> pb::GroupSignedOp {
+            let state = replay(&G, log);
+            make_op(&G, &state, &self.id(), kind, &t, "g", |m| self.acct.sign(m))
+        }
+    }
+
+    fn created(a: &Dev) -> Vec<pb::GroupSignedOp> {
+        vec![a.op(&[], GroupOpKind::GroupOpCreate, a.member(true))]
+    }
+
+    #[test]
+    fn only_admins_add_and_remove_and_anyone_leaves() {
+        let (a, b, c) = (Dev::new("a"), Dev::new("b"), Dev::new("c"));
+        let mut log = created(&a);
+        let add_b = a.op(&log, GroupOpKind::GroupOpAdd, b.member(false));
+        log.push(add_b);
+        // b is not an admin: its add of c is ignored.
+        let b_adds_c = b.op(&log, GroupOpKind::GroupOpAdd, c.member(false));
+        log.push(b_adds_c);
+        let s = replay(&G, &log);
+        assert_eq!(s.name, "g");
+        assert!(s.is_admin(&a.id()) && s.is_member(&b.id()) && !s.is_member(&c.id()));
+        // b removing a is ignored; b leaving counts.
+        log.push(b.op(&log, GroupOpKind::GroupOpRemove, a.member(false)));
+        assert!(replay(&G, &log).is_member(&a.id()));
+        log.push(b.op(&log, GroupOpKind::GroupOpRemove, b.member(false)));
+        let s = replay(&G, &log);
+        assert!(!s.is_member(&b.id()) && s.is_member(&a.id()));
+    }
+
+    #[test]
+    fn forged_or_foreign_ops_are_ignored() {
+        let (a, b, m) = (Dev::new("a"), Dev::new("b"), Dev::new("mallory"));
+        let mut log = created(&a);
+        // Mallory signs an op claiming a as author.
+        let state = replay(&G, &log);
+        let forged = make_op(
+            &G,
+            &state,
+            &a.id(),
+            GroupOpKind::GroupOpAdd,
+            &m.member(true),
+            "",
+            |x| m.acct.sign(x),
+        );
+        assert!(merge_ops(&G, &mut log, vec![forged]));
+        // A second create by someone else is ignored too.
+        log.push(m.op(&[], GroupOpKind::GroupOpCreate, m.member(true)));
+        let other_group = make_op(
+            &[8; 16],
+            &state,
+            &a.id(),
+            GroupOpKind::GroupOpAdd,
+            &b.member(false),
+            "",
+            |x| a.acct.sign(x),
+        );
+        assert!(!merge_ops(&G, &mut log, vec![other_group]));
+        let s = replay(&G, &log);
+        assert_eq!(s.members.len(), 1);
+        assert!(s.is_admin(&a.id()));
+    }
+
+    #[test]
+    fn concurrent_changes_by_two_admins_converge_in_any_order() {
+        let (a, b, c, d, e) = (
+            Dev::new("a"),
+            Dev::new("b"),
+            Dev::new("c"),
+            Dev::new("d"),
+            Dev::new("e"),
+        );
+        let mut base = created(&a);
+        base.push(a.op(&base, GroupOpKind::GroupOpAdd, b.member(true)));
+        base.push(a.op(&base, GroupOpKind::GroupOpAdd, c.member(false)));
+        // Concurrently: a removes c and adds d; b removes a and adds e.
+        let mut at_a = base.clone();
+        at_a.push(a.op(&at_a, GroupOpKind::GroupOpRemove, c.member(false)));
+        at_a.push(a.op(&at_a, GroupOpKind::GroupOpAdd, d.member(false)));
+        let mut at_b = base.clone();
+        at_b.push(b.op(&at_b, GroupOpKind::GroupOpRemove, a.member(false)));
+        at_b.push(b.op(&at_b, GroupOpKind::GroupOpAdd, e.member(false)));
+        // Merge in both directions and in reverse op order.
+        let mut x = at_a.clone();
+        merge_ops(&G, &mut x, at_b.clone());
+        let mut y = at_b.clone();
+        merge_ops(&G, &mut y, at_a.iter().rev().cloned().collect());
+        let (sx, sy) = (replay(&G, &x), replay(&G, &y));
+        assert_eq!(sx, sy);
+        // Merging again changes nothing.
+        assert!(!merge_ops(&G, &mut x, at_b));
+        // b was never removed; which of the crossing changes count depends
+        // on the tiebreak, but it is the same everywhere.
+        assert!(sx.is_member(&b.id()));
+    }
+
+    #[test]
+    fn cards_verify_and_the_highest_version_wins() {
+        let (a, b) = (Dev::new("a"), Dev::new("b"));
+        let mut log = created(&a);
+        log.push(a.op(&log, GroupOpKind::GroupOpAdd, b.member(false)));
+        let state = replay(&G, &log);
+        let card = |v: u64| pb::GroupMemberCard {
+            group_id: G.to_vec().into(),
+            identity_key: b.id().to_vec().into(),
+            version: v,
+            ..Default::default()
+        };
+        let mut cards = Vec::new();
+        assert!(merge_cards(
+            &G,
+            &state,
+            &mut cards,
+            vec![sign_card(&card(2), |m| b.acct.sign(m))]
+        ));
+        assert!(!merge_cards(
+            &G,
+            &state,
+            &mut cards,
+            vec![sign_card(&card(1), |m| b.acct.sign(m))]
+        ));
+        // a cannot make b's card.
+        assert!(!merge_cards(
+            &G,
+            &state,
+            &mut cards,
+            vec![sign_card(&card(5), |m| a.acct.sign(m))]
+        ));
+        assert!(merge_cards(
+            &G,
+            &state,
+            &mut cards,
+            vec![sign_card(&card(3), |m| b.acct.sign(m))]
+        ));
+        assert_eq!(cards.len(), 1);
+        assert_eq!(read_card(&G, &state, &cards[0]).unwrap().version, 3);
+    }
+}
