@@ -133,6 +133,13 @@ fn print_event(
             from,
             sent_at,
             text,
+            group: Some(g),
+            ..
+        } => line(out, format!("[{sent_at}] #{g} {from}: {text}")),
+        EventParams::Message {
+            from,
+            sent_at,
+            text,
             ..
         } => line(out, format!("[{sent_at}] {from}: {text}")),
         EventParams::Contact { name } => line(

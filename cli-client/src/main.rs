@@ -3,6 +3,7 @@
 
 #[cfg(unix)]
 mod forward;
+mod groups;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -86,10 +87,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the local conversation with a contact.
+    /// Print the local conversation with a contact (or a group: --group).
     History {
         /// Contact name.
-        contact: String,
+        #[arg(required_unless_present = "group")]
+        contact: Option<String>,
+        /// Print this group's conversation instead.
+        #[arg(long, conflicts_with = "contact")]
+        group: Option<String>,
         /// At most this many of the latest messages.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -101,6 +106,69 @@ enum Command {
     Block {
         /// Contact name.
         contact: String,
+    },
+    /// Group chat: create, change membership, list, send.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+/// `tern group ...`
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group with these contacts; you are its admin.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Contacts to add.
+        contacts: Vec<String>,
+    },
+    /// Add a contact to a group (admins only).
+    Add {
+        /// The group's name.
+        name: String,
+        /// Contact name.
+        contact: String,
+        /// Make them an admin too.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Remove a member from a group (admins only).
+    Remove {
+        /// The group's name.
+        name: String,
+        /// The member (contact name or their name in the group).
+        contact: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group's name.
+        name: String,
+    },
+    /// List your groups.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a group's members.
+    Members {
+        /// The group's name.
+        name: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message to a group.
+    Send {
+        /// The group's name.
+        name: String,
+        /// The message.
+        text: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -147,12 +215,20 @@ fn time(ms: u64) -> String {
 /// contacts. Other events (deliveries, the connection) are not printed.
 fn print_event(e: &Event, as_json: bool) {
     let line = match (e, as_json) {
-        (Event::Message(m), true) => json!({
-            "type": "message", "id": m.id, "from": m.from, "text": m.text,
-            "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
-        })
-        .to_string(),
-        (Event::Message(m), false) => format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text),
+        (Event::Message(m), true) => {
+            let mut v = json!({
+                "type": "message", "id": m.id, "from": m.from, "text": m.text,
+                "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
+            });
+            if let Some(g) = &m.group {
+                v["group"] = json!(g);
+            }
+            v.to_string()
+        }
+        (Event::Message(m), false) => match &m.group {
+            Some(g) => format!("[{}] #{} {}: {}", time(m.sent_at_ms), g, m.from, m.text),
+            None => format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text),
+        },
         (Event::ContactAdded { name }, true) => {
             json!({ "type": "contact", "name": name }).to_string()
         }
@@ -221,7 +297,8 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         },
         Command::Listen { json } => F::Listen { json: *json },
         Command::History {
-            contact,
+            contact: Some(contact),
+            group: None,
             limit,
             json,
         } => F::History {
@@ -232,6 +309,9 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         Command::Block { contact } => F::Block {
             contact: contact.clone(),
         },
+        // Group commands are not offered over the socket yet: with a
+        // `tern listen` running they report that its store is in use.
+        Command::History { .. } | Command::Group { .. } => return None,
     })
 }
 
@@ -376,10 +456,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::History {
+            group: Some(group),
+            limit,
+            json,
+            ..
+        } => {
+            let client = open(&home)?;
+            groups::print_history(&client, &group, limit, json)?;
+        }
+        Command::History {
             contact,
             limit,
             json,
+            ..
         } => {
+            let contact = contact.context("name a contact or --group")?;
             let client = open(&home)?;
             for m in client.history(&contact, limit)? {
                 let who = if m.outgoing {
@@ -411,6 +502,11 @@ async fn run(cli: Cli) -> Result<()> {
             client.block(&contact).await?;
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
+        }
+        Command::Group { command } => {
+            let mut client = open(&home)?;
+            groups::run(&mut client, command).await?;
+            client.close().await;
         }
     }
     Ok(())

@@ -1,0 +1,207 @@
+//! Group chat through the `tern` and `tern-relay` binaries: a group across
+//! two relays whose members are not all contacts, a member who was offline
+//! getting a message later and once, a removed member no longer getting
+//! (or showing) what follows, and two admins changing membership at once
+//! ending with everyone holding the same membership.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use tern_tests::process::{ok, RelayProcess};
+
+/// Rounds of everyone receiving before membership must have settled.
+const SYNC_ROUNDS: usize = 10;
+
+fn init(dir: &Path, relay: &RelayProcess, name: &str) -> PathBuf {
+    let home = dir.join(name);
+    ok(&home, &["init", "--relay", relay.url(), "--name", name]);
+    home
+}
+
+/// `inviter` and `acceptor` become contacts (named by their own names).
+fn befriend(inviter: &Path, inviter_name: &str, acceptor: &Path) {
+    let code = ok(inviter, &["invite"]);
+    ok(acceptor, &["accept", code.trim(), "--name", inviter_name]);
+    let got = recv(inviter);
+    assert!(
+        got.iter().any(|e| e["type"] == "contact"),
+        "no introduction: {got:?}"
+    );
+}
+
+/// `tern recv --json`, parsed.
+fn recv(home: &Path) -> Vec<Value> {
+    ok(home, &["recv", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// `tern group members GROUP --json`, parsed.
+fn members(home: &Path, group: &str) -> Vec<Value> {
+    ok(home, &["group", "members", group, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The identity keys of a group's members as `home` sees them.
+fn member_keys(home: &Path, group: &str) -> BTreeSet<String> {
+    members(home, group)
+        .iter()
+        .map(|m| m["identity_key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Everyone receives, round after round, until `done` holds; returns the
+/// messages that arrived meanwhile, per home. Panics after SYNC_ROUNDS.
+fn sync(homes: &[&Path], done: impl Fn() -> bool) -> Vec<Vec<Value>> {
+    let mut got = vec![Vec::new(); homes.len()];
+    for _ in 0..SYNC_ROUNDS {
+        for (i, h) in homes.iter().enumerate() {
+            got[i].extend(recv(h).into_iter().filter(|e| e["type"] == "message"));
+        }
+        if done() {
+            return got;
+        }
+    }
+    panic!("membership did not settle in {SYNC_ROUNDS} rounds");
+}
+
+/// Every member of `group` is reachable from every home in `homes`.
+fn all_reachable(homes: &[&Path], group: &str, n: usize) -> bool {
+    homes.iter().all(|h| {
+        let m = members(h, group);
+        m.len() == n && m.iter().all(|m| m["reachable"] == true)
+    })
+}
+
+fn sent_id(out: &str) -> String {
+    out.trim()
+        .strip_prefix("sent ")
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string()
+}
+
+fn group_texts(events: &[Value], group: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "message" && e["group"] == group)
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    // Bob and Carol are not each other's contacts.
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+
+    ok(&alice, &["group", "create", "team", "bob", "carol"]);
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    sync(&all, || all_reachable(&all, "team", 3));
+    let keys = member_keys(&alice, "team");
+    assert_eq!(member_keys(&bob, "team"), keys);
+    assert_eq!(member_keys(&carol, "team"), keys);
+
+    // Alice writes; both get it once, with the group's name.
+    let id = sent_id(&ok(&alice, &["group", "send", "team", "hello team"]));
+    let at_bob = recv(&bob);
+    assert_eq!(
+        group_texts(&at_bob, "team"),
+        [("alice".to_string(), "hello team".to_string())]
+    );
+    assert_eq!(at_bob[0]["id"], id.as_str());
+    assert_eq!(
+        group_texts(&recv(&carol), "team"),
+        [("alice".to_string(), "hello team".to_string())]
+    );
+
+    // Bob writes to Carol, who is not his contact, and to Alice. Carol is
+    // offline meanwhile: she gets it when she next receives, once.
+    ok(&bob, &["group", "send", "team", "from bob"]);
+    assert_eq!(
+        group_texts(&recv(&alice), "team"),
+        [("bob".to_string(), "from bob".to_string())]
+    );
+    let later = recv(&carol);
+    assert_eq!(
+        group_texts(&later, "team"),
+        [("bob".to_string(), "from bob".to_string())]
+    );
+    assert!(group_texts(&recv(&carol), "team").is_empty(), "twice");
+    let history = ok(&carol, &["history", "--group", "team", "--json"]);
+    let texts: Vec<Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].clone())
+        .collect();
+    assert_eq!(texts, ["hello team", "from bob"]);
+
+    // Alice removes Carol; whatever is sent after does not reach her.
+    ok(&alice, &["group", "remove", "team", "carol"]);
+    let rest = [alice.as_path(), bob.as_path()];
+    let during = sync(&all, || {
+        rest.iter().all(|h| member_keys(h, "team").len() == 2)
+            && ok(&carol, &["group", "list", "--json"]).contains("\"member\":false")
+    });
+    assert!(during.iter().all(|g| g.is_empty()), "{during:?}");
+    ok(&alice, &["group", "send", "team", "after removal"]);
+    ok(&bob, &["group", "send", "team", "bob after removal"]);
+    let at_bob = group_texts(&recv(&bob), "team");
+    assert_eq!(at_bob, [("alice".into(), "after removal".into())]);
+    let at_alice = group_texts(&recv(&alice), "team");
+    assert_eq!(at_alice, [("bob".into(), "bob after removal".into())]);
+    let at_carol = recv(&carol);
+    assert!(group_texts(&at_carol, "team").is_empty(), "{at_carol:?}");
+    let carol_history = ok(&carol, &["history", "--group", "team"]);
+    assert!(!carol_history.contains("after removal"), "{carol_history}");
+}
+
+#[test]
+fn two_admins_changing_membership_at_once_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start();
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let homes: Vec<PathBuf> = names.iter().map(|n| init(dir.path(), &relay, n)).collect();
+    let [alice, bob, carol, dave, erin] = [0, 1, 2, 3, 4].map(|i| homes[i].as_path());
+    befriend(alice, "alice", bob);
+    befriend(alice, "alice", carol);
+    befriend(alice, "alice", dave);
+    befriend(bob, "bob", erin);
+
+    ok(alice, &["group", "create", "g", "carol"]);
+    ok(alice, &["group", "add", "g", "bob", "--admin"]);
+    let first = [alice, bob, carol];
+    sync(&first, || all_reachable(&first, "g", 3));
+
+    // Neither admin has heard of the other's change when making its own.
+    ok(alice, &["group", "add", "g", "dave"]);
+    ok(bob, &["group", "remove", "g", "carol"]);
+    ok(bob, &["group", "add", "g", "erin"]);
+
+    let everyone: Vec<&Path> = homes.iter().map(|h| h.as_path()).collect();
+    sync(&everyone, || {
+        let a = member_keys(alice, "g");
+        // Every current member holds the same membership as Alice.
+        let views: Vec<&Path> = [bob, dave, erin]
+            .into_iter()
+            .filter(|h| ok(h, &["group", "list", "--json"]).contains("\"member\":true"))
+            .collect();
+        views.len() + 1 == a.len() && views.iter().all(|h| member_keys(h, "g") == a)
+    });
+    let a = member_keys(alice, "g");
+    assert_eq!(a.len(), 4, "alice, bob, dave and erin: {a:?}");
+    let carol_list = ok(carol, &["group", "list", "--json"]);
+    assert!(carol_list.contains("\"member\":false"), "{carol_list}");
+}
