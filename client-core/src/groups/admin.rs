@@ -8,7 +8,7 @@ use super::GroupRecord;
 use crate::client::{random16, Client};
 use crate::error::ClientError;
 use crate::event::OutboxReport;
-use tern_protocol::pb::GroupOpKind;
+use tern_protocol::pb::{content::Body, GroupOpKind};
 
 impl Client {
     /// Create a group named `name` with the contacts named in `contacts`;
@@ -151,16 +151,21 @@ impl Client {
         }
         // Before the change: a leaver tells the members it is leaving.
         let before: Vec<[u8; 32]> = st.members.keys().copied().collect();
+        // Addresses as they were: a removed member is reached with them.
+        let before_change = r.clone();
         let mut ops = r.ops();
         ops.push(state::make_op(&r.id, &st, &me, kind, &target, "", |m| {
             self.account.sign(m)
         }));
         r.set_ops(&ops);
         self.put_group(&r)?;
-        if leaving {
-            self.broadcast_update(&r, None, &before)?;
-        } else {
-            self.broadcast_update(&r, None, also)?;
+        let also: &[[u8; 32]] = if leaving { &before } else { also };
+        self.broadcast_update(&r, None)?;
+        let st = r.state();
+        for id in also {
+            if id != &me && !st.is_member(id) {
+                self.send_control(&before_change, id, Body::GroupUpdate(r.update()))?;
+            }
         }
         self.store.flush().await?;
         self.flush_outbox().await

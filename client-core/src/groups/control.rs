@@ -59,17 +59,15 @@ impl Client {
     }
 
     /// Send everything we know of `r` to every current member but us and
-    /// `except`, and to `also` (a member just removed, so it learns it).
+    /// `except`.
     pub(crate) fn broadcast_update(
         &self,
         r: &GroupRecord,
         except: Option<&[u8; 32]>,
-        also: &[[u8; 32]],
     ) -> Result<(), ClientError> {
         let me = self.account.identity_key();
         let st = r.state();
-        let targets = st.members.keys().chain(also.iter());
-        for id in targets {
+        for id in st.members.keys() {
             if id == &me || Some(id) == except {
                 continue;
             }
@@ -104,7 +102,7 @@ impl Client {
             r.set_cards(&cards);
             r.card_wanted = false;
             self.put_group(&r)?;
-            self.broadcast_update(&r, None, &[])?;
+            self.broadcast_update(&r, None)?;
         }
         link.close();
         self.save_account()?;

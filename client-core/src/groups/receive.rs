@@ -59,7 +59,7 @@ impl Client {
         }
         self.put_group(&r)?;
         if (ops_changed || cards_changed) && st.is_admin(&me) {
-            self.broadcast_update(&r, Some(&sender), &[])?;
+            self.broadcast_update(&r, Some(&sender))?;
         }
         Ok(())
     }
