@@ -274,7 +274,7 @@ async fn deposit_many(
                 debug!("group message for {relay} stays queued: {e}");
                 let w = match e {
                     ClientError::Refused(w) => w,
-                    other => WireError::new(tern_protocol::ErrorCode::Internal, &other.to_string()),
+                    other => WireError::new(tern_protocol::ErrorCode::Internal, other.to_string()),
                 };
                 for i in idx {
                     results[i] = Err(w.clone());
