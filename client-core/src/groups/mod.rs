@@ -2,7 +2,7 @@
 //! message layers ([`envelope`]), the admin commands (`admin`), pairwise
 //! control messages (`control`), receiving (`receive`) and the group
 //! outbox (`outbox`). docs/decisions.md ("Groups") says why it is built
-//! this way; docs/protocol.md §11 has the wire formats.
+//! this way; docs/protocol.md §12 has the wire formats.
 //!
 //! A group is a record in the `group_states` tree: its signed op log, the
 //! members' signed cards, this device's outbound Megolm session (with the
