@@ -205,3 +205,66 @@ fn two_admins_changing_membership_at_once_converge() {
     let carol_list = ok(carol, &["group", "list", "--json"]);
     assert!(carol_list.contains("\"member\":false"), "{carol_list}");
 }
+
+mod running_client {
+    //! A member whose client runs (`tern_client::spawn`, what `tern listen`
+    //! runs) makes its card when it is added, and shows group messages from
+    //! a member who is not its contact, with the group's name.
+
+    use std::time::{Duration, Instant};
+    use tern_client::{Event, EventStream};
+    use tern_tests::{befriend, TestRelay, TestUser, DEADLINE};
+
+    async fn group_message(events: &mut EventStream) -> tern_client::ReceivedMessage {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, events.next()).await {
+                Ok(Some(Event::Message(m))) if m.group.is_some() => return m,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the event stream ended"),
+                Err(_) => panic!("no group message while listening"),
+            }
+        }
+    }
+
+    fn reachable(u: &TestUser, n: usize) -> bool {
+        u.client
+            .group("team")
+            .is_ok_and(|g| g.members.len() == n && g.members.iter().all(|m| m.reachable))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listening_member_publishes_its_card_and_shows_group_messages() {
+        let relay = TestRelay::start().await;
+        let mut alice = TestUser::new(&relay, "alice").await;
+        let mut bob = TestUser::new(&relay, "bob").await;
+        let mut carol = TestUser::new(&relay, "carol").await;
+        befriend(&mut alice, &mut bob).await;
+        befriend(&mut alice, &mut carol).await;
+        let bob_home = bob.into_home();
+        let client = tern_client::Client::open(&bob_home.path().join("home")).unwrap();
+        client.set_send_spacing(Duration::ZERO, Duration::ZERO);
+        let (handle, mut events) = tern_client::spawn(client);
+
+        alice
+            .client
+            .group_create("team", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while !(reachable(&alice, 3) && reachable(&carol, 3)) {
+            assert!(Instant::now() < deadline, "cards did not spread");
+            alice.receive_rest().await;
+            carol.receive_rest().await;
+        }
+        let (id, _) = carol.client.group_send("team", "hi bob").await.unwrap();
+        let m = group_message(&mut events).await;
+        assert_eq!(
+            (m.id.as_str(), m.from.as_str(), m.text.as_str()),
+            (id.as_str(), "carol", "hi bob")
+        );
+        assert_eq!(m.group.as_deref(), Some("team"));
+        handle.shutdown().await;
+    }
+}

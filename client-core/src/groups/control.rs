@@ -10,6 +10,7 @@ use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::layers;
 use crate::store::Contact;
+use crate::transport::RelayLink;
 use tern_protocol::pb::{self, content::Body};
 use tracing::debug;
 
@@ -78,10 +79,34 @@ impl Client {
         Ok(())
     }
 
-    /// Make and send our card for every group that waits for one: mint a
-    /// send token for it on the home relay, sign the card, and tell the
-    /// members. Returns whether anything was queued.
+    /// Whether some group waits for our card.
+    pub(crate) fn wants_group_cards(&self) -> Result<bool, ClientError> {
+        let me = self.account.identity_key();
+        Ok(self
+            .group_records()?
+            .iter()
+            .any(|r| r.card_wanted && r.state().is_member(&me)))
+    }
+
+    /// Make and send our card for every group that waits for one, on a
+    /// new connection to the home relay. Returns whether anything was queued.
     pub(crate) async fn publish_group_cards(&mut self) -> Result<bool, ClientError> {
+        if !self.wants_group_cards()? {
+            return Ok(false);
+        }
+        let link = self.home_link().await?;
+        let done = self.publish_group_cards_on(&link).await;
+        link.close();
+        done
+    }
+
+    /// Make and send our card for every group that waits for one: mint a
+    /// send token for it on `home` (authenticated as our mailbox), sign the
+    /// card, and tell the members.
+    pub(crate) async fn publish_group_cards_on(
+        &mut self,
+        home: &RelayLink,
+    ) -> Result<bool, ClientError> {
         let me = self.account.identity_key();
         let wanted: Vec<GroupRecord> = self
             .group_records()?
@@ -91,9 +116,8 @@ impl Client {
         if wanted.is_empty() {
             return Ok(false);
         }
-        let link = self.home_link().await?;
         for mut r in wanted {
-            let token = link.create_token().await?;
+            let token = home.create_token().await?;
             let card = self.own_card(&r.id, &token);
             let st = r.state();
             let mut cards = r.signed_cards();
@@ -104,7 +128,6 @@ impl Client {
             self.put_group(&r)?;
             self.broadcast_update(&r, None)?;
         }
-        link.close();
         self.save_account()?;
         self.store.flush().await?;
         Ok(true)

@@ -293,7 +293,17 @@ impl Task {
             .settle(&self.client, &mut home.stream, &mut |e| {
                 let _ = events.send(e);
             })
-            .await
+            .await?;
+        // Groups: a group we were added to wants our card (a token minted
+        // on this connection), and receiving may have queued updates for
+        // other members.
+        if self.client.wants_group_cards()? {
+            self.client.publish_group_cards_on(&home.link).await?;
+        }
+        if self.client.outbox_len()? > 0 {
+            self.request_flush(Vec::new());
+        }
+        Ok(())
     }
 
     async fn serve(&mut self, command: Command) {
