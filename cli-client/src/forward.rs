@@ -75,6 +75,13 @@ pub enum Forward {
         /// Contact name.
         contact: String,
     },
+    /// `tern group ...` and `tern history --group NAME`
+    Group {
+        /// The command.
+        call: tern_client::GroupCall,
+        /// Print JSON where the command can.
+        json: bool,
+    },
 }
 
 /// Run `command` in the client running for `home`, printing to stdout and
@@ -275,6 +282,10 @@ pub async fn forward(
             if !print_events(&mut client, out, err, json, stop).await? {
                 return Err(anyhow!("the client running for this home stopped"));
             }
+        }
+        Forward::Group { call, json } => {
+            let v: serde_json::Value = client.request(GROUP, &call).await?;
+            crate::groups::render(&call, &v, json, out, err)?;
         }
         Forward::History {
             contact,

@@ -3,7 +3,7 @@
 
 #[cfg(unix)]
 mod forward;
-mod groups;
+pub(crate) mod groups;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -115,7 +115,7 @@ enum Command {
 }
 
 /// `tern group ...`
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum GroupCommand {
     /// Create a group with these contacts; you are its admin.
     Create {
@@ -309,9 +309,23 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         Command::Block { contact } => F::Block {
             contact: contact.clone(),
         },
-        // Group commands are not offered over the socket yet: with a
-        // `tern listen` running they report that its store is in use.
-        Command::History { .. } | Command::Group { .. } => return None,
+        Command::History {
+            group: Some(name),
+            limit,
+            json,
+            ..
+        } => F::Group {
+            call: tern_client::GroupCall::History {
+                name: name.clone(),
+                limit: *limit,
+            },
+            json: *json,
+        },
+        Command::History { .. } => return None,
+        Command::Group { command } => {
+            let (call, json) = groups::call_of(command);
+            F::Group { call, json }
+        }
     })
 }
 
@@ -461,8 +475,16 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             ..
         } => {
-            let client = open(&home)?;
-            groups::print_history(&client, &group, limit, json)?;
+            let mut client = open(&home)?;
+            let call = tern_client::GroupCall::History { name: group, limit };
+            let v = client.group_call(call.clone()).await?;
+            groups::render(
+                &call,
+                &v,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
         }
         Command::History {
             contact,
@@ -505,8 +527,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Group { command } => {
             let mut client = open(&home)?;
-            groups::run(&mut client, command).await?;
+            let (call, json) = groups::call_of(&command);
+            let v = client.group_call(call.clone()).await?;
             client.close().await;
+            groups::render(
+                &call,
+                &v,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
         }
     }
     Ok(())

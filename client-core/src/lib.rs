@@ -33,6 +33,6 @@ pub mod transport;
 pub use client::{now_ms, random16, Client};
 pub use error::ClientError;
 pub use event::{DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome};
-pub use groups::{GroupInfo, GroupMessage, MemberInfo};
+pub use groups::{GroupCall, GroupInfo, GroupMessage, MemberInfo};
 pub use handle::{spawn, ClientHandle, EventStream};
 pub use store::{Contact, Profile, Status, StoredMessage};

@@ -268,3 +268,88 @@ mod running_client {
         handle.shutdown().await;
     }
 }
+
+mod beside_listen {
+    //! Group commands beside a running `tern listen` go through it (its
+    //! socket), and it prints group messages with the group's name.
+
+    use super::{ok, recv, sent_id, RelayProcess};
+    use std::io::{BufRead, BufReader};
+    use std::process::Child;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use tern_tests::process::tern_cmd;
+
+    struct Listen {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl Drop for Listen {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn group_commands_go_through_a_running_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayProcess::start();
+        let alice = super::init(dir.path(), &relay, "alice");
+        let bob = super::init(dir.path(), &relay, "bob");
+        super::befriend(&alice, "alice", &bob);
+
+        let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let listen = Listen { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(bob.join("tern.sock")).is_err() {
+            assert!(Instant::now() < deadline, "listen never served its socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        ok(&alice, &["group", "create", "duo", "bob"]);
+        // Bob's running client takes the welcome; asked through it:
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok(&bob, &["group", "list", "--json"]).contains("\"name\":\"duo\"") {
+            assert!(Instant::now() < deadline, "listen never heard of the group");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let id = sent_id(&ok(&bob, &["group", "send", "duo", "from listen"]));
+        let got = recv(&alice);
+        assert!(
+            got.iter()
+                .any(|e| e["id"] == id.as_str() && e["group"] == "duo" && e["from"] == "bob"),
+            "{got:?}"
+        );
+
+        ok(&alice, &["group", "send", "duo", "to the listener"]);
+        let shown = loop {
+            let line = listen
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("listen printed the group message");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["type"] == "message" {
+                break v;
+            }
+        };
+        assert_eq!(shown["group"], "duo");
+        assert_eq!(shown["from"], "alice");
+        assert_eq!(shown["text"], "to the listener");
+        let history = ok(&bob, &["history", "--group", "duo"]);
+        assert!(
+            history.contains("from listen") && history.contains("to the listener"),
+            "{history}"
+        );
+    }
+}

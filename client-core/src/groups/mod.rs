@@ -12,11 +12,14 @@
 //! encrypted once and deposited with one multi-recipient send per relay.
 
 mod admin;
+mod call;
 mod control;
 pub mod envelope;
 mod outbox;
 mod receive;
 pub mod state;
+
+pub use call::GroupCall;
 
 use crate::client::Client;
 use crate::error::ClientError;

@@ -15,6 +15,7 @@ mod task;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::groups::GroupCall;
 use crate::store::{Contact, Profile, StoredMessage};
 use task::{Command, Reply, Task};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -120,6 +121,13 @@ impl ClientHandle {
     /// Try to deliver everything in the outbox now.
     pub async fn flush_outbox(&self) -> Result<OutboxReport, ClientError> {
         self.ask(Command::FlushOutbox).await
+    }
+
+    /// Run a group command (see [`Client::group_call`]). Its network work
+    /// (minting a card's token, delivering) runs in the client's task, so
+    /// receiving waits meanwhile.
+    pub async fn group(&self, call: GroupCall) -> Result<serde_json::Value, ClientError> {
+        self.ask(|reply| Command::Group { call, reply }).await
     }
 
     /// This device's profile.

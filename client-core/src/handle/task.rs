@@ -59,6 +59,10 @@ pub(super) enum Command {
     },
     FlushOutbox(Reply<OutboxReport>),
     Profile(Reply<Profile>),
+    Group {
+        call: crate::groups::GroupCall,
+        reply: Reply<serde_json::Value>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -344,6 +348,13 @@ impl Task {
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
                 let _ = reply.send(Ok(self.client.profile().clone()));
+            }
+            Command::Group { call, reply } => {
+                let _ = reply.send(self.client.group_call(call).await);
+                // Whatever did not go out now goes with the next cycles.
+                if self.client.outbox_len().unwrap_or(0) > 0 {
+                    self.request_flush(Vec::new());
+                }
             }
             Command::Shutdown(_) => {}
         }

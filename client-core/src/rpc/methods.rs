@@ -31,6 +31,9 @@ pub const BLOCK: &str = "block";
 pub const FLUSH_OUTBOX: &str = "flush_outbox";
 /// `profile`: who this account is.
 pub const PROFILE: &str = "profile";
+/// `group`: params a `GroupCall` (`{"op": "send", "name", "text"}`, ...);
+/// result as `Client::group_call` gives it.
+pub const GROUP: &str = "group";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.

@@ -91,6 +91,15 @@ impl EventFeed for TestFeed {
 impl RpcBackend for TestBackend {
     type Events = TestFeed;
 
+    async fn group(
+        &self,
+        _call: crate::groups::GroupCall,
+    ) -> Result<serde_json::Value, ClientError> {
+        Err(ClientError::UnknownGroup(
+            "(the test backend has none)".into(),
+        ))
+    }
+
     async fn send_text(
         &self,
         contact: &str,
