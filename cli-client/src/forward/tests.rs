@@ -48,6 +48,15 @@ fn bob() -> Contact {
 impl RpcBackend for TestBackend {
     type Events = TestFeed;
 
+    async fn group(&self, call: tern_client::GroupCall) -> Result<serde_json::Value, ClientError> {
+        match call {
+            tern_client::GroupCall::Send { name, .. } if name == "team" => Ok(serde_json::json!({
+                "id": "0a", "report": {"sent": ["0a"], "failed": [], "queued": []}
+            })),
+            _ => Err(ClientError::UnknownGroup("nope".into())),
+        }
+    }
+
     async fn send_text(
         &self,
         contact: &str,
@@ -367,4 +376,19 @@ fn events_print_as_listen_prints_them() {
         print(EventParams::Connection { connected: true }, false),
         (String::new(), String::new())
     );
+}
+
+#[tokio::test]
+async fn a_forwarded_group_send_prints_sent_and_an_unknown_group_the_error() {
+    let f = fixture().await;
+    let call = |name: &str| Forward::Group {
+        call: tern_client::GroupCall::Send {
+            name: name.into(),
+            text: "hi".into(),
+        },
+        json: false,
+    };
+    assert_eq!(ok(&f, call("team")).await.0, "sent 0a\n");
+    let (r, out, _) = run(&f, call("other")).await;
+    assert!(r.is_err() && out.is_empty(), "{r:?} {out:?}");
 }

@@ -36,19 +36,9 @@ impl Client {
                 admin: false,
             });
         }
-        let id = random16();
         let me = self.me_member(true);
-        let mut ops = Vec::new();
-        let create = state::make_op(
-            &id,
-            &state::replay(&id, &ops),
-            &me.identity,
-            GroupOpKind::GroupOpCreate,
-            &me,
-            name,
-            |m| self.account.sign(m),
-        );
-        ops.push(create);
+        let (id, create) = state::make_create(&me, name, random16(), |m| self.account.sign(m));
+        let mut ops = vec![create];
         for m in &adds {
             let st = state::replay(&id, &ops);
             ops.push(state::make_op(

@@ -17,6 +17,7 @@
 //! per member, signed by that member, the highest version kept.
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use tern_crypto::verify_signature;
 use tern_protocol::pb::{self, GroupOpKind};
@@ -114,7 +115,8 @@ pub fn replay(group_id: &[u8; 16], ops: &[pb::GroupSignedOp]) -> State {
                 let Some(signing_key) = key32(&d.op.target_signing_key) else {
                     continue;
                 };
-                if d.author != d.target || !verifies(&signing_key) {
+                let owns_id = group_id_for(&d.author, &d.op.salt) == *group_id;
+                if d.author != d.target || !owns_id || !verifies(&signing_key) {
                     continue;
                 }
                 created = true;
@@ -165,6 +167,50 @@ pub fn replay(group_id: &[u8; 16], ops: &[pb::GroupSignedOp]) -> State {
     state
 }
 
+/// The id of a group created by `creator` with `salt`: only the creator's
+/// create op can name it.
+pub fn group_id_for(creator: &[u8; 32], salt: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"tern/1 group id");
+    h.update(creator);
+    h.update(salt);
+    let d = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id
+}
+
+/// The create op of a new group: its id and the op.
+pub fn make_create(
+    creator: &Member,
+    group_name: &str,
+    salt: [u8; 16],
+    sign: impl Fn(&[u8]) -> [u8; 64],
+) -> ([u8; 16], pb::GroupSignedOp) {
+    let id = group_id_for(&creator.identity, &salt);
+    let op = pb::GroupOp {
+        group_id: id.to_vec().into(),
+        lamport: 1,
+        author: creator.identity.to_vec().into(),
+        kind: GroupOpKind::GroupOpCreate as i32,
+        target: creator.identity.to_vec().into(),
+        target_signing_key: creator.signing_key.to_vec().into(),
+        target_name: creator.name.clone(),
+        admin: true,
+        group_name: group_name.to_string(),
+        salt: salt.to_vec().into(),
+    };
+    let raw = op.encode_to_vec();
+    let signature = sign(&signed_bytes(OP_CONTEXT, &raw));
+    (
+        id,
+        pb::GroupSignedOp {
+            op: raw.into(),
+            signature: signature.to_vec().into(),
+        },
+    )
+}
+
 /// Add `incoming` ops to `log` (union, by signature); whether any was new.
 /// Ops for another group or malformed are not kept.
 pub fn merge_ops(
@@ -204,6 +250,7 @@ pub fn make_op(
         target_name: target.name.clone(),
         admin: target.admin,
         group_name: group_name.to_string(),
+        salt: Default::default(),
     };
     let raw = op.encode_to_vec();
     let signature = sign(&signed_bytes(OP_CONTEXT, &raw));
@@ -284,7 +331,8 @@ mod tests {
     use super::*;
     use tern_crypto::DeviceAccount;
 
-    const G: [u8; 16] = [7; 16];
+    /// Every test group is created by its first device with this salt.
+    const SALT: [u8; 16] = [7; 16];
 
     struct Dev {
         acct: DeviceAccount,
@@ -309,44 +357,52 @@ mod tests {
                 admin,
             }
         }
-        fn op(&self, log: &[pb::GroupSignedOp], kind: GroupOpKind, t: Member) -> pb::GroupSignedOp {
-            let state = replay(&G, log);
-            make_op(&G, &state, &self.id(), kind, &t, "g", |m| self.acct.sign(m))
+        fn op(
+            &self,
+            g: &[u8; 16],
+            log: &[pb::GroupSignedOp],
+            kind: GroupOpKind,
+            t: Member,
+        ) -> pb::GroupSignedOp {
+            let state = replay(g, log);
+            make_op(g, &state, &self.id(), kind, &t, "g", |m| self.acct.sign(m))
         }
     }
 
-    fn created(a: &Dev) -> Vec<pb::GroupSignedOp> {
-        vec![a.op(&[], GroupOpKind::GroupOpCreate, a.member(true))]
+    /// A group created by `a`: its id and its log.
+    fn created(a: &Dev) -> ([u8; 16], Vec<pb::GroupSignedOp>) {
+        let (g, op) = make_create(&a.member(true), "g", SALT, |m| a.acct.sign(m));
+        (g, vec![op])
     }
 
     #[test]
     fn only_admins_add_and_remove_and_anyone_leaves() {
         let (a, b, c) = (Dev::new("a"), Dev::new("b"), Dev::new("c"));
-        let mut log = created(&a);
-        let add_b = a.op(&log, GroupOpKind::GroupOpAdd, b.member(false));
+        let (g, mut log) = created(&a);
+        let add_b = a.op(&g, &log, GroupOpKind::GroupOpAdd, b.member(false));
         log.push(add_b);
         // b is not an admin: its add of c is ignored.
-        let b_adds_c = b.op(&log, GroupOpKind::GroupOpAdd, c.member(false));
+        let b_adds_c = b.op(&g, &log, GroupOpKind::GroupOpAdd, c.member(false));
         log.push(b_adds_c);
-        let s = replay(&G, &log);
+        let s = replay(&g, &log);
         assert_eq!(s.name, "g");
         assert!(s.is_admin(&a.id()) && s.is_member(&b.id()) && !s.is_member(&c.id()));
         // b removing a is ignored; b leaving counts.
-        log.push(b.op(&log, GroupOpKind::GroupOpRemove, a.member(false)));
-        assert!(replay(&G, &log).is_member(&a.id()));
-        log.push(b.op(&log, GroupOpKind::GroupOpRemove, b.member(false)));
-        let s = replay(&G, &log);
+        log.push(b.op(&g, &log, GroupOpKind::GroupOpRemove, a.member(false)));
+        assert!(replay(&g, &log).is_member(&a.id()));
+        log.push(b.op(&g, &log, GroupOpKind::GroupOpRemove, b.member(false)));
+        let s = replay(&g, &log);
         assert!(!s.is_member(&b.id()) && s.is_member(&a.id()));
     }
 
     #[test]
     fn forged_or_foreign_ops_are_ignored() {
         let (a, b, m) = (Dev::new("a"), Dev::new("b"), Dev::new("mallory"));
-        let mut log = created(&a);
+        let (g, mut log) = created(&a);
         // Mallory signs an op claiming a as author.
-        let state = replay(&G, &log);
+        let state = replay(&g, &log);
         let forged = make_op(
-            &G,
+            &g,
             &state,
             &a.id(),
             GroupOpKind::GroupOpAdd,
@@ -354,9 +410,9 @@ mod tests {
             "",
             |x| m.acct.sign(x),
         );
-        assert!(merge_ops(&G, &mut log, vec![forged]));
+        assert!(merge_ops(&g, &mut log, vec![forged]));
         // A second create by someone else is ignored too.
-        log.push(m.op(&[], GroupOpKind::GroupOpCreate, m.member(true)));
+        log.push(m.op(&g, &[], GroupOpKind::GroupOpCreate, m.member(true)));
         let other_group = make_op(
             &[8; 16],
             &state,
@@ -366,8 +422,8 @@ mod tests {
             "",
             |x| a.acct.sign(x),
         );
-        assert!(!merge_ops(&G, &mut log, vec![other_group]));
-        let s = replay(&G, &log);
+        assert!(!merge_ops(&g, &mut log, vec![other_group]));
+        let s = replay(&g, &log);
         assert_eq!(s.members.len(), 1);
         assert!(s.is_admin(&a.id()));
     }
@@ -381,25 +437,25 @@ mod tests {
             Dev::new("d"),
             Dev::new("e"),
         );
-        let mut base = created(&a);
-        base.push(a.op(&base, GroupOpKind::GroupOpAdd, b.member(true)));
-        base.push(a.op(&base, GroupOpKind::GroupOpAdd, c.member(false)));
+        let (g, mut base) = created(&a);
+        base.push(a.op(&g, &base, GroupOpKind::GroupOpAdd, b.member(true)));
+        base.push(a.op(&g, &base, GroupOpKind::GroupOpAdd, c.member(false)));
         // Concurrently: a removes c and adds d; b removes a and adds e.
         let mut at_a = base.clone();
-        at_a.push(a.op(&at_a, GroupOpKind::GroupOpRemove, c.member(false)));
-        at_a.push(a.op(&at_a, GroupOpKind::GroupOpAdd, d.member(false)));
+        at_a.push(a.op(&g, &at_a, GroupOpKind::GroupOpRemove, c.member(false)));
+        at_a.push(a.op(&g, &at_a, GroupOpKind::GroupOpAdd, d.member(false)));
         let mut at_b = base.clone();
-        at_b.push(b.op(&at_b, GroupOpKind::GroupOpRemove, a.member(false)));
-        at_b.push(b.op(&at_b, GroupOpKind::GroupOpAdd, e.member(false)));
+        at_b.push(b.op(&g, &at_b, GroupOpKind::GroupOpRemove, a.member(false)));
+        at_b.push(b.op(&g, &at_b, GroupOpKind::GroupOpAdd, e.member(false)));
         // Merge in both directions and in reverse op order.
         let mut x = at_a.clone();
-        merge_ops(&G, &mut x, at_b.clone());
+        merge_ops(&g, &mut x, at_b.clone());
         let mut y = at_b.clone();
-        merge_ops(&G, &mut y, at_a.iter().rev().cloned().collect());
-        let (sx, sy) = (replay(&G, &x), replay(&G, &y));
+        merge_ops(&g, &mut y, at_a.iter().rev().cloned().collect());
+        let (sx, sy) = (replay(&g, &x), replay(&g, &y));
         assert_eq!(sx, sy);
         // Merging again changes nothing.
-        assert!(!merge_ops(&G, &mut x, at_b));
+        assert!(!merge_ops(&g, &mut x, at_b));
         // b was never removed; which of the crossing changes count depends
         // on the tiebreak, but it is the same everywhere.
         assert!(sx.is_member(&b.id()));
@@ -408,42 +464,42 @@ mod tests {
     #[test]
     fn cards_verify_and_the_highest_version_wins() {
         let (a, b) = (Dev::new("a"), Dev::new("b"));
-        let mut log = created(&a);
-        log.push(a.op(&log, GroupOpKind::GroupOpAdd, b.member(false)));
-        let state = replay(&G, &log);
+        let (g, mut log) = created(&a);
+        log.push(a.op(&g, &log, GroupOpKind::GroupOpAdd, b.member(false)));
+        let state = replay(&g, &log);
         let card = |v: u64| pb::GroupMemberCard {
-            group_id: G.to_vec().into(),
+            group_id: g.to_vec().into(),
             identity_key: b.id().to_vec().into(),
             version: v,
             ..Default::default()
         };
         let mut cards = Vec::new();
         assert!(merge_cards(
-            &G,
+            &g,
             &state,
             &mut cards,
             vec![sign_card(&card(2), |m| b.acct.sign(m))]
         ));
         assert!(!merge_cards(
-            &G,
+            &g,
             &state,
             &mut cards,
             vec![sign_card(&card(1), |m| b.acct.sign(m))]
         ));
         // a cannot make b's card.
         assert!(!merge_cards(
-            &G,
+            &g,
             &state,
             &mut cards,
             vec![sign_card(&card(5), |m| a.acct.sign(m))]
         ));
         assert!(merge_cards(
-            &G,
+            &g,
             &state,
             &mut cards,
             vec![sign_card(&card(3), |m| b.acct.sign(m))]
         ));
         assert_eq!(cards.len(), 1);
-        assert_eq!(read_card(&G, &state, &cards[0]).unwrap().version, 3);
+        assert_eq!(read_card(&g, &state, &cards[0]).unwrap().version, 3);
     }
 }
