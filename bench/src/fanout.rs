@@ -10,7 +10,8 @@
 //!    message is what the relay keeps per group message;
 //! 2. latency: every member subscribes (and acks what it gets); then
 //!    `sends` messages one after another, each timed from the send until
-//!    the last of the M mailboxes has it in hand;
+//!    the last of the M mailboxes has it in hand (members ack as the
+//!    client does: 64 at a time, or after 20 ms of quiet);
 //! 3. throughput: `burst` messages from `senders` concurrent sender
 //!    connections, as fast as their durable answers allow; group messages
 //!    per second from the first send to the last member's last envelope.
@@ -29,6 +30,11 @@ use tern_client::transport::{Dialer, OutgoingMany};
 use tern_crypto::{new_envelope_key, GroupSender};
 use tern_protocol::pb::relay_frame::Frame;
 use tokio::sync::Notify;
+
+/// Members acknowledge after this many envelopes...
+const ACK_BATCH: usize = 64;
+/// ...or once the relay has been quiet this long (as the client does).
+const ACK_IDLE: Duration = Duration::from_millis(20);
 
 /// One run's settings.
 #[derive(Debug, Clone, Copy)]
@@ -158,7 +164,25 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
         s.subscribe(256).await?;
         tasks.spawn(async move {
             let _keep = m.link;
-            while let Ok(Some(frame)) = s.next().await {
+            // Acks as the client sends them: a batch of 64, or once the
+            // relay has been quiet for 20 ms.
+            let mut acks = Vec::new();
+            loop {
+                let next = if acks.is_empty() {
+                    Ok(s.next().await)
+                } else {
+                    tokio::time::timeout(ACK_IDLE, s.next()).await
+                };
+                let frame = match next {
+                    Ok(Ok(Some(f))) => f,
+                    Ok(_) => break,
+                    Err(_) => {
+                        if s.ack(std::mem::take(&mut acks)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 if let Frame::Envelope(e) = frame {
                     let i = e
                         .message_id
@@ -171,7 +195,8 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
                             arrivals.done.notify_waiters();
                         }
                     }
-                    if s.ack(vec![e.seq]).await.is_err() {
+                    acks.push(e.seq);
+                    if acks.len() >= ACK_BATCH && s.ack(std::mem::take(&mut acks)).await.is_err() {
                         break;
                     }
                 }
