@@ -72,6 +72,7 @@ impl Client {
             account,
             profile,
             dialer,
+            group_news: false,
         })
     }
 
@@ -99,6 +100,7 @@ impl Client {
             account,
             profile,
             dialer: Dialer::default(),
+            group_news: false,
         })
     }
 }

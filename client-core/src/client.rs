@@ -27,6 +27,9 @@ pub struct Client {
     pub(crate) account: DeviceAccount,
     pub(crate) profile: Profile,
     pub(crate) dialer: Dialer,
+    /// Receiving queued group control messages for other members (an
+    /// update to pass on, our new card): flush soon.
+    pub(crate) group_news: bool,
 }
 
 /// The wall clock, ms since the epoch: the one place the client reads it

@@ -62,7 +62,7 @@ impl Client {
     /// Send everything we know of `r` to every current member but us and
     /// `except`.
     pub(crate) fn broadcast_update(
-        &self,
+        &mut self,
         r: &GroupRecord,
         except: Option<&[u8; 32]>,
     ) -> Result<(), ClientError> {
@@ -72,7 +72,9 @@ impl Client {
             if id == &me || Some(id) == except {
                 continue;
             }
-            if !self.send_control(r, id, Body::GroupUpdate(r.update()))? {
+            if self.send_control(r, id, Body::GroupUpdate(r.update()))? {
+                self.group_news = true;
+            } else {
                 debug!("member not reachable yet; it hears from an admin later");
             }
         }

@@ -194,6 +194,7 @@ mod tests {
                 mailbox_id: [1; 16],
             },
             dialer: Dialer::default(),
+            group_news: false,
         }
     }
 

@@ -304,7 +304,7 @@ impl Task {
         if self.client.wants_group_cards()? {
             self.client.publish_group_cards_on(&home.link).await?;
         }
-        if self.client.outbox_len()? > 0 {
+        if std::mem::take(&mut self.client.group_news) {
             self.request_flush(Vec::new());
         }
         Ok(())
@@ -351,7 +351,9 @@ impl Task {
             }
             Command::Group { call, reply } => {
                 let _ = reply.send(self.client.group_call(call).await);
-                // Whatever did not go out now goes with the next cycles.
+                // The call delivered what it queued; whatever did not go
+                // out goes with the next cycles.
+                self.client.group_news = false;
                 if self.client.outbox_len().unwrap_or(0) > 0 {
                     self.request_flush(Vec::new());
                 }
