@@ -353,3 +353,94 @@ mod beside_listen {
         );
     }
 }
+
+mod removed_member {
+    //! After a removal, what follows is encrypted under new keys: even when
+    //! a later group message is put in the removed member's mailbox (as a
+    //! relay could), her client cannot open it and shows nothing.
+
+    use std::time::Instant;
+    use tern_client::Event;
+    use tern_relay::store::{MailboxStore, NewEnvelope, Quota};
+    use tern_tests::{befriend, TestRelay, TestUser, DEADLINE};
+
+    fn reachable(u: &TestUser, n: usize) -> bool {
+        u.client
+            .group("team")
+            .is_ok_and(|g| g.members.len() == n && g.members.iter().all(|m| m.reachable))
+    }
+
+    fn group_texts(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m.group.as_deref() == Some("team") => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_member_cannot_open_a_later_message_put_in_her_mailbox() {
+        let mut relay = TestRelay::start().await;
+        let mut alice = TestUser::new(&relay, "alice").await;
+        let mut bob = TestUser::new(&relay, "bob").await;
+        let mut carol = TestUser::new(&relay, "carol").await;
+        befriend(&mut alice, &mut bob).await;
+        befriend(&mut alice, &mut carol).await;
+        alice
+            .client
+            .group_create("team", &["bob".into(), "carol".into()])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while !(reachable(&alice, 3) && reachable(&bob, 3) && reachable(&carol, 3)) {
+            assert!(Instant::now() < deadline, "cards did not spread");
+            for u in [&mut alice, &mut bob, &mut carol] {
+                u.receive_rest().await;
+            }
+        }
+        alice.client.group_send("team", "before").await.unwrap();
+        assert_eq!(group_texts(&carol.receive_rest().await), ["before"]);
+        assert_eq!(group_texts(&bob.receive_rest().await), ["before"]);
+
+        alice.client.group_remove("team", "carol").await.unwrap();
+        bob.receive_rest().await;
+        carol.receive_rest().await;
+        assert!(!carol.client.group("team").unwrap().member);
+        alice
+            .client
+            .group_send("team", "after removal")
+            .await
+            .unwrap();
+
+        // Copy what Bob's mailbox got into Carol's.
+        let store = relay.open_store().await;
+        let held = store.fetch(&bob.mailbox(), 0, 100).unwrap();
+        let last = held.last().expect("bob's mailbox holds the message");
+        let env = NewEnvelope {
+            message_id: [0xee; 16],
+            payload: &last.payload,
+            now_ms: last.received_ms,
+            expires_ms: last.expires_ms,
+        };
+        let quota = Quota {
+            max_envelopes: 1_000,
+            max_bytes: 1 << 24,
+        };
+        store.append(&carol.mailbox(), env, quota).unwrap();
+        store.flush().unwrap();
+        store.close().unwrap();
+        drop(store);
+        relay.restart().await;
+
+        assert!(group_texts(&carol.receive_rest().await).is_empty());
+        let history = carol.client.group_history("team", 10).unwrap();
+        assert!(
+            history.iter().all(|m| m.text != "after removal"),
+            "{history:?}"
+        );
+        // It was a real group message: Bob reads it.
+        assert_eq!(group_texts(&bob.receive_rest().await), ["after removal"]);
+    }
+}
