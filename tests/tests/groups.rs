@@ -1,8 +1,9 @@
 //! Group chat through the `tern` and `tern-relay` binaries: a group across
 //! two relays whose members are not all contacts, a member who was offline
 //! getting a message later and once, a removed member no longer getting
-//! (or showing) what follows, and two admins changing membership at once
-//! ending with everyone holding the same membership.
+//! (or showing) what follows, nor opening it when it is put in her mailbox,
+//! two admins changing membership at once ending with everyone holding the
+//! same membership, a listening member, and group commands beside `listen`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
