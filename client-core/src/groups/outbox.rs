@@ -3,7 +3,8 @@
 //! encrypt the text once, and put one item in the group outbox with every
 //! member's (relay, mailbox, token). A flush deposits each item with one
 //! multi-recipient send per relay, after every pairwise item queued before
-//! it (the keys must reach a mailbox before the message they open).
+//! it for one of its members (the keys must reach a mailbox before the
+//! message they open).
 //! Retries are safe: relays and recipients de-duplicate by message id.
 
 use super::control::card_contact;
@@ -176,8 +177,9 @@ impl Client {
         Ok(hex::encode(msg_id))
     }
 
-    /// Deposit the group outbox: each item whose pairwise predecessors are
-    /// out, one multi-recipient send per relay. Adds to `report`.
+    /// Deposit the group outbox: each item whose members' earlier pairwise
+    /// items (their keys) are out, one multi-recipient send per relay. Adds
+    /// to `report`.
     pub(crate) async fn flush_group_outbox(
         &mut self,
         report: &mut OutboxReport,
@@ -187,10 +189,19 @@ impl Client {
         if items.is_empty() {
             return Ok(());
         }
-        let first_pairwise = self.store.outbox()?.iter().map(|i| i.position).min();
+        let pairwise: Vec<(u64, [u8; 32])> = self
+            .store
+            .outbox()?
+            .iter()
+            .map(|i| (i.position, i.contact))
+            .collect();
         for (key, mut item) in items {
             let id = hex::encode(item.message_id);
-            if first_pairwise.is_some_and(|p| p < item.position) {
+            // A member's earlier pairwise item (its key) is not out yet.
+            let waits = pairwise
+                .iter()
+                .any(|(p, c)| *p < item.position && item.targets.iter().any(|t| t.member == *c));
+            if waits {
                 report
                     .queued
                     .push((id, "waiting for the group's keys to go out".into()));
