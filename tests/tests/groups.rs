@@ -445,3 +445,42 @@ mod removed_member {
         assert_eq!(group_texts(&bob.receive_rest().await), ["after removal"]);
     }
 }
+
+/// A group message to members on two relays while one relay is down goes
+/// to the other at once, waits on disk for the down one (across `tern`
+/// processes), and reaches every member once.
+#[test]
+fn a_member_relay_down_gets_the_message_later_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, mut r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+    ok(&alice, &["group", "create", "team", "bob", "carol"]);
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    sync(&all, || all_reachable(&all, "team", 3));
+
+    r2.kill();
+    let out = ok(
+        &alice,
+        &["group", "send", "team", "while r2 is down", "--json"],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "queued", "{out}");
+    assert_eq!(
+        group_texts(&recv(&bob), "team"),
+        [("alice".to_string(), "while r2 is down".to_string())]
+    );
+    r2.restart();
+    // The next `tern recv` delivers what waits (a new process).
+    recv(&alice);
+    assert_eq!(
+        group_texts(&recv(&carol), "team"),
+        [("alice".to_string(), "while r2 is down".to_string())]
+    );
+    recv(&alice);
+    assert!(group_texts(&recv(&carol), "team").is_empty(), "twice");
+    assert!(group_texts(&recv(&bob), "team").is_empty(), "twice");
+}

@@ -25,6 +25,9 @@ use tern_protocol::url::RelayUrl;
 use tern_protocol::WireError;
 use tracing::debug;
 
+/// Why a target waits before its key went out.
+const WAITING_FOR_KEYS: &str = "waiting for the group's keys to go out";
+
 /// Targets per multi-recipient send (the relay's default limit).
 const MAX_TARGETS: usize = 1000;
 
@@ -197,21 +200,27 @@ impl Client {
             .collect();
         for (key, mut item) in items {
             let id = hex::encode(item.message_id);
-            // A member's earlier pairwise item (its key) is not out yet.
-            let waits = pairwise
-                .iter()
-                .any(|(p, c)| *p < item.position && item.targets.iter().any(|t| t.member == *c));
-            if waits {
-                report
-                    .queued
-                    .push((id, "waiting for the group's keys to go out".into()));
-                continue;
-            }
-            let results = deposit_many(&mut self.dialer, &item).await;
+            // Members whose earlier pairwise item (their key) is not out
+            // yet wait; the others get it now.
+            let (waiting, ready): (Vec<Target>, Vec<Target>) =
+                item.targets.iter().cloned().partition(|t| {
+                    pairwise
+                        .iter()
+                        .any(|(p, c)| *p < item.position && t.member == *c)
+                });
+            let mut left = waiting;
+            let mut reason = (!left.is_empty()).then(|| WAITING_FOR_KEYS.to_string());
+            let now = GroupOutboxItem {
+                targets: ready,
+                ..item.clone()
+            };
+            let results = if now.targets.is_empty() {
+                Vec::new()
+            } else {
+                deposit_many(&mut self.dialer, &now).await
+            };
             let mut entry = self.group_message_at(&item.message_key)?;
-            let mut left = Vec::new();
-            let mut reason = None;
-            for (t, res) in item.targets.iter().zip(results) {
+            for (t, res) in now.targets.iter().zip(results) {
                 let member = hex::encode(t.member);
                 match decide(Some(res)) {
                     Decision::Retire => {
