@@ -22,6 +22,11 @@ use std::collections::BTreeMap;
 use tern_crypto::verify_signature;
 use tern_protocol::pb::{self, GroupOpKind};
 
+/// Ops kept per group at most: a peer cannot grow a group's record
+/// without bound (ops that do not count are kept, as they may count once
+/// an earlier op arrives).
+pub const MAX_OPS: usize = 4096;
+
 /// What an op's signature covers, after this prefix.
 pub(crate) const OP_CONTEXT: &[u8] = b"tern/1 group op";
 /// What a card's signature covers, after this prefix.
@@ -220,6 +225,9 @@ pub fn merge_ops(
 ) -> bool {
     let mut changed = false;
     for op in incoming {
+        if log.len() >= MAX_OPS {
+            break;
+        }
         if decode(group_id, &op).is_none() || log.iter().any(|o| o.signature == op.signature) {
             continue;
         }
@@ -242,7 +250,7 @@ pub fn make_op(
 ) -> pb::GroupSignedOp {
     let op = pb::GroupOp {
         group_id: group_id.to_vec().into(),
-        lamport: state.lamport + 1,
+        lamport: state.lamport.saturating_add(1),
         author: author.to_vec().into(),
         kind: kind as i32,
         target: target.identity.to_vec().into(),
