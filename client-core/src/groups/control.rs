@@ -11,6 +11,7 @@ use crate::error::ClientError;
 use crate::layers;
 use crate::store::Contact;
 use crate::transport::RelayLink;
+use std::collections::BTreeMap;
 use tern_protocol::pb::{self, content::Body};
 use tracing::debug;
 
@@ -23,17 +24,29 @@ impl Client {
         id: &[u8; 32],
         body: Body,
     ) -> Result<bool, ClientError> {
+        let st = r.state();
+        self.send_control_to(&st, &r.cards_by_member(&st), id, body)
+    }
+
+    /// As [`Client::send_control`], with the group's state and verified
+    /// cards already at hand (sending to every member verifies them once).
+    pub(crate) fn send_control_to(
+        &self,
+        st: &super::state::State,
+        cards: &BTreeMap<[u8; 32], pb::GroupMemberCard>,
+        id: &[u8; 32],
+        body: Body,
+    ) -> Result<bool, ClientError> {
         let (contact, session) = match self.store.contact(id)? {
             Some(c) => match self.load_session(id)? {
                 Some(s) => (c, s),
                 None => return Ok(false),
             },
             None => {
-                let st = r.state();
-                let Some(card) = r.cards_by_member(&st).remove(id) else {
+                let Some(card) = cards.get(id) else {
                     return Ok(false);
                 };
-                let Some(contact) = card_contact(&st, &card) else {
+                let Some(contact) = card_contact(st, card) else {
                     return Ok(false);
                 };
                 let session = match self.load_session(id)? {
@@ -68,11 +81,13 @@ impl Client {
     ) -> Result<(), ClientError> {
         let me = self.account.identity_key();
         let st = r.state();
+        let cards = r.cards_by_member(&st);
+        let update = r.update();
         for id in st.members.keys() {
             if id == &me || Some(id) == except {
                 continue;
             }
-            if self.send_control(r, id, Body::GroupUpdate(r.update()))? {
+            if self.send_control_to(&st, &cards, id, Body::GroupUpdate(update.clone()))? {
                 self.group_news = true;
             } else {
                 debug!("member not reachable yet; it hears from an admin later");

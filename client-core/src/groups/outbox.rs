@@ -100,6 +100,7 @@ impl Client {
             return Err(ClientError::Store("no group session".into()));
         };
         let mut sender = GroupSender::from_encrypted_pickle(&out.pickle, &self.key)?;
+        let cards = r.cards_by_member(&st);
         // The key, at the current index, to whoever lacks it.
         for m in &others {
             if out.shared_with.contains(m) {
@@ -110,7 +111,7 @@ impl Client {
                 session_key: sender.session_key().into(),
                 envelope_key: out.envelope_key.to_vec().into(),
             });
-            if self.send_control(&r, m, key)? {
+            if self.send_control_to(&st, &cards, m, key)? {
                 out.shared_with.push(*m);
             }
         }
@@ -126,7 +127,6 @@ impl Client {
         // The advanced session is saved before the message exists, so no
         // index is ever used twice.
         self.put_group(&r)?;
-        let cards = r.cards_by_member(&st);
         let mut targets = Vec::new();
         let mut status = BTreeMap::new();
         for m in &others {

@@ -309,23 +309,27 @@ pub fn merge_cards(
     cards: &mut Vec<pb::GroupSignedCard>,
     incoming: Vec<pb::GroupSignedCard>,
 ) -> bool {
+    // Who holds which slot, verified once.
+    let mut held: BTreeMap<Vec<u8>, (usize, u64)> = BTreeMap::new();
+    for (i, c) in cards.iter().enumerate() {
+        if let Some(c) = read_card(group_id, state, c) {
+            held.insert(c.identity_key.to_vec(), (i, c.version));
+        }
+    }
     let mut changed = false;
     for s in incoming {
         let Some(new) = read_card(group_id, state, &s) else {
             continue;
         };
-        let old = cards.iter().position(|c| {
-            read_card(group_id, state, c).is_some_and(|o| o.identity_key == new.identity_key)
-        });
-        match old {
-            Some(i) => {
-                let held = read_card(group_id, state, &cards[i]).map_or(0, |c| c.version);
-                if new.version > held {
-                    cards[i] = s;
-                    changed = true;
-                }
+        match held.get(&new.identity_key[..]).copied() {
+            Some((_, version)) if new.version <= version => {}
+            Some((i, _)) => {
+                cards[i] = s;
+                held.insert(new.identity_key.to_vec(), (i, new.version));
+                changed = true;
             }
             None => {
+                held.insert(new.identity_key.to_vec(), (cards.len(), new.version));
                 cards.push(s);
                 changed = true;
             }
