@@ -73,6 +73,7 @@ impl Client {
             profile,
             dialer,
             group_news: false,
+            group_states: Default::default(),
         })
     }
 
@@ -101,6 +102,7 @@ impl Client {
             profile,
             dialer: Dialer::default(),
             group_news: false,
+            group_states: Default::default(),
         })
     }
 }

@@ -20,7 +20,7 @@ impl Client {
     ) -> Result<OutboxReport, ClientError> {
         if self
             .group_named(name)
-            .is_ok_and(|r| r.state().is_member(&self.account.identity_key()))
+            .is_ok_and(|r| self.group_state(&r).is_member(&self.account.identity_key()))
         {
             return Err(ClientError::GroupRefused(format!(
                 "a group named {name:?} exists already"
@@ -86,7 +86,7 @@ impl Client {
         who: &str,
     ) -> Result<OutboxReport, ClientError> {
         let r = self.group_named(name)?;
-        let st = r.state();
+        let st = self.group_state(&r);
         let mut target = None;
         for (id, m) in &st.members {
             if self.member_name(&st, id)? == who {
@@ -127,7 +127,7 @@ impl Client {
     ) -> Result<OutboxReport, ClientError> {
         let mut r = self.group_named(name)?;
         let me = self.account.identity_key();
-        let st = r.state();
+        let st = self.group_state(&r);
         let leaving = kind == GroupOpKind::GroupOpRemove && target.identity == me;
         if !st.is_member(&me) {
             return Err(ClientError::GroupRefused(format!(
@@ -151,7 +151,7 @@ impl Client {
         self.put_group(&r)?;
         let also: &[[u8; 32]] = if leaving { &before } else { also };
         self.broadcast_update(&r, None)?;
-        let st = r.state();
+        let st = self.group_state(&r);
         for id in also {
             if id != &me && !st.is_member(id) {
                 self.send_control(&before_change, id, Body::GroupUpdate(r.update()))?;

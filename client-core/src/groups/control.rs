@@ -24,7 +24,7 @@ impl Client {
         id: &[u8; 32],
         body: Body,
     ) -> Result<bool, ClientError> {
-        let st = r.state();
+        let st = self.group_state(r);
         self.send_control_to(&st, &r.cards_by_member(&st), id, body)
     }
 
@@ -80,7 +80,7 @@ impl Client {
         except: Option<&[u8; 32]>,
     ) -> Result<(), ClientError> {
         let me = self.account.identity_key();
-        let st = r.state();
+        let st = self.group_state(r);
         let cards = r.cards_by_member(&st);
         let update = r.update();
         for id in st.members.keys() {
@@ -102,7 +102,7 @@ impl Client {
         Ok(self
             .group_records()?
             .iter()
-            .any(|r| r.card_wanted && r.state().is_member(&me)))
+            .any(|r| r.card_wanted && self.group_state(r).is_member(&me)))
     }
 
     /// Make and send our card for every group that waits for one, on a
@@ -128,7 +128,7 @@ impl Client {
         let wanted: Vec<GroupRecord> = self
             .group_records()?
             .into_iter()
-            .filter(|r| r.card_wanted && r.state().is_member(&me))
+            .filter(|r| r.card_wanted && self.group_state(r).is_member(&me))
             .collect();
         if wanted.is_empty() {
             return Ok(false);
@@ -136,7 +136,7 @@ impl Client {
         for mut r in wanted {
             let token = home.create_token().await?;
             let card = self.own_card(&r.id, &token);
-            let st = r.state();
+            let st = self.group_state(&r);
             let mut cards = r.signed_cards();
             let signed = super::state::sign_card(&card, |m| self.account.sign(m));
             super::state::merge_cards(&r.id, &st, &mut cards, vec![signed]);

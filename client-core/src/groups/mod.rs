@@ -26,6 +26,7 @@ use crate::error::ClientError;
 use crate::store::{ContactId, Status};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use tern_protocol::pb;
 
@@ -60,6 +61,10 @@ pub(crate) struct Inbound {
     /// The envelope key that sender wraps its messages in.
     pub envelope_key: [u8; 32],
 }
+
+/// Each group's replayed membership, by group id, with the digest of the
+/// op set it came from.
+pub(crate) type StateCache = std::collections::HashMap<[u8; 16], ([u8; 32], state::State)>;
 
 /// Inbound sessions kept per sender (older ones open late arrivals).
 pub(crate) const INBOUND_PER_SENDER: usize = 3;
@@ -121,9 +126,19 @@ impl GroupRecord {
         self.cards = cards.iter().map(|c| c.encode_to_vec()).collect();
     }
 
-    /// The membership now.
+    /// The membership now (replayed; [`Client::group_state`] remembers it).
     pub(crate) fn state(&self) -> state::State {
         state::replay(&self.id, &self.ops())
+    }
+
+    /// A digest of the op set as stored: the replay's cache key.
+    fn ops_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for o in &self.ops {
+            h.update((o.len() as u64).to_be_bytes());
+            h.update(o);
+        }
+        h.finalize().into()
     }
 
     /// Verified cards of current members, by identity key.
@@ -212,6 +227,26 @@ pub(crate) fn message_key(group: &[u8; 16], at_ms: u64, id: &[u8; 16]) -> Vec<u8
 }
 
 impl Client {
+    /// The membership of `r`, replayed only when its op set changed (a
+    /// replay checks every op's signature).
+    pub(crate) fn group_state(&self, r: &GroupRecord) -> state::State {
+        let digest = r.ops_digest();
+        // Each entry is one insert, so a lock poisoned by a panic elsewhere
+        // still holds whole entries.
+        let mut cache = self
+            .group_states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((d, st)) = cache.get(&r.id) {
+            if *d == digest {
+                return st.clone();
+            }
+        }
+        let st = r.state();
+        cache.insert(r.id, (digest, st.clone()));
+        st
+    }
+
     /// Every group record.
     pub(crate) fn group_records(&self) -> Result<Vec<GroupRecord>, ClientError> {
         let tree = self.store.tree(STATES)?;
@@ -241,7 +276,7 @@ impl Client {
         let me = self.account.identity_key();
         let mut found: Option<GroupRecord> = None;
         for r in self.group_records()? {
-            let st = r.state();
+            let st = self.group_state(&r);
             if st.name != name {
                 continue;
             }
@@ -274,7 +309,7 @@ impl Client {
 
     fn group_info(&self, r: &GroupRecord) -> Result<GroupInfo, ClientError> {
         let me = self.account.identity_key();
-        let st = r.state();
+        let st = self.group_state(r);
         let cards = r.cards_by_member(&st);
         let mut members = Vec::new();
         for (id, m) in &st.members {

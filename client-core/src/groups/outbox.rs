@@ -76,7 +76,7 @@ impl Client {
     fn queue_group_text(&mut self, name: &str, text: &str) -> Result<String, ClientError> {
         let mut r = self.group_named(name)?;
         let me = self.account.identity_key();
-        let st = r.state();
+        let st = self.group_state(&r);
         if !st.is_member(&me) {
             return Err(ClientError::GroupRefused(format!(
                 "you are not a member of {name:?}"

@@ -36,11 +36,11 @@ impl Client {
         let known = self.group_record(&id)?;
         let is_new = known.is_none();
         let mut r = known.unwrap_or_else(|| GroupRecord::empty(id));
-        let was_member = r.state().is_member(&me);
+        let was_member = self.group_state(&r).is_member(&me);
         let mut ops = r.ops();
         let ops_changed = state_merge(&id, &mut ops, u.ops);
         r.set_ops(&ops);
-        let st = r.state();
+        let st = self.group_state(&r);
         if is_new && !st.is_member(&me) {
             debug!("ignoring an update for a group we are not in");
             return Ok(());
@@ -71,7 +71,7 @@ impl Client {
         let Some(mut r) = self.group_record(&id)? else {
             return Ok(());
         };
-        let st = r.state();
+        let st = self.group_state(&r);
         if !st.is_member(&sender) || !st.is_member(&self.account.identity_key()) {
             debug!("ignoring a group key from a non-member");
             return Ok(());
@@ -126,7 +126,7 @@ impl Client {
                     debug!("dropping a group message stored before");
                     return Ok(None);
                 }
-                let st = r.state();
+                let st = self.group_state(&r);
                 if !st.is_member(&u.sender) || !st.is_member(&me) {
                     debug!("dropping a group message from or to a non-member");
                     self.store.mark_seen(&opened.id)?;

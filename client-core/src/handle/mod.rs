@@ -195,6 +195,7 @@ mod tests {
             },
             dialer: Dialer::default(),
             group_news: false,
+            group_states: Default::default(),
         }
     }
 
