@@ -154,6 +154,11 @@ impl BenchRelay {
         }
     }
 
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// How the figures are taken, for the notes above a table.
     pub fn describe(&self) -> &'static str {
         match &self.running {

@@ -94,6 +94,13 @@ pub enum Forward {
         /// The new value, if one is given.
         set: Option<bool>,
     },
+    /// `tern group ...` and `tern history --group NAME`
+    Group {
+        /// The command.
+        call: tern_client::GroupCall,
+        /// Print JSON where the command can.
+        json: bool,
+    },
 }
 
 /// Run `command` in the client running for `home`, printing to stdout and
@@ -148,6 +155,13 @@ fn print_event(
         ),
         EventParams::Delivery { .. } | EventParams::Connection { .. } => Ok(()),
         event if json => line(out, json_line(serde_json::to_value(event))?),
+        EventParams::Message {
+            from,
+            sent_at,
+            text,
+            group: Some(g),
+            ..
+        } => line(out, format!("[{sent_at}] #{g} {from}: {text}")),
         EventParams::Message {
             from,
             sent_at,
@@ -291,6 +305,10 @@ pub async fn forward(
             if !print_events(&mut client, out, err, json, stop).await? {
                 return Err(anyhow!("the client running for this home stopped"));
             }
+        }
+        Forward::Group { call, json } => {
+            let v: serde_json::Value = client.request(GROUP, &call).await?;
+            crate::groups::render(&call, &v, json, out, err)?;
         }
         Forward::History {
             contact,

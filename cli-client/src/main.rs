@@ -3,6 +3,7 @@
 
 #[cfg(unix)]
 mod forward;
+pub(crate) mod groups;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -86,10 +87,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the local conversation with a contact.
+    /// Print the local conversation with a contact (or a group: --group).
     History {
         /// Contact name.
-        contact: String,
+        #[arg(required_unless_present = "group")]
+        contact: Option<String>,
+        /// Print this group's conversation instead.
+        #[arg(long, conflicts_with = "contact")]
+        group: Option<String>,
         /// At most this many of the latest messages.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -124,6 +129,69 @@ enum Command {
     Settings {
         #[command(subcommand)]
         setting: Setting,
+    },
+    /// Group chat: create, change membership, list, send.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+/// `tern group ...`
+#[derive(Subcommand, Clone)]
+enum GroupCommand {
+    /// Create a group with these contacts; you are its admin.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Contacts to add.
+        contacts: Vec<String>,
+    },
+    /// Add a contact to a group (admins only).
+    Add {
+        /// The group's name.
+        name: String,
+        /// Contact name.
+        contact: String,
+        /// Make them an admin too.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Remove a member from a group (admins only).
+    Remove {
+        /// The group's name.
+        name: String,
+        /// The member (contact name or their name in the group).
+        contact: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group's name.
+        name: String,
+    },
+    /// List your groups.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a group's members.
+    Members {
+        /// The group's name.
+        name: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message to a group.
+    Send {
+        /// The group's name.
+        name: String,
+        /// The message.
+        text: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -199,14 +267,20 @@ fn time(ms: u64) -> String {
 /// (deliveries, the connection) are not printed.
 fn print_event(e: &Event, as_json: bool) {
     let lines: Vec<String> = match (e, as_json) {
-        (Event::Message(m), true) => vec![json!({
-            "type": "message", "id": m.id, "from": m.from, "text": m.text,
-            "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
-        })
-        .to_string()],
-        (Event::Message(m), false) => {
-            vec![format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text)]
+        (Event::Message(m), true) => {
+            let mut v = json!({
+                "type": "message", "id": m.id, "from": m.from, "text": m.text,
+                "sent_at": time(m.sent_at_ms), "received_at": time(m.received_at_ms),
+            });
+            if let Some(g) = &m.group {
+                v["group"] = json!(g);
+            }
+            vec![v.to_string()]
         }
+        (Event::Message(m), false) => vec![match &m.group {
+            Some(g) => format!("[{}] #{} {}: {}", time(m.sent_at_ms), g, m.from, m.text),
+            None => format!("[{}] {}: {}", time(m.sent_at_ms), m.from, m.text),
+        }],
         (Event::ContactAdded { name }, true) => {
             vec![json!({ "type": "contact", "name": name }).to_string()]
         }
@@ -361,7 +435,8 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         },
         Command::Listen { json } => F::Listen { json: *json },
         Command::History {
-            contact,
+            contact: Some(contact),
+            group: None,
             limit,
             json,
         } => F::History {
@@ -385,6 +460,23 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         } => F::ReadReceipts {
             set: value.map(|v| v == OnOff::On),
         },
+        Command::History {
+            group: Some(name),
+            limit,
+            json,
+            ..
+        } => F::Group {
+            call: tern_client::GroupCall::History {
+                name: name.clone(),
+                limit: *limit,
+            },
+            json: *json,
+        },
+        Command::History { .. } => return None,
+        Command::Group { command } => {
+            let (call, json) = groups::call_of(command);
+            F::Group { call, json }
+        }
     })
 }
 
@@ -535,10 +627,29 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::History {
+            group: Some(group),
+            limit,
+            json,
+            ..
+        } => {
+            let mut client = open(&home)?;
+            let call = tern_client::GroupCall::History { name: group, limit };
+            let v = client.group_call(call.clone()).await?;
+            groups::render(
+                &call,
+                &v,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+        }
+        Command::History {
             contact,
             limit,
             json,
+            ..
         } => {
+            let contact = contact.context("name a contact or --group")?;
             let mut client = open(&home)?;
             let (messages, receipts) = client.read_history(&contact, limit)?;
             for m in messages {
@@ -595,6 +706,19 @@ async fn run(cli: Cli) -> Result<()> {
                 None => client.settings()?,
             };
             println!("read-receipts {}", on_off(settings.read_receipts));
+        }
+        Command::Group { command } => {
+            let mut client = open(&home)?;
+            let (call, json) = groups::call_of(&command);
+            let v = client.group_call(call.clone()).await?;
+            client.close().await;
+            groups::render(
+                &call,
+                &v,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
         }
     }
     Ok(())

@@ -72,6 +72,8 @@ impl Client {
             account,
             profile,
             dialer,
+            group_news: false,
+            group_states: Default::default(),
         })
     }
 
@@ -99,6 +101,8 @@ impl Client {
             account,
             profile,
             dialer: Dialer::default(),
+            group_news: false,
+            group_states: Default::default(),
         })
     }
 }

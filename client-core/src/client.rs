@@ -27,6 +27,12 @@ pub struct Client {
     pub(crate) account: DeviceAccount,
     pub(crate) profile: Profile,
     pub(crate) dialer: Dialer,
+    /// Receiving queued group control messages for other members (an
+    /// update to pass on, our new card): flush soon.
+    pub(crate) group_news: bool,
+    /// Each group's membership as last replayed, by group id, with the
+    /// digest of the op set it was replayed from (`groups::Client::group_state`).
+    pub(crate) group_states: std::sync::Mutex<crate::groups::StateCache>,
 }
 
 /// The wall clock, ms since the epoch: the one place the client reads it

@@ -76,6 +76,12 @@ pub enum ClientError {
         /// What failed.
         source: std::io::Error,
     },
+    /// No group by that name.
+    #[error("no group named {0:?}")]
+    UnknownGroup(String),
+    /// A group change this device may not make (not an admin, not a member).
+    #[error("{0}")]
+    GroupRefused(String),
 }
 
 impl ClientError {

@@ -87,6 +87,9 @@ pub struct ReceivedMessage {
     pub sent_at_ms: u64,
     /// When our home relay accepted it, ms since the epoch.
     pub received_at_ms: u64,
+    /// The group's name, for a group message (`from` is then its author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// What became of the outbox.

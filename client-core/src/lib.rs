@@ -6,7 +6,7 @@
 //! [`Client`] offers one-shot operations (what `tern send` and `tern recv`
 //! do); [`spawn`] runs it as a task that an app drives through a cloneable
 //! [`ClientHandle`] while it receives an [`EventStream`]. Each job has its
-//! module: [`account`], [`contacts`], [`outbox`], [`inbox`], and the pure
+//! module: [`account`], [`contacts`], [`outbox`], [`inbox`], [`groups`], and the pure
 //! [`layers`] (content → Olm → seal and back) that the bench and fuzz
 //! targets use too; [`transport`] speaks the wire protocol and [`store`] is
 //! the local database.
@@ -18,6 +18,7 @@ pub mod client;
 pub mod contacts;
 pub mod error;
 pub mod event;
+pub mod groups;
 pub mod handle;
 pub mod inbox;
 pub mod layers;
@@ -35,6 +36,7 @@ pub mod typing;
 pub use client::{now_ms, random16, Client};
 pub use error::ClientError;
 pub use event::{DeliveryStatus, Event, OutboxReport, ReceivedMessage, SendOutcome};
+pub use groups::{GroupCall, GroupInfo, GroupMessage, MemberInfo};
 pub use handle::{spawn, ClientHandle, EventStream};
 pub use receipts::rules::ReceiptState;
 pub use receipts::{MessageReport, RecipientReport};

@@ -366,6 +366,76 @@ impl LocalStore {
         Ok(())
     }
 
+    /// A tree of one feature's own (its name prefixed by the feature, e.g.
+    /// `group_states`), whose values go through [`LocalStore::put_in`] and
+    /// [`LocalStore::get_in`], encrypted like every other value.
+    pub(crate) fn tree(&self, name: &str) -> Result<Tree, ClientError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Store `v` under `key` in the feature tree `tree` named `name`.
+    pub(crate) fn put_in<T: Serialize>(
+        &self,
+        tree: &Tree,
+        name: &str,
+        key: &[u8],
+        v: &T,
+    ) -> Result<(), ClientError> {
+        tree.insert(key, self.seal_value(name, key, v)?)?;
+        Ok(())
+    }
+
+    /// The value under `key` in the feature tree `tree` named `name`.
+    pub(crate) fn get_in<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, ClientError> {
+        self.get(tree, name, key)
+    }
+
+    /// Every value whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_in<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, ClientError> {
+        let mut out = Vec::new();
+        for kv in tree.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), self.open_value(name, &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Record a pairwise message that carried no conversation entry (a
+    /// group control message): the session (if it is to be kept) and the
+    /// id as seen, together.
+    pub(crate) fn commit_session(
+        &self,
+        peer: &ContactId,
+        session_pickle: Option<&[u8]>,
+        message_id: &[u8; 16],
+    ) -> Result<(), ClientError> {
+        (&self.sessions, &self.seen)
+            .transaction(|(sessions, seen)| -> TxResult<()> {
+                if let Some(p) = session_pickle {
+                    sessions.insert(&peer[..], p)?;
+                }
+                seen.insert(&message_id[..], &[][..])?;
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// Mark a received message id as stored.
+    pub(crate) fn mark_seen(&self, message_id: &[u8; 16]) -> Result<(), ClientError> {
+        self.seen.insert(message_id, &[][..])?;
+        Ok(())
+    }
+
     /// The last `limit` messages with a contact, oldest first.
     pub fn history(
         &self,

@@ -9,9 +9,11 @@
 //! ([`DeviceAccount::new_one_time_key`]). vodozemac keeps at most 100 of
 //! them; making more drops the oldest, so a very old unused invite stops
 //! working. A one-time key is deleted once a session has been accepted with
-//! it, which is what makes a replayed pre-key message fail. No fallback key
-//! is ever made, because a fallback key is reusable and would let a
-//! replayed pre-key message create a second session.
+//! it, which is what makes a replayed pre-key message fail. Invites never
+//! carry a fallback key, because a fallback key is reusable and would let a
+//! replayed pre-key message create a second session; the one fallback key
+//! ([`DeviceAccount::group_fallback_key`]) goes only into group member
+//! cards, where members who are not contacts need a reusable key.
 //!
 //! Pickles are `StoreKey::encrypt(aad = "tern/1 account pickle",
 //! serde_json({ v: 1, account: vodozemac AccountPickle, seal_key }))`.
@@ -38,6 +40,8 @@ const PICKLE_VERSION: u8 = 1;
 pub struct DeviceAccount {
     account: Account,
     seal: SealKey,
+    /// The fallback key handed out in group member cards, once made.
+    published_fallback: Option<[u8; 32]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,6 +49,9 @@ struct Pickled {
     v: u8,
     account: AccountPickle,
     seal_key: [u8; 32],
+    /// Absent in pickles made before groups.
+    #[serde(default)]
+    fallback: Option<[u8; 32]>,
 }
 
 impl DeviceAccount {
@@ -53,6 +60,7 @@ impl DeviceAccount {
         Self {
             account: Account::new(),
             seal: SealKey::generate(),
+            published_fallback: None,
         }
     }
 
@@ -90,6 +98,29 @@ impl DeviceAccount {
         #[allow(clippy::expect_used)]
         let key = created.first().expect("one one-time key was generated");
         key.to_bytes()
+    }
+
+    /// This device's fallback key for group member cards, made (and marked
+    /// published) the first time it is asked for. Unlike a one-time key it
+    /// is reusable: members who are not contacts start sessions with it
+    /// (docs/decisions.md, "Group member cards"). Replaying a pre-key
+    /// message made with it yields a second session, whose content the
+    /// client drops by message id.
+    pub fn group_fallback_key(&mut self) -> [u8; 32] {
+        if let Some(k) = self.published_fallback {
+            return k;
+        }
+        let _ = self.account.generate_fallback_key();
+        let key = self
+            .account
+            .fallback_key()
+            .values()
+            .next()
+            .map(|k| k.to_bytes())
+            .unwrap_or_default();
+        self.account.mark_keys_as_published();
+        self.published_fallback = Some(key);
+        key
     }
 
     /// Create an inbound session from a pre-key message (olm type 0). Fails
@@ -170,6 +201,7 @@ impl DeviceAccount {
             v: PICKLE_VERSION,
             account: self.account.pickle(),
             seal_key: self.seal.to_bytes(),
+            fallback: self.published_fallback,
         };
         let json = pickle_json(&pickled);
         pickled.seal_key.zeroize();
@@ -193,6 +225,7 @@ impl DeviceAccount {
         Ok(Self {
             account: Account::from_pickle(pickled.account),
             seal,
+            published_fallback: pickled.fallback,
         })
     }
 }
@@ -381,5 +414,24 @@ mod tests {
             .collect();
         assert!(dbg.starts_with("DeviceAccount"));
         assert!(!dbg.contains(&seal_secret));
+    }
+
+    #[test]
+    fn the_group_fallback_key_is_stable_reusable_and_survives_pickling() {
+        let mut bob = DeviceAccount::new();
+        let fb = bob.group_fallback_key();
+        assert_eq!(bob.group_fallback_key(), fb);
+        let store = StoreKey::generate();
+        let mut bob =
+            DeviceAccount::from_encrypted_pickle(&bob.to_encrypted_pickle(&store), &store).unwrap();
+        assert_eq!(bob.group_fallback_key(), fb);
+        // Two members start sessions with the same fallback key.
+        for _ in 0..2 {
+            let alice = DeviceAccount::new();
+            let mut s = alice.start_session(&bob.identity_key(), &fb).unwrap();
+            let m = s.encrypt(b"hi");
+            let (_, plain) = bob.accept_session(&alice.identity_key(), &m.body).unwrap();
+            assert_eq!(plain, b"hi");
+        }
     }
 }

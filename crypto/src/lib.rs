@@ -7,6 +7,8 @@
 //!   its messages are [`OlmCiphertext`]s.
 //! - [`seal`] / [`open`]: the sealed outer layer that hides the sender from
 //!   the relay (an X25519 + HKDF-SHA256 + ChaCha20-Poly1305 ECIES).
+//! - [`GroupSender`] / [`GroupReceiver`]: Megolm group sessions, and the
+//!   group envelope AEAD ([`envelope_seal`] / [`envelope_open`]).
 //! - [`StoreKey`]: the key that encrypts a device's secrets and local data
 //!   at rest; account and session pickles are encrypted with it.
 //!
@@ -23,12 +25,16 @@
 
 mod account;
 mod error;
+mod megolm;
 mod seal;
 mod session;
 mod store_key;
 
 pub use account::{verify_signature, DeviceAccount};
 pub use error::CryptoError;
+pub use megolm::{
+    envelope_open, envelope_seal, new_envelope_key, GroupReceiver, GroupSender, ENVELOPE_OVERHEAD,
+};
 pub use seal::{
     open, seal, seal_with_ephemeral, validate_seal_public, SealKey, SEAL_OVERHEAD, SEAL_VERSION,
 };

@@ -50,6 +50,15 @@ fn bob() -> Contact {
 impl RpcBackend for TestBackend {
     type Events = TestFeed;
 
+    async fn group(&self, call: tern_client::GroupCall) -> Result<serde_json::Value, ClientError> {
+        match call {
+            tern_client::GroupCall::Send { name, .. } if name == "team" => Ok(serde_json::json!({
+                "id": "0a", "report": {"sent": ["0a"], "failed": [], "queued": []}
+            })),
+            _ => Err(ClientError::UnknownGroup("nope".into())),
+        }
+    }
+
     async fn send_text(
         &self,
         contact: &str,
@@ -320,6 +329,7 @@ async fn listen_and_recv_print_arrivals() {
             text: "hello".into(),
             sent_at_ms: 1_700_000_000_000,
             received_at_ms: 1_700_000_000_000,
+            group: None,
         }));
         let _ = backend
             .events
@@ -522,4 +532,19 @@ async fn a_receipt_batch_is_a_line_per_message_and_typing_a_line() {
         print(EventParams::Typing { from: "bob".into() }),
         "* bob is typing\n"
     );
+}
+
+#[tokio::test]
+async fn a_forwarded_group_send_prints_sent_and_an_unknown_group_the_error() {
+    let f = fixture().await;
+    let call = |name: &str| Forward::Group {
+        call: tern_client::GroupCall::Send {
+            name: name.into(),
+            text: "hi".into(),
+        },
+        json: false,
+    };
+    assert_eq!(ok(&f, call("team")).await.0, "sent 0a\n");
+    let (r, out, _) = run(&f, call("other")).await;
+    assert!(r.is_err() && out.is_empty(), "{r:?} {out:?}");
 }

@@ -15,6 +15,7 @@ mod task;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::groups::GroupCall;
 use crate::receipts::MessageReport;
 use crate::settings::Settings;
 use crate::store::{Contact, Profile, StoredMessage};
@@ -125,6 +126,13 @@ impl ClientHandle {
         self.ask(Command::FlushOutbox).await
     }
 
+    /// Run a group command (see [`Client::group_call`]). Its network work
+    /// (minting a card's token, delivering) runs in the client's task, so
+    /// receiving waits meanwhile.
+    pub async fn group(&self, call: GroupCall) -> Result<serde_json::Value, ClientError> {
+        self.ask(|reply| Command::Group { call, reply }).await
+    }
+
     /// This device's profile.
     pub async fn profile(&self) -> Result<Profile, ClientError> {
         self.ask(Command::Profile).await
@@ -211,6 +219,8 @@ mod tests {
                 mailbox_id: [1; 16],
             },
             dialer: Dialer::default(),
+            group_news: false,
+            group_states: Default::default(),
         }
     }
 

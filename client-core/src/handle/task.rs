@@ -74,6 +74,10 @@ pub(super) enum Command {
         read_receipts: Option<bool>,
         reply: Reply<Settings>,
     },
+    Group {
+        call: crate::groups::GroupCall,
+        reply: Reply<serde_json::Value>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -325,6 +329,15 @@ impl Task {
             let delay = self.client.dialer.spacing().draw();
             self.receipts_due = Some(Instant::now() + delay);
         }
+        // Groups: a group we were added to wants our card (a token minted
+        // on this connection), and receiving may have queued updates for
+        // other members.
+        if self.client.wants_group_cards()? {
+            self.client.publish_group_cards_on(&home.link).await?;
+        }
+        if std::mem::take(&mut self.client.group_news) {
+            self.request_flush(Vec::new());
+        }
         Ok(())
     }
 
@@ -402,6 +415,15 @@ impl Task {
                     None => self.client.settings(),
                 };
                 let _ = reply.send(r);
+            }
+            Command::Group { call, reply } => {
+                let _ = reply.send(self.client.group_call(call).await);
+                // The call delivered what it queued; whatever did not go
+                // out goes with the next cycles.
+                self.client.group_news = false;
+                if self.client.outbox_len().unwrap_or(0) > 0 {
+                    self.request_flush(Vec::new());
+                }
             }
             Command::Shutdown(_) => {}
         }

@@ -20,7 +20,7 @@ use crate::transport::{MessageStream, RelayLink, FETCH_TIMEOUT};
 use rules::{ack_of, decide, Verdict};
 use std::time::{Duration, Instant};
 use tern_crypto::DeviceAccount;
-use tern_protocol::pb::{self, relay_frame::Frame};
+use tern_protocol::pb::{self, content::Body, relay_frame::Frame};
 use tracing::{debug, warn};
 
 /// Envelopes processed between one durable flush-and-ack and the next.
@@ -132,6 +132,12 @@ impl Client {
     pub async fn receive(&mut self, wait: Duration) -> Result<Vec<Event>, ClientError> {
         let mut events = Vec::new();
         self.pump(Some(wait), &mut |e| events.push(e)).await?;
+        // Group work that needs the network: our card for groups we were
+        // added to, and the control messages receiving queued.
+        self.publish_group_cards().await?;
+        if std::mem::take(&mut self.group_news) {
+            let _ = self.flush_outbox().await?;
+        }
         Ok(events)
     }
 
@@ -252,14 +258,18 @@ impl Client {
         let Ok(layers::Unsealed { sender, olm }) =
             layers::unseal(self.account.seal_key(), &env.payload)
         else {
-            warn!("dropping an envelope that does not open");
-            return Ok(None);
+            // Not a 1:1 seal: perhaps a group message (groups/receive.rs).
+            return self.accept_group_envelope(&env);
         };
         let known = self.store.contact(&sender)?;
-        let existing = match &known {
-            Some(c) => self.load_session(&c.identity_key)?,
-            None => None,
-        };
+        // Contacts, and group members we exchanged messages with.
+        let existing = self.load_session(&sender)?;
+        // Two members who are not contacts may start sessions with each
+        // other at once: the one started by the lower identity key is kept
+        // on both sides, and a pre-key message of the other is read once
+        // and not kept (docs/decisions.md, "Group member cards").
+        let keep_new =
+            known.is_some() || existing.is_none() || sender < self.account.identity_key();
         // A first message uses up a one-time key. It is used up on a copy of
         // the account that replaces this one only once the message is
         // stored, so a message that turns out unusable burns no key.
@@ -291,6 +301,21 @@ impl Client {
                 }
             };
         let id = opened.id;
+        if matches!(opened.body, Some(Body::GroupUpdate(_) | Body::GroupKey(_))) {
+            if !self.store.seen(&id)? {
+                if let Some(body) = opened.body {
+                    self.group_control(sender, body)?;
+                }
+            }
+            let keep = account.is_none() || keep_new;
+            let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
+            self.store.commit_session(&sender, pickle.as_deref(), &id)?;
+            if let Some(account) = account {
+                self.account = account;
+                self.save_account()?;
+            }
+            return Ok(None);
+        }
         let seen = self.store.seen(&id)?;
         let now = now_ms();
         let (contact, new_contact, event, entry) =

@@ -93,6 +93,7 @@ pub(crate) fn decide(
                 text: t.body,
                 sent_at_ms: opened.sent_at_ms,
                 received_at_ms,
+                group: None,
             };
             Verdict::Text {
                 contact: c,

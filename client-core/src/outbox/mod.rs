@@ -233,8 +233,10 @@ impl Client {
                 None => break,
             }
         }
+        let mut report = flushed.report;
+        self.flush_group_outbox(&mut report).await?;
         self.store.flush().await?;
-        Ok(flushed.report)
+        Ok(report)
     }
 
     /// Receive as [`Client::receive`] does while one round of the outbox is

@@ -19,6 +19,8 @@ fn offline_client(dir: &std::path::Path) -> Client {
             mailbox_id: [1; 16],
         },
         dialer: Dialer::default(),
+        group_news: false,
+        group_states: Default::default(),
     }
 }
 

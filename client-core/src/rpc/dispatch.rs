@@ -42,6 +42,10 @@ pub(crate) async fn call<B: RpcBackend>(
                 .map_err(client_err)?;
             encode(&SendResult::new(id, outcome))
         }
+        GROUP => {
+            let call: crate::groups::GroupCall = params(raw)?;
+            backend.group(call).await.map_err(client_err)
+        }
         INVITE => {
             let NoParams {} = params(raw)?;
             let code = backend.invite().await.map_err(client_err)?;

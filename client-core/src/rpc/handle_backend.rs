@@ -42,6 +42,12 @@ impl RpcBackend for ClientHandle {
     async fn flush_outbox(&self) -> Result<OutboxReport, ClientError> {
         ClientHandle::flush_outbox(self).await
     }
+    async fn group(
+        &self,
+        call: crate::groups::GroupCall,
+    ) -> Result<serde_json::Value, ClientError> {
+        ClientHandle::group(self, call).await
+    }
     async fn profile(&self) -> Result<Profile, ClientError> {
         ClientHandle::profile(self).await
     }

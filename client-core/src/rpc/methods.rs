@@ -34,6 +34,9 @@ pub const BLOCK: &str = "block";
 pub const FLUSH_OUTBOX: &str = "flush_outbox";
 /// `profile`: who this account is.
 pub const PROFILE: &str = "profile";
+/// `group`: params a `GroupCall` (`{"op": "send", "name", "text"}`, ...);
+/// result as `Client::group_call` gives it.
+pub const GROUP: &str = "group";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.
@@ -434,6 +437,9 @@ pub enum EventParams {
     Message {
         /// Contact name.
         from: String,
+        /// The group's name, for a group message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
         /// Message id, hex.
         id: String,
         /// When our home relay accepted it.
@@ -504,6 +510,7 @@ impl From<&ReceivedMessage> for EventParams {
     fn from(m: &ReceivedMessage) -> Self {
         EventParams::Message {
             from: m.from.clone(),
+            group: m.group.clone(),
             id: m.id.clone(),
             received_at: rfc3339_ms(m.received_at_ms),
             sent_at: rfc3339_ms(m.sent_at_ms),
@@ -591,6 +598,7 @@ mod tests {
             text: "hi".into(),
             sent_at_ms: 1_700_000_000_123,
             received_at_ms: 1_700_000_000_456,
+            group: None,
         };
         let cli = json!({
             "type": "message", "id": m.id, "from": m.from, "text": m.text,

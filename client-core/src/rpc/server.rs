@@ -96,6 +96,11 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
     fn flush_outbox(&self) -> impl Future<Output = Result<OutboxReport, ClientError>> + Send;
     /// Who this account is.
     fn profile(&self) -> impl Future<Output = Result<Profile, ClientError>> + Send;
+    /// Run a group command; its result as JSON.
+    fn group(
+        &self,
+        call: crate::groups::GroupCall,
+    ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send;
     /// A new feed of every event from now on.
     fn subscribe(&self) -> Self::Events;
     /// Where a message we sent stands, per recipient. (Defaults, here and

@@ -70,6 +70,7 @@ impl TestBackend {
             text: text.into(),
             sent_at_ms: 1_700_000_000_000 + n,
             received_at_ms: 1_700_000_000_500 + n,
+            group: None,
         }));
     }
 }
@@ -89,6 +90,15 @@ impl EventFeed for TestFeed {
 
 impl RpcBackend for TestBackend {
     type Events = TestFeed;
+
+    async fn group(
+        &self,
+        _call: crate::groups::GroupCall,
+    ) -> Result<serde_json::Value, ClientError> {
+        Err(ClientError::UnknownGroup(
+            "(the test backend has none)".into(),
+        ))
+    }
 
     async fn send_text(
         &self,

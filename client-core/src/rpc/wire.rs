@@ -264,6 +264,8 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
         ClientError::Stopped => ErrorCode::Stopped,
         ClientError::UnknownMessage(_) => ErrorCode::UnknownMessage,
+        // Group commands are not offered over the socket yet.
+        ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
     }
 }
 

@@ -1,0 +1,97 @@
+//! One group command as data ([`GroupCall`]) and its result as JSON, so the
+//! CLI runs it the same way alone ([`Client::group_call`]) or handed to a
+//! running client over the local socket (RPC method `group`), and prints
+//! the same lines either way.
+
+use crate::client::Client;
+use crate::error::ClientError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A group command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GroupCall {
+    /// Create a group with these contacts.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Contact names.
+        contacts: Vec<String>,
+    },
+    /// Add a contact (admins only).
+    Add {
+        /// The group's name.
+        name: String,
+        /// Contact name.
+        contact: String,
+        /// As an admin.
+        admin: bool,
+    },
+    /// Remove a member (admins only).
+    Remove {
+        /// The group's name.
+        name: String,
+        /// The member's name.
+        contact: String,
+    },
+    /// Leave.
+    Leave {
+        /// The group's name.
+        name: String,
+    },
+    /// Every group.
+    List,
+    /// One group's members.
+    Members {
+        /// The group's name.
+        name: String,
+    },
+    /// Send a text.
+    Send {
+        /// The group's name.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// The latest messages.
+    History {
+        /// The group's name.
+        name: String,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
+impl Client {
+    /// Run one group command. Results: membership changes give the outbox
+    /// report (`{"sent", "failed", "queued"}`); `list` an array of
+    /// [`crate::GroupInfo`]; `members` one; `send` `{"id", "report"}`;
+    /// `history` an array of [`crate::GroupMessage`].
+    pub async fn group_call(&mut self, call: GroupCall) -> Result<Value, ClientError> {
+        let v = match call {
+            GroupCall::Create { name, contacts } => {
+                serde_json::to_value(self.group_create(&name, &contacts).await?)
+            }
+            GroupCall::Add {
+                name,
+                contact,
+                admin,
+            } => serde_json::to_value(self.group_add(&name, &contact, admin).await?),
+            GroupCall::Remove { name, contact } => {
+                serde_json::to_value(self.group_remove(&name, &contact).await?)
+            }
+            GroupCall::Leave { name } => serde_json::to_value(self.group_leave(&name).await?),
+            GroupCall::List => serde_json::to_value(self.groups()?),
+            GroupCall::Members { name } => serde_json::to_value(self.group(&name)?),
+            GroupCall::Send { name, text } => {
+                let (id, report) = self.group_send(&name, &text).await?;
+                Ok(json!({ "id": id, "report": report }))
+            }
+            GroupCall::History { name, limit } => {
+                serde_json::to_value(self.group_history(&name, limit)?)
+            }
+        };
+        v.map_err(|e| ClientError::Store(format!("encoding a group result: {e}")))
+    }
+}

@@ -1,0 +1,194 @@
+//! Group control messages over pairwise Olm: an update (ops and cards) or
+//! a session key to one member, through the ordinary outbox. A member who
+//! is a contact is reached as one; any other member through its card (its
+//! group send token, and a session started with its fallback key).
+//! Publishing our own card is here too: it needs a token minted on the home
+//! relay, so it runs after receiving, not inside it.
+
+use super::GroupRecord;
+use crate::client::{now_ms, random16, Client};
+use crate::error::ClientError;
+use crate::layers;
+use crate::store::Contact;
+use crate::transport::RelayLink;
+use std::collections::BTreeMap;
+use tern_protocol::pb::{self, content::Body};
+use tracing::debug;
+
+impl Client {
+    /// Put `body` for member `id` of `r` in the outbox. `Ok(false)` if we
+    /// cannot reach them yet (not a contact, no card).
+    pub(crate) fn send_control(
+        &self,
+        r: &GroupRecord,
+        id: &[u8; 32],
+        body: Body,
+    ) -> Result<bool, ClientError> {
+        let st = self.group_state(r);
+        self.send_control_to(&st, &r.cards_by_member(&st), id, body)
+    }
+
+    /// As [`Client::send_control`], with the group's state and verified
+    /// cards already at hand (sending to every member verifies them once).
+    pub(crate) fn send_control_to(
+        &self,
+        st: &super::state::State,
+        cards: &BTreeMap<[u8; 32], pb::GroupMemberCard>,
+        id: &[u8; 32],
+        body: Body,
+    ) -> Result<bool, ClientError> {
+        let (contact, session) = match self.store.contact(id)? {
+            Some(c) => match self.load_session(id)? {
+                Some(s) => (c, s),
+                None => return Ok(false),
+            },
+            None => {
+                let Some(card) = cards.get(id) else {
+                    return Ok(false);
+                };
+                let Some(contact) = card_contact(st, card) else {
+                    return Ok(false);
+                };
+                let session = match self.load_session(id)? {
+                    Some(s) => s,
+                    None => {
+                        let Some(fallback) = layers::key32(&card.fallback_key) else {
+                            return Ok(false);
+                        };
+                        match self.account.start_session(id, &fallback) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!("member card with an unusable key: {e}");
+                                return Ok(false);
+                            }
+                        }
+                    }
+                };
+                (contact, session)
+            }
+        };
+        let content = layers::content(random16(), now_ms(), body);
+        self.enqueue(&contact, session, &content, None)?;
+        Ok(true)
+    }
+
+    /// Send everything we know of `r` to every current member but us and
+    /// `except`.
+    pub(crate) fn broadcast_update(
+        &mut self,
+        r: &GroupRecord,
+        except: Option<&[u8; 32]>,
+    ) -> Result<(), ClientError> {
+        let me = self.account.identity_key();
+        let st = self.group_state(r);
+        let cards = r.cards_by_member(&st);
+        let update = r.update();
+        for id in st.members.keys() {
+            if id == &me || Some(id) == except {
+                continue;
+            }
+            if self.send_control_to(&st, &cards, id, Body::GroupUpdate(update.clone()))? {
+                self.group_news = true;
+            } else {
+                debug!("member not reachable yet; it hears from an admin later");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some group waits for our card.
+    pub(crate) fn wants_group_cards(&self) -> Result<bool, ClientError> {
+        let me = self.account.identity_key();
+        Ok(self
+            .group_records()?
+            .iter()
+            .any(|r| r.card_wanted && self.group_state(r).is_member(&me)))
+    }
+
+    /// Make and send our card for every group that waits for one, on a
+    /// new connection to the home relay. Returns whether anything was queued.
+    pub(crate) async fn publish_group_cards(&mut self) -> Result<bool, ClientError> {
+        if !self.wants_group_cards()? {
+            return Ok(false);
+        }
+        let link = self.home_link().await?;
+        let done = self.publish_group_cards_on(&link).await;
+        link.close();
+        done
+    }
+
+    /// Make and send our card for every group that waits for one: mint a
+    /// send token for it on `home` (authenticated as our mailbox), sign the
+    /// card, and tell the members.
+    pub(crate) async fn publish_group_cards_on(
+        &mut self,
+        home: &RelayLink,
+    ) -> Result<bool, ClientError> {
+        let me = self.account.identity_key();
+        let wanted: Vec<GroupRecord> = self
+            .group_records()?
+            .into_iter()
+            .filter(|r| r.card_wanted && self.group_state(r).is_member(&me))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(false);
+        }
+        for mut r in wanted {
+            let token = home.create_token().await?;
+            let card = self.own_card(&r.id, &token);
+            let st = self.group_state(&r);
+            let mut cards = r.signed_cards();
+            let signed = super::state::sign_card(&card, |m| self.account.sign(m));
+            super::state::merge_cards(&r.id, &st, &mut cards, vec![signed]);
+            r.set_cards(&cards);
+            r.card_wanted = false;
+            self.put_group(&r)?;
+            self.broadcast_update(&r, None)?;
+        }
+        self.save_account()?;
+        self.store.flush().await?;
+        Ok(true)
+    }
+
+    /// Our card for group `id`, with a token minted for it.
+    pub(crate) fn own_card(&mut self, id: &[u8; 16], token: &[u8; 32]) -> pb::GroupMemberCard {
+        pb::GroupMemberCard {
+            group_id: id.to_vec().into(),
+            identity_key: self.account.identity_key().to_vec().into(),
+            seal_key: self.account.seal_public().to_vec().into(),
+            address: Some(layers::address(
+                &self.profile.relay_url,
+                &self.profile.mailbox_id,
+                token,
+            )),
+            fallback_key: self.account.group_fallback_key().to_vec().into(),
+            version: now_ms(),
+        }
+    }
+}
+
+/// A member reached through its card, as the outbox addresses a contact.
+pub(crate) fn card_contact(
+    st: &super::state::State,
+    card: &pb::GroupMemberCard,
+) -> Option<Contact> {
+    let identity = layers::key32(&card.identity_key)?;
+    let member = st.members.get(&identity)?;
+    let seal_key = layers::key32(&card.seal_key)?;
+    tern_crypto::validate_seal_public(&seal_key).ok()?;
+    let address = card.address.as_ref()?;
+    let relay_url = tern_protocol::invite::validate_address(Some(address))
+        .ok()?
+        .to_string();
+    Some(Contact {
+        name: member.name.clone(),
+        identity_key: identity,
+        signing_key: member.signing_key,
+        seal_key,
+        relay_url,
+        mailbox_id: address.mailbox_id[..].try_into().ok()?,
+        send_token: layers::key32(&address.send_token)?,
+        token_given: None,
+        added_at_ms: 0,
+    })
+}

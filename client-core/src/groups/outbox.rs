@@ -1,0 +1,333 @@
+//! Sending to a group: share our Megolm session key with members who lack
+//! it (starting a new session first if anyone it was shared with has left),
+//! encrypt the text once, and put one item in the group outbox with every
+//! member's (relay, mailbox, token). A flush deposits each item with one
+//! multi-recipient send per relay, after every pairwise item queued before
+//! it for one of its members (the keys must reach a mailbox before the
+//! message they open).
+//! Retries are safe: relays and recipients de-duplicate by message id.
+
+use super::control::card_contact;
+use super::{envelope, message_key, GroupMessage, Outbound, MESSAGES, OUTBOX};
+use crate::client::{now_ms, random16, Client};
+use crate::error::ClientError;
+use crate::event::OutboxReport;
+use crate::layers;
+use crate::outbox::rules::{decide, Decision};
+use crate::store::Status;
+use crate::transport::{Dialer, OutgoingMany, Stored};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tern_crypto::{new_envelope_key, GroupSender};
+use tern_protocol::pb::{self, content::Body};
+use tern_protocol::url::RelayUrl;
+use tern_protocol::WireError;
+use tracing::debug;
+
+/// Why a target waits before its key went out.
+const WAITING_FOR_KEYS: &str = "waiting for the group's keys to go out";
+
+/// Targets per multi-recipient send (the relay's default limit).
+const MAX_TARGETS: usize = 1000;
+
+/// One member's mailbox for a group message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Target {
+    /// The member's identity key.
+    pub member: [u8; 32],
+    /// Its relay.
+    pub relay_url: String,
+    /// Its mailbox.
+    pub mailbox_id: [u8; 16],
+    /// A token for it.
+    pub token: [u8; 32],
+}
+
+/// A group message waiting for (some of) its relays.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GroupOutboxItem {
+    /// Position among all outbox items (shared with the pairwise outbox).
+    pub position: u64,
+    /// Message id, the same for every target.
+    pub message_id: [u8; 16],
+    /// Key of the conversation entry.
+    pub message_key: Vec<u8>,
+    /// The one payload.
+    pub payload: Vec<u8>,
+    /// Targets not yet stored by their relay.
+    pub targets: Vec<Target>,
+}
+
+impl Client {
+    /// Send `text` to the group `name`: queued on disk, then delivered.
+    /// Returns its id and what the outbox flush said.
+    pub async fn group_send(
+        &mut self,
+        name: &str,
+        text: &str,
+    ) -> Result<(String, OutboxReport), ClientError> {
+        let id = self.queue_group_text(name, text)?;
+        self.store.flush().await?;
+        let report = self.flush_outbox().await?;
+        Ok((id, report))
+    }
+
+    fn queue_group_text(&mut self, name: &str, text: &str) -> Result<String, ClientError> {
+        let mut r = self.group_named(name)?;
+        let me = self.account.identity_key();
+        let st = self.group_state(&r);
+        if !st.is_member(&me) {
+            return Err(ClientError::GroupRefused(format!(
+                "you are not a member of {name:?}"
+            )));
+        }
+        let others: Vec<[u8; 32]> = st.members.keys().filter(|k| **k != me).copied().collect();
+        // A member our session was shared with has gone: start anew.
+        let rotate = match &r.outbound {
+            Some(o) => o.shared_with.iter().any(|m| !st.is_member(m)),
+            None => true,
+        };
+        if rotate {
+            r.outbound = Some(Outbound {
+                pickle: GroupSender::new().to_encrypted_pickle(&self.key),
+                envelope_key: new_envelope_key(),
+                members: others.clone(),
+                shared_with: Vec::new(),
+            });
+        }
+        let Some(mut out) = r.outbound.clone() else {
+            return Err(ClientError::Store("no group session".into()));
+        };
+        let mut sender = GroupSender::from_encrypted_pickle(&out.pickle, &self.key)?;
+        let cards = r.cards_by_member(&st);
+        // The key, at the current index, to whoever lacks it.
+        for m in &others {
+            if out.shared_with.contains(m) {
+                continue;
+            }
+            let key = Body::GroupKey(pb::GroupKey {
+                group_id: r.id.to_vec().into(),
+                session_key: sender.session_key().into(),
+                envelope_key: out.envelope_key.to_vec().into(),
+            });
+            if self.send_control_to(&st, &cards, m, key)? {
+                out.shared_with.push(*m);
+            }
+        }
+        let msg_id = random16();
+        let at = now_ms();
+        let content = layers::content(msg_id, at, layers::text_body(text));
+        let payload = envelope::seal_group(&mut sender, &out.envelope_key, &r.id, &me, &content);
+        layers::check_size(&payload).map_err(|layers::SealError::TooLarge { size, max }| {
+            ClientError::TooLarge { size, max }
+        })?;
+        out.pickle = sender.to_encrypted_pickle(&self.key);
+        r.outbound = Some(out.clone());
+        // The advanced session is saved before the message exists, so no
+        // index is ever used twice.
+        self.put_group(&r)?;
+        let mut targets = Vec::new();
+        let mut status = BTreeMap::new();
+        for m in &others {
+            let reach = match cards.get(m).and_then(|c| card_contact(&st, c)) {
+                Some(c) => Some(c),
+                None => self.store.contact(m)?,
+            };
+            match reach {
+                Some(c) if out.shared_with.contains(m) => {
+                    targets.push(Target {
+                        member: *m,
+                        relay_url: c.relay_url,
+                        mailbox_id: c.mailbox_id,
+                        token: c.send_token,
+                    });
+                    status.insert(hex::encode(m), Status::Queued);
+                }
+                _ => {
+                    status.insert(
+                        hex::encode(m),
+                        Status::Failed("member not reachable yet".into()),
+                    );
+                }
+            }
+        }
+        let key = message_key(&r.id, at, &msg_id);
+        self.put_group_message(
+            &key,
+            &GroupMessage {
+                id: hex::encode(msg_id),
+                group: r.id,
+                author: me,
+                from: self.profile.name.clone(),
+                outgoing: true,
+                text: text.to_string(),
+                sent_at_ms: at,
+                stored_at_ms: at,
+                status,
+            },
+        )?;
+        let item = GroupOutboxItem {
+            position: self.store.next_position()?,
+            message_id: msg_id,
+            message_key: key,
+            payload,
+            targets,
+        };
+        let tree = self.store.tree(OUTBOX)?;
+        self.store
+            .put_in(&tree, OUTBOX, &item.position.to_be_bytes(), &item)?;
+        Ok(hex::encode(msg_id))
+    }
+
+    /// Deposit the group outbox: each item whose members' earlier pairwise
+    /// items (their keys) are out, one multi-recipient send per relay. Adds
+    /// to `report`.
+    pub(crate) async fn flush_group_outbox(
+        &mut self,
+        report: &mut OutboxReport,
+    ) -> Result<(), ClientError> {
+        let tree = self.store.tree(OUTBOX)?;
+        let items = self.store.scan_in::<GroupOutboxItem>(&tree, OUTBOX, &[])?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let pairwise: Vec<(u64, [u8; 32])> = self
+            .store
+            .outbox()?
+            .iter()
+            .map(|i| (i.position, i.contact))
+            .collect();
+        for (key, mut item) in items {
+            let id = hex::encode(item.message_id);
+            // Members whose earlier pairwise item (their key) is not out
+            // yet wait; the others get it now.
+            let (waiting, ready): (Vec<Target>, Vec<Target>) =
+                item.targets.iter().cloned().partition(|t| {
+                    pairwise
+                        .iter()
+                        .any(|(p, c)| *p < item.position && t.member == *c)
+                });
+            let mut left = waiting;
+            let mut reason = (!left.is_empty()).then(|| WAITING_FOR_KEYS.to_string());
+            let now = GroupOutboxItem {
+                targets: ready,
+                ..item.clone()
+            };
+            let results = if now.targets.is_empty() {
+                Vec::new()
+            } else {
+                deposit_many(&mut self.dialer, &now).await
+            };
+            let mut entry = self.group_message_at(&item.message_key)?;
+            for (t, res) in now.targets.iter().zip(results) {
+                let member = hex::encode(t.member);
+                match decide(Some(res)) {
+                    Decision::Retire => {
+                        set_status(&mut entry, &member, Status::Sent);
+                    }
+                    Decision::Fail(e) => {
+                        set_status(&mut entry, &member, Status::Failed(e.to_string()));
+                    }
+                    Decision::Keep { reason: why, .. } => {
+                        reason.get_or_insert(why);
+                        left.push(t.clone());
+                    }
+                    Decision::HeldBack => left.push(t.clone()),
+                }
+            }
+            if let Some(e) = &entry {
+                self.put_group_message(&item.message_key, e)?;
+            }
+            if left.is_empty() {
+                tree.remove(&key)?;
+                report.sent.push(id);
+            } else {
+                item.targets = left;
+                self.store.put_in(&tree, OUTBOX, &key, &item)?;
+                report.queued.push((
+                    id,
+                    reason.unwrap_or_else(|| "a member's relay is unreachable".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn group_message_at(&self, key: &[u8]) -> Result<Option<GroupMessage>, ClientError> {
+        let tree = self.store.tree(MESSAGES)?;
+        self.store.get_in(&tree, MESSAGES, key)
+    }
+}
+
+fn set_status(entry: &mut Option<GroupMessage>, member: &str, s: Status) {
+    if let Some(e) = entry {
+        e.status.insert(member.to_string(), s);
+    }
+}
+
+/// One result per target of `item`: its relays, one multi-recipient send
+/// (per 1,000 targets) each, on connections of their own.
+async fn deposit_many(
+    dialer: &mut Dialer,
+    item: &GroupOutboxItem,
+) -> Vec<Result<Stored, WireError>> {
+    let mut results: Vec<Result<Stored, WireError>> = vec![
+        Err(WireError::new(
+            tern_protocol::ErrorCode::Internal,
+            "not sent"
+        ));
+        item.targets.len()
+    ];
+    let mut by_relay: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, t) in item.targets.iter().enumerate() {
+        by_relay.entry(&t.relay_url).or_default().push(i);
+    }
+    for (relay, idx) in by_relay {
+        match deposit_on(dialer, relay, item, &idx).await {
+            Ok(got) => {
+                for (i, r) in idx.into_iter().zip(got) {
+                    results[i] = r;
+                }
+            }
+            Err(e) => {
+                debug!("group message for {relay} stays queued: {e}");
+                let w = match e {
+                    ClientError::Refused(w) => w,
+                    other => WireError::new(tern_protocol::ErrorCode::Internal, other.to_string()),
+                };
+                for i in idx {
+                    results[i] = Err(w.clone());
+                }
+            }
+        }
+    }
+    results
+}
+
+async fn deposit_on(
+    dialer: &mut Dialer,
+    relay: &str,
+    item: &GroupOutboxItem,
+    idx: &[usize],
+) -> Result<Vec<Result<Stored, WireError>>, ClientError> {
+    let url: RelayUrl = relay.parse()?;
+    let link = dialer.connect_unlinked(&url).await?;
+    let mut stream = link.messages().await?;
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(MAX_TARGETS) {
+        let m = OutgoingMany {
+            message_id: item.message_id,
+            payload: item.payload.clone(),
+            targets: chunk
+                .iter()
+                .map(|&i| (item.targets[i].mailbox_id, item.targets[i].token))
+                .collect(),
+            ephemeral: false,
+        };
+        out.extend(stream.send_many(&m).await?);
+    }
+    stream.finish(Duration::from_secs(2)).await;
+    link.close();
+    Ok(out)
+}
