@@ -120,6 +120,10 @@ fn store_error(e: StoreError) -> WireError {
         StoreError::QuotaExceeded { .. } => {
             WireError::new(ErrorCode::QuotaExceeded, e.to_string()).retry_after(60_000)
         }
+        StoreError::RelayFull { .. } => {
+            tracing::warn!("{e}");
+            WireError::new(ErrorCode::RelayFull, "relay storage is full").retry_after(60_000)
+        }
         StoreError::Unavailable(_) => {
             tracing::warn!("storage unavailable: {e}");
             WireError::new(

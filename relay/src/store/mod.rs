@@ -45,6 +45,15 @@ pub enum StoreError {
         /// Payload bytes held now.
         bytes: u64,
     },
+    /// The relay as a whole holds as many envelopes or bytes as its
+    /// operator allows; nothing stored was touched.
+    #[error("relay storage is full ({envelopes} envelopes, {bytes} bytes held)")]
+    RelayFull {
+        /// Envelopes held relay-wide.
+        envelopes: u64,
+        /// Payload bytes held relay-wide.
+        bytes: u64,
+    },
     /// The mailbox id is already taken.
     #[error("mailbox already exists")]
     MailboxExists,

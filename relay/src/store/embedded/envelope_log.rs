@@ -53,16 +53,42 @@ pub struct SegmentUse {
     pub live_bytes: u64,
     /// How long ago it stopped being the head (or the log was opened).
     pub sealed_for: Duration,
+    /// Earliest expiry among its envelope records (`u64::MAX`: none).
+    pub min_expires: u64,
+    /// Why it is quarantined, if it is: never deleted by the relay.
+    pub quarantined: Option<&'static str>,
 }
 
 struct Segment {
-    file: Arc<File>,
+    /// Opened when first needed, closed when many are open (fd cache).
+    file: Option<Arc<File>>,
     size: u64,
     live: u64,
     live_bytes: u64,
     /// When it stopped being the head (or was found at open).
     sealed_at: Instant,
+    /// Earliest expiry among its envelope records (`u64::MAX`: none).
+    min_expires: u64,
+    /// Why it is quarantined, if it is.
+    quarantined: Option<&'static str>,
 }
+
+impl Segment {
+    fn new(file: Option<File>, size: u64) -> Self {
+        Self {
+            file: file.map(Arc::new),
+            size,
+            live: 0,
+            live_bytes: 0,
+            sealed_at: Instant::now(),
+            min_expires: u64::MAX,
+            quarantined: None,
+        }
+    }
+}
+
+/// Most segment files held open at once; others are opened when read.
+const OPEN_FILES: usize = 64;
 
 struct Tail {
     head: u64,
@@ -122,10 +148,23 @@ impl EnvelopeLog {
     /// Open the log in `dir`, calling `replay` on every whole record, oldest
     /// first, and start a fresh head segment. A record torn by a crash ends
     /// its segment: the tail of the newest segment is cut off there; damage
-    /// in an older one is logged and the rest of that segment skipped.
+    /// anywhere else quarantines the segment (it is kept, never deleted,
+    /// and reported) and the rest of it is skipped.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
+        replay: impl FnMut(Replayed<'_>),
+    ) -> Result<Self, StoreError> {
+        Self::open_from(dir, segment_bytes, 0, replay)
+    }
+
+    /// [`Self::open`], replaying only segments from `first_replayed` on:
+    /// older ones are covered by the index checkpoint, and are neither
+    /// read nor opened (only their sizes are looked up).
+    pub fn open_from(
+        dir: &Path,
+        segment_bytes: u64,
+        first_replayed: u64,
         mut replay: impl FnMut(Replayed<'_>),
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
@@ -150,6 +189,13 @@ impl EnvelopeLog {
         let newest = ids.last().copied();
         for id in ids {
             let path = segment_path(dir, id);
+            if id < first_replayed && Some(id) != newest {
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| StoreError::unavailable("look up segment", e))?
+                    .len();
+                segments.insert(id, Segment::new(None, size));
+                continue;
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -161,6 +207,7 @@ impl EnvelopeLog {
                 .map_err(|e| StoreError::unavailable("read segment", e))?;
             let mut at = 0usize;
             let mut torn = false;
+            let mut quarantined = None;
             if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
                 at = MAGIC.len();
                 while at < bytes.len() {
@@ -189,8 +236,10 @@ impl EnvelopeLog {
                                     segment = id,
                                     at,
                                     ?damage,
-                                    "damaged envelope log; skipping the rest of this segment"
+                                    "damaged envelope log: segment quarantined (kept, never \
+                                     deleted); see docs/operations.md, Quarantine"
                                 );
+                                quarantined = Some("damaged record");
                             }
                             break;
                         }
@@ -199,8 +248,9 @@ impl EnvelopeLog {
             } else if !bytes.is_empty() {
                 tracing::error!(
                     segment = id,
-                    "envelope segment without a header; ignoring it"
+                    "envelope segment without a header: quarantined (kept, never deleted)"
                 );
+                quarantined = Some("no segment header");
             }
             if Some(id) == newest && torn {
                 // Only the newest segment can end in a torn write; cut it so
@@ -209,29 +259,19 @@ impl EnvelopeLog {
                     .and_then(|()| file.sync_all())
                     .map_err(|e| StoreError::unavailable("truncate segment", e))?;
             }
-            segments.insert(
-                id,
-                Segment {
-                    file: Arc::new(file),
-                    size: at as u64,
-                    live: 0,
-                    live_bytes: 0,
-                    sealed_at: Instant::now(),
-                },
-            );
+            let size = if quarantined.is_some() {
+                bytes.len() as u64
+            } else {
+                at as u64
+            };
+            let mut seg = Segment::new(None, size);
+            seg.quarantined = quarantined;
+            drop(file);
+            segments.insert(id, seg);
         }
         let head = newest.map_or(1, |n| n + 1);
         let file = Self::create_segment(dir, head)?;
-        segments.insert(
-            head,
-            Segment {
-                file: Arc::new(file),
-                size: MAGIC.len() as u64,
-                live: 0,
-                live_bytes: 0,
-                sealed_at: Instant::now(),
-            },
-        );
+        segments.insert(head, Segment::new(Some(file), MAGIC.len() as u64));
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -267,6 +307,38 @@ impl EnvelopeLog {
         Ok(file)
     }
 
+    /// Segment `id`'s file, opened now if it is not open; `None` if the
+    /// segment is gone. Keeps at most [`OPEN_FILES`] open: a relay with
+    /// thousands of segments needs no descriptor for each.
+    fn file_of(&self, t: &mut Tail, id: u64) -> Result<Option<Arc<File>>, StoreError> {
+        let Some(s) = t.segments.get(&id) else {
+            return Ok(None);
+        };
+        if let Some(f) = &s.file {
+            return Ok(Some(Arc::clone(f)));
+        }
+        let open = t.segments.values().filter(|s| s.file.is_some()).count();
+        if open >= OPEN_FILES {
+            let head = t.head;
+            if let Some(victim) = t
+                .segments
+                .iter_mut()
+                .find(|(sid, s)| **sid != head && s.file.is_some() && !t.unsynced.contains(sid))
+            {
+                victim.1.file = None;
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .open(segment_path(&self.dir, id))
+            .map_err(|e| StoreError::unavailable("open segment", e))?;
+        let file = Arc::new(file);
+        if let Some(s) = t.segments.get_mut(&id) {
+            s.file = Some(Arc::clone(&file));
+        }
+        Ok(Some(file))
+    }
+
     fn tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
         self.tail
             .lock()
@@ -299,14 +371,35 @@ impl EnvelopeLog {
         Ok(())
     }
 
+    /// Count `live` records of `live_bytes` replayed at open (or restored
+    /// from the index checkpoint) as live in `segment`.
+    pub fn count_live_many(
+        &self,
+        segment: u64,
+        live: u64,
+        live_bytes: u64,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tail()?;
+        if let Some(s) = t.segments.get_mut(&segment) {
+            s.live += live;
+            s.live_bytes += live_bytes;
+        }
+        Ok(())
+    }
+
     /// Append a live envelope record (written by `put`) to the head.
     /// Refused while the disk refuses writes or after a failed sync.
-    pub fn append_envelope(&self, put: impl FnOnce(&mut Vec<u8>)) -> Result<Location, StoreError> {
+    pub fn append_envelope(
+        &self,
+        put: impl FnOnce(&mut Vec<u8>),
+        expires_ms: u64,
+    ) -> Result<Location, StoreError> {
         let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put);
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += 1;
             s.live_bytes += u64::from(loc.len);
+            s.min_expires = s.min_expires.min(expires_ms);
         }
         Ok(loc)
     }
@@ -323,6 +416,7 @@ impl EnvelopeLog {
         put_payload: impl FnOnce(&mut Vec<u8>),
         put_refs: impl FnOnce(&mut Vec<u8>, u64),
         refs: u64,
+        expires_ms: u64,
     ) -> Result<Location, StoreError> {
         let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put_payload);
@@ -330,6 +424,7 @@ impl EnvelopeLog {
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += refs;
             s.live_bytes += u64::from(loc.len) * refs;
+            s.min_expires = s.min_expires.min(expires_ms);
         }
         Ok(loc)
     }
@@ -390,10 +485,10 @@ impl EnvelopeLog {
         let end = offset + len as u64;
         let mut out = vec![0u8; len];
         let (file, in_file) = {
-            let t = self.tail()?;
-            let Some(s) = t.segments.get(&segment) else {
+            let mut t = self.tail()?;
+            if !t.segments.contains_key(&segment) {
                 return Ok(None);
-            };
+            }
             let in_file = if segment == t.head && end > t.written {
                 // The part not yet handed to the file is copied from the
                 // buffer now; the part before it is in the file already.
@@ -411,9 +506,14 @@ impl EnvelopeLog {
             } else {
                 len
             };
-            (Arc::clone(&s.file), in_file)
+            let file = if in_file > 0 {
+                self.file_of(&mut t, segment)?
+            } else {
+                None
+            };
+            (file, in_file)
         };
-        if in_file > 0 {
+        if let Some(file) = file.filter(|_| in_file > 0) {
             file.read_exact_at(&mut out[..in_file], offset)
                 .map_err(|e| StoreError::unavailable("read segment", e))?;
         }
@@ -441,7 +541,7 @@ impl EnvelopeLog {
                 let head_file = t
                     .segments
                     .get(&head)
-                    .map(|s| Arc::clone(&s.file))
+                    .and_then(|s| s.file.clone())
                     .ok_or(StoreError::Corrupt("head segment missing"))?;
                 // A failed write dirtied no page that a later sync could
                 // skip: keeping the buffer and writing it again is safe.
@@ -459,7 +559,11 @@ impl EnvelopeLog {
             let ids = std::mem::take(&mut t.unsynced);
             let files: Vec<_> = ids
                 .iter()
-                .filter_map(|id| t.segments.get(id).map(|s| (*id, Arc::clone(&s.file))))
+                .filter_map(|id| {
+                    t.segments
+                        .get(id)
+                        .and_then(|s| Some((*id, s.file.clone()?)))
+                })
                 .collect();
             (files, std::mem::replace(&mut t.dir_dirty, false))
         };
@@ -468,11 +572,13 @@ impl EnvelopeLog {
             if let Err(e) = file.sync_data() {
                 let why =
                     format!("fdatasync of envelope segment {id} failed ({e}); restart the relay");
-                tracing::error!("{why}");
                 if let Ok(mut t) = self.tail() {
                     t.sync_failed = Some(why.clone());
                 }
-                failed = Some(StoreError::Unavailable(why));
+                // Pages the kernel failed to write may be dropped and the
+                // next fdatasync report success: nothing written since
+                // could be trusted. Stop, and replay what is on disk.
+                super::durability::fatal(&why);
             }
         }
         if dir_dirty {
@@ -513,7 +619,7 @@ impl EnvelopeLog {
             // there first (the next sync makes them durable).
             let head = t.head;
             let written = t.written;
-            let Some(old) = t.segments.get(&head).map(|s| Arc::clone(&s.file)) else {
+            let Some(old) = t.segments.get(&head).and_then(|s| s.file.clone()) else {
                 return false;
             };
             if let Err(e) = old.write_all_at(&t.buf, written) {
@@ -530,16 +636,8 @@ impl EnvelopeLog {
         if let Some(old) = t.segments.get_mut(&old_head) {
             old.sealed_at = Instant::now();
         }
-        t.segments.insert(
-            next,
-            Segment {
-                file: Arc::new(file),
-                size: MAGIC.len() as u64,
-                live: 0,
-                live_bytes: 0,
-                sealed_at: Instant::now(),
-            },
-        );
+        t.segments
+            .insert(next, Segment::new(Some(file), MAGIC.len() as u64));
         t.head = next;
         t.head_started = Instant::now();
         t.written = MAGIC.len() as u64;
@@ -560,25 +658,123 @@ impl EnvelopeLog {
                 live: s.live,
                 live_bytes: s.live_bytes,
                 sealed_for: s.sealed_at.elapsed(),
+                min_expires: s.min_expires,
+                quarantined: s.quarantined,
             })
             .collect())
     }
 
-    /// All bytes of a sealed segment (to copy its live records forward);
-    /// `None` if it was deleted.
+    /// Every segment's id, earliest expiry and quarantine, for the index
+    /// checkpoint; and the head's id (the first segment it does not cover).
+    pub fn segment_table(&self) -> Result<(Vec<(u64, u64, bool)>, u64), StoreError> {
+        let t = self.tail()?;
+        let table = t
+            .segments
+            .iter()
+            .map(|(id, s)| (*id, s.min_expires, s.quarantined.is_some()))
+            .collect();
+        Ok((table, t.head))
+    }
+
+    /// Restore what the checkpoint knew of a segment that was not replayed.
+    pub fn restore_segment(&self, id: u64, min_expires: u64, quarantined: bool) {
+        if let Ok(mut t) = self.tail() {
+            if let Some(s) = t.segments.get_mut(&id) {
+                s.min_expires = min_expires;
+                if quarantined {
+                    s.quarantined = Some("quarantined before restart");
+                }
+            }
+        }
+    }
+
+    /// Note that segment `id` holds a record expiring at `expires_ms`.
+    pub fn note_expiry(&self, id: u64, expires_ms: u64) {
+        if let Ok(mut t) = self.tail() {
+            if let Some(s) = t.segments.get_mut(&id) {
+                s.min_expires = s.min_expires.min(expires_ms);
+            }
+        }
+    }
+
+    /// Set segment `id`'s earliest expiry after a sweep removed what was
+    /// due (not the head's: records may have joined it since it was read).
+    pub fn set_min_expires(&self, id: u64, min_expires: u64) {
+        if let Ok(mut t) = self.tail() {
+            let head = t.head;
+            if let Some(s) = t.segments.get_mut(&id).filter(|_| id != head) {
+                s.min_expires = min_expires;
+            }
+        }
+    }
+
+    /// Keep segment `id` whatever its live count says (records in it
+    /// cannot be accounted for); reported, never deleted by the relay.
+    pub fn quarantine(&self, id: u64, why: &'static str) {
+        if let Ok(mut t) = self.tail() {
+            if let Some(s) = t.segments.get_mut(&id) {
+                if s.quarantined.is_none() {
+                    tracing::error!(
+                        segment = id,
+                        why,
+                        "envelope segment quarantined (kept, never deleted); \
+                         see docs/operations.md, Quarantine"
+                    );
+                }
+                s.quarantined = Some(why);
+            }
+        }
+    }
+
+    /// The directory the segments are in.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    /// Ids of every segment.
+    pub fn segment_ids(&self) -> std::collections::HashSet<u64> {
+        self.tail()
+            .map(|t| t.segments.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Quarantined segments: (id, why).
+    pub fn quarantined(&self) -> Vec<(u64, &'static str)> {
+        self.tail()
+            .map(|t| {
+                t.segments
+                    .iter()
+                    .filter_map(|(id, s)| Some((*id, s.quarantined?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Segments holding something expired at `now_ms`, earliest expiry first.
+    pub fn segments_due(&self, now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let t = self.tail()?;
+        let mut due: Vec<(u64, u64)> = t
+            .segments
+            .iter()
+            .filter(|(_, s)| s.min_expires <= now_ms && s.live > 0)
+            .map(|(id, s)| (s.min_expires, *id))
+            .collect();
+        due.sort_unstable();
+        Ok(due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// All bytes of a segment, the head's buffer included (to copy its
+    /// live records forward, or sweep it); `None` if it was deleted.
     pub fn read_segment(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (file, size) = {
+        let size = {
             let t = self.tail()?;
             let Some(s) = t.segments.get(&id) else {
                 return Ok(None);
             };
-            (Arc::clone(&s.file), s.size)
+            s.size
         };
-        let mut out =
-            vec![0u8; usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?];
-        file.read_exact_at(&mut out, 0)
-            .map_err(|e| StoreError::unavailable("read segment", e))?;
-        Ok(Some(out))
+        let size = usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?;
+        self.read(id, 0, size)
     }
 
     /// Delete the oldest segment if it is sealed and holds nothing live.
@@ -587,7 +783,8 @@ impl EnvelopeLog {
     pub fn delete_oldest_if_empty(&self) -> Result<Option<u64>, StoreError> {
         let id = {
             let mut t = self.tail()?;
-            let Some((&id, s)) = t.segments.iter().next() else {
+            // Quarantined segments stay, and do not hold the others back.
+            let Some((&id, s)) = t.segments.iter().find(|(_, s)| s.quarantined.is_none()) else {
                 return Ok(None);
             };
             if id == t.head || s.live > 0 {
