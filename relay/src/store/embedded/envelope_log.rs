@@ -130,6 +130,18 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
+/// Name ending of the marker file beside a quarantined segment.
+pub const QUARANTINE_SUFFIX: &str = ".quarantined";
+
+/// Leave a marker saying segment `id` is quarantined and why: it keeps the
+/// segment quarantined across restarts, and `tern-relay status` lists it.
+fn mark_quarantined(dir: &Path, id: u64, why: &str) {
+    let marker = dir.join(format!("{id:020}{QUARANTINE_SUFFIX}"));
+    if let Err(e) = std::fs::write(&marker, format!("{why}\n")) {
+        tracing::error!(segment = id, "cannot write quarantine marker: {e}");
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -170,14 +182,21 @@ impl EnvelopeLog {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::unavailable("create envelope directory", e))?;
         let mut ids = Vec::new();
+        let mut marked = std::collections::HashSet::new();
         for entry in std::fs::read_dir(dir)
             .map_err(|e| StoreError::unavailable("read envelope directory", e))?
         {
             let entry = entry.map_err(|e| StoreError::unavailable("read envelope directory", e))?;
             let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name
+                .strip_suffix(QUARANTINE_SUFFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                marked.insert(id);
+            }
             let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
+                .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue;
@@ -193,7 +212,11 @@ impl EnvelopeLog {
                 let size = std::fs::metadata(&path)
                     .map_err(|e| StoreError::unavailable("look up segment", e))?
                     .len();
-                segments.insert(id, Segment::new(None, size));
+                let mut seg = Segment::new(None, size);
+                if marked.contains(&id) {
+                    seg.quarantined = Some("quarantined before restart");
+                }
+                segments.insert(id, seg);
                 continue;
             }
             let file = OpenOptions::new()
@@ -265,6 +288,11 @@ impl EnvelopeLog {
                 at as u64
             };
             let mut seg = Segment::new(None, size);
+            if let Some(why) = quarantined {
+                mark_quarantined(dir, id, why);
+            } else if marked.contains(&id) {
+                quarantined = Some("quarantined before restart");
+            }
             seg.quarantined = quarantined;
             drop(file);
             segments.insert(id, seg);
@@ -714,6 +742,7 @@ impl EnvelopeLog {
         if let Ok(mut t) = self.tail() {
             if let Some(s) = t.segments.get_mut(&id) {
                 if s.quarantined.is_none() {
+                    mark_quarantined(&self.dir, id, why);
                     tracing::error!(
                         segment = id,
                         why,

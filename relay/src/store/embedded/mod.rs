@@ -32,6 +32,7 @@ pub mod index;
 pub mod record;
 mod shared;
 pub mod signal;
+pub mod status;
 
 #[cfg(test)]
 mod fanout_tests;
