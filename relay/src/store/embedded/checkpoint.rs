@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! file  = "TERNIDX1" ‖ cut (8) ‖ segments (8) ‖ segment × n ‖ block* ‖ 0 (1) ‖ CRC-32 (4)
-//! segment = id (8) ‖ earliest expiry (8) ‖ quarantined (1)
+//! segment = id (8) ‖ earliest expiry (8) ‖ flags (1: quarantined 1, version 1 segment 2)
 //! block = 1 (1) ‖ mailbox id (16) ‖ next seq (8) ‖ slots (8) ‖ slot (24) × n
 //! slot  = seq (8) ‖ segment (4) ‖ offset (4) ‖ record length (4) ‖ id fingerprint (4)
 //! ```
@@ -36,8 +36,8 @@ pub(super) const FILE: &str = "index.ckpt";
 pub(super) struct Loaded {
     /// The first segment it does not cover.
     pub(super) cut: u64,
-    /// (id, earliest expiry, quarantined) of segments it knew.
-    pub(super) segments: Vec<(u64, u64, bool)>,
+    /// (id, earliest expiry, flags) of segments it knew.
+    pub(super) segments: Vec<(u64, u64, u8)>,
     /// Held envelopes in covered segments, per mailbox.
     pub(super) mailboxes: HashMap<MailboxId, MailboxState>,
 }
@@ -99,8 +99,8 @@ pub(super) fn load(dir: &Path) -> Result<Option<Loaded>, String> {
     for _ in 0..n.min(1 << 32) {
         let id = r.u64().map_err(bad)?;
         let min = r.u64().map_err(bad)?;
-        let [q] = r.take::<1>().map_err(bad)?;
-        segments.push((id, min, q == 1));
+        let [flags] = r.take::<1>().map_err(bad)?;
+        segments.push((id, min, flags));
     }
     let mut mailboxes = HashMap::new();
     loop {
@@ -182,10 +182,10 @@ impl Inner {
         w.put(MAGIC).map_err(fail)?;
         w.put(&cut.to_be_bytes()).map_err(fail)?;
         w.put(&(table.len() as u64).to_be_bytes()).map_err(fail)?;
-        for (id, min, q) in &table {
+        for (id, min, flags) in &table {
             w.put(&id.to_be_bytes()).map_err(fail)?;
             w.put(&min.to_be_bytes()).map_err(fail)?;
-            w.put(&[u8::from(*q)]).map_err(fail)?;
+            w.put(&[*flags]).map_err(fail)?;
         }
         let mut block = Vec::new();
         for shard in self.index.shards() {

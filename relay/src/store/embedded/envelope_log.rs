@@ -19,7 +19,7 @@
 //! A little over 600 lines on purpose: the buffer, the segment files, sync
 //! and replay share one lock discipline and are meant to be read together.
 
-use super::record::{self, Damage, Record, MAGIC};
+use super::record::{self, Damage, Record, LEGACY_MAGIC, MAGIC};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -71,6 +71,8 @@ struct Segment {
     min_expires: u64,
     /// Why it is quarantined, if it is.
     quarantined: Option<&'static str>,
+    /// A version 1 segment (record headers without a check).
+    legacy: bool,
 }
 
 impl Segment {
@@ -83,9 +85,15 @@ impl Segment {
             sealed_at: Instant::now(),
             min_expires: u64::MAX,
             quarantined: None,
+            legacy: false,
         }
     }
 }
+
+/// Segment-table flag: the segment is quarantined.
+pub const QUARANTINED: u8 = 1;
+/// Segment-table flag: a version 1 segment.
+pub const LEGACY: u8 = 2;
 
 /// Most segment files held open at once; others are opened when read.
 const OPEN_FILES: usize = 64;
@@ -231,10 +239,11 @@ impl EnvelopeLog {
             let mut at = 0usize;
             let mut torn = false;
             let mut quarantined = None;
-            if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
+            let legacy = bytes.get(..LEGACY_MAGIC.len()) == Some(&LEGACY_MAGIC[..]);
+            if legacy || bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
                 at = MAGIC.len();
                 while at < bytes.len() {
-                    match record::decode(&bytes[at..]) {
+                    match record::decode_in(&bytes[at..], legacy) {
                         Ok((record, len)) => {
                             let loc = Location {
                                 segment: id,
@@ -294,6 +303,7 @@ impl EnvelopeLog {
                 quarantined = Some("quarantined before restart");
             }
             seg.quarantined = quarantined;
+            seg.legacy = legacy;
             drop(file);
             segments.insert(id, seg);
         }
@@ -694,26 +704,44 @@ impl EnvelopeLog {
 
     /// Every segment's id, earliest expiry and quarantine, for the index
     /// checkpoint; and the head's id (the first segment it does not cover).
-    pub fn segment_table(&self) -> Result<(Vec<(u64, u64, bool)>, u64), StoreError> {
+    /// Flags are [`QUARANTINED`] and [`LEGACY`].
+    pub fn segment_table(&self) -> Result<(Vec<(u64, u64, u8)>, u64), StoreError> {
         let t = self.tail()?;
         let table = t
             .segments
             .iter()
-            .map(|(id, s)| (*id, s.min_expires, s.quarantined.is_some()))
+            .map(|(id, s)| {
+                let flags = if s.quarantined.is_some() {
+                    QUARANTINED
+                } else {
+                    0
+                } | if s.legacy { LEGACY } else { 0 };
+                (*id, s.min_expires, flags)
+            })
             .collect();
         Ok((table, t.head))
     }
 
     /// Restore what the checkpoint knew of a segment that was not replayed.
-    pub fn restore_segment(&self, id: u64, min_expires: u64, quarantined: bool) {
+    pub fn restore_segment(&self, id: u64, min_expires: u64, flags: u8) {
         if let Ok(mut t) = self.tail() {
             if let Some(s) = t.segments.get_mut(&id) {
                 s.min_expires = min_expires;
-                if quarantined {
+                s.legacy = flags & LEGACY != 0;
+                if flags & QUARANTINED != 0 {
                     s.quarantined = Some("quarantined before restart");
                 }
             }
         }
+    }
+
+    /// Decode the record at the start of `bytes`, read from `segment`.
+    pub fn decode<'a>(&self, segment: u64, bytes: &'a [u8]) -> Result<(Record<'a>, usize), Damage> {
+        let legacy = self
+            .tail()
+            .map(|t| t.segments.get(&segment).is_some_and(|s| s.legacy))
+            .unwrap_or(false);
+        record::decode_in(bytes, legacy)
     }
 
     /// Note that segment `id` holds a record expiring at `expires_ms`.

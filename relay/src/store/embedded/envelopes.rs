@@ -215,7 +215,7 @@ impl Inner {
             let Some(bytes) = self.log.read(at.segment, at.offset, at.len as usize)? else {
                 continue;
             };
-            let stored = match record::decode(&bytes) {
+            let stored = match self.log.decode(at.segment, &bytes) {
                 Ok((Record::Envelope(e), _)) => e.message_id,
                 Ok((Record::Payload(p), _)) => p.message_id,
                 _ => continue,
@@ -372,7 +372,7 @@ impl Inner {
                 let raw = bytes
                     .get(from..from + at.len as usize)
                     .ok_or(StoreError::Corrupt("log span"))?;
-                match record::decode(raw) {
+                match self.log.decode(at.segment, raw) {
                     // Stored once for many mailboxes: the index says whose.
                     Ok((Record::Payload(p), _)) => {
                         out.push(StoredEnvelope {
@@ -482,7 +482,7 @@ impl Inner {
             let mut payload: Option<(Location, u64)> = None;
             let mut at = record::MAGIC.len();
             while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
-                let Ok((rec, len)) = record::decode(rest) else {
+                let Ok((rec, len)) = self.log.decode(segment, rest) else {
                     break;
                 };
                 let loc = Location {

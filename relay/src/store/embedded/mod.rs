@@ -37,6 +37,8 @@ pub mod status;
 #[cfg(test)]
 mod fanout_tests;
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod tests;
 
 use self::envelope_log::EnvelopeLog;
@@ -155,9 +157,9 @@ impl EmbeddedStore {
             }
         };
         let log = envelopes::replay(&edir, options.segment_bytes, first, &mut replayed)?;
-        for (id, min_expires, quarantined) in table {
+        for (id, min_expires, flags) in table {
             if id < first {
-                log.restore_segment(id, min_expires, quarantined);
+                log.restore_segment(id, min_expires, flags);
             }
         }
         let inner = Inner {

@@ -143,7 +143,7 @@ impl Inner {
         let mut copied = 0u64;
         let mut at = record::MAGIC.len();
         while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
-            let Ok((rec, len)) = record::decode(rest) else {
+            let Ok((rec, len)) = self.log.decode(id, rest) else {
                 break;
             };
             if let Record::Refs {

@@ -195,7 +195,7 @@ impl Inner {
         else {
             return Ok(0);
         };
-        let Ok((Record::Payload(p), len)) = record::decode(raw) else {
+        let Ok((Record::Payload(p), len)) = self.log.decode(segment, raw) else {
             return Ok(0);
         };
         let old = Location {
