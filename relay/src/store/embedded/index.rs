@@ -23,8 +23,9 @@ use std::sync::{Mutex, MutexGuard};
 const SHARDS: usize = 64;
 /// How many of a mailbox's newest held envelopes a send is checked against
 /// for a repeat of its message id. A retry comes moments after the send it
-/// repeats; 4,096 sends to one mailbox in between is far beyond that.
-pub const DEDUP_WINDOW: usize = 4096;
+/// repeats; 1,024 sends to one mailbox in between is far beyond that, and
+/// a repeat the relay misses is dropped by the recipient's de-duplication.
+pub const DEDUP_WINDOW: usize = 1024;
 /// Marks a slot whose record is a PAYLOAD record (stored once for many
 /// mailboxes) rather than an ENVELOPE record.
 const SHARED: u32 = 1 << 31;
