@@ -132,6 +132,16 @@ pub struct EnvelopeLog {
     /// Serialises whole syncs: a sync returns only when every write made
     /// before it is on disk, even ones another thread's sync picked up.
     sync_lock: Mutex<()>,
+    /// Tests: bytes of each segment covered by a successful sync.
+    #[cfg(test)]
+    synced: Mutex<BTreeMap<u64, u64>>,
+    /// Tests: lengths the sync under way will cover once it succeeds.
+    #[cfg(test)]
+    syncing: Mutex<Vec<(u64, u64)>>,
+}
+
+fn poisoned_log() -> StoreError {
+    StoreError::Unavailable("envelope log lock poisoned".into())
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -311,6 +321,12 @@ impl EnvelopeLog {
         let file = Self::create_segment(dir, head)?;
         segments.insert(head, Segment::new(Some(file), MAGIC.len() as u64));
         sync_dir(dir)?;
+        #[cfg(test)]
+        let synced_at_open: BTreeMap<u64, u64> = segments
+            .iter()
+            .filter(|(id, _)| **id != head)
+            .map(|(id, s)| (*id, s.size))
+            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -326,6 +342,10 @@ impl EnvelopeLog {
                 sync_failed: None,
             }),
             sync_lock: Mutex::new(()),
+            #[cfg(test)]
+            synced: Mutex::new(synced_at_open),
+            #[cfg(test)]
+            syncing: Mutex::new(Vec::new()),
         })
     }
 
@@ -603,6 +623,21 @@ impl EnvelopeLog {
                         .and_then(|s| Some((*id, s.file.clone()?)))
                 })
                 .collect();
+            #[cfg(test)]
+            {
+                let lens: Vec<(u64, u64)> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let len = if *id == t.head {
+                            t.written
+                        } else {
+                            t.segments.get(id)?.size
+                        };
+                        Some((*id, len))
+                    })
+                    .collect();
+                *self.syncing.lock().map_err(|_| poisoned_log())? = lens;
+            }
             (files, std::mem::replace(&mut t.dir_dirty, false))
         };
         let mut failed = None;
@@ -630,7 +665,19 @@ impl EnvelopeLog {
         if let Some(e) = failed {
             return Err(e);
         }
+        #[cfg(test)]
+        {
+            let lens = std::mem::take(&mut *self.syncing.lock().map_err(|_| poisoned_log())?);
+            self.synced.lock().map_err(|_| poisoned_log())?.extend(lens);
+        }
         Ok(self.roll_over(max_head_age))
+    }
+
+    /// How many bytes of each segment the last successful syncs covered
+    /// (tests: what a power loss would leave).
+    #[cfg(test)]
+    pub fn synced_lengths(&self) -> BTreeMap<u64, u64> {
+        self.synced.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Start a new head if the current one is full, or holds records and is
