@@ -103,6 +103,7 @@ pub(super) fn load(dir: &Path) -> Result<Option<Loaded>, String> {
         segments.push((id, min, flags));
     }
     let mut mailboxes = HashMap::new();
+    let mut chunk = Vec::new();
     loop {
         let [tag] = r.take::<1>().map_err(bad)?;
         if tag == 0 {
@@ -112,11 +113,20 @@ pub(super) fn load(dir: &Path) -> Result<Option<Loaded>, String> {
         let next_seq = r.u64().map_err(bad)?;
         let count = r.u64().map_err(bad)?;
         let mut slots = Vec::with_capacity(usize::try_from(count.min(1 << 24)).unwrap_or(0));
-        for _ in 0..count {
-            let raw = r.take::<24>().map_err(bad)?;
-            if let Some(s) = Slot::from_bytes(&raw).filter(|s| s.at().segment < cut) {
-                slots.push(s);
+        // Slots in runs of up to 4,096 (one read and one hash each).
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(4096) as usize;
+            chunk.resize(n * 24, 0);
+            r.inner.read_exact(&mut chunk).map_err(bad)?;
+            r.crc.update(&chunk);
+            for raw in chunk.chunks_exact(24) {
+                let raw: &[u8; 24] = raw.try_into().map_err(|_| "slot size".to_string())?;
+                if let Some(s) = Slot::from_bytes(raw).filter(|s| s.at().segment < cut) {
+                    slots.push(s);
+                }
             }
+            left -= n as u64;
         }
         mailboxes.insert(id, MailboxState::from_sorted(next_seq, slots));
     }

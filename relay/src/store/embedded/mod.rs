@@ -140,6 +140,7 @@ impl EmbeddedStore {
 
     /// [`Self::open`] with a chosen log layout.
     pub fn open_with(dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         raise_open_file_limit();
         let meta = Meta::open(dir)?;
         let edir = dir.join("envelopes");
@@ -173,6 +174,13 @@ impl EmbeddedStore {
             checkpointed: Mutex::new((first, size)),
         };
         inner.load_index(replayed)?;
+        tracing::info!(
+            held = inner.held.load(Ordering::SeqCst),
+            replayed_from_segment = first,
+            checkpoint_bytes = size,
+            ms = started.elapsed().as_millis() as u64,
+            "envelope store open"
+        );
         let inner = Arc::new(inner);
         let reclaimer = Arc::new(Reclaimer::default());
         let commit = durability::start(&inner, &reclaimer);
