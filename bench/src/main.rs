@@ -202,8 +202,12 @@ struct HoldArgs {
     #[arg(long, default_value_t = 256)]
     window: usize,
     /// Messages in each online K=64 measurement.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 200_000)]
     online_messages: u64,
+    /// K=64 measurements on the full relay and on an empty one beside it,
+    /// alternating (the median of each is reported).
+    #[arg(long, default_value_t = 3)]
+    online_rounds: usize,
     /// Bound on the fill, in seconds.
     #[arg(long, default_value_t = 3_600)]
     timeout: u64,
@@ -521,15 +525,16 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 params: json!({
                     "envelopes": a.envelopes, "mailboxes": a.mailboxes, "size": a.size,
                     "senders": a.senders, "window": a.window,
-                    "online_messages": a.online_messages, "runs": runs,
+                    "online_messages": a.online_messages,
+                    "online_rounds": a.online_rounds, "runs": runs,
                 }),
                 notes: vec![format!(
                     "{} envelopes of {} bytes (opaque) held across {} mailboxes whose devices stay \
                      offline; B/env = relay RSS / held, and over the empty relay's RSS; disk = the \
-                     data directory; K=64 = online 1:1, {} messages, on the empty relay then while \
-                     they are held; restart s = SIGKILL to a new device registered and a held \
+                     data directory; K=64 = online 1:1, {} messages, median of {} rounds alternating \
+                     between the full relay and an empty one running beside it; restart s = SIGKILL to a new device registered and a held \
                      envelope delivered (listen s: to the new process listening)",
-                    a.envelopes, a.size, a.mailboxes, a.online_messages
+                    a.envelopes, a.size, a.mailboxes, a.online_messages, a.online_rounds
                 )],
                 rows: Vec::new(),
             };
@@ -540,6 +545,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 senders: a.senders,
                 window: a.window,
                 online_messages: a.online_messages,
+                online_rounds: a.online_rounds,
                 timeout: Duration::from_secs(a.timeout),
             };
             for _ in 0..runs {
@@ -551,8 +557,25 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     }
                 };
                 set_note(&mut report, relay.describe());
-                let row = hold::run(&mut relay, plan, format!("N={}", a.envelopes)).await;
+                // The empty relay to compare with: a second child beside it.
+                let empty = match &g.relay {
+                    Some(_) => None,
+                    None => Some(
+                        BenchRelay::start(&relay_rt, g.data_dir.as_deref(), true, Setup::Bench)
+                            .await?,
+                    ),
+                };
+                let row = hold::run(
+                    &mut relay,
+                    empty.as_ref(),
+                    plan,
+                    format!("N={}", a.envelopes),
+                )
+                .await;
                 relay.shutdown().await;
+                if let Some(e) = empty {
+                    e.shutdown().await;
+                }
                 report.rows.push(row?);
             }
             report

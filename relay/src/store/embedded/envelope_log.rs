@@ -140,6 +140,7 @@ pub struct EnvelopeLog {
     syncing: Mutex<Vec<(u64, u64)>>,
 }
 
+#[cfg(test)]
 fn poisoned_log() -> StoreError {
     StoreError::Unavailable("envelope log lock poisoned".into())
 }

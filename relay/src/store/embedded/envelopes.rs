@@ -127,7 +127,34 @@ impl Inner {
             self.log.note_expiry(segment, expires);
         }
         let (mut held, mut bytes) = (0u64, 0u64);
+        // Segments that exist, by id: a checkpoint may name envelopes in
+        // segments deleted since (deleted only once nothing in them was
+        // held, so those envelopes are gone).
+        let ids = self.log.segment_ids();
+        let low = ids.iter().min().copied().unwrap_or(0);
+        let high = ids.iter().max().copied().unwrap_or(0);
+        let mut present = vec![false; usize::try_from(high - low + 1).unwrap_or(0)];
+        for id in &ids {
+            if let Some(p) = usize::try_from(id - low)
+                .ok()
+                .and_then(|i| present.get_mut(i))
+            {
+                *p = true;
+            }
+        }
+        let exists = |segment: u64| {
+            segment >= low
+                && usize::try_from(segment - low)
+                    .ok()
+                    .and_then(|i| present.get(i))
+                    .copied()
+                    .unwrap_or(false)
+        };
         for (id, mut st) in replayed.mailboxes {
+            if st.iter().any(|s| !exists(s.at().segment)) {
+                let gone = st.retain(|s| exists(s.at().segment));
+                tracing::debug!(gone, "checkpointed envelopes in segments deleted since");
+            }
             let Some(rec) = self.meta.mailbox(&id)? else {
                 if !st.is_empty() {
                     tracing::error!(

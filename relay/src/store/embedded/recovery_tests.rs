@@ -353,3 +353,46 @@ fn nothing_acknowledged_is_lost_when_every_unsynced_write_is() {
     assert!(next > acknowledged.last().unwrap().0, "seq {next} reused");
     let _ = last_seq;
 }
+
+/// A checkpoint older than the segments deleted since: the envelopes it
+/// names there were all removed, and must not come back as entries that
+/// point nowhere.
+#[test]
+fn a_checkpoint_naming_deleted_segments_restores_only_what_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = [10u8; 16];
+    let ckpt = dir.path().join("envelopes").join(checkpoint::FILE);
+    let saved;
+    {
+        let store = EmbeddedStore::open_with(dir.path(), tiny()).unwrap();
+        store.create_mailbox(mb, [9; 32], 0).unwrap();
+        for i in 0..40 {
+            put(&store, &mb, i, u64::MAX);
+            store.flush().unwrap();
+        }
+        store.checkpoint().unwrap();
+        saved = std::fs::read(&ckpt).unwrap();
+        // Everything acked, then enough traffic that every old segment,
+        // and the removal records, are deleted.
+        let all: Vec<u64> = (1..=40).collect();
+        store.ack(&mb, &all).unwrap();
+        for i in 40..140 {
+            let a = put(&store, &mb, i, u64::MAX);
+            store.ack(&mb, &[a.seq]).unwrap();
+            store.flush().unwrap();
+            store.reclaim().unwrap();
+        }
+        put(&store, &mb, 1000, u64::MAX);
+        store.flush().unwrap();
+    }
+    std::fs::write(&ckpt, saved).unwrap();
+    let store = EmbeddedStore::open_with(dir.path(), tiny()).unwrap();
+    let got: Vec<u64> = store
+        .fetch(&mb, 0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, [141]);
+    assert_eq!(store.held(), 1);
+}
