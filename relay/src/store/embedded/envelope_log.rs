@@ -90,6 +90,9 @@ impl Segment {
     }
 }
 
+/// A segment as the index checkpoint records it: id, earliest expiry, flags.
+pub type SegmentEntry = (u64, u64, u8);
+
 /// Segment-table flag: the segment is quarantined.
 pub const QUARANTINED: u8 = 1;
 /// Segment-table flag: a version 1 segment.
@@ -753,7 +756,7 @@ impl EnvelopeLog {
     /// Every segment's id, earliest expiry and quarantine, for the index
     /// checkpoint; and the head's id (the first segment it does not cover).
     /// Flags are [`QUARANTINED`] and [`LEGACY`].
-    pub fn segment_table(&self) -> Result<(Vec<(u64, u64, u8)>, u64), StoreError> {
+    pub fn segment_table(&self) -> Result<(Vec<SegmentEntry>, u64), StoreError> {
         let t = self.tail()?;
         let table = t
             .segments

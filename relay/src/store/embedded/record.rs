@@ -381,7 +381,7 @@ mod tests {
         let body_len = (out.len() - HEADER) as u32;
         out[..4].copy_from_slice(&body_len.to_be_bytes());
         assert_eq!(
-            decode_legacy(&out).map(|(r, n)| (r, n)),
+            decode_legacy(&out),
             Ok((Record::Envelope(sample(b"old")), out.len()))
         );
         assert!(matches!(decode(&out), Err(Damage::Corrupt(_))));

@@ -116,8 +116,7 @@ fn a_damaged_record_header_in_the_newest_segment_is_not_cut() {
     // The newest segment with records: damage its first record's length.
     let newest = segments(dir.path())
         .into_iter()
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 8)
-        .next_back()
+        .rfind(|p| std::fs::metadata(p).unwrap().len() > 8)
         .unwrap();
     let len = std::fs::metadata(&newest).unwrap().len();
     flip(&newest, record::MAGIC.len() as u64 + 2);
@@ -135,8 +134,7 @@ fn a_torn_tail_of_the_newest_segment_is_still_cut() {
     filled(dir.path(), mb, 30);
     let newest = segments(dir.path())
         .into_iter()
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 8)
-        .next_back()
+        .rfind(|p| std::fs::metadata(p).unwrap().len() > 8)
         .unwrap();
     let len = std::fs::metadata(&newest).unwrap().len();
     let file = std::fs::OpenOptions::new()
