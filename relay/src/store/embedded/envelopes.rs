@@ -1,12 +1,14 @@
-//! Envelopes through the log and its index: append, fetch, ack, expire, and
-//! the rebuild of the index from the log at start.
+//! Envelopes through the log and its index: append, fetch, ack, expire, the
+//! relay-wide caps, and the rebuild of the index at start (from the index
+//! checkpoint and the segments written since it).
 //!
 //! Envelopes go to the log, where an append costs a memcpy and a share of
 //! one `fdatasync`: with envelopes in sled too (five records per send, three
 //! per ack), sled's node copies held the relay to ~5,500 durable messages a
-//! second (docs/performance.md). The index, rebuilt from the log at start,
-//! maps each mailbox's sequence numbers to log locations and message ids to
-//! sequence numbers. A mailbox's next sequence number comes from the log
+//! second (docs/performance.md). The index maps each mailbox's sequence
+//! numbers to log locations, with a fingerprint of each message id for
+//! de-duplication (confirmed on disk); expiry is found per segment. A
+//! mailbox's next sequence number comes from the log
 //! while any record of it is there; before a segment is deleted, every
 //! mailbox's number is saved to its sled record (see `reclaim`), so a
 //! sequence number is never handed out twice.

@@ -8,8 +8,12 @@
 //! - `meta`: mailbox and token records in sled;
 //! - `envelopes`: appending, reading, acknowledging and expiring envelopes
 //!   through the log and its index, and rebuilding the index at start;
+//! - `checkpoint`: the index written to one file, so a restart reads it and
+//!   replays only the segments written since;
 //! - `reclaim`: the background thread that deletes segments whose envelopes
-//!   are all gone and copies held ones out of mostly-dead segments;
+//!   are all gone, copies held ones out of mostly-dead segments, and writes
+//!   the checkpoint as the log grows;
+//! - `status`: what `tern-relay status` reads from the files;
 //! - `durability`: one flush (log `fdatasync` plus a sled flush when a record
 //!   changed), shared by concurrent writers through [`group_commit`].
 //!
@@ -17,8 +21,9 @@
 //! [`MailboxStore`] implementation, which only takes the right locks and
 //! counts writes for the group commit.
 //!
-//! On disk (unchanged since the engine was called `SledStore`): sled in the
-//! store directory, segment files in `envelopes/` under it.
+//! On disk: sled in the store directory, segment files (`TERNLOG2`; older
+//! `TERNLOG1` ones still read), the index checkpoint and quarantine
+//! markers in `envelopes/` under it (docs/operations.md).
 
 mod checkpoint;
 mod durability;
