@@ -908,6 +908,29 @@ impl EnvelopeLog {
         Ok(Some(id))
     }
 
+    /// Delete sealed segment `id` if nothing in it is held and it is not
+    /// quarantined, whatever segments before it hold. The caller has made
+    /// sure the index checkpoint covers it and sequence numbers are saved.
+    pub fn delete_if_dead(&self, id: u64) -> Result<bool, StoreError> {
+        {
+            let mut t = self.tail()?;
+            let head = t.head;
+            let dead = t
+                .segments
+                .get(&id)
+                .is_some_and(|s| id != head && s.live == 0 && s.quarantined.is_none());
+            if !dead {
+                return Ok(false);
+            }
+            t.segments.remove(&id);
+            t.unsynced.retain(|u| *u != id);
+            t.dir_dirty = true;
+        }
+        std::fs::remove_file(segment_path(&self.dir, id))
+            .map_err(|e| StoreError::unavailable("delete segment", e))?;
+        Ok(true)
+    }
+
     /// Bytes on disk and in the buffer, over all segments.
     pub fn total_bytes(&self) -> u64 {
         self.tail()

@@ -4,6 +4,7 @@
 //! does not know survive reclamation; the index checkpoint brings back what
 //! a full replay would; expiry removes in chunks and by segment.
 
+use super::envelope_log::Location;
 use super::*;
 use std::path::PathBuf;
 
@@ -393,4 +394,47 @@ fn a_checkpoint_naming_deleted_segments_restores_only_what_is_held() {
         .collect();
     assert_eq!(got, [141]);
     assert_eq!(store.held(), 1);
+}
+
+/// Long-held envelopes stay where they are while acked traffic flows past
+/// them: dead segments the checkpoint covers are deleted behind them, not
+/// freed by copying the held ones forward every turn of the log.
+#[test]
+fn long_held_envelopes_stay_put_while_dead_segments_behind_them_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (offline, online) = ([11u8; 16], [12u8; 16]);
+    let locations = |store: &EmbeddedStore| -> Vec<Location> {
+        let shard = store.inner.index.shard(&offline).unwrap();
+        shard[&offline].iter().map(|s| s.at()).collect()
+    };
+    {
+        let store = EmbeddedStore::open_with(dir.path(), tiny()).unwrap();
+        store.create_mailbox(offline, [9; 32], 0).unwrap();
+        store.create_mailbox(online, [8; 32], 0).unwrap();
+        for i in 0..40 {
+            put(&store, &offline, i, u64::MAX);
+            store.flush().unwrap();
+        }
+        let held_at = locations(&store);
+        for i in 0..400 {
+            let a = put(&store, &online, 1000 + i, u64::MAX);
+            store.ack(&online, &[a.seq]).unwrap();
+            store.flush().unwrap();
+            if i % 5 == 4 {
+                store.checkpoint().unwrap();
+                store.reclaim().unwrap();
+            }
+        }
+        assert_eq!(locations(&store), held_at, "held envelopes were copied");
+        let held_bytes: u64 = held_at.iter().map(|l| u64::from(l.len)).sum();
+        assert!(
+            store.log_bytes() < held_bytes + 8 * 2048,
+            "log {} bytes for {held_bytes} held",
+            store.log_bytes()
+        );
+    }
+    let store = EmbeddedStore::open_with(dir.path(), tiny()).unwrap();
+    assert_eq!(store.fetch(&offline, 0, 100).unwrap().len(), 40);
+    assert!(store.fetch(&online, 0, 100).unwrap().is_empty());
+    assert_eq!(store.mailbox(&online).unwrap().unwrap().next_seq, 401);
 }
