@@ -16,8 +16,11 @@
 //! Which envelopes are live, and where, is the caller's index; this module
 //! keeps per-segment counts so it can say when a segment may go.
 //!
-//! A little over 600 lines on purpose: the buffer, the segment files, sync
-//! and replay share one lock discipline and are meant to be read together.
+//! A little over 600 lines on purpose: the buffer, the segment files and
+//! sync share one lock discipline and are meant to be read together.
+//! Opening and replay are in `envelope_log_open.rs`, the bookkeeping of
+//! segments (expiry, quarantine, versions, out-of-order deletion) in
+//! `envelope_log_segments.rs`; both are child modules of this one.
 
 use super::record::{self, Damage, Record, LEGACY_MAGIC, MAGIC};
 use super::StoreError;
@@ -179,180 +182,6 @@ pub struct Replayed<'a> {
 }
 
 impl EnvelopeLog {
-    /// Open the log in `dir`, calling `replay` on every whole record, oldest
-    /// first, and start a fresh head segment. A record torn by a crash ends
-    /// its segment: the tail of the newest segment is cut off there; damage
-    /// anywhere else quarantines the segment (it is kept, never deleted,
-    /// and reported) and the rest of it is skipped.
-    pub fn open(
-        dir: &Path,
-        segment_bytes: u64,
-        replay: impl FnMut(Replayed<'_>),
-    ) -> Result<Self, StoreError> {
-        Self::open_from(dir, segment_bytes, 0, replay)
-    }
-
-    /// [`Self::open`], replaying only segments from `first_replayed` on:
-    /// older ones are covered by the index checkpoint, and are neither
-    /// read nor opened (only their sizes are looked up).
-    pub fn open_from(
-        dir: &Path,
-        segment_bytes: u64,
-        first_replayed: u64,
-        mut replay: impl FnMut(Replayed<'_>),
-    ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::unavailable("create envelope directory", e))?;
-        let mut ids = Vec::new();
-        let mut marked = std::collections::HashSet::new();
-        for entry in std::fs::read_dir(dir)
-            .map_err(|e| StoreError::unavailable("read envelope directory", e))?
-        {
-            let entry = entry.map_err(|e| StoreError::unavailable("read envelope directory", e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(id) = name
-                .strip_suffix(QUARANTINE_SUFFIX)
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                marked.insert(id);
-            }
-            let Some(id) = name
-                .strip_suffix(".seg")
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            ids.push(id);
-        }
-        ids.sort_unstable();
-        let mut segments = BTreeMap::new();
-        let newest = ids.last().copied();
-        for id in ids {
-            let path = segment_path(dir, id);
-            if id < first_replayed && Some(id) != newest {
-                let size = std::fs::metadata(&path)
-                    .map_err(|e| StoreError::unavailable("look up segment", e))?
-                    .len();
-                let mut seg = Segment::new(None, size);
-                if marked.contains(&id) {
-                    seg.quarantined = Some("quarantined before restart");
-                }
-                segments.insert(id, seg);
-                continue;
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| StoreError::unavailable("open segment", e))?;
-            let mut bytes = Vec::new();
-            (&file)
-                .read_to_end(&mut bytes)
-                .map_err(|e| StoreError::unavailable("read segment", e))?;
-            let mut at = 0usize;
-            let mut torn = false;
-            let mut quarantined = None;
-            let legacy = bytes.get(..LEGACY_MAGIC.len()) == Some(&LEGACY_MAGIC[..]);
-            if legacy || bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
-                at = MAGIC.len();
-                while at < bytes.len() {
-                    match record::decode_in(&bytes[at..], legacy) {
-                        Ok((record, len)) => {
-                            let loc = Location {
-                                segment: id,
-                                offset: at as u64,
-                                len: len as u32,
-                            };
-                            replay(Replayed { record, at: loc });
-                            at += len;
-                        }
-                        Err(damage) => {
-                            // A torn write leaves a short record or zeros
-                            // (space the file system allocated but that
-                            // was never written). Anything else is damage:
-                            // whole records may follow it, so the file is
-                            // left as it is, and never written to again.
-                            let rest = &bytes[at..];
-                            torn = damage == Damage::Truncated || rest.iter().all(|b| *b == 0);
-                            if Some(id) == newest && torn {
-                                tracing::info!(segment = id, at, "cutting a torn record");
-                            } else {
-                                tracing::error!(
-                                    segment = id,
-                                    at,
-                                    ?damage,
-                                    "damaged envelope log: segment quarantined (kept, never \
-                                     deleted); see docs/operations.md, Quarantine"
-                                );
-                                quarantined = Some("damaged record");
-                            }
-                            break;
-                        }
-                    }
-                }
-            } else if !bytes.is_empty() {
-                tracing::error!(
-                    segment = id,
-                    "envelope segment without a header: quarantined (kept, never deleted)"
-                );
-                quarantined = Some("no segment header");
-            }
-            if Some(id) == newest && torn {
-                // Only the newest segment can end in a torn write; cut it so
-                // the file holds whole records only.
-                file.set_len(at as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| StoreError::unavailable("truncate segment", e))?;
-            }
-            let size = if quarantined.is_some() {
-                bytes.len() as u64
-            } else {
-                at as u64
-            };
-            let mut seg = Segment::new(None, size);
-            if let Some(why) = quarantined {
-                mark_quarantined(dir, id, why);
-            } else if marked.contains(&id) {
-                quarantined = Some("quarantined before restart");
-            }
-            seg.quarantined = quarantined;
-            seg.legacy = legacy;
-            drop(file);
-            segments.insert(id, seg);
-        }
-        let head = newest.map_or(1, |n| n + 1);
-        let file = Self::create_segment(dir, head)?;
-        segments.insert(head, Segment::new(Some(file), MAGIC.len() as u64));
-        sync_dir(dir)?;
-        #[cfg(test)]
-        let synced_at_open: BTreeMap<u64, u64> = segments
-            .iter()
-            .filter(|(id, _)| **id != head)
-            .map(|(id, s)| (*id, s.size))
-            .collect();
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            tail: Mutex::new(Tail {
-                head,
-                head_started: Instant::now(),
-                written: MAGIC.len() as u64,
-                buf: Vec::with_capacity(1 << 20),
-                segments,
-                unsynced: Vec::new(),
-                dir_dirty: false,
-                write_failed: false,
-                sync_failed: None,
-            }),
-            sync_lock: Mutex::new(()),
-            #[cfg(test)]
-            synced: Mutex::new(synced_at_open),
-            #[cfg(test)]
-            syncing: Mutex::new(Vec::new()),
-        })
-    }
-
     fn create_segment(dir: &Path, id: u64) -> Result<File, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -753,124 +582,6 @@ impl EnvelopeLog {
             .collect())
     }
 
-    /// Every segment's id, earliest expiry and quarantine, for the index
-    /// checkpoint; and the head's id (the first segment it does not cover).
-    /// Flags are [`QUARANTINED`] and [`LEGACY`].
-    pub fn segment_table(&self) -> Result<(Vec<SegmentEntry>, u64), StoreError> {
-        let t = self.tail()?;
-        let table = t
-            .segments
-            .iter()
-            .map(|(id, s)| {
-                let flags = if s.quarantined.is_some() {
-                    QUARANTINED
-                } else {
-                    0
-                } | if s.legacy { LEGACY } else { 0 };
-                (*id, s.min_expires, flags)
-            })
-            .collect();
-        Ok((table, t.head))
-    }
-
-    /// Restore what the checkpoint knew of a segment that was not replayed.
-    pub fn restore_segment(&self, id: u64, min_expires: u64, flags: u8) {
-        if let Ok(mut t) = self.tail() {
-            if let Some(s) = t.segments.get_mut(&id) {
-                s.min_expires = min_expires;
-                s.legacy = flags & LEGACY != 0;
-                if flags & QUARANTINED != 0 {
-                    s.quarantined = Some("quarantined before restart");
-                }
-            }
-        }
-    }
-
-    /// Decode the record at the start of `bytes`, read from `segment`.
-    pub fn decode<'a>(&self, segment: u64, bytes: &'a [u8]) -> Result<(Record<'a>, usize), Damage> {
-        let legacy = self
-            .tail()
-            .map(|t| t.segments.get(&segment).is_some_and(|s| s.legacy))
-            .unwrap_or(false);
-        record::decode_in(bytes, legacy)
-    }
-
-    /// Note that segment `id` holds a record expiring at `expires_ms`.
-    pub fn note_expiry(&self, id: u64, expires_ms: u64) {
-        if let Ok(mut t) = self.tail() {
-            if let Some(s) = t.segments.get_mut(&id) {
-                s.min_expires = s.min_expires.min(expires_ms);
-            }
-        }
-    }
-
-    /// Set segment `id`'s earliest expiry after a sweep removed what was
-    /// due (not the head's: records may have joined it since it was read).
-    pub fn set_min_expires(&self, id: u64, min_expires: u64) {
-        if let Ok(mut t) = self.tail() {
-            let head = t.head;
-            if let Some(s) = t.segments.get_mut(&id).filter(|_| id != head) {
-                s.min_expires = min_expires;
-            }
-        }
-    }
-
-    /// Keep segment `id` whatever its live count says (records in it
-    /// cannot be accounted for); reported, never deleted by the relay.
-    pub fn quarantine(&self, id: u64, why: &'static str) {
-        if let Ok(mut t) = self.tail() {
-            if let Some(s) = t.segments.get_mut(&id) {
-                if s.quarantined.is_none() {
-                    mark_quarantined(&self.dir, id, why);
-                    tracing::error!(
-                        segment = id,
-                        why,
-                        "envelope segment quarantined (kept, never deleted); \
-                         see docs/operations.md, Quarantine"
-                    );
-                }
-                s.quarantined = Some(why);
-            }
-        }
-    }
-
-    /// The directory the segments are in.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.clone()
-    }
-
-    /// Ids of every segment.
-    pub fn segment_ids(&self) -> std::collections::HashSet<u64> {
-        self.tail()
-            .map(|t| t.segments.keys().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Quarantined segments: (id, why).
-    pub fn quarantined(&self) -> Vec<(u64, &'static str)> {
-        self.tail()
-            .map(|t| {
-                t.segments
-                    .iter()
-                    .filter_map(|(id, s)| Some((*id, s.quarantined?)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Segments holding something expired at `now_ms`, earliest expiry first.
-    pub fn segments_due(&self, now_ms: u64) -> Result<Vec<u64>, StoreError> {
-        let t = self.tail()?;
-        let mut due: Vec<(u64, u64)> = t
-            .segments
-            .iter()
-            .filter(|(_, s)| s.min_expires <= now_ms && s.live > 0)
-            .map(|(id, s)| (s.min_expires, *id))
-            .collect();
-        due.sort_unstable();
-        Ok(due.into_iter().map(|(_, id)| id).collect())
-    }
-
     /// All bytes of a segment, the head's buffer included (to copy its
     /// live records forward, or sweep it); `None` if it was deleted.
     pub fn read_segment(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -908,29 +619,6 @@ impl EnvelopeLog {
         Ok(Some(id))
     }
 
-    /// Delete sealed segment `id` if nothing in it is held and it is not
-    /// quarantined, whatever segments before it hold. The caller has made
-    /// sure the index checkpoint covers it and sequence numbers are saved.
-    pub fn delete_if_dead(&self, id: u64) -> Result<bool, StoreError> {
-        {
-            let mut t = self.tail()?;
-            let head = t.head;
-            let dead = t
-                .segments
-                .get(&id)
-                .is_some_and(|s| id != head && s.live == 0 && s.quarantined.is_none());
-            if !dead {
-                return Ok(false);
-            }
-            t.segments.remove(&id);
-            t.unsynced.retain(|u| *u != id);
-            t.dir_dirty = true;
-        }
-        std::fs::remove_file(segment_path(&self.dir, id))
-            .map_err(|e| StoreError::unavailable("delete segment", e))?;
-        Ok(true)
-    }
-
     /// Bytes on disk and in the buffer, over all segments.
     pub fn total_bytes(&self) -> u64 {
         self.tail()
@@ -938,6 +626,11 @@ impl EnvelopeLog {
             .unwrap_or(0)
     }
 }
+
+#[path = "envelope_log_open.rs"]
+mod open;
+#[path = "envelope_log_segments.rs"]
+mod segments;
 
 #[cfg(test)]
 #[path = "envelope_log_tests.rs"]
