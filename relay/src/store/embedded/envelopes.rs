@@ -343,25 +343,46 @@ impl Inner {
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
         // A segment can vanish between reading the index and reading the
         // log only if its envelopes were acknowledged meanwhile; the next
-        // look at the index no longer lists them.
-        for _ in 0..FETCH_ATTEMPTS {
+        // look at the index no longer lists them. A damaged record is
+        // skipped (and its segment quarantined), so the reads go on past
+        // it until `limit` envelopes are in hand or the mailbox ends.
+        let mut out = Vec::new();
+        let mut after = after_seq;
+        let mut attempts = 0;
+        while out.len() < limit {
+            let want = limit - out.len();
             let entries: Vec<(u64, Location)> = {
                 let shard = self.index.shard(mailbox).ok_or_else(poisoned)?;
                 let Some(st) = shard.get(mailbox) else {
-                    return Ok(Vec::new());
+                    return Ok(out);
                 };
-                st.after(after_seq)
-                    .take(limit)
+                st.after(after)
+                    .take(want)
                     .map(|s| (s.seq, s.at()))
                     .collect()
             };
-            if let Some(found) = self.read_envelopes(mailbox, &entries)? {
-                return Ok(found);
+            let Some(last) = entries.last().map(|(seq, _)| *seq) else {
+                break;
+            };
+            match self.read_envelopes(mailbox, &entries)? {
+                Some(found) => {
+                    out.extend(found);
+                    after = last;
+                }
+                None => {
+                    attempts += 1;
+                    if attempts >= FETCH_ATTEMPTS {
+                        return Err(StoreError::Unavailable(
+                            "envelope log changed under every read".into(),
+                        ));
+                    }
+                }
+            }
+            if entries.len() < want {
+                break;
             }
         }
-        Err(StoreError::Unavailable(
-            "envelope log changed under every read".into(),
-        ))
+        Ok(out)
     }
 
     /// Read the envelopes at `entries` (in sequence order) from the log,
@@ -421,10 +442,18 @@ impl Inner {
                             payload: e.payload.to_vec(),
                         });
                     }
+                    // Damage found on read (in a segment the checkpoint
+                    // covered, so not read at start): not served, not
+                    // deleted; the segment is quarantined and reported.
                     _ => {
-                        return Err(StoreError::Corrupt(
-                            "envelope record does not match the index",
-                        ))
+                        tracing::error!(
+                            mailbox = %hex::encode(&mailbox[..4]),
+                            seq,
+                            segment = at.segment,
+                            "envelope record damaged or not the one indexed"
+                        );
+                        self.log
+                            .quarantine(at.segment, "damaged record found on read");
                     }
                 }
             }
