@@ -133,11 +133,16 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
     let mut stream = link.messages().await?;
 
     // Phase 1: storage.
-    let data = relay.data_dir();
-    let (disk0, log0) = (
-        dir_bytes(data),
-        dir_bytes(&data.join("db").join("envelopes")),
-    );
+    // A relay this tool did not start (--relay) has no directory here:
+    // its disk figures read as zero.
+    let data = relay.data_dir().map(Path::to_path_buf);
+    let size = |sub: Option<&str>| {
+        data.as_ref().map_or(0, |d| match sub {
+            Some(s) => dir_bytes(&d.join("db").join(s)),
+            None => dir_bytes(d),
+        })
+    };
+    let (disk0, log0) = (size(None), size(Some("envelopes")));
     for i in 0..plan.store {
         let results = tokio::time::timeout_at(deadline, stream.send_many(&send(i)))
             .await
@@ -147,9 +152,8 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
         }
     }
     let stored = plan.store.max(1) as f64;
-    let disk_per = (dir_bytes(data).saturating_sub(disk0)) as f64 / stored;
-    let log_per =
-        (dir_bytes(&data.join("db").join("envelopes")).saturating_sub(log0)) as f64 / stored;
+    let disk_per = (size(None).saturating_sub(disk0)) as f64 / stored;
+    let log_per = (size(Some("envelopes")).saturating_sub(log0)) as f64 / stored;
 
     // Members subscribe and ack everything they get.
     let arrivals = Arc::new(Arrivals {

@@ -6,12 +6,14 @@
 //! (see [`e2e`]), so the figures include the clients' crypto.
 //!
 //! Every run starts a fresh relay with its data in a new temporary
-//! directory; every loop is bounded by a count and by a timeout.
+//! directory, or drives one it did not start (`--relay URL`); every loop
+//! is bounded by a count and by a timeout.
 
 mod drain;
 mod e2e;
 mod fanout;
 mod flood;
+mod hold;
 mod idle;
 mod pairs;
 mod proc;
@@ -57,6 +59,12 @@ struct Global {
     /// Run the relay as a child process, so its CPU and RSS are its own.
     #[arg(long, global = true)]
     spawn_relay: bool,
+    /// Drive a relay this tool did not start, at this URL (as `tern-relay
+    /// run` prints it), instead of starting one per run. Its rate limits
+    /// must be raised in its config for this (README, "Benchmarks"); no
+    /// relay CPU, RSS or disk figures are taken.
+    #[arg(long, global = true)]
+    relay: Option<tern_protocol::url::RelayUrl>,
     /// Worker threads of the in-process relay's runtime.
     #[arg(long, global = true, default_value_t = 2)]
     relay_threads: usize,
@@ -90,6 +98,11 @@ enum Workload {
     /// one group send to the last mailbox holding it, relay bytes stored per
     /// group message, and group messages per second.
     Fanout(FanoutArgs),
+    /// N envelopes held across M mailboxes (never acked): relay RSS and
+    /// disk per held envelope, SIGKILL-to-serving time, and online K=64
+    /// throughput while they are held. The relay always runs as a child
+    /// process (or is the --relay one: then without RSS, disk or restart).
+    Hold(HoldArgs),
     /// Run a relay with the bench configuration (used by --spawn-relay).
     #[command(hide = true)]
     Serve {
@@ -199,6 +212,35 @@ struct DrainArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+struct HoldArgs {
+    /// Envelopes to hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    envelopes: u64,
+    /// Mailboxes they are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    mailboxes: usize,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Sender connections filling at once.
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    /// Sends in flight per sender.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Messages in each online K=64 measurement.
+    #[arg(long, default_value_t = 200_000)]
+    online_messages: u64,
+    /// K=64 measurements on the full relay and on an empty one beside it,
+    /// alternating (the median of each is reported).
+    #[arg(long, default_value_t = 3)]
+    online_rounds: usize,
+    /// Bound on the fill, in seconds.
+    #[arg(long, default_value_t = 3_600)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
 struct IdleArgs {
     /// Connections to hold open; a list runs each in turn.
     #[arg(long, value_delimiter = ',', default_values_t = [10_000usize])]
@@ -267,8 +309,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
     let g = cli.global.clone();
     let runs = g.runs.max(1);
-    let start_relay_with =
-        |setup| BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay, setup);
+    let start_relay_with = |setup| {
+        let external = g.relay.clone();
+        let start = BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay, setup);
+        async move {
+            match external {
+                Some(url) => {
+                    drop(start);
+                    Ok(BenchRelay::external(url))
+                }
+                None => start.await,
+            }
+        }
+    };
     let start_relay = || start_relay_with(Setup::Bench);
     let mode = if g.e2e { Mode::E2e } else { Mode::Opaque };
     let suffix = mode.label_suffix();
@@ -529,6 +582,73 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 };
                 let row = fanout::run(&relay, plan, format!("M={}", a.members)).await;
                 relay.shutdown().await;
+                report.rows.push(row?);
+            }
+            report
+        }
+        Workload::Hold(_) if g.e2e => {
+            return Err(anyhow!(
+                "--e2e does not apply to hold (opaque payloads only)"
+            ));
+        }
+        Workload::Hold(a) => {
+            let mut report = Report {
+                workload: "hold".into(),
+                mode: Some(Mode::Opaque.name()),
+                params: json!({
+                    "envelopes": a.envelopes, "mailboxes": a.mailboxes, "size": a.size,
+                    "senders": a.senders, "window": a.window,
+                    "online_messages": a.online_messages,
+                    "online_rounds": a.online_rounds, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "{} envelopes of {} bytes (opaque) held across {} mailboxes whose devices stay \
+                     offline; B/env = relay RSS / held, and over the empty relay's RSS; disk = the \
+                     data directory; K=64 = online 1:1, {} messages, median of {} rounds alternating \
+                     between the full relay and an empty one running beside it; restart s = SIGKILL to a new device registered and a held \
+                     envelope delivered (listen s: to the new process listening)",
+                    a.envelopes, a.size, a.mailboxes, a.online_messages, a.online_rounds
+                )],
+                rows: Vec::new(),
+            };
+            let plan = hold::HoldPlan {
+                envelopes: a.envelopes,
+                mailboxes: a.mailboxes,
+                size: a.size,
+                senders: a.senders,
+                window: a.window,
+                online_messages: a.online_messages,
+                online_rounds: a.online_rounds,
+                timeout: Duration::from_secs(a.timeout),
+            };
+            for _ in 0..runs {
+                let mut relay = match &g.relay {
+                    Some(url) => BenchRelay::external(url.clone()),
+                    None => {
+                        BenchRelay::start(&relay_rt, g.data_dir.as_deref(), true, Setup::Bench)
+                            .await?
+                    }
+                };
+                set_note(&mut report, relay.describe());
+                // The empty relay to compare with: a second child beside it.
+                let empty = match &g.relay {
+                    Some(_) => None,
+                    None => Some(
+                        BenchRelay::start(&relay_rt, g.data_dir.as_deref(), true, Setup::Bench)
+                            .await?,
+                    ),
+                };
+                let row = hold::run(
+                    &mut relay,
+                    empty.as_ref(),
+                    plan,
+                    format!("N={}", a.envelopes),
+                )
+                .await;
+                relay.shutdown().await;
+                if let Some(e) = empty {
+                    e.shutdown().await;
+                }
                 report.rows.push(row?);
             }
             report

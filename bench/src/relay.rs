@@ -62,6 +62,9 @@ enum Running {
         runtime: Handle,
     },
     Child(tokio::process::Child),
+    /// A relay this tool did not start (`--relay URL`): no figures of its
+    /// own, never stopped.
+    External,
 }
 
 /// A relay started for one run, with its data in a temporary directory.
@@ -69,7 +72,8 @@ pub struct BenchRelay {
     running: Option<Running>,
     /// Where clients reach it.
     pub url: RelayUrl,
-    _dir: tempfile::TempDir,
+    setup: Setup,
+    dir: Option<tempfile::TempDir>,
 }
 
 fn temp_dir(data_parent: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
@@ -91,7 +95,13 @@ impl BenchRelay {
     ) -> anyhow::Result<Self> {
         let dir = temp_dir(data_parent)?;
         if spawn {
-            return Self::spawn(dir, setup).await;
+            let (child, url) = Self::spawn_child(dir.path(), setup).await?;
+            return Ok(Self {
+                url,
+                running: Some(Running::Child(child)),
+                setup,
+                dir: Some(dir),
+            });
         }
         let config = config(setup, dir.path())?;
         let relay = runtime
@@ -105,14 +115,72 @@ impl BenchRelay {
                 relay,
                 runtime: runtime.clone(),
             }),
-            _dir: dir,
+            setup,
+            dir: Some(dir),
         })
     }
 
-    async fn spawn(dir: tempfile::TempDir, setup: Setup) -> anyhow::Result<Self> {
+    /// A relay this tool did not start, at `url` (`--relay`).
+    pub fn external(url: RelayUrl) -> Self {
+        Self {
+            running: Some(Running::External),
+            url,
+            setup: Setup::Bench,
+            dir: None,
+        }
+    }
+
+    /// Whether this tool started the relay as a child process.
+    pub fn is_child(&self) -> bool {
+        matches!(self.running, Some(Running::Child(_)))
+    }
+
+    /// Bytes under the relay's data directory (0 for an external relay).
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        self.dir.as_ref().map_or(0, |d| walk(d.path()))
+    }
+
+    /// Kill the child relay with SIGKILL and start another on the same
+    /// data directory; returns when it was killed. The new one's URL is in
+    /// [`Self::url`] once this returns (it printed it: it is listening).
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<std::time::Instant> {
+        let Some(Running::Child(mut child)) = self.running.take() else {
+            bail!("only a relay this tool spawned can be killed and restarted");
+        };
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .ok_or_else(|| anyhow!("no data directory"))?;
+        child.start_kill().context("SIGKILL to the relay")?;
+        let killed = std::time::Instant::now();
+        child.wait().await.context("waiting for the killed relay")?;
+        let (child, url) = Self::spawn_child(&dir, self.setup).await?;
+        self.running = Some(Running::Child(child));
+        self.url = url;
+        Ok(killed)
+    }
+
+    async fn spawn_child(
+        dir: &Path,
+        setup: Setup,
+    ) -> anyhow::Result<(tokio::process::Child, RelayUrl)> {
         let exe = std::env::current_exe().context("finding tern-bench itself")?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("serve").arg("--data-dir").arg(dir.path());
+        cmd.arg("serve").arg("--data-dir").arg(dir);
         if setup == Setup::Defaults {
             cmd.arg("--defaults");
         }
@@ -127,19 +195,15 @@ impl BenchRelay {
             .take()
             .ok_or_else(|| anyhow!("relay process has no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
             .await
-            .context("relay process did not start in 30 s")??
+            .context("relay process did not start in 600 s")??
             .ok_or_else(|| anyhow!("relay process exited before printing its URL"))?;
         let url: RelayUrl = line
             .trim()
             .parse()
             .map_err(|e| anyhow!("relay process printed {line:?}: {e}"))?;
-        Ok(Self {
-            url,
-            running: Some(Running::Child(child)),
-            _dir: dir,
-        })
+        Ok((child, url))
     }
 
     /// CPU and memory of the relay: its threads' CPU and the whole
@@ -150,13 +214,14 @@ impl BenchRelay {
                 Some(pid) => proc::sample_pid(pid),
                 None => Sample::default(),
             },
+            Some(Running::External) => Sample::default(),
             _ => proc::sample(),
         }
     }
 
-    /// The relay's data directory.
-    pub fn data_dir(&self) -> &Path {
-        self._dir.path()
+    /// The relay's data directory, unless the relay is not ours (`--relay`).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
     }
 
     /// How the figures are taken, for the notes above a table.
@@ -164,6 +229,9 @@ impl BenchRelay {
         match &self.running {
             Some(Running::Child(_)) => {
                 "relay in a child process: relay CPU and RSS are the relay's alone"
+            }
+            Some(Running::External) => {
+                "relay not started by tern-bench (--relay): no relay CPU, RSS or disk figures"
             }
             _ => {
                 "relay in-process: relay CPU = its runtime's and sled's threads; \
@@ -188,7 +256,7 @@ impl BenchRelay {
                     let _ = child.kill().await;
                 }
             }
-            None => {}
+            Some(Running::External) | None => {}
         }
     }
 }

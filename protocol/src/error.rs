@@ -44,6 +44,7 @@ impl WireError {
                 | ErrorCode::StorageUnavailable
                 | ErrorCode::Internal
                 | ErrorCode::QuotaExceeded
+                | ErrorCode::RelayFull
         )
     }
 }

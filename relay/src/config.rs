@@ -160,6 +160,17 @@ pub struct Limits {
     /// slows down to recover the drops. Linux caps it at
     /// `net.core.rmem_max` / `wmem_max`; the relay logs what it got.
     pub udp_socket_buffer_bytes: usize,
+    /// Most envelopes the relay holds in all mailboxes together; past it
+    /// sends are refused with RELAY_FULL (0: no cap). Each held envelope
+    /// costs about 27 bytes of memory (docs/operations.md).
+    pub max_held_envelopes: u64,
+    /// Most payload bytes the relay holds in all mailboxes together
+    /// (0: no cap beyond `min_free_disk_bytes`).
+    pub max_held_bytes: u64,
+    /// Each envelope counts as at least this many bytes against
+    /// `mailbox_max_bytes`, so tiny envelopes cannot hold more than
+    /// `mailbox_max_bytes / min_envelope_charge` per mailbox.
+    pub min_envelope_charge: u64,
 }
 
 impl Default for RelayConfig {
@@ -196,6 +207,9 @@ impl Default for Limits {
             stream_push_bytes: 1 << 20,
             push_budget_bytes: 256 << 20,
             udp_socket_buffer_bytes: 4 << 20,
+            max_held_envelopes: 100_000_000,
+            max_held_bytes: 0,
+            min_envelope_charge: 256,
         }
     }
 }

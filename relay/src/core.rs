@@ -138,6 +138,10 @@ fn store_error(e: StoreError) -> WireError {
         StoreError::QuotaExceeded { .. } => {
             WireError::new(ErrorCode::QuotaExceeded, e.to_string()).retry_after(60_000)
         }
+        StoreError::RelayFull { .. } => {
+            tracing::warn!("{e}");
+            WireError::new(ErrorCode::RelayFull, "relay storage is full").retry_after(60_000)
+        }
         StoreError::Unavailable(_) => {
             tracing::warn!("storage unavailable: {e}");
             WireError::new(
@@ -384,8 +388,11 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             now_ms: now,
             expires_ms: now.saturating_add(self.limits.envelope_ttl_secs.saturating_mul(1000)),
         };
+        // The minimum charge: an envelope counts as at least
+        // `min_envelope_charge` bytes, which caps how many tiny ones fit.
+        let by_bytes = self.limits.mailbox_max_bytes / self.limits.min_envelope_charge.max(1);
         let quota = Quota {
-            max_envelopes: self.limits.mailbox_max_envelopes,
+            max_envelopes: self.limits.mailbox_max_envelopes.min(by_bytes),
             max_bytes: self.limits.mailbox_max_bytes,
         };
         (env, quota)

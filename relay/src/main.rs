@@ -33,6 +33,14 @@ enum Command {
         #[arg(long, env = "TERN_RELAY_PUBLIC_HOST")]
         public_host: Option<String>,
     },
+    /// Report the store in DIR: envelope segments, the index checkpoint,
+    /// and quarantined segments (docs/operations.md, "Quarantine").
+    /// Reads files only, so it works while the relay runs.
+    Status {
+        /// Data directory.
+        #[arg(long, env = "TERN_RELAY_DATA", default_value = "tern-relay-data")]
+        data: PathBuf,
+    },
     /// Print the URL of the relay whose data is in DIR.
     Url {
         /// Data directory.
@@ -86,6 +94,12 @@ fn run_cli() -> anyhow::Result<()> {
             }
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(run(cfg))
+        }
+        Command::Status { data } => {
+            let status = tern_relay::store::embedded::status::log_status(&data.join("db"))
+                .with_context(|| format!("reading {}", data.display()))?;
+            print!("{status}");
+            Ok(())
         }
         Command::Url {
             data,

@@ -12,7 +12,7 @@ use crate::connection::{self, Shared};
 use crate::core::RelayCore;
 use crate::hub::Hub;
 use crate::rate::{Admission, ConnectionSlots, Rates};
-use crate::store::{EmbeddedStore, MailboxStore, StoreError, Swept};
+use crate::store::{EmbeddedStore, LogOptions, MailboxStore, StoreError, Swept};
 use crate::stream::PushBudget;
 use crate::tls::{TlsError, TlsIdentity};
 use crate::workers::StoreWorkers;
@@ -111,7 +111,16 @@ impl RunningRelay {
     pub async fn start(config: RelayConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         config.validate()?;
         create_data_dir(&config)?;
-        let store = Arc::new(EmbeddedStore::open(&config.data_dir.join("db"))?);
+        let cap = |n: u64| if n == 0 { u64::MAX } else { n };
+        let options = LogOptions {
+            max_held_envelopes: cap(config.limits.max_held_envelopes),
+            max_held_bytes: cap(config.limits.max_held_bytes),
+            ..LogOptions::default()
+        };
+        let store = Arc::new(EmbeddedStore::open_with(
+            &config.data_dir.join("db"),
+            options,
+        )?);
         Self::start_with_store(config, clock, store).await
     }
 }

@@ -45,6 +45,15 @@ pub enum StoreError {
         /// Payload bytes held now.
         bytes: u64,
     },
+    /// The relay as a whole holds as many envelopes or bytes as its
+    /// operator allows; nothing stored was touched.
+    #[error("relay storage is full ({envelopes} envelopes, {bytes} bytes held)")]
+    RelayFull {
+        /// Envelopes held relay-wide.
+        envelopes: u64,
+        /// Payload bytes held relay-wide.
+        bytes: u64,
+    },
     /// The mailbox id is already taken.
     #[error("mailbox already exists")]
     MailboxExists,
@@ -181,7 +190,10 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError>;
     /// Append an envelope, assigning the next sequence number, unless an
     /// envelope with its message id is still held in the mailbox (then the
-    /// earlier sequence number comes back, marked duplicate). Refuses over
+    /// earlier sequence number comes back, marked duplicate). An engine may
+    /// look for that repeat only among the mailbox's newest held envelopes
+    /// (the embedded one: the newest 1,024): retries come soon, and a
+    /// repeat stored again is dropped by the recipient. Refuses over
     /// quota, checked atomically with the append, without touching anything
     /// stored.
     fn append(

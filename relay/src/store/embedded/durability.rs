@@ -12,6 +12,15 @@ use super::reclaim::Reclaimer;
 use super::{Inner, StoreError};
 use std::sync::Arc;
 
+/// The disk failed a sync: end the process with a clear message rather
+/// than serve on data the kernel may have dropped (the fsyncgate pattern).
+/// A supervisor restarts the relay, which replays what is really on disk.
+pub(super) fn fatal(why: &str) -> ! {
+    tracing::error!("{why}; the relay stops: a disk that fails a sync cannot be trusted");
+    eprintln!("tern-relay: FATAL: {why}; stopping (docs/operations.md, \"A failed sync\")");
+    std::process::exit(75)
+}
+
 impl Inner {
     /// Make every write so far durable; true if the log started a new head.
     pub(super) fn sync(&self) -> Result<bool, StoreError> {

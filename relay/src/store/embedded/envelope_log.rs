@@ -16,10 +16,13 @@
 //! Which envelopes are live, and where, is the caller's index; this module
 //! keeps per-segment counts so it can say when a segment may go.
 //!
-//! A little over 600 lines on purpose: the buffer, the segment files, sync
-//! and replay share one lock discipline and are meant to be read together.
+//! A little over 600 lines on purpose: the buffer, the segment files and
+//! sync share one lock discipline and are meant to be read together.
+//! Opening and replay are in `envelope_log_open.rs`, the bookkeeping of
+//! segments (expiry, quarantine, versions, out-of-order deletion) in
+//! `envelope_log_segments.rs`; both are child modules of this one.
 
-use super::record::{self, Damage, Record, MAGIC};
+use super::record::{self, Damage, Record, LEGACY_MAGIC, MAGIC};
 use super::StoreError;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -53,16 +56,53 @@ pub struct SegmentUse {
     pub live_bytes: u64,
     /// How long ago it stopped being the head (or the log was opened).
     pub sealed_for: Duration,
+    /// Earliest expiry among its envelope records (`u64::MAX`: none).
+    pub min_expires: u64,
+    /// Why it is quarantined, if it is: never deleted by the relay.
+    pub quarantined: Option<&'static str>,
 }
 
 struct Segment {
-    file: Arc<File>,
+    /// Opened when first needed, closed when many are open (fd cache).
+    file: Option<Arc<File>>,
     size: u64,
     live: u64,
     live_bytes: u64,
     /// When it stopped being the head (or was found at open).
     sealed_at: Instant,
+    /// Earliest expiry among its envelope records (`u64::MAX`: none).
+    min_expires: u64,
+    /// Why it is quarantined, if it is.
+    quarantined: Option<&'static str>,
+    /// A version 1 segment (record headers without a check).
+    legacy: bool,
 }
+
+impl Segment {
+    fn new(file: Option<File>, size: u64) -> Self {
+        Self {
+            file: file.map(Arc::new),
+            size,
+            live: 0,
+            live_bytes: 0,
+            sealed_at: Instant::now(),
+            min_expires: u64::MAX,
+            quarantined: None,
+            legacy: false,
+        }
+    }
+}
+
+/// A segment as the index checkpoint records it: id, earliest expiry, flags.
+pub type SegmentEntry = (u64, u64, u8);
+
+/// Segment-table flag: the segment is quarantined.
+pub const QUARANTINED: u8 = 1;
+/// Segment-table flag: a version 1 segment.
+pub const LEGACY: u8 = 2;
+
+/// Most segment files held open at once; others are opened when read.
+const OPEN_FILES: usize = 64;
 
 struct Tail {
     head: u64,
@@ -98,10 +138,33 @@ pub struct EnvelopeLog {
     /// Serialises whole syncs: a sync returns only when every write made
     /// before it is on disk, even ones another thread's sync picked up.
     sync_lock: Mutex<()>,
+    /// Tests: bytes of each segment covered by a successful sync.
+    #[cfg(test)]
+    synced: Mutex<BTreeMap<u64, u64>>,
+    /// Tests: lengths the sync under way will cover once it succeeds.
+    #[cfg(test)]
+    syncing: Mutex<Vec<(u64, u64)>>,
+}
+
+#[cfg(test)]
+fn poisoned_log() -> StoreError {
+    StoreError::Unavailable("envelope log lock poisoned".into())
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
+}
+
+/// Name ending of the marker file beside a quarantined segment.
+pub const QUARANTINE_SUFFIX: &str = ".quarantined";
+
+/// Leave a marker saying segment `id` is quarantined and why: it keeps the
+/// segment quarantined across restarts, and `tern-relay status` lists it.
+fn mark_quarantined(dir: &Path, id: u64, why: &str) {
+    let marker = dir.join(format!("{id:020}{QUARANTINE_SUFFIX}"));
+    if let Err(e) = std::fs::write(&marker, format!("{why}\n")) {
+        tracing::error!(segment = id, "cannot write quarantine marker: {e}");
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -119,138 +182,6 @@ pub struct Replayed<'a> {
 }
 
 impl EnvelopeLog {
-    /// Open the log in `dir`, calling `replay` on every whole record, oldest
-    /// first, and start a fresh head segment. A record torn by a crash ends
-    /// its segment: the tail of the newest segment is cut off there; damage
-    /// in an older one is logged and the rest of that segment skipped.
-    pub fn open(
-        dir: &Path,
-        segment_bytes: u64,
-        mut replay: impl FnMut(Replayed<'_>),
-    ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::unavailable("create envelope directory", e))?;
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(dir)
-            .map_err(|e| StoreError::unavailable("read envelope directory", e))?
-        {
-            let entry = entry.map_err(|e| StoreError::unavailable("read envelope directory", e))?;
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            ids.push(id);
-        }
-        ids.sort_unstable();
-        let mut segments = BTreeMap::new();
-        let newest = ids.last().copied();
-        for id in ids {
-            let path = segment_path(dir, id);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| StoreError::unavailable("open segment", e))?;
-            let mut bytes = Vec::new();
-            (&file)
-                .read_to_end(&mut bytes)
-                .map_err(|e| StoreError::unavailable("read segment", e))?;
-            let mut at = 0usize;
-            let mut torn = false;
-            if bytes.get(..MAGIC.len()) == Some(&MAGIC[..]) {
-                at = MAGIC.len();
-                while at < bytes.len() {
-                    match record::decode(&bytes[at..]) {
-                        Ok((record, len)) => {
-                            let loc = Location {
-                                segment: id,
-                                offset: at as u64,
-                                len: len as u32,
-                            };
-                            replay(Replayed { record, at: loc });
-                            at += len;
-                        }
-                        Err(damage) => {
-                            // A torn write leaves a short record or zeros
-                            // (space the file system allocated but that
-                            // was never written). Anything else is damage:
-                            // whole records may follow it, so the file is
-                            // left as it is, and never written to again.
-                            let rest = &bytes[at..];
-                            torn = damage == Damage::Truncated || rest.iter().all(|b| *b == 0);
-                            if Some(id) == newest && torn {
-                                tracing::info!(segment = id, at, "cutting a torn record");
-                            } else {
-                                tracing::error!(
-                                    segment = id,
-                                    at,
-                                    ?damage,
-                                    "damaged envelope log; skipping the rest of this segment"
-                                );
-                            }
-                            break;
-                        }
-                    }
-                }
-            } else if !bytes.is_empty() {
-                tracing::error!(
-                    segment = id,
-                    "envelope segment without a header; ignoring it"
-                );
-            }
-            if Some(id) == newest && torn {
-                // Only the newest segment can end in a torn write; cut it so
-                // the file holds whole records only.
-                file.set_len(at as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| StoreError::unavailable("truncate segment", e))?;
-            }
-            segments.insert(
-                id,
-                Segment {
-                    file: Arc::new(file),
-                    size: at as u64,
-                    live: 0,
-                    live_bytes: 0,
-                    sealed_at: Instant::now(),
-                },
-            );
-        }
-        let head = newest.map_or(1, |n| n + 1);
-        let file = Self::create_segment(dir, head)?;
-        segments.insert(
-            head,
-            Segment {
-                file: Arc::new(file),
-                size: MAGIC.len() as u64,
-                live: 0,
-                live_bytes: 0,
-                sealed_at: Instant::now(),
-            },
-        );
-        sync_dir(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            tail: Mutex::new(Tail {
-                head,
-                head_started: Instant::now(),
-                written: MAGIC.len() as u64,
-                buf: Vec::with_capacity(1 << 20),
-                segments,
-                unsynced: Vec::new(),
-                dir_dirty: false,
-                write_failed: false,
-                sync_failed: None,
-            }),
-            sync_lock: Mutex::new(()),
-        })
-    }
-
     fn create_segment(dir: &Path, id: u64) -> Result<File, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -265,6 +196,38 @@ impl EnvelopeLog {
             return Err(StoreError::unavailable("write segment header", e));
         }
         Ok(file)
+    }
+
+    /// Segment `id`'s file, opened now if it is not open; `None` if the
+    /// segment is gone. Keeps at most [`OPEN_FILES`] open: a relay with
+    /// thousands of segments needs no descriptor for each.
+    fn file_of(&self, t: &mut Tail, id: u64) -> Result<Option<Arc<File>>, StoreError> {
+        let Some(s) = t.segments.get(&id) else {
+            return Ok(None);
+        };
+        if let Some(f) = &s.file {
+            return Ok(Some(Arc::clone(f)));
+        }
+        let open = t.segments.values().filter(|s| s.file.is_some()).count();
+        if open >= OPEN_FILES {
+            let head = t.head;
+            if let Some(victim) = t
+                .segments
+                .iter_mut()
+                .find(|(sid, s)| **sid != head && s.file.is_some() && !t.unsynced.contains(sid))
+            {
+                victim.1.file = None;
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .open(segment_path(&self.dir, id))
+            .map_err(|e| StoreError::unavailable("open segment", e))?;
+        let file = Arc::new(file);
+        if let Some(s) = t.segments.get_mut(&id) {
+            s.file = Some(Arc::clone(&file));
+        }
+        Ok(Some(file))
     }
 
     fn tail(&self) -> Result<MutexGuard<'_, Tail>, StoreError> {
@@ -299,14 +262,35 @@ impl EnvelopeLog {
         Ok(())
     }
 
+    /// Count `live` records of `live_bytes` replayed at open (or restored
+    /// from the index checkpoint) as live in `segment`.
+    pub fn count_live_many(
+        &self,
+        segment: u64,
+        live: u64,
+        live_bytes: u64,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tail()?;
+        if let Some(s) = t.segments.get_mut(&segment) {
+            s.live += live;
+            s.live_bytes += live_bytes;
+        }
+        Ok(())
+    }
+
     /// Append a live envelope record (written by `put`) to the head.
     /// Refused while the disk refuses writes or after a failed sync.
-    pub fn append_envelope(&self, put: impl FnOnce(&mut Vec<u8>)) -> Result<Location, StoreError> {
+    pub fn append_envelope(
+        &self,
+        put: impl FnOnce(&mut Vec<u8>),
+        expires_ms: u64,
+    ) -> Result<Location, StoreError> {
         let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put);
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += 1;
             s.live_bytes += u64::from(loc.len);
+            s.min_expires = s.min_expires.min(expires_ms);
         }
         Ok(loc)
     }
@@ -323,6 +307,7 @@ impl EnvelopeLog {
         put_payload: impl FnOnce(&mut Vec<u8>),
         put_refs: impl FnOnce(&mut Vec<u8>, u64),
         refs: u64,
+        expires_ms: u64,
     ) -> Result<Location, StoreError> {
         let mut t = self.writable_tail()?;
         let loc = Self::append(&mut t, put_payload);
@@ -330,6 +315,7 @@ impl EnvelopeLog {
         if let Some(s) = t.segments.get_mut(&loc.segment) {
             s.live += refs;
             s.live_bytes += u64::from(loc.len) * refs;
+            s.min_expires = s.min_expires.min(expires_ms);
         }
         Ok(loc)
     }
@@ -390,10 +376,10 @@ impl EnvelopeLog {
         let end = offset + len as u64;
         let mut out = vec![0u8; len];
         let (file, in_file) = {
-            let t = self.tail()?;
-            let Some(s) = t.segments.get(&segment) else {
+            let mut t = self.tail()?;
+            if !t.segments.contains_key(&segment) {
                 return Ok(None);
-            };
+            }
             let in_file = if segment == t.head && end > t.written {
                 // The part not yet handed to the file is copied from the
                 // buffer now; the part before it is in the file already.
@@ -411,9 +397,14 @@ impl EnvelopeLog {
             } else {
                 len
             };
-            (Arc::clone(&s.file), in_file)
+            let file = if in_file > 0 {
+                self.file_of(&mut t, segment)?
+            } else {
+                None
+            };
+            (file, in_file)
         };
-        if in_file > 0 {
+        if let Some(file) = file.filter(|_| in_file > 0) {
             file.read_exact_at(&mut out[..in_file], offset)
                 .map_err(|e| StoreError::unavailable("read segment", e))?;
         }
@@ -441,7 +432,7 @@ impl EnvelopeLog {
                 let head_file = t
                     .segments
                     .get(&head)
-                    .map(|s| Arc::clone(&s.file))
+                    .and_then(|s| s.file.clone())
                     .ok_or(StoreError::Corrupt("head segment missing"))?;
                 // A failed write dirtied no page that a later sync could
                 // skip: keeping the buffer and writing it again is safe.
@@ -459,8 +450,27 @@ impl EnvelopeLog {
             let ids = std::mem::take(&mut t.unsynced);
             let files: Vec<_> = ids
                 .iter()
-                .filter_map(|id| t.segments.get(id).map(|s| (*id, Arc::clone(&s.file))))
+                .filter_map(|id| {
+                    t.segments
+                        .get(id)
+                        .and_then(|s| Some((*id, s.file.clone()?)))
+                })
                 .collect();
+            #[cfg(test)]
+            {
+                let lens: Vec<(u64, u64)> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        let len = if *id == t.head {
+                            t.written
+                        } else {
+                            t.segments.get(id)?.size
+                        };
+                        Some((*id, len))
+                    })
+                    .collect();
+                *self.syncing.lock().map_err(|_| poisoned_log())? = lens;
+            }
             (files, std::mem::replace(&mut t.dir_dirty, false))
         };
         let mut failed = None;
@@ -468,11 +478,13 @@ impl EnvelopeLog {
             if let Err(e) = file.sync_data() {
                 let why =
                     format!("fdatasync of envelope segment {id} failed ({e}); restart the relay");
-                tracing::error!("{why}");
                 if let Ok(mut t) = self.tail() {
                     t.sync_failed = Some(why.clone());
                 }
-                failed = Some(StoreError::Unavailable(why));
+                // Pages the kernel failed to write may be dropped and the
+                // next fdatasync report success: nothing written since
+                // could be trusted. Stop, and replay what is on disk.
+                super::durability::fatal(&why);
             }
         }
         if dir_dirty {
@@ -486,7 +498,19 @@ impl EnvelopeLog {
         if let Some(e) = failed {
             return Err(e);
         }
+        #[cfg(test)]
+        {
+            let lens = std::mem::take(&mut *self.syncing.lock().map_err(|_| poisoned_log())?);
+            self.synced.lock().map_err(|_| poisoned_log())?.extend(lens);
+        }
         Ok(self.roll_over(max_head_age))
+    }
+
+    /// How many bytes of each segment the last successful syncs covered
+    /// (tests: what a power loss would leave).
+    #[cfg(test)]
+    pub fn synced_lengths(&self) -> BTreeMap<u64, u64> {
+        self.synced.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Start a new head if the current one is full, or holds records and is
@@ -513,7 +537,7 @@ impl EnvelopeLog {
             // there first (the next sync makes them durable).
             let head = t.head;
             let written = t.written;
-            let Some(old) = t.segments.get(&head).map(|s| Arc::clone(&s.file)) else {
+            let Some(old) = t.segments.get(&head).and_then(|s| s.file.clone()) else {
                 return false;
             };
             if let Err(e) = old.write_all_at(&t.buf, written) {
@@ -530,16 +554,8 @@ impl EnvelopeLog {
         if let Some(old) = t.segments.get_mut(&old_head) {
             old.sealed_at = Instant::now();
         }
-        t.segments.insert(
-            next,
-            Segment {
-                file: Arc::new(file),
-                size: MAGIC.len() as u64,
-                live: 0,
-                live_bytes: 0,
-                sealed_at: Instant::now(),
-            },
-        );
+        t.segments
+            .insert(next, Segment::new(Some(file), MAGIC.len() as u64));
         t.head = next;
         t.head_started = Instant::now();
         t.written = MAGIC.len() as u64;
@@ -560,25 +576,24 @@ impl EnvelopeLog {
                 live: s.live,
                 live_bytes: s.live_bytes,
                 sealed_for: s.sealed_at.elapsed(),
+                min_expires: s.min_expires,
+                quarantined: s.quarantined,
             })
             .collect())
     }
 
-    /// All bytes of a sealed segment (to copy its live records forward);
-    /// `None` if it was deleted.
+    /// All bytes of a segment, the head's buffer included (to copy its
+    /// live records forward, or sweep it); `None` if it was deleted.
     pub fn read_segment(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (file, size) = {
+        let size = {
             let t = self.tail()?;
             let Some(s) = t.segments.get(&id) else {
                 return Ok(None);
             };
-            (Arc::clone(&s.file), s.size)
+            s.size
         };
-        let mut out =
-            vec![0u8; usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?];
-        file.read_exact_at(&mut out, 0)
-            .map_err(|e| StoreError::unavailable("read segment", e))?;
-        Ok(Some(out))
+        let size = usize::try_from(size).map_err(|_| StoreError::Corrupt("segment size"))?;
+        self.read(id, 0, size)
     }
 
     /// Delete the oldest segment if it is sealed and holds nothing live.
@@ -587,7 +602,8 @@ impl EnvelopeLog {
     pub fn delete_oldest_if_empty(&self) -> Result<Option<u64>, StoreError> {
         let id = {
             let mut t = self.tail()?;
-            let Some((&id, s)) = t.segments.iter().next() else {
+            // Quarantined segments stay, and do not hold the others back.
+            let Some((&id, s)) = t.segments.iter().find(|(_, s)| s.quarantined.is_none()) else {
                 return Ok(None);
             };
             if id == t.head || s.live > 0 {
@@ -610,6 +626,11 @@ impl EnvelopeLog {
             .unwrap_or(0)
     }
 }
+
+#[path = "envelope_log_open.rs"]
+mod open;
+#[path = "envelope_log_segments.rs"]
+mod segments;
 
 #[cfg(test)]
 #[path = "envelope_log_tests.rs"]

@@ -31,7 +31,9 @@ fn replay_all(dir: &Path, segment_bytes: u64) -> (EnvelopeLog, Vec<(u64, Locatio
 /// Append envelopes `seqs`, syncing after each.
 fn append_synced(log: &EnvelopeLog, seqs: std::ops::RangeInclusive<u64>) -> Vec<Location> {
     seqs.map(|seq| {
-        let at = log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap();
+        let at = log
+            .append_envelope(|b| put_envelope(b, &env(seq)), 10)
+            .unwrap();
         log.sync(HOUR).unwrap();
         at
     })
@@ -43,7 +45,9 @@ fn records_survive_a_reopen_and_read_back_before_and_after_sync() {
     let dir = tempfile::tempdir().unwrap();
     let (log, seen) = replay_all(dir.path(), 1 << 20);
     assert!(seen.is_empty());
-    let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
+    let a = log
+        .append_envelope(|b| put_envelope(b, &env(1)), 10)
+        .unwrap();
     let bytes = log
         .read(a.segment, a.offset, a.len as usize)
         .unwrap()
@@ -68,8 +72,11 @@ fn records_survive_a_reopen_and_read_back_before_and_after_sync() {
 fn a_torn_tail_is_cut_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = replay_all(dir.path(), 1 << 20);
-    let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
-    log.append_envelope(|b| put_envelope(b, &env(2))).unwrap();
+    let a = log
+        .append_envelope(|b| put_envelope(b, &env(1)), 10)
+        .unwrap();
+    log.append_envelope(|b| put_envelope(b, &env(2)), 10)
+        .unwrap();
     log.sync(HOUR).unwrap();
     drop(log);
     // A crash in the middle of the second record.
@@ -83,7 +90,9 @@ fn a_torn_tail_is_cut_and_the_log_goes_on() {
         std::fs::metadata(&path).unwrap().len(),
         a.offset + u64::from(a.len)
     );
-    let c = log.append_envelope(|b| put_envelope(b, &env(3))).unwrap();
+    let c = log
+        .append_envelope(|b| put_envelope(b, &env(3)), 10)
+        .unwrap();
     assert!(c.segment > a.segment, "a reopened log writes a new head");
     log.sync(HOUR).unwrap();
     drop(log);
@@ -95,7 +104,9 @@ fn a_torn_tail_is_cut_and_the_log_goes_on() {
 fn zeros_after_the_last_record_are_a_torn_tail_and_are_cut() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = replay_all(dir.path(), 1 << 20);
-    let a = log.append_envelope(|b| put_envelope(b, &env(1))).unwrap();
+    let a = log
+        .append_envelope(|b| put_envelope(b, &env(1)), 10)
+        .unwrap();
     log.sync(HOUR).unwrap();
     drop(log);
     // Space allocated for a write that never reached the disk.
@@ -117,7 +128,10 @@ fn damage_in_the_middle_of_the_newest_segment_is_not_cut_away() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = replay_all(dir.path(), 1 << 20);
     let locs: Vec<_> = (1..=3)
-        .map(|seq| log.append_envelope(|b| put_envelope(b, &env(seq))).unwrap())
+        .map(|seq| {
+            log.append_envelope(|b| put_envelope(b, &env(seq)), 10)
+                .unwrap()
+        })
         .collect();
     log.sync(HOUR).unwrap();
     drop(log);

@@ -1,12 +1,14 @@
-//! Envelopes through the log and its index: append, fetch, ack, expire, and
-//! the rebuild of the index from the log at start.
+//! Envelopes through the log and its index: append, fetch, ack, expire, the
+//! relay-wide caps, and the rebuild of the index at start (from the index
+//! checkpoint and the segments written since it).
 //!
 //! Envelopes go to the log, where an append costs a memcpy and a share of
 //! one `fdatasync`: with envelopes in sled too (five records per send, three
 //! per ack), sled's node copies held the relay to ~5,500 durable messages a
-//! second (docs/performance.md). The index, rebuilt from the log at start,
-//! maps each mailbox's sequence numbers to log locations and message ids to
-//! sequence numbers. A mailbox's next sequence number comes from the log
+//! second (docs/performance.md). The index maps each mailbox's sequence
+//! numbers to log locations, with a fingerprint of each message id for
+//! de-duplication (confirmed on disk); expiry is found per segment. A
+//! mailbox's next sequence number comes from the log
 //! while any record of it is there; before a segment is deleted, every
 //! mailbox's number is saved to its sled record (see `reclaim`), so a
 //! sequence number is never handed out twice.
@@ -17,14 +19,15 @@
 
 use super::envelope_log::{EnvelopeLog, Location};
 use super::group_commit::GroupCommit;
-use super::index::{Entry, MailboxState};
+use super::index::{fingerprint, MailboxState, Slot};
 use super::record::{self, EnvelopeRecord, Record};
 use super::{
-    poisoned, Appended, Inner, MailboxId, MailboxRecord, NewEnvelope, Quota, StoreError,
+    poisoned, Appended, Inner, MailboxId, MailboxRecord, MessageId, NewEnvelope, Quota, StoreError,
     StoredEnvelope, Swept,
 };
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 /// Most bytes read from the log in one go while fetching a run of envelopes.
 const READ_SPAN: u64 = 1 << 20;
@@ -32,40 +35,60 @@ const READ_SPAN: u64 = 1 << 20;
 const READ_GAP: u64 = 16 << 10;
 /// How often a fetch looks again when segments vanish under it.
 const FETCH_ATTEMPTS: usize = 8;
+/// Most sequence numbers in one removal record (8 MiB of body, far under
+/// `record::MAX_BODY`): a sweep of millions writes several records.
+pub(super) const REMOVE_CHUNK: usize = 1 << 20;
 
-/// Per-mailbox state replayed from the log, before it is checked against
-/// the mailbox records.
-pub(super) type Replayed = HashMap<MailboxId, MailboxState>;
+/// Per-mailbox state replayed from the log (and the index checkpoint),
+/// before it is checked against the mailbox records; and each replayed
+/// segment's earliest expiry.
+#[derive(Default)]
+pub(super) struct Replayed {
+    pub(super) mailboxes: HashMap<MailboxId, MailboxState>,
+    pub(super) expiries: HashMap<u64, u64>,
+}
 
-/// Open the log in `dir` and replay it into per-mailbox state.
+/// A slot for a record, or the reason it cannot have one.
+fn slot(seq: u64, at: Location, shared: bool, id: &MessageId) -> Result<Slot, StoreError> {
+    Slot::new(seq, at, shared, id).ok_or(StoreError::Corrupt("log location beyond 32 bits"))
+}
+
+/// Open the log in `dir` and replay the segments from `first` on into
+/// `replayed` (which may already hold the index checkpoint's state).
 pub(super) fn replay(
     dir: &Path,
     segment_bytes: u64,
-) -> Result<(EnvelopeLog, Replayed), StoreError> {
-    let mut replayed = Replayed::default();
+    first: u64,
+    replayed: &mut Replayed,
+) -> Result<EnvelopeLog, StoreError> {
     // The PAYLOAD record just read: the REFS record right after it names
     // its holders.
-    let mut payload: Option<(Location, Entry)> = None;
-    let log = EnvelopeLog::open(dir, segment_bytes, |r| match r.record {
+    let mut payload: Option<(Location, MessageId)> = None;
+    let Replayed {
+        mailboxes,
+        expiries,
+    } = replayed;
+    let mut note = |segment: u64, expires: u64| {
+        let e = expiries.entry(segment).or_insert(u64::MAX);
+        *e = (*e).min(expires);
+    };
+    let log = EnvelopeLog::open_from(dir, segment_bytes, first, |r| match r.record {
         Record::Payload(p) => {
-            let entry = Entry {
-                at: r.at,
-                message_id: p.message_id,
-                expires_ms: p.expires_ms,
-                payload_len: u32::try_from(p.payload.len()).unwrap_or(u32::MAX),
-            };
-            payload = Some((r.at, entry));
+            note(r.at.segment, p.expires_ms);
+            payload = Some((r.at, p.message_id));
         }
         Record::Refs {
             payload_offset,
             refs,
         } => match payload.take() {
-            Some((at, entry)) if at.segment == r.at.segment && at.offset == payload_offset => {
+            Some((at, id)) if at.segment == r.at.segment && at.offset == payload_offset => {
                 for (mailbox, seq) in refs {
-                    replayed
-                        .entry(mailbox)
-                        .or_insert_with(|| MailboxState::new(1))
-                        .insert(seq, entry);
+                    if let Some(s) = Slot::new(seq, at, true, &id) {
+                        mailboxes
+                            .entry(mailbox)
+                            .or_insert_with(|| MailboxState::new(1))
+                            .insert(s);
+                    }
                 }
             }
             _ => tracing::warn!(
@@ -75,19 +98,16 @@ pub(super) fn replay(
             ),
         },
         Record::Envelope(e) => {
-            let entry = Entry {
-                at: r.at,
-                message_id: e.message_id,
-                expires_ms: e.expires_ms,
-                payload_len: u32::try_from(e.payload.len()).unwrap_or(u32::MAX),
-            };
-            replayed
-                .entry(e.mailbox)
-                .or_insert_with(|| MailboxState::new(1))
-                .insert(e.seq, entry);
+            note(r.at.segment, e.expires_ms);
+            if let Some(s) = Slot::new(e.seq, r.at, false, &e.message_id) {
+                mailboxes
+                    .entry(e.mailbox)
+                    .or_insert_with(|| MailboxState::new(1))
+                    .insert(s);
+            }
         }
         Record::Remove { mailbox, seqs } => {
-            let st = replayed
+            let st = mailboxes
                 .entry(mailbox)
                 .or_insert_with(|| MailboxState::new(1));
             for seq in seqs {
@@ -96,32 +116,144 @@ pub(super) fn replay(
             }
         }
     })?;
-    Ok((log, replayed))
+    Ok(log)
 }
 
 impl Inner {
     /// Take replayed state into the index: each mailbox's next sequence
-    /// number is the higher of the log's and its record's; envelopes of a
-    /// mailbox that does not exist are left out (and reported).
+    /// number is the higher of the log's and its record's. Envelopes of a
+    /// mailbox that does not exist are not served, and their segments are
+    /// quarantined: kept and reported, never reclaimed.
     pub(super) fn load_index(&self, replayed: Replayed) -> Result<(), StoreError> {
-        for (id, mut st) in replayed {
+        for (segment, expires) in replayed.expiries {
+            self.log.note_expiry(segment, expires);
+        }
+        let (mut held, mut bytes) = (0u64, 0u64);
+        // Segments that exist, by id: a checkpoint may name envelopes in
+        // segments deleted since (deleted only once nothing in them was
+        // held, so those envelopes are gone).
+        let ids = self.log.segment_ids();
+        let low = ids.iter().min().copied().unwrap_or(0);
+        let high = ids.iter().max().copied().unwrap_or(0);
+        let mut present = vec![false; usize::try_from(high - low + 1).unwrap_or(0)];
+        for id in &ids {
+            if let Some(p) = usize::try_from(id - low)
+                .ok()
+                .and_then(|i| present.get_mut(i))
+            {
+                *p = true;
+            }
+        }
+        let exists = |segment: u64| {
+            segment >= low
+                && usize::try_from(segment - low)
+                    .ok()
+                    .and_then(|i| present.get(i))
+                    .copied()
+                    .unwrap_or(false)
+        };
+        for (id, mut st) in replayed.mailboxes {
+            if st.iter().any(|s| !exists(s.at().segment)) {
+                let gone = st.retain(|s| exists(s.at().segment));
+                tracing::debug!(gone, "checkpointed envelopes in segments deleted since");
+            }
             let Some(rec) = self.meta.mailbox(&id)? else {
-                tracing::warn!(
-                    mailbox = %hex::encode(&id[..4]),
-                    "envelopes for a mailbox that does not exist; ignoring them"
-                );
+                if !st.is_empty() {
+                    tracing::error!(
+                        mailbox = %hex::encode(&id[..4]),
+                        envelopes = st.len(),
+                        "envelopes for a mailbox that does not exist: their segments are \
+                         quarantined (see docs/operations.md, Quarantine)"
+                    );
+                    let mut segments: Vec<u64> = st.iter().map(|s| s.at().segment).collect();
+                    segments.dedup();
+                    for segment in segments {
+                        self.log
+                            .quarantine(segment, "records of an unknown mailbox");
+                    }
+                }
                 continue;
             };
             st.persisted_seq = rec.next_seq;
             st.next_seq = st.next_seq.max(rec.next_seq);
-            for entry in st.envelopes.values() {
-                self.log.count_live(entry.at)?;
+            // Live counts per segment, without a lock per envelope.
+            let mut per_segment: Vec<(u64, u64, u64)> = Vec::new();
+            for s in st.iter() {
+                let at = s.at();
+                match per_segment.last_mut() {
+                    Some(last) if last.0 == at.segment => {
+                        last.1 += 1;
+                        last.2 += u64::from(at.len);
+                    }
+                    _ => per_segment.push((at.segment, 1, u64::from(at.len))),
+                }
             }
+            for (segment, live, live_bytes) in per_segment {
+                self.log.count_live_many(segment, live, live_bytes)?;
+            }
+            held += st.len();
+            bytes += st.bytes;
             if !st.idle() {
                 self.index.shard(&id).ok_or_else(poisoned)?.insert(id, st);
             }
         }
+        self.held.fetch_add(held, Ordering::SeqCst);
+        self.held_bytes.fetch_add(bytes, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Refuse `n` more envelopes of `size` bytes each past the relay-wide
+    /// caps; otherwise count them.
+    pub(super) fn charge(&self, n: u64, size: u64) -> Result<(), StoreError> {
+        let envelopes = self.held.load(Ordering::SeqCst);
+        let bytes = self.held_bytes.load(Ordering::SeqCst);
+        if envelopes.saturating_add(n) > self.options.max_held_envelopes
+            || bytes.saturating_add(n.saturating_mul(size)) > self.options.max_held_bytes
+        {
+            return Err(StoreError::RelayFull { envelopes, bytes });
+        }
+        self.held.fetch_add(n, Ordering::SeqCst);
+        self.held_bytes
+            .fetch_add(n.saturating_mul(size), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stop counting `n` envelopes of `bytes` in all.
+    pub(super) fn release(&self, n: u64, bytes: u64) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(n))
+            });
+        let _ = self
+            .held_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    /// The held envelope among `st`'s newest with message id `id`, if any:
+    /// fingerprints find candidates, the record on disk confirms.
+    pub(super) fn find_repeat(
+        &self,
+        st: &MailboxState,
+        id: &MessageId,
+    ) -> Result<Option<u64>, StoreError> {
+        for s in st.recent_with(fingerprint(id)) {
+            let at = s.at();
+            let Some(bytes) = self.log.read(at.segment, at.offset, at.len as usize)? else {
+                continue;
+            };
+            let stored = match self.log.decode(at.segment, &bytes) {
+                Ok((Record::Envelope(e), _)) => e.message_id,
+                Ok((Record::Payload(p), _)) => p.message_id,
+                _ => continue,
+            };
+            if stored == *id {
+                return Ok(Some(s.seq));
+            }
+        }
+        Ok(None)
     }
 
     /// A mailbox's record with what it holds now, from the index.
@@ -130,9 +262,9 @@ impl Inner {
         let Some(mut rec) = self.meta.mailbox(id)? else {
             return Ok(None);
         };
-        let (next_seq, envelopes, bytes) = shard.get(id).map_or((rec.next_seq, 0, 0), |st| {
-            (st.next_seq, st.envelopes.len() as u64, st.bytes)
-        });
+        let (next_seq, envelopes, bytes) = shard
+            .get(id)
+            .map_or((rec.next_seq, 0, 0), |st| (st.next_seq, st.len(), st.bytes));
         rec.next_seq = next_seq;
         rec.envelopes = envelopes;
         rec.bytes = bytes;
@@ -158,21 +290,20 @@ impl Inner {
             shard.insert(*mailbox, MailboxState::new(rec.next_seq));
         }
         let st = shard.get_mut(mailbox).ok_or(StoreError::UnknownMailbox)?;
-        if let Some(&seq) = st.by_message.get(&env.message_id) {
+        if let Some(seq) = self.find_repeat(st, &env.message_id)? {
             return Ok(Appended {
                 seq,
                 duplicate: true,
             });
         }
-        let held = st.envelopes.len() as u64;
+        let held = st.len();
         if held >= quota.max_envelopes || st.bytes.saturating_add(size) > quota.max_bytes {
             return Err(StoreError::QuotaExceeded {
                 envelopes: held,
                 bytes: st.bytes,
             });
         }
-        let payload_len = u32::try_from(env.payload.len())
-            .map_err(|_| StoreError::Unavailable("envelope too large for the log".into()))?;
+        self.charge(1, size)?;
         let seq = st.next_seq;
         let rec = EnvelopeRecord {
             mailbox: *mailbox,
@@ -184,16 +315,15 @@ impl Inner {
         };
         let at = self
             .log
-            .append_envelope(|b| record::put_envelope(b, &rec))?;
-        st.insert(
-            seq,
-            Entry {
-                at,
-                message_id: env.message_id,
-                expires_ms: env.expires_ms,
-                payload_len,
-            },
-        );
+            .append_envelope(|b| record::put_envelope(b, &rec), env.expires_ms)
+            .and_then(|at| slot(seq, at, false, &env.message_id));
+        match at {
+            Ok(s) => st.insert(s),
+            Err(e) => {
+                self.release(1, size);
+                return Err(e);
+            }
+        }
         // Counted before the shard is released: a retry that finds this
         // envelope and waits for durability then waits for its flush.
         commit.wrote();
@@ -211,29 +341,48 @@ impl Inner {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
         // A segment can vanish between reading the index and reading the
         // log only if its envelopes were acknowledged meanwhile; the next
-        // look at the index no longer lists them.
-        for _ in 0..FETCH_ATTEMPTS {
+        // look at the index no longer lists them. A damaged record is
+        // skipped (and its segment quarantined), so the reads go on past
+        // it until `limit` envelopes are in hand or the mailbox ends.
+        let mut out = Vec::new();
+        let mut after = after_seq;
+        let mut attempts = 0;
+        while out.len() < limit {
+            let want = limit - out.len();
             let entries: Vec<(u64, Location)> = {
                 let shard = self.index.shard(mailbox).ok_or_else(poisoned)?;
                 let Some(st) = shard.get(mailbox) else {
-                    return Ok(Vec::new());
+                    return Ok(out);
                 };
-                st.envelopes
-                    .range((Excluded(after_seq), Unbounded))
-                    .take(limit)
-                    .map(|(seq, e)| (*seq, e.at))
+                st.after(after)
+                    .take(want)
+                    .map(|s| (s.seq, s.at()))
                     .collect()
             };
-            if let Some(found) = self.read_envelopes(mailbox, &entries)? {
-                return Ok(found);
+            let Some(last) = entries.last().map(|(seq, _)| *seq) else {
+                break;
+            };
+            match self.read_envelopes(mailbox, &entries)? {
+                Some(found) => {
+                    out.extend(found);
+                    after = last;
+                }
+                None => {
+                    attempts += 1;
+                    if attempts >= FETCH_ATTEMPTS {
+                        return Err(StoreError::Unavailable(
+                            "envelope log changed under every read".into(),
+                        ));
+                    }
+                }
+            }
+            if entries.len() < want {
+                break;
             }
         }
-        Err(StoreError::Unavailable(
-            "envelope log changed under every read".into(),
-        ))
+        Ok(out)
     }
 
     /// Read the envelopes at `entries` (in sequence order) from the log,
@@ -273,7 +422,7 @@ impl Inner {
                 let raw = bytes
                     .get(from..from + at.len as usize)
                     .ok_or(StoreError::Corrupt("log span"))?;
-                match record::decode(raw) {
+                match self.log.decode(at.segment, raw) {
                     // Stored once for many mailboxes: the index says whose.
                     Ok((Record::Payload(p), _)) => {
                         out.push(StoredEnvelope {
@@ -293,10 +442,18 @@ impl Inner {
                             payload: e.payload.to_vec(),
                         });
                     }
+                    // Damage found on read (in a segment the checkpoint
+                    // covered, so not read at start): not served, not
+                    // deleted; the segment is quarantined and reported.
                     _ => {
-                        return Err(StoreError::Corrupt(
-                            "envelope record does not match the index",
-                        ))
+                        tracing::error!(
+                            mailbox = %hex::encode(&mailbox[..4]),
+                            seq,
+                            segment = at.segment,
+                            "envelope record damaged or not the one indexed"
+                        );
+                        self.log
+                            .quarantine(at.segment, "damaged record found on read");
                     }
                 }
             }
@@ -316,50 +473,110 @@ impl Inner {
         let Some(st) = shard.get_mut(mailbox) else {
             return Ok(0);
         };
-        let mut gone = Vec::new();
-        let mut at = Vec::new();
-        for &seq in seqs {
-            if let Some(e) = st.remove(seq) {
-                gone.push(seq);
-                at.push(e.at);
-            }
-        }
-        if gone.is_empty() {
+        let gone = self.remove_held(mailbox, st, seqs.iter().map(|s| (*s, None)))?;
+        if gone == 0 {
             return Ok(0);
         }
-        self.log
-            .append_removal(|b| record::put_remove(b, mailbox, &gone), &at)?;
         // Counted but not waited for: deletes become durable with the next
         // flush (at most ~200 ms later); a redelivered envelope is dropped
         // by the recipient's de-duplication.
         commit.wrote();
         drop(shard);
-        Ok(gone.len() as u64)
+        Ok(gone)
     }
 
-    /// Stop holding every envelope expired at `now_ms`.
-    pub(super) fn sweep(&self, now_ms: u64, commit: &GroupCommit) -> Result<Swept, StoreError> {
-        let mut total = 0u64;
-        for shard in self.index.shards() {
-            let mut shard = shard.ok_or_else(poisoned)?;
-            for (id, st) in shard.iter_mut() {
-                let expired: Vec<u64> = st
-                    .envelopes
-                    .iter()
-                    .filter(|(_, e)| e.expires_ms <= now_ms)
-                    .map(|(seq, _)| *seq)
-                    .collect();
-                if expired.is_empty() {
+    /// Remove `seqs` from `st` (each only if its record is at the given
+    /// location, when one is given) and log the removal, in records of at
+    /// most [`REMOVE_CHUNK`] sequence numbers. Returns how many were held.
+    fn remove_held(
+        &self,
+        mailbox: &MailboxId,
+        st: &mut MailboxState,
+        seqs: impl Iterator<Item = (u64, Option<Location>)>,
+    ) -> Result<u64, StoreError> {
+        let mut gone = Vec::new();
+        let mut at = Vec::new();
+        let (mut total, mut bytes) = (0u64, 0u64);
+        let mut seqs = seqs.peekable();
+        while seqs.peek().is_some() {
+            for (seq, want) in seqs.by_ref() {
+                if want.is_some_and(|w| st.get(seq).map(Slot::at) != Some(w)) {
                     continue;
                 }
-                let at: Vec<_> = expired
-                    .iter()
-                    .filter_map(|seq| st.remove(*seq).map(|e| e.at))
-                    .collect();
-                self.log
-                    .append_removal(|b| record::put_remove(b, id, &expired), &at)?;
-                total += expired.len() as u64;
+                if let Some(s) = st.remove(seq) {
+                    gone.push(seq);
+                    at.push(s.at());
+                    bytes += s.payload_len();
+                }
+                if gone.len() >= REMOVE_CHUNK {
+                    break;
+                }
             }
+            if gone.is_empty() {
+                continue;
+            }
+            self.log
+                .append_removal(|b| record::put_remove(b, mailbox, &gone), &at)?;
+            total += gone.len() as u64;
+            gone.clear();
+            at.clear();
+        }
+        self.release(total, bytes);
+        Ok(total)
+    }
+
+    /// Stop holding every envelope expired at `now_ms`. Only segments
+    /// holding something due are read, earliest expiry first, on the
+    /// caller's thread (the server's blocking pool); each mailbox's shard
+    /// is locked only while its expired envelopes are removed.
+    pub(super) fn sweep(&self, now_ms: u64, commit: &GroupCommit) -> Result<Swept, StoreError> {
+        let mut total = 0u64;
+        for segment in self.log.segments_due(now_ms)? {
+            let Some(bytes) = self.log.read_segment(segment)? else {
+                continue;
+            };
+            let mut due: HashMap<MailboxId, Vec<(u64, Option<Location>)>> = HashMap::new();
+            let mut next_min = u64::MAX;
+            let mut payload: Option<(Location, u64)> = None;
+            let mut at = record::MAGIC.len();
+            while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+                let Ok((rec, len)) = self.log.decode(segment, rest) else {
+                    break;
+                };
+                let loc = Location {
+                    segment,
+                    offset: at as u64,
+                    len: len as u32,
+                };
+                match rec {
+                    Record::Envelope(e) if e.expires_ms <= now_ms => {
+                        due.entry(e.mailbox).or_default().push((e.seq, Some(loc)));
+                    }
+                    Record::Envelope(e) => next_min = next_min.min(e.expires_ms),
+                    Record::Payload(p) => payload = Some((loc, p.expires_ms)),
+                    Record::Refs {
+                        payload_offset,
+                        refs,
+                    } => match payload.take() {
+                        Some((p, expires)) if p.offset == payload_offset && expires <= now_ms => {
+                            for (m, seq) in refs {
+                                due.entry(m).or_default().push((seq, Some(p)));
+                            }
+                        }
+                        Some((_, expires)) => next_min = next_min.min(expires),
+                        None => {}
+                    },
+                    Record::Remove { .. } => {}
+                }
+                at += len;
+            }
+            for (mailbox, seqs) in due {
+                let mut shard = self.index.shard(&mailbox).ok_or_else(poisoned)?;
+                if let Some(st) = shard.get_mut(&mailbox) {
+                    total += self.remove_held(&mailbox, st, seqs.into_iter())?;
+                }
+            }
+            self.log.set_min_expires(segment, next_min);
         }
         if total > 0 {
             commit.wrote();

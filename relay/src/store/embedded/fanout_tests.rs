@@ -99,6 +99,7 @@ fn partially_acked_copies_survive_restart_and_are_reclaimed_after_the_last_ack()
         max_head_age: Duration::from_secs(3600),
         reclaim_every: Duration::from_secs(3600),
         settle: Duration::ZERO,
+        ..LogOptions::default()
     };
     let targets: Vec<(MailboxId, Quota)> = (1..=20u8).map(|n| ([n; 16], QUOTA)).collect();
     {
@@ -169,6 +170,7 @@ fn a_shared_payload_is_copied_forward_for_the_holders_left() {
         max_head_age: Duration::from_secs(3600),
         reclaim_every: Duration::from_secs(3600),
         settle: Duration::ZERO,
+        ..LogOptions::default()
     };
     let targets: Vec<(MailboxId, Quota)> = (1..=6u8).map(|n| ([n; 16], QUOTA)).collect();
     let (busy, filler) = ([50u8; 16], [51u8; 16]);
@@ -280,6 +282,7 @@ fn a_torn_reference_record_holds_nothing_after_restart() {
     let newest = std::fs::read_dir(dir.path().join("envelopes"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .filter(|p| std::fs::metadata(p).unwrap().len() > 8)
         .max()
         .unwrap();

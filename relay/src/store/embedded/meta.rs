@@ -14,6 +14,14 @@
 //! Writes land in sled's memory and mark the records dirty; the engine's
 //! group commit calls [`Meta::flush_if_dirty`] so only flushes after a
 //! record changed pay for a sled flush.
+//!
+//! Durability: sled 0.34's `flush` ends in `sync_file_range` on Linux,
+//! which neither flushes the disk's cache nor the file's metadata. After
+//! it, [`Meta::flush`] `fsync`s sled's files and directory itself, so a
+//! record is durable across power loss before its reply. A failed flush or
+//! fsync ends the process (`durability::fatal`), as a failed log sync does:
+//! retrying it could report success over pages the kernel dropped
+//! (docs/decisions.md, "Durable metadata").
 
 use super::{unavailable, MailboxId, MailboxRecord, StoreError, TokenHash, TokenRecord};
 use ::sled::{Batch, Db, Tree};
@@ -40,6 +48,8 @@ pub enum Revoked {
 /// The sled database of mailbox and token records.
 pub struct Meta {
     db: Db,
+    /// sled's directory, whose files [`Meta::flush`] fsyncs.
+    dir: std::path::PathBuf,
     tree: Tree,
     /// A mailbox or token record changed since sled was last flushed.
     dirty: AtomicBool,
@@ -115,6 +125,7 @@ impl Meta {
         let tree = db.open_tree(TREE).map_err(unavailable)?;
         Ok(Self {
             db,
+            dir: dir.to_path_buf(),
             tree,
             dirty: AtomicBool::new(false),
             flushing: Mutex::new(()),
@@ -236,19 +247,41 @@ impl Meta {
         Ok(())
     }
 
-    /// Flush sled now, whatever changed.
+    /// Flush sled now, whatever changed, and fsync its files and
+    /// directory; a failure ends the process.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(unavailable)
+        if let Err(e) = self.db.flush() {
+            super::durability::fatal(&format!("flush of the metadata database failed: {e}"));
+        }
+        self.fsync_files()
+    }
+
+    /// `fsync` every file sled keeps in its directory, and the directory.
+    fn fsync_files(&self) -> Result<(), StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(unavailable)?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // sled's files: `db`, `conf`, `snap.*` (and `blobs/`, unused
+            // for records this small). Segment files live elsewhere.
+            if name == "db" || name == "conf" || name.starts_with("snap.") {
+                let synced = std::fs::File::open(entry.path()).and_then(|f| f.sync_all());
+                if let Err(e) = synced {
+                    super::durability::fatal(&format!("fsync of metadata file {name} failed: {e}"));
+                }
+            }
+        }
+        if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+            super::durability::fatal(&format!("fsync of the metadata directory failed: {e}"));
+        }
+        Ok(())
     }
 
     /// Flush sled if a record changed since the last flush.
     pub fn flush_if_dirty(&self) -> Result<(), StoreError> {
         let _flushing = self.flushing.lock().map_err(|_| super::poisoned())?;
         if self.dirty.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.db.flush() {
-                self.dirty.store(true, Ordering::SeqCst);
-                return Err(unavailable(e));
-            }
+            self.flush()?;
         }
         Ok(())
     }

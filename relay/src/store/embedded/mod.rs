@@ -8,8 +8,12 @@
 //! - `meta`: mailbox and token records in sled;
 //! - `envelopes`: appending, reading, acknowledging and expiring envelopes
 //!   through the log and its index, and rebuilding the index at start;
+//! - `checkpoint`: the index written to one file, so a restart reads it and
+//!   replays only the segments written since;
 //! - `reclaim`: the background thread that deletes segments whose envelopes
-//!   are all gone and copies held ones out of mostly-dead segments;
+//!   are all gone, copies held ones out of mostly-dead segments, and writes
+//!   the checkpoint as the log grows;
+//! - `status`: what `tern-relay status` reads from the files;
 //! - `durability`: one flush (log `fdatasync` plus a sled flush when a record
 //!   changed), shared by concurrent writers through [`group_commit`].
 //!
@@ -17,9 +21,11 @@
 //! [`MailboxStore`] implementation, which only takes the right locks and
 //! counts writes for the group commit.
 //!
-//! On disk (unchanged since the engine was called `SledStore`): sled in the
-//! store directory, segment files in `envelopes/` under it.
+//! On disk: sled in the store directory, segment files (`TERNLOG2`; older
+//! `TERNLOG1` ones still read), the index checkpoint and quarantine
+//! markers in `envelopes/` under it (docs/operations.md).
 
+mod checkpoint;
 mod durability;
 mod envelopes;
 mod meta;
@@ -31,9 +37,12 @@ pub mod index;
 pub mod record;
 mod shared;
 pub mod signal;
+pub mod status;
 
 #[cfg(test)]
 mod fanout_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,7 +56,7 @@ use super::{
     StoreError, StoredEnvelope, Swept, TokenHash, TokenRecord,
 };
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -66,6 +75,12 @@ pub struct LogOptions {
     /// How long a sealed segment is left before envelopes still held in it
     /// are copied out.
     pub settle: Duration,
+    /// Most envelopes held relay-wide; sends past it are refused
+    /// ([`StoreError::RelayFull`]). Memory is about 27 bytes per held
+    /// envelope, so this caps the index's memory.
+    pub max_held_envelopes: u64,
+    /// Most payload bytes held relay-wide.
+    pub max_held_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -75,6 +90,8 @@ impl Default for LogOptions {
             max_head_age: Duration::from_secs(600),
             reclaim_every: Duration::from_secs(1),
             settle: Duration::from_secs(10),
+            max_held_envelopes: u64::MAX,
+            max_held_bytes: u64::MAX,
         }
     }
 }
@@ -101,6 +118,13 @@ struct Inner {
     /// [`EmbeddedStore::reclaim`] must not copy the same segment forward
     /// twice or judge a segment while the other is emptying it.
     reclaiming: std::sync::Mutex<()>,
+    /// Envelopes held relay-wide (for `max_held_envelopes`).
+    held: AtomicU64,
+    /// Payload bytes held relay-wide.
+    held_bytes: AtomicU64,
+    /// The first segment the index checkpoint does not cover, and the
+    /// checkpoint's size: when to write the next one.
+    checkpointed: Mutex<(u64, u64)>,
 }
 
 /// A failure of the sled metadata database.
@@ -121,16 +145,47 @@ impl EmbeddedStore {
 
     /// [`Self::open`] with a chosen log layout.
     pub fn open_with(dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
+        raise_open_file_limit();
         let meta = Meta::open(dir)?;
-        let (log, replayed) = envelopes::replay(&dir.join("envelopes"), options.segment_bytes)?;
+        let edir = dir.join("envelopes");
+        let mut replayed = envelopes::Replayed::default();
+        let (first, table, size) = match checkpoint::load(&edir) {
+            Ok(Some(c)) => {
+                replayed.mailboxes = c.mailboxes;
+                let size = std::fs::metadata(edir.join(checkpoint::FILE)).map_or(0, |m| m.len());
+                (c.cut, c.segments, size)
+            }
+            Ok(None) => (0, Vec::new(), 0),
+            Err(e) => {
+                tracing::warn!("index checkpoint unusable ({e}); replaying the whole log");
+                (0, Vec::new(), 0)
+            }
+        };
+        let log = envelopes::replay(&edir, options.segment_bytes, first, &mut replayed)?;
+        for (id, min_expires, flags) in table {
+            if id < first {
+                log.restore_segment(id, min_expires, flags);
+            }
+        }
         let inner = Inner {
             meta,
             log,
             index: Index::default(),
             options,
             reclaiming: std::sync::Mutex::new(()),
+            held: AtomicU64::new(0),
+            held_bytes: AtomicU64::new(0),
+            checkpointed: Mutex::new((first, size)),
         };
         inner.load_index(replayed)?;
+        tracing::info!(
+            held = inner.held.load(Ordering::SeqCst),
+            replayed_from_segment = first,
+            checkpoint_bytes = size,
+            ms = started.elapsed().as_millis() as u64,
+            "envelope store open"
+        );
         let inner = Arc::new(inner);
         let reclaimer = Arc::new(Reclaimer::default());
         let commit = durability::start(&inner, &reclaimer);
@@ -157,6 +212,22 @@ impl EmbeddedStore {
         self.inner.reclaim()
     }
 
+    /// Envelope segments quarantined (kept, never deleted): (id, why).
+    pub fn quarantined(&self) -> Vec<(u64, &'static str)> {
+        self.inner.log.quarantined()
+    }
+
+    /// Envelopes held relay-wide.
+    pub fn held(&self) -> u64 {
+        self.inner.held.load(Ordering::SeqCst)
+    }
+
+    /// Write the index checkpoint now (the background thread does this as
+    /// the log grows); returns its size in bytes.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        self.inner.checkpoint_now()
+    }
+
     /// Bytes in the envelope log's segments (live or not).
     pub fn log_bytes(&self) -> u64 {
         self.inner.log.total_bytes()
@@ -168,6 +239,20 @@ impl EmbeddedStore {
             Err(StoreError::Unavailable("the store is closed".into()))
         } else {
             Ok(())
+        }
+    }
+}
+
+/// Raise the open-file soft limit to the hard limit: segments are opened
+/// lazily and few at a time, but sled, sockets and a burst of reads share
+/// the limit, and the usual soft 1,024 is far below what a relay may need.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::debug!("could not raise the open-file limit: {e}");
         }
     }
 }
@@ -284,6 +369,12 @@ impl MailboxStore for EmbeddedStore {
         if let Some(t) = thread {
             let _ = t.join();
         }
-        self.inner.sync().map(|_| ())
+        self.inner.sync()?;
+        // A clean stop leaves a checkpoint behind, so the next start
+        // replays only the head.
+        if let Err(e) = self.inner.checkpoint_now() {
+            tracing::warn!("index checkpoint on close failed: {e}");
+        }
+        Ok(())
     }
 }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// Longest time between checkpoints of the index (saving next-seq floors
 /// and dropping idle mailboxes from memory).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+/// Copying forward syncs the log after this many bytes of copies.
+const COPY_SYNC_BYTES: u64 = 4 << 20;
 
 /// Wakes the background thread that deletes and compacts segments.
 #[derive(Default)]
@@ -74,6 +76,9 @@ fn run(inner: &Inner, reclaimer: &Reclaimer) {
             }
             Err(e) => tracing::warn!("envelope log reclaim failed: {e}"),
         }
+        if let Err(e) = inner.maybe_checkpoint() {
+            tracing::warn!("index checkpoint failed: {e}");
+        }
         // Deletions checkpoint; without them (an old segment still held),
         // drop idle mailboxes from memory anyway.
         if checkpointed.elapsed() >= CHECKPOINT_EVERY {
@@ -92,7 +97,9 @@ impl Inner {
         let _one_at_a_time = self.reclaiming.lock().map_err(|_| poisoned())?;
         let mut deleted = 0;
         loop {
-            let sealed = self.log.sealed_segments()?;
+            // Quarantined segments are kept as they are (docs/operations.md).
+            let mut sealed = self.log.sealed_segments()?;
+            sealed.retain(|s| s.quarantined.is_none());
             let Some(oldest) = sealed.first().copied() else {
                 break;
             };
@@ -124,6 +131,38 @@ impl Inner {
                 None => break,
             }
         }
+        deleted += self.delete_checkpointed_dead()?;
+        Ok(deleted)
+    }
+
+    /// Delete dead segments the index checkpoint covers, even behind
+    /// segments that still hold envelopes: a restart reads the checkpoint
+    /// for them, not their removal records, so long-held envelopes need not
+    /// be copied forward on every turn of the log to let them go. (Without
+    /// the checkpoint a full replay would deliver again envelopes acked in
+    /// them, which clients drop as duplicates.)
+    fn delete_checkpointed_dead(&self) -> Result<usize, StoreError> {
+        let cut = self.checkpointed.lock().map_err(|_| poisoned())?.0;
+        let dead: Vec<u64> = self
+            .log
+            .sealed_segments()?
+            .iter()
+            .filter(|s| s.quarantined.is_none() && s.live == 0 && s.id < cut)
+            .map(|s| s.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        // Every mailbox's next sequence number is saved before the only
+        // trace of it may go.
+        self.checkpoint()?;
+        self.sync()?;
+        let mut deleted = 0;
+        for id in dead {
+            if self.log.delete_if_dead(id)? {
+                deleted += 1;
+            }
+        }
         Ok(deleted)
     }
 
@@ -133,9 +172,10 @@ impl Inner {
         let Some(bytes) = self.log.read_segment(id)? else {
             return Ok(());
         };
+        let mut copied = 0u64;
         let mut at = record::MAGIC.len();
         while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
-            let Ok((rec, len)) = record::decode(rest) else {
+            let Ok((rec, len)) = self.log.decode(id, rest) else {
                 break;
             };
             if let Record::Refs {
@@ -143,7 +183,7 @@ impl Inner {
                 refs,
             } = &rec
             {
-                self.copy_shared_forward(id, &bytes, *payload_offset, refs)?;
+                copied += self.copy_shared_forward(id, &bytes, *payload_offset, refs)?;
             }
             if let Record::Envelope(e) = rec {
                 let old = Location {
@@ -152,16 +192,28 @@ impl Inner {
                     len: len as u32,
                 };
                 let mut shard = self.index.shard(&e.mailbox).ok_or_else(poisoned)?;
-                if let Some(entry) = shard
+                if let Some(slot) = shard
                     .get_mut(&e.mailbox)
-                    .and_then(|st| st.envelopes.get_mut(&e.seq))
-                    .filter(|entry| entry.at == old)
+                    .and_then(|st| st.get_mut(e.seq))
+                    .filter(|slot| slot.at() == old)
                 {
-                    entry.at = self.log.append_envelope(|b| record::put_envelope(b, &e))?;
+                    let at = self
+                        .log
+                        .append_envelope(|b| record::put_envelope(b, &e), e.expires_ms)?;
+                    if !slot.move_to(at, false) {
+                        return Err(StoreError::Corrupt("log location beyond 32 bits"));
+                    }
                     self.log.forget_records(&[old])?;
+                    copied += u64::from(at.len);
                 }
             }
             at += len;
+            // Copies are synced as they go, so they never fill the buffer
+            // that sends append to.
+            if copied >= COPY_SYNC_BYTES {
+                copied = 0;
+                self.sync()?;
+            }
         }
         Ok(())
     }

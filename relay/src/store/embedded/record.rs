@@ -19,11 +19,22 @@
 //!
 //! All integers are big-endian. The CRC lets recovery tell a record torn by
 //! a crash (or damaged on disk) from a whole one.
+//!
+//! Version 2 (`TERNLOG2` segments, written since the store learnt to hold
+//! 10M envelopes) covers the header too: the body length takes the low 24
+//! bits of the length field and a check byte derived from it the high 8,
+//! so a damaged length is seen as damage (and quarantined) rather than
+//! read as a torn tail and cut. Version 1 segments (`TERNLOG1`) still read
+//! as before ([`decode_legacy`]); they are never written again, and
+//! copying forward moves what they hold into version 2 segments.
 
 use super::{MailboxId, MessageId};
 
-/// First bytes of every segment file; the version is in the last byte.
-pub const MAGIC: &[u8; 8] = b"TERNLOG1";
+/// First bytes of every segment file written now; the version is in the
+/// last byte.
+pub const MAGIC: &[u8; 8] = b"TERNLOG2";
+/// First bytes of a version 1 segment (length not covered by a check).
+pub const LEGACY_MAGIC: &[u8; 8] = b"TERNLOG1";
 /// Bytes before a record's body.
 pub const HEADER: usize = 8;
 const KIND_ENVELOPE: u8 = 1;
@@ -39,7 +50,15 @@ pub const REF_LEN: usize = 16 + 8;
 /// Envelope body bytes before the payload.
 pub const ENVELOPE_FIXED: usize = 1 + 16 + 8 + 8 + 8 + 16;
 /// Largest body recovery accepts; anything longer is damage, not a record.
-pub const MAX_BODY: usize = 64 << 20;
+pub const MAX_BODY: usize = (1 << 24) - 1;
+/// Largest body of a version 1 record.
+const LEGACY_MAX_BODY: usize = 64 << 20;
+
+/// The check byte of a version 2 length field.
+fn length_check(len: u32) -> u32 {
+    let b = len.to_be_bytes();
+    (crc32fast::hash(&b[1..]) & 0xFF) ^ 0xA5
+}
 
 /// One envelope as logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +130,11 @@ pub fn envelope_len(payload_len: usize) -> usize {
 
 fn finish(out: &mut [u8], start: usize) {
     let body = &out[start + HEADER..];
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    // Bodies are far under MAX_BODY (the relay's envelope limit, removal
+    // records chunked); a longer one would fail its check and be refused
+    // at replay, never misread.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX) & 0x00FF_FFFF;
+    let len = len | (length_check(len) << 24);
     let crc = crc32fast::hash(body);
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
@@ -182,14 +205,34 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Decode the record at the start of `bytes`; returns it and its length.
+/// Decode the record at the start of `bytes` (version 2); returns it and
+/// its length.
 pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), Damage> {
+    decode_in(bytes, false)
+}
+
+/// [`decode`] for a version 1 segment.
+pub fn decode_legacy(bytes: &[u8]) -> Result<(Record<'_>, usize), Damage> {
+    decode_in(bytes, true)
+}
+
+/// Decode a record of a version 1 (`legacy`) or version 2 segment.
+pub fn decode_in(bytes: &[u8], legacy: bool) -> Result<(Record<'_>, usize), Damage> {
     let Some(header) = bytes.get(..HEADER) else {
         return Err(Damage::Truncated);
     };
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let field = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if len == 0 || len > MAX_BODY {
+    let (len, max) = if legacy {
+        (field as usize, LEGACY_MAX_BODY)
+    } else {
+        let len = field & 0x00FF_FFFF;
+        if field >> 24 != length_check(len) {
+            return Err(Damage::Corrupt("record header check"));
+        }
+        (len as usize, MAX_BODY)
+    };
+    if len == 0 || len > max {
         return Err(Damage::Corrupt("record length"));
     }
     let Some(body) = bytes.get(HEADER..HEADER + len) else {
@@ -319,7 +362,7 @@ mod tests {
         for cut in 0..out.len() {
             assert_eq!(decode(&out[..cut]), Err(Damage::Truncated), "cut at {cut}");
         }
-        for i in HEADER..out.len() {
+        for i in 0..out.len() {
             let mut bad = out.clone();
             bad[i] ^= 0x10;
             assert!(
@@ -328,6 +371,20 @@ mod tests {
             );
         }
         assert!(matches!(decode(&[0; 16]), Err(Damage::Corrupt(_))));
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let mut out = Vec::new();
+        put_envelope(&mut out, &sample(b"old"));
+        // A version 1 header: the plain body length.
+        let body_len = (out.len() - HEADER) as u32;
+        out[..4].copy_from_slice(&body_len.to_be_bytes());
+        assert_eq!(
+            decode_legacy(&out),
+            Ok((Record::Envelope(sample(b"old")), out.len()))
+        );
+        assert!(matches!(decode(&out), Err(Damage::Corrupt(_))));
     }
 
     proptest! {

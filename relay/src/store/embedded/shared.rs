@@ -13,7 +13,7 @@
 
 use super::envelope_log::Location;
 use super::group_commit::GroupCommit;
-use super::index::{Entry, Index, MailboxState, Shard};
+use super::index::{Index, MailboxState, Shard, Slot};
 use super::record::{self, EnvelopeRecord, PayloadRecord, Record};
 use super::{poisoned, Appended, Inner, MailboxId, NewEnvelope, Quota, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -80,19 +80,30 @@ impl Inner {
                 results.push(Err(StoreError::UnknownMailbox));
                 continue;
             };
-            if let Some(&seq) = st.by_message.get(&env.message_id) {
-                results.push(Ok(Appended {
-                    seq,
-                    duplicate: true,
-                }));
-                continue;
+            match self.find_repeat(st, &env.message_id) {
+                Ok(Some(seq)) => {
+                    results.push(Ok(Appended {
+                        seq,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
             }
-            let held = st.envelopes.len() as u64;
+            let held = st.len();
             if held >= quota.max_envelopes || st.bytes.saturating_add(size) > quota.max_bytes {
                 results.push(Err(StoreError::QuotaExceeded {
                     envelopes: held,
                     bytes: st.bytes,
                 }));
+                continue;
+            }
+            if let Err(e) = self.charge(1, size) {
+                results.push(Err(e));
                 continue;
             }
             // Taken now so a later target in this send cannot get it; a
@@ -108,19 +119,22 @@ impl Inner {
         }
         let written = match chosen.as_slice() {
             [] => return Ok(results),
-            [(_, mailbox, seq)] => self.log.append_envelope(|b| {
-                record::put_envelope(
-                    b,
-                    &EnvelopeRecord {
-                        mailbox: *mailbox,
-                        seq: *seq,
-                        received_ms: env.now_ms,
-                        expires_ms: env.expires_ms,
-                        message_id: env.message_id,
-                        payload: env.payload,
-                    },
-                )
-            }),
+            [(_, mailbox, seq)] => self.log.append_envelope(
+                |b| {
+                    record::put_envelope(
+                        b,
+                        &EnvelopeRecord {
+                            mailbox: *mailbox,
+                            seq: *seq,
+                            received_ms: env.now_ms,
+                            expires_ms: env.expires_ms,
+                            message_id: env.message_id,
+                            payload: env.payload,
+                        },
+                    )
+                },
+                env.expires_ms,
+            ),
             many => {
                 let refs: Vec<(MailboxId, u64)> = many.iter().map(|(_, m, s)| (*m, *s)).collect();
                 let payload = PayloadRecord {
@@ -133,27 +147,30 @@ impl Inner {
                     |b| record::put_payload(b, &payload),
                     |b, offset| record::put_refs(b, offset, &refs),
                     refs.len() as u64,
+                    env.expires_ms,
                 )
             }
         };
+        let shared = chosen.len() > 1;
         let at = match written {
-            Ok(at) => at,
-            Err(e) => {
+            Ok(at) if Slot::new(0, at, shared, &env.message_id).is_some() => at,
+            Ok(_) | Err(_) => {
+                let e = written
+                    .err()
+                    .unwrap_or(StoreError::Corrupt("log location beyond 32 bits"));
                 for (i, _, _) in &chosen {
                     results[*i] = Err(e.clone());
                 }
+                self.release(chosen.len() as u64, size);
                 return Ok(results);
             }
         };
-        let entry = Entry {
-            at,
-            message_id: env.message_id,
-            expires_ms: env.expires_ms,
-            payload_len,
-        };
         for (_, mailbox, seq) in &chosen {
-            if let Some(st) = shard_of(&mut locked, mailbox)?.get_mut(mailbox) {
-                st.insert(*seq, entry);
+            if let (Some(st), Some(s)) = (
+                shard_of(&mut locked, mailbox)?.get_mut(mailbox),
+                Slot::new(*seq, at, shared, &env.message_id),
+            ) {
+                st.insert(s);
             }
         }
         // Counted before the shards are released, as for one append.
@@ -171,15 +188,15 @@ impl Inner {
         bytes: &[u8],
         payload_offset: u64,
         refs: &[(MailboxId, u64)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let Some(raw) = usize::try_from(payload_offset)
             .ok()
             .and_then(|o| bytes.get(o..))
         else {
-            return Ok(());
+            return Ok(0);
         };
-        let Ok((Record::Payload(p), len)) = record::decode(raw) else {
-            return Ok(());
+        let Ok((Record::Payload(p), len)) = self.log.decode(segment, raw) else {
+            return Ok(0);
         };
         let old = Location {
             segment,
@@ -194,42 +211,47 @@ impl Inner {
         for (m, seq) in refs {
             let points_here = shard_of(&mut locked, m)?
                 .get(m)
-                .and_then(|st| st.envelopes.get(seq))
-                .is_some_and(|e| e.at == old);
+                .and_then(|st| st.get(*seq))
+                .is_some_and(|e| e.at() == old);
             if points_here {
                 held.push((*m, *seq));
             }
         }
         let at = match held.as_slice() {
-            [] => return Ok(()),
-            [(mailbox, seq)] => self.log.append_envelope(|b| {
-                record::put_envelope(
-                    b,
-                    &EnvelopeRecord {
-                        mailbox: *mailbox,
-                        seq: *seq,
-                        received_ms: p.received_ms,
-                        expires_ms: p.expires_ms,
-                        message_id: p.message_id,
-                        payload: p.payload,
-                    },
-                )
-            })?,
+            [] => return Ok(0),
+            [(mailbox, seq)] => self.log.append_envelope(
+                |b| {
+                    record::put_envelope(
+                        b,
+                        &EnvelopeRecord {
+                            mailbox: *mailbox,
+                            seq: *seq,
+                            received_ms: p.received_ms,
+                            expires_ms: p.expires_ms,
+                            message_id: p.message_id,
+                            payload: p.payload,
+                        },
+                    )
+                },
+                p.expires_ms,
+            )?,
             many => self.log.append_shared(
                 |b| record::put_payload(b, &p),
                 |b, offset| record::put_refs(b, offset, many),
                 many.len() as u64,
+                p.expires_ms,
             )?,
         };
+        let shared = held.len() > 1;
         for (m, seq) in &held {
             if let Some(e) = shard_of(&mut locked, m)?
                 .get_mut(m)
-                .and_then(|st| st.envelopes.get_mut(seq))
+                .and_then(|st| st.get_mut(*seq))
             {
-                e.at = at;
+                e.move_to(at, shared);
             }
         }
         self.log.forget_records(&vec![old; held.len()])?;
-        Ok(())
+        Ok(u64::from(at.len))
     }
 }

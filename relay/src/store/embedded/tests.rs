@@ -18,6 +18,7 @@ fn tiny() -> LogOptions {
         max_head_age: Duration::from_secs(3600),
         reclaim_every: Duration::from_secs(3600),
         settle: Duration::ZERO,
+        ..LogOptions::default()
     }
 }
 
