@@ -45,10 +45,14 @@ fn disk_contains(dir: &Path, needle: &[u8]) -> bool {
 
 /// Bytes of the relay's envelope log segments.
 fn log_bytes(data_dir: &Path) -> u64 {
+    // Segment files only: the index checkpoint beside them is written at
+    // close and is not the envelope's storage.
     let dir = data_dir.join("db").join("envelopes");
     std::fs::read_dir(&dir)
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .map(|e| e.metadata().unwrap().len())
         .sum()
 }
 
