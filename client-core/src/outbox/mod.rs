@@ -260,8 +260,11 @@ impl Client {
             recipients: HashMap::new(),
         };
         self.settle_round(deposits, &mut flushed)?;
+        // Group messages go out after receiving, never before it.
+        let received = received?;
+        self.flush_group_outbox(&mut flushed.report).await?;
         self.store.flush().await?;
-        Ok((received?, flushed.report))
+        Ok((received, flushed.report))
     }
 
     /// The outbox, by relay, for one round.
