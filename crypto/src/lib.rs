@@ -9,6 +9,9 @@
 //!   the relay (an X25519 + HKDF-SHA256 + ChaCha20-Poly1305 ECIES).
 //! - [`StoreKey`]: the key that encrypts a device's secrets and local data
 //!   at rest; account and session pickles are encrypted with it.
+//!   [`passphrase`] wraps it under an Argon2id key; [`StoreKey::keyed_hash`]
+//!   hides the local database's keys.
+//! - [`safety`]: the safety number two contacts compare.
 //!
 //! A message from Alice to Bob is `seal(bob.seal_public, olm.encrypt(m))`:
 //! the relay learns only Bob's mailbox; Bob opens the seal, then the Olm
@@ -23,6 +26,8 @@
 
 mod account;
 mod error;
+pub mod passphrase;
+pub mod safety;
 mod seal;
 mod session;
 mod store_key;
