@@ -24,6 +24,7 @@ pub mod layers;
 pub mod outbox;
 pub mod spacing;
 pub mod store;
+mod store_migrate;
 // The local socket (other programs using a running client); Unix only.
 #[cfg(unix)]
 pub mod rpc;

@@ -48,8 +48,8 @@ impl KdfCost {
 }
 
 fn kek(passphrase: &[u8], salt: &[u8], cost: KdfCost) -> Result<StoreKey, CryptoError> {
-    let params = Params::new(cost.m_kib, cost.t, cost.p, Some(32))
-        .map_err(|_| CryptoError::WrappedKey)?;
+    let params =
+        Params::new(cost.m_kib, cost.t, cost.p, Some(32)).map_err(|_| CryptoError::WrappedKey)?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
     argon
@@ -109,9 +109,7 @@ pub fn unwrap_store_key(file: &[u8], passphrase: &[u8]) -> Result<StoreKey, Cryp
         kek.decrypt(AAD, &file[HEADER_LEN..])
             .map_err(|_| CryptoError::WrongPassphrase)?,
     );
-    let bytes: [u8; 32] = raw[..]
-        .try_into()
-        .map_err(|_| CryptoError::WrappedKey)?;
+    let bytes: [u8; 32] = raw[..].try_into().map_err(|_| CryptoError::WrappedKey)?;
     Ok(StoreKey::from_bytes(bytes))
 }
 

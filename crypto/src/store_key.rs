@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(h, key.keyed_hash("contacts", b"abc"));
         assert_ne!(h, key.keyed_hash("messages", b"abc"));
         assert_ne!(h, key.keyed_hash("contacts", b"abd"));
-        assert_ne!(h, StoreKey::from_bytes([2; 32]).keyed_hash("contacts", b"abc"));
+        assert_ne!(
+            h,
+            StoreKey::from_bytes([2; 32]).keyed_hash("contacts", b"abc")
+        );
     }
 
     #[test]
