@@ -139,6 +139,9 @@ fn print_event(
             out,
             format!("* {name} accepted your invite and is now a contact"),
         ),
+        EventParams::KeyChange { name, verified } => {
+            line(out, crate::key_change_line(name, *verified))
+        }
     }
 }
 

@@ -26,6 +26,11 @@ struct Cli {
     /// it off (for tests).
     #[arg(long, global = true, env = "TERN_SEND_SPACING_MS", value_parser = parse_spacing, value_name = "MIN-MAX")]
     send_spacing_ms: Option<(Duration, Duration)>,
+    /// Read the account's passphrase from this file (its first line);
+    /// otherwise from the TERN_PASSPHRASE environment variable. Never
+    /// prompted for.
+    #[arg(long, global = true, value_name = "PATH")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,12 +45,29 @@ enum Command {
         /// The name contacts see.
         #[arg(long)]
         name: String,
+        /// Protect the store key with a passphrase (Argon2id), read from
+        /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
+        #[arg(long)]
+        passphrase: bool,
     },
-    /// Print an invite code to give to one contact.
+    /// Print an invite code to give to one contact (or list or revoke
+    /// the invites made).
     Invite {
         /// Also draw it as a QR code.
         #[arg(long)]
         qr: bool,
+        /// Days the invite stays usable (default 7; fractions allowed).
+        #[arg(long, value_name = "DAYS", value_parser = parse_days)]
+        expires: Option<Duration>,
+        /// List the invites made: id, state, expiry.
+        #[arg(long, conflicts_with_all = ["qr", "expires", "revoke"])]
+        list: bool,
+        /// With --list: one JSON object per line.
+        #[arg(long, requires = "list")]
+        json: bool,
+        /// Revoke the invite with this id (its token too, at the relay).
+        #[arg(long, value_name = "ID", conflicts_with_all = ["qr", "expires"])]
+        revoke: Option<String>,
     },
     /// Accept an invite code and add its maker as a contact.
     Accept {
@@ -102,6 +124,24 @@ enum Command {
         /// Contact name.
         contact: String,
     },
+    /// Show the safety number to compare with a contact (in person or over
+    /// another channel), and mark them verified.
+    Verify {
+        /// Contact name.
+        contact: String,
+        /// Also draw the safety number as a QR code.
+        #[arg(long)]
+        qr: bool,
+        /// Record the contact as verified (after comparing the numbers).
+        #[arg(long, conflicts_with_all = ["unmark", "confirm"])]
+        mark: bool,
+        /// Record the contact as not verified.
+        #[arg(long, conflicts_with = "confirm")]
+        unmark: bool,
+        /// Accept the contact's new identity key after a key change.
+        #[arg(long)]
+        confirm: bool,
+    },
 }
 
 fn main() {
@@ -128,6 +168,32 @@ fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
         Some((lo, hi)) => Ok((ms(lo)?, ms(hi)?)),
         None => ms(s).map(|d| (d, d)),
     }
+}
+
+/// A number of days (fractions allowed), more than zero.
+fn parse_days(s: &str) -> std::result::Result<Duration, String> {
+    let days: f64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(days > 0.0 && days <= 3650.0) {
+        return Err(format!("{s:?}: between 0 and 3650 days"));
+    }
+    Ok(Duration::from_secs_f64(days * 86_400.0))
+}
+
+/// The passphrase from `--passphrase-file` (its first line) or
+/// `TERN_PASSPHRASE`, if either is given.
+fn passphrase(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    if let Some(path) = file {
+        let raw = zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        return Ok(Some(zeroize::Zeroizing::new(line.to_vec())));
+    }
+    Ok(
+        std::env::var_os("TERN_PASSPHRASE")
+            .map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes())),
+    )
 }
 
 fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
@@ -159,6 +225,10 @@ fn print_event(e: &Event, as_json: bool) {
         (Event::ContactAdded { name }, false) => {
             format!("* {name} accepted your invite and is now a contact")
         }
+        (Event::KeyChanged { name, verified }, true) => {
+            json!({ "type": "key_change", "name": name, "verified": verified }).to_string()
+        }
+        (Event::KeyChanged { name, verified }, false) => key_change_line(name, *verified),
         (Event::Lagged { missed }, _) => {
             eprintln!(
                 "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
@@ -199,8 +269,15 @@ async fn flush_outbox(client: &mut Client) -> Result<()> {
 fn forwardable(command: &Command) -> Option<forward::Forward> {
     use forward::Forward as F;
     Some(match command {
-        Command::Init { .. } => return None,
-        Command::Invite { qr } => F::Invite { qr: *qr },
+        Command::Init { .. } | Command::Verify { .. } => return None,
+        Command::Invite {
+            qr,
+            expires: None,
+            list: false,
+            revoke: None,
+            ..
+        } => F::Invite { qr: *qr },
+        Command::Invite { .. } => return None,
         Command::Accept { code, name } => F::Accept {
             code: code.clone(),
             name: name.clone(),
@@ -238,8 +315,9 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
 async fn run(cli: Cli) -> Result<()> {
     let home = home_dir(cli.home)?;
     let spacing = cli.send_spacing_ms;
+    let secret = passphrase(cli.passphrase_file.as_ref())?;
     let open = |home: &PathBuf| -> Result<Client> {
-        let client = Client::open(home)?;
+        let client = Client::open_with(home, secret.as_deref().map(|p| &p[..]))?;
         if let Some((min, max)) = spacing {
             client.set_send_spacing(min, max);
         }
@@ -251,11 +329,30 @@ async fn run(cli: Cli) -> Result<()> {
         if let Some(result) = forward::try_forward(&home, command).await {
             return result;
         }
+    } else if !matches!(cli.command, Command::Init { .. }) {
+        // Not handed over the socket yet: say so rather than fail on the
+        // store's lock.
+        if let Ok(Some(_)) = tern_client::rpc::RpcClient::connect(&home).await {
+            anyhow::bail!(
+                "a `tern listen` is running for this home; stop it first (this command is not forwarded to it)"
+            );
+        }
     }
     match cli.command {
-        Command::Init { relay, name } => {
+        Command::Init {
+            relay,
+            name,
+            passphrase,
+        } => {
             let url: RelayUrl = relay.parse().context("bad --relay")?;
-            let client = Client::init(&home, &url, &name).await?;
+            let protect = match (passphrase, &secret) {
+                (true, Some(p)) => Some(&p[..]),
+                (true, None) => anyhow::bail!(
+                    "--passphrase needs the passphrase in TERN_PASSPHRASE or --passphrase-file"
+                ),
+                (false, _) => None,
+            };
+            let client = Client::init_with(&home, &url, &name, protect).await?;
             println!(
                 "account {} created in {}",
                 client.profile().name,
@@ -268,9 +365,40 @@ async fn run(cli: Cli) -> Result<()> {
             );
             client.close().await;
         }
-        Command::Invite { qr } => {
+        Command::Invite {
+            list: true, json, ..
+        } => {
+            let client = open(&home)?;
+            let now = tern_client::now_ms();
+            for r in client.invites()? {
+                let state = r.state(now).as_str();
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "id": r.id, "state": state,
+                            "created_at": time(r.created_at_ms),
+                            "expires_at": time(r.expires_at_ms),
+                            "token_revoked": r.token_revoked,
+                        })
+                    );
+                } else {
+                    println!("{}\t{}\texpires {}", r.id, state, time(r.expires_at_ms));
+                }
+            }
+        }
+        Command::Invite {
+            revoke: Some(id), ..
+        } => {
             let mut client = open(&home)?;
-            let code = client.invite().await?;
+            let r = client.revoke_invite(&id).await?;
+            client.close().await;
+            println!("revoked invite {}", r.id);
+        }
+        Command::Invite { qr, expires, .. } => {
+            let mut client = open(&home)?;
+            let ttl = expires.unwrap_or(tern_client::invites::DEFAULT_INVITE_TTL);
+            let (code, _) = client.invite_for(ttl).await?;
             println!("{code}");
             if qr {
                 let qr = qrcode::QrCode::new(code.as_bytes()).context("drawing the QR code")?;
@@ -295,9 +423,15 @@ async fn run(cli: Cli) -> Result<()> {
             let client = open(&home)?;
             for c in client.contacts()? {
                 if json {
+                    let verified = client
+                        .contact_state(&c.identity_key)?
+                        .is_verified(&c.identity_key);
                     println!(
                         "{}",
-                        json!({ "name": c.name, "relay": c.relay_url, "identity_key": hex(&c.identity_key) })
+                        json!({
+                            "name": c.name, "relay": c.relay_url,
+                            "identity_key": hex(&c.identity_key), "verified": verified,
+                        })
                     );
                 } else {
                     println!("{}\t{}", c.name, c.relay_url);
@@ -412,8 +546,49 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
         }
+        Command::Verify {
+            contact,
+            qr,
+            mark,
+            unmark,
+            confirm,
+        } => {
+            let mut client = open(&home)?;
+            if mark || unmark {
+                client.set_verified(&contact, mark).await?;
+                let how = if mark { "verified" } else { "not verified" };
+                println!("{contact} is now marked {how}");
+            } else if confirm {
+                client.confirm_key(&contact).await?;
+                println!("{contact}'s new identity key is accepted; sends to them resume");
+            } else {
+                let number = client.safety_number(&contact)?;
+                println!("{}", tern_crypto::safety::grouped(&number));
+                if qr {
+                    let qr =
+                        qrcode::QrCode::new(number.as_bytes()).context("drawing the QR code")?;
+                    let art = qr
+                        .render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build();
+                    println!("{art}");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// What `tern recv` and `tern listen` say when a contact's key changed.
+pub fn key_change_line(name: &str, verified: bool) -> String {
+    let stopped = if verified {
+        format!(
+            "; you had verified them, so sends to them stop until `tern verify {name} --confirm`"
+        )
+    } else {
+        String::new()
+    };
+    format!("! {name}'s identity key changed: compare the safety number with `tern verify {name}`{stopped}")
 }
 
 fn hex(b: &[u8]) -> String {

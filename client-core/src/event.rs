@@ -39,6 +39,14 @@ pub enum Event {
         /// How many events it missed.
         missed: u64,
     },
+    /// A contact's identity key changed (see [`crate::verify`]). If they
+    /// were verified, sends to them stop until the user confirms.
+    KeyChanged {
+        /// The contact.
+        name: String,
+        /// Whether they were verified (sends to them are stopped).
+        verified: bool,
+    },
 }
 
 /// Where a sent message stands.

@@ -15,11 +15,13 @@
 pub mod account;
 pub mod backoff;
 pub mod client;
+pub mod contact_state;
 pub mod contacts;
 pub mod error;
 pub mod event;
 pub mod handle;
 pub mod inbox;
+pub mod invites;
 pub mod layers;
 pub mod outbox;
 pub mod spacing;
@@ -28,7 +30,9 @@ mod store_migrate;
 // The local socket (other programs using a running client); Unix only.
 #[cfg(unix)]
 pub mod rpc;
+pub mod tokens;
 pub mod transport;
+pub mod verify;
 
 pub use client::{now_ms, random16, Client};
 pub use error::ClientError;

@@ -28,6 +28,10 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tracing::warn;
 
+/// When, after the home connection comes up, the running client tops up
+/// its token pool (drawn at random).
+const TOP_UP_AFTER: std::ops::Range<Duration> = Duration::from_secs(2)..Duration::from_secs(60);
+
 /// How long shutdown waits for a deposit in flight to come back.
 const SHUTDOWN_DEPOSIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -78,6 +82,7 @@ enum Wake {
     Connected(Result<Result<Subscription, ClientError>, JoinError>),
     Deposited(Result<Vec<Deposit>, JoinError>),
     Resume,
+    TopUp,
 }
 
 /// A home link with its message stream subscribed.
@@ -100,6 +105,9 @@ pub(super) struct Task {
     pub(super) next_cycle: Option<Vec<Waiter>>,
     /// Ids already reported queued, so a retry does not report them again.
     pub(super) reported_queued: HashSet<String>,
+    /// When to mint tokens ahead of need ([`crate::tokens`]): a random
+    /// point after the home connection came up, unrelated to any send.
+    top_up_at: Option<Instant>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -144,6 +152,7 @@ impl Task {
             cycle: None,
             next_cycle: None,
             reported_queued: HashSet::new(),
+            top_up_at: None,
         }
     }
 
@@ -164,6 +173,7 @@ impl Task {
             let retry_at = self.next_attempt;
             let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
+            let top_up_at = self.top_up_at.filter(|_| connected);
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
@@ -173,6 +183,7 @@ impl Task {
                 _ = tokio::time::sleep(SETTLE_IDLE), if settle => Wake::Settle,
                 _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
+                _ = sleep_until_some(top_up_at), if top_up_at.is_some() => Wake::TopUp,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -188,6 +199,7 @@ impl Task {
                 Wake::Connected(c) => self.on_connected(c),
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
+                Wake::TopUp => self.top_up().await,
             }
         };
         self.stop().await;
@@ -226,9 +238,27 @@ impl Task {
                 });
                 self.emit(Event::Connection { connected: true });
                 self.request_flush(Vec::new());
+                let delay = rand::Rng::gen_range(&mut rand::thread_rng(), TOP_UP_AFTER);
+                self.top_up_at = Some(Instant::now() + delay);
             }
             Ok(Err(e)) => self.retry_later(&e),
             Err(e) => self.retry_later(&ClientError::Protocol(format!("connecting failed: {e}"))),
+        }
+    }
+
+    /// Mint tokens ahead of need and revoke stale invite tokens, on the
+    /// home connection (already authenticated: no new connection).
+    async fn top_up(&mut self) {
+        self.top_up_at = None;
+        let Some(home) = &self.home else { return };
+        match self.client.top_up_tokens(&home.link).await {
+            Ok(0) => {}
+            // Sends keep their distance from this mint, as from an auth.
+            Ok(_) => self.client.dialer.spacing().note_auth(),
+            Err(e) => warn!("token pool not topped up: {e}"),
+        }
+        if let Err(e) = self.client.revoke_stale_tokens(&home.link).await {
+            warn!("stale invite tokens not revoked yet: {e}");
         }
     }
 

@@ -324,6 +324,14 @@ pub enum EventParams {
         /// The name they gave.
         name: String,
     },
+    /// A contact's identity key changed.
+    #[serde(rename = "key_change")]
+    KeyChange {
+        /// The contact.
+        name: String,
+        /// Whether they were verified (sends to them stop until confirmed).
+        verified: bool,
+    },
     /// What became of a message we sent (from a running client).
     Delivery {
         /// Contact name.
@@ -380,6 +388,10 @@ impl EventParams {
         match e {
             Event::Message(m) => Some(m.into()),
             Event::ContactAdded { name } => Some(EventParams::Contact { name: name.clone() }),
+            Event::KeyChanged { name, verified } => Some(EventParams::KeyChange {
+                name: name.clone(),
+                verified: *verified,
+            }),
             Event::Delivery {
                 message_id,
                 contact,

@@ -195,6 +195,13 @@ pub enum ErrorCode {
     Io = 13,
     /// The running client has stopped (it is shutting down).
     Stopped = 14,
+    /// A verified contact's identity key changed; sends to them stop until
+    /// the user confirms (`tern verify CONTACT --confirm`).
+    KeyChanged = 31,
+    /// No invite with that id.
+    UnknownInvite = 32,
+    /// The store key's passphrase is missing, wrong or empty.
+    Passphrase = 33,
 }
 
 impl ErrorCode {
@@ -226,6 +233,9 @@ impl ErrorCode {
             ErrorCode::Store => "store",
             ErrorCode::Io => "io",
             ErrorCode::Stopped => "stopped",
+            ErrorCode::KeyChanged => "key_changed",
+            ErrorCode::UnknownInvite => "unknown_invite",
+            ErrorCode::Passphrase => "passphrase",
         }
     }
 
@@ -258,6 +268,11 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         // Merge note: the client handle adds `ClientError::Stopped`, which
         // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
         ClientError::Stopped => ErrorCode::Stopped,
+        ClientError::KeyChanged(_) => ErrorCode::KeyChanged,
+        ClientError::UnknownInvite(_) => ErrorCode::UnknownInvite,
+        ClientError::PassphraseNeeded
+        | ClientError::WrongPassphrase
+        | ClientError::EmptyPassphrase => ErrorCode::Passphrase,
     }
 }
 
@@ -266,7 +281,9 @@ impl From<&ClientError> for RpcError {
         let code = client_error_code(e);
         let mut err = code.error(e.to_string());
         let extra = match e {
-            ClientError::UnknownContact(name) | ClientError::ContactExists(name) => {
+            ClientError::UnknownContact(name)
+            | ClientError::ContactExists(name)
+            | ClientError::KeyChanged(name) => {
                 json!({ "name": name })
             }
             ClientError::Unreachable { relay, .. } => json!({ "relay": relay }),
