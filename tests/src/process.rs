@@ -41,6 +41,7 @@ pub const TERN_ENV: &[&str] = &[
     // tern
     "TERN_HOME",
     "TERN_SEND_SPACING_MS",
+    "TERN_PASSPHRASE",
     // both: the tracing filter
     "TERN_LOG",
 ];
