@@ -317,7 +317,10 @@ async fn no_plaintext_reaches_the_relay_or_client_disks() {
     for key in &keys {
         for home in &homes {
             let found = files_containing(home.path(), key);
-            assert!(found.is_empty(), "a contact's key in a client's files {found:?}");
+            assert!(
+                found.is_empty(),
+                "a contact's key in a client's files {found:?}"
+            );
         }
     }
     for canary in canaries {
