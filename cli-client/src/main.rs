@@ -124,6 +124,12 @@ enum Command {
         /// Contact name.
         contact: String,
     },
+    /// Give a contact a new token to write to you with (through the
+    /// end-to-end channel); the old one stops working after a grace period.
+    Rotate {
+        /// Contact name.
+        contact: String,
+    },
     /// Show the safety number to compare with a contact (in person or over
     /// another channel), and mark them verified.
     Verify {
@@ -269,7 +275,7 @@ async fn flush_outbox(client: &mut Client) -> Result<()> {
 fn forwardable(command: &Command) -> Option<forward::Forward> {
     use forward::Forward as F;
     Some(match command {
-        Command::Init { .. } | Command::Verify { .. } => return None,
+        Command::Init { .. } | Command::Verify { .. } | Command::Rotate { .. } => return None,
         Command::Invite {
             qr,
             expires: None,
@@ -545,6 +551,18 @@ async fn run(cli: Cli) -> Result<()> {
             client.block(&contact).await?;
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
+        }
+        Command::Rotate { contact } => {
+            let mut client = open(&home)?;
+            let report = client.rotate_token(&contact).await?;
+            client.close().await;
+            if let Some((_, e)) = report.failed.first() {
+                anyhow::bail!("{contact}'s relay refused the new token's message: {e}");
+            } else if report.sent.is_empty() {
+                println!("{contact} gets a new token once their relay is reachable (queued)");
+            } else {
+                println!("{contact} now has a new token; the old one stops working in 2 days");
+            }
         }
         Command::Verify {
             contact,

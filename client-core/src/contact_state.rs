@@ -22,6 +22,9 @@ pub struct ContactState {
     pub changed_from: Option<[u8; 32]>,
     /// Blocked: nothing from them is shown.
     pub blocked: bool,
+    /// Tokens we gave them before a rotation, until they are revoked.
+    #[serde(default)]
+    pub retiring: Vec<crate::rotation::RetiringToken>,
 }
 
 impl ContactState {

@@ -156,7 +156,11 @@ impl Client {
             .ok_or_else(|| ClientError::Store(format!("no token on record for {name}")))?;
         let link = self.home_link().await?;
         self.dialer.spacing().note_auth();
-        let revoked = link.revoke_token(&token).await;
+        let mut revoked = link.revoke_token(&token).await;
+        if revoked.is_ok() {
+            // Tokens from before a rotation too (crate::rotation).
+            revoked = self.revoke_retired_tokens(&link).await;
+        }
         link.close();
         revoked
     }

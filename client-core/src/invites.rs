@@ -191,6 +191,7 @@ impl Client {
                 self.put_invite(&r)?;
             }
         }
+        self.revoke_retired_tokens(link).await?;
         self.store.flush().await
     }
 }

@@ -28,6 +28,7 @@ pub mod spacing;
 pub mod store;
 mod store_migrate;
 // The local socket (other programs using a running client); Unix only.
+pub mod rotation;
 #[cfg(unix)]
 pub mod rpc;
 pub mod tokens;

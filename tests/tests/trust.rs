@@ -55,10 +55,20 @@ fn address(relay: &TestRelay) -> pb::Address {
 /// answer (an error code if refused).
 async fn deposit(relay: &TestRelay, code: &str, payload: &[u8]) -> Option<pb::Error> {
     let (mailbox, token) = invite_address(code);
+    deposit_with(relay, &mailbox, &token, payload).await
+}
+
+/// Deposit `payload` in `mailbox` with `token`; the relay's refusal, if any.
+async fn deposit_with(
+    relay: &TestRelay,
+    mailbox: &[u8; 16],
+    token: &[u8; 32],
+    payload: &[u8],
+) -> Option<pb::Error> {
     let (_dialer, link) = connect(relay.url()).await;
     let mut stream = RawStream::open(&link, STREAM_MESSAGES).await;
     let r = stream
-        .send(&send_frame(1, &mailbox, &token, &random16(), payload))
+        .send(&send_frame(1, mailbox, token, &random16(), payload))
         .await;
     link.close();
     r.error
@@ -244,4 +254,60 @@ async fn a_key_change_is_shown_and_stops_sends_to_a_verified_contact() {
         .await
         .unwrap();
     assert_eq!(outcome, tern_client::SendOutcome::Sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotates_through_the_end_to_end_channel_and_the_old_one_is_retired() {
+    let relay = TestRelay::start().await;
+    let mut alice = TestUser::new(&relay, "alice").await;
+    let mut bob = TestUser::new(&relay, "bob").await;
+    befriend(&mut alice, &mut bob).await;
+    let old = alice.client.invites().unwrap()[0].token;
+    let alice_at_bob = |bob: &TestUser| {
+        bob.client
+            .contacts()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "alice")
+            .unwrap()
+    };
+    assert_eq!(alice_at_bob(&bob).send_token, old);
+
+    let report = alice
+        .client
+        .rotate_token_with("bob", Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(report.sent.len(), 1, "{report:?}");
+    let new = alice
+        .client
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "bob")
+        .unwrap()
+        .token_given
+        .unwrap();
+    assert_ne!(new, old);
+    // Bob takes the new token; nothing is shown to him.
+    let deadline = std::time::Instant::now() + tern_tests::DEADLINE;
+    while alice_at_bob(&bob).send_token != new {
+        assert!(bob.receive_rest().await.is_empty());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never took the new token"
+        );
+    }
+    bob.send("alice", "with the new token").await;
+    // Alice's receive is a chance to retire the old token (its grace is over).
+    assert_eq!(
+        texts(&alice.receive_messages(1).await),
+        ["with the new token"]
+    );
+    let refused = deposit_with(&relay, &alice.mailbox(), &old, &[0; 256]).await;
+    assert!(refused.is_some(), "the old token still works");
+    assert_eq!(
+        deposit_with(&relay, &alice.mailbox(), &new, &[0; 256]).await,
+        None
+    );
 }

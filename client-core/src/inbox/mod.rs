@@ -308,6 +308,8 @@ impl Client {
                     (contact, true, event, None)
                 }
                 Verdict::Rehello(c) => (c, false, None, None),
+                // Written again, with the new token.
+                Verdict::Rotate(c) => (c, true, None, None),
                 Verdict::Text {
                     contact,
                     entry,
