@@ -10,6 +10,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
+use tern_client::trust::{TrustRequest, TrustResult};
 use tern_client::{Client, Event, SendOutcome};
 use tern_protocol::url::RelayUrl;
 
@@ -176,6 +177,31 @@ fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
     }
 }
 
+/// Run a trust operation ([`tern_client::trust`]) in the client running
+/// for `home` if there is one, else here (a rotation is then delivered
+/// before returning).
+async fn trust_op(
+    home: &std::path::Path,
+    open: impl FnOnce() -> Result<Client>,
+    req: TrustRequest,
+) -> Result<TrustResult> {
+    #[cfg(unix)]
+    if let Some(mut rpc) = tern_client::rpc::RpcClient::connect(home).await? {
+        return Ok(rpc.request(tern_client::rpc::methods::TRUST, &req).await?);
+    }
+    let mut client = open()?;
+    let rotate = matches!(req, TrustRequest::Rotate { .. });
+    let result = client.trust(req).await?;
+    if rotate {
+        let report = client.flush_outbox().await?;
+        if let Some((_, e)) = report.failed.first() {
+            anyhow::bail!("the relay refused the new token's message: {e}");
+        }
+    }
+    client.close().await;
+    Ok(result)
+}
+
 /// A number of days (fractions allowed), more than zero.
 fn parse_days(s: &str) -> std::result::Result<Duration, String> {
     let days: f64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
@@ -275,7 +301,6 @@ async fn flush_outbox(client: &mut Client) -> Result<()> {
 fn forwardable(command: &Command) -> Option<forward::Forward> {
     use forward::Forward as F;
     Some(match command {
-        Command::Init { .. } | Command::Verify { .. } | Command::Rotate { .. } => return None,
         Command::Invite {
             qr,
             expires: None,
@@ -283,7 +308,11 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
             revoke: None,
             ..
         } => F::Invite { qr: *qr },
-        Command::Invite { .. } => return None,
+        // Trust operations forward themselves (`trust_op`).
+        Command::Init { .. }
+        | Command::Verify { .. }
+        | Command::Rotate { .. }
+        | Command::Invite { .. } => return None,
         Command::Accept { code, name } => F::Accept {
             code: code.clone(),
             name: name.clone(),
@@ -335,14 +364,6 @@ async fn run(cli: Cli) -> Result<()> {
         if let Some(result) = forward::try_forward(&home, command).await {
             return result;
         }
-    } else if !matches!(cli.command, Command::Init { .. }) {
-        // Not handed over the socket yet: say so rather than fail on the
-        // store's lock.
-        if let Ok(Some(_)) = tern_client::rpc::RpcClient::connect(&home).await {
-            anyhow::bail!(
-                "a `tern listen` is running for this home; stop it first (this command is not forwarded to it)"
-            );
-        }
     }
     match cli.command {
         Command::Init {
@@ -374,37 +395,42 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Invite {
             list: true, json, ..
         } => {
-            let client = open(&home)?;
-            let now = tern_client::now_ms();
-            for r in client.invites()? {
-                let state = r.state(now).as_str();
+            let TrustResult::Invites { invites } =
+                trust_op(&home, || open(&home), TrustRequest::InviteList).await?
+            else {
+                anyhow::bail!("unexpected answer to invite --list");
+            };
+            for r in invites {
                 if json {
                     println!(
                         "{}",
                         json!({
-                            "id": r.id, "state": state,
+                            "id": r.id, "state": r.state,
                             "created_at": time(r.created_at_ms),
                             "expires_at": time(r.expires_at_ms),
                             "token_revoked": r.token_revoked,
                         })
                     );
                 } else {
-                    println!("{}\t{}\texpires {}", r.id, state, time(r.expires_at_ms));
+                    println!("{}\t{}\texpires {}", r.id, r.state, time(r.expires_at_ms));
                 }
             }
         }
         Command::Invite {
             revoke: Some(id), ..
         } => {
-            let mut client = open(&home)?;
-            let r = client.revoke_invite(&id).await?;
-            client.close().await;
-            println!("revoked invite {}", r.id);
+            let req = TrustRequest::InviteRevoke { id };
+            if let TrustResult::Revoked { id } = trust_op(&home, || open(&home), req).await? {
+                println!("revoked invite {id}");
+            }
         }
         Command::Invite { qr, expires, .. } => {
-            let mut client = open(&home)?;
-            let ttl = expires.unwrap_or(tern_client::invites::DEFAULT_INVITE_TTL);
-            let (code, _) = client.invite_for(ttl).await?;
+            let ttl_ms = expires.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let req = TrustRequest::Invite { ttl_ms };
+            let TrustResult::Invite { code, .. } = trust_op(&home, || open(&home), req).await?
+            else {
+                anyhow::bail!("unexpected answer to invite");
+            };
             println!("{code}");
             if qr {
                 let qr = qrcode::QrCode::new(code.as_bytes()).context("drawing the QR code")?;
@@ -414,7 +440,6 @@ async fn run(cli: Cli) -> Result<()> {
                     .build();
                 println!("{art}");
             }
-            client.close().await;
         }
         Command::Accept { code, name } => {
             let mut client = open(&home)?;
@@ -553,16 +578,11 @@ async fn run(cli: Cli) -> Result<()> {
             println!("blocked {contact}: the relay now refuses their messages");
         }
         Command::Rotate { contact } => {
-            let mut client = open(&home)?;
-            let report = client.rotate_token(&contact).await?;
-            client.close().await;
-            if let Some((_, e)) = report.failed.first() {
-                anyhow::bail!("{contact}'s relay refused the new token's message: {e}");
-            } else if report.sent.is_empty() {
-                println!("{contact} gets a new token once their relay is reachable (queued)");
-            } else {
-                println!("{contact} now has a new token; the old one stops working in 2 days");
-            }
+            let req = TrustRequest::Rotate {
+                contact: contact.clone(),
+            };
+            trust_op(&home, || open(&home), req).await?;
+            println!("{contact} gets a new token; the old one stops working in 2 days");
         }
         Command::Verify {
             contact,
@@ -571,16 +591,26 @@ async fn run(cli: Cli) -> Result<()> {
             unmark,
             confirm,
         } => {
-            let mut client = open(&home)?;
+            let go = |req| trust_op(&home, || open(&home), req);
             if mark || unmark {
-                client.set_verified(&contact, mark).await?;
+                go(TrustRequest::SetVerified {
+                    contact: contact.clone(),
+                    verified: mark,
+                })
+                .await?;
                 let how = if mark { "verified" } else { "not verified" };
                 println!("{contact} is now marked {how}");
             } else if confirm {
-                client.confirm_key(&contact).await?;
+                go(TrustRequest::ConfirmKey {
+                    contact: contact.clone(),
+                })
+                .await?;
                 println!("{contact}'s new identity key is accepted; sends to them resume");
             } else {
-                let number = client.safety_number(&contact)?;
+                let req = TrustRequest::SafetyNumber { contact };
+                let TrustResult::SafetyNumber { number } = go(req).await? else {
+                    anyhow::bail!("unexpected answer to verify");
+                };
                 println!("{}", tern_crypto::safety::grouped(&number));
                 if qr {
                     let qr =

@@ -195,3 +195,57 @@ fn a_passphrase_protects_the_store_key() {
     );
     assert_eq!(listed.lines().count(), 1, "{listed}");
 }
+
+/// Beside a running `tern listen`, the trust commands are handed to it over
+/// the socket and print what they print alone.
+#[test]
+fn trust_commands_work_beside_a_running_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_in(&dir.path().join("relay"));
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    for (home, name) in [(&a, "alice"), (&b, "bob")] {
+        ok(home, &["init", "--relay", relay.url(), "--name", name]);
+    }
+    let code = ok(&a, &["invite"]);
+    ok(&b, &["accept", code.trim(), "--name", "alice"]);
+    ok(&a, &["recv"]);
+    let number = ok(&b, &["verify", "alice"]);
+
+    let mut listen = tern_cmd(&a, &["listen", "--json"]).spawn().unwrap();
+    let socket = a.join("tern.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "listen never served its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(ok(&a, &["verify", "bob"]), number);
+    ok(&a, &["verify", "bob", "--mark"]);
+    let contacts = json_lines(&ok(&a, &["contacts", "--json"]));
+    assert_eq!(contacts[0]["verified"], true, "{contacts:?}");
+    let code = ok(&a, &["invite", "--expires", "1"]);
+    assert!(code.starts_with("tern1"), "{code}");
+    let list = invites(&a);
+    assert_eq!(list.len(), 2, "{list:?}");
+    let id = list[1]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        ok(&a, &["invite", "--revoke", &id]).trim(),
+        format!("revoked invite {id}")
+    );
+    assert_eq!(invites(&a)[1]["state"], "revoked");
+    assert!(ok(&a, &["rotate", "bob"]).contains("new token"));
+
+    let pid = listen.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(listen.wait().unwrap().success());
+
+    // Bob took the new token (from the rotation) and still reaches Alice.
+    ok(&b, &["recv"]);
+    assert!(ok(&b, &["send", "alice", "after the rotation"]).starts_with("sent "));
+    let got = json_lines(&ok(&a, &["recv", "--json"]));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "after the rotation");
+}

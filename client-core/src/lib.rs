@@ -33,6 +33,7 @@ pub mod rotation;
 pub mod rpc;
 pub mod tokens;
 pub mod transport;
+pub mod trust;
 pub mod verify;
 
 pub use client::{now_ms, random16, Client};

@@ -49,6 +49,17 @@ impl Client {
         name: &str,
         grace: Duration,
     ) -> Result<OutboxReport, ClientError> {
+        self.rotate_token_queued(name, grace).await?;
+        self.flush_outbox().await
+    }
+
+    /// [`Client::rotate_token_with`] up to the outbox: the rotation is
+    /// queued (durably) with the contact's new state; nothing is sent yet.
+    pub(crate) async fn rotate_token_queued(
+        &mut self,
+        name: &str,
+        grace: Duration,
+    ) -> Result<(), ClientError> {
         let mut contact = self.contact_named(name)?;
         let mut state = self.check_sendable(&contact)?;
         let session = self
@@ -70,8 +81,7 @@ impl Client {
         self.enqueue(&contact, session, &content, None)?;
         self.store.put_contact(&contact)?;
         self.put_contact_state(&contact.identity_key, &state)?;
-        self.store.flush().await?;
-        self.flush_outbox().await
+        self.store.flush().await
     }
 
     /// Revoke, over `link`, the retired tokens whose grace period is over

@@ -63,6 +63,10 @@ pub(super) enum Command {
     },
     FlushOutbox(Reply<OutboxReport>),
     Profile(Reply<Profile>),
+    Trust {
+        req: crate::trust::TrustRequest,
+        reply: Reply<crate::trust::TrustResult>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -364,6 +368,14 @@ impl Task {
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
                 let _ = reply.send(Ok(self.client.profile().clone()));
+            }
+            Command::Trust { req, reply } => {
+                let rotate = matches!(req, crate::trust::TrustRequest::Rotate { .. });
+                let r = self.client.trust(req).await;
+                if rotate && r.is_ok() {
+                    self.request_flush(Vec::new());
+                }
+                let _ = reply.send(r);
             }
             Command::Shutdown(_) => {}
         }

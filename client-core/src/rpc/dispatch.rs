@@ -95,6 +95,11 @@ pub(crate) async fn call<B: RpcBackend>(
             let profile = backend.profile().await.map_err(client_err)?;
             encode(&ProfileResult::from(&profile))
         }
+        TRUST => {
+            let req: crate::trust::TrustRequest = params(raw)?;
+            let result = backend.trust(req).await.map_err(client_err)?;
+            encode(&result)
+        }
         other => Err(ErrorCode::MethodNotFound.error(format!("no method {other:?}"))),
     }
 }

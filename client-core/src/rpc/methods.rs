@@ -31,6 +31,10 @@ pub const BLOCK: &str = "block";
 pub const FLUSH_OUTBOX: &str = "flush_outbox";
 /// `profile`: who this account is.
 pub const PROFILE: &str = "profile";
+/// `trust`: an invite, verification or rotation operation; params are a
+/// [`crate::trust::TrustRequest`], the result a
+/// [`crate::trust::TrustResult`].
+pub const TRUST: &str = "trust";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.

@@ -93,6 +93,11 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
     fn flush_outbox(&self) -> impl Future<Output = Result<OutboxReport, ClientError>> + Send;
     /// Who this account is.
     fn profile(&self) -> impl Future<Output = Result<Profile, ClientError>> + Send;
+    /// A trust operation ([`crate::trust`]).
+    fn trust(
+        &self,
+        req: crate::trust::TrustRequest,
+    ) -> impl Future<Output = Result<crate::trust::TrustResult, ClientError>> + Send;
     /// A new feed of every event from now on.
     fn subscribe(&self) -> Self::Events;
 }
