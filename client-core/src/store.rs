@@ -265,11 +265,27 @@ impl LocalStore {
         }
     }
 
-    /// The sealed heads with `slot` moved to `counter`.
-    fn heads_with(&self, slot: &[u8; 32], counter: u64) -> Result<Vec<u8>, ClientError> {
-        let mut heads = self.heads()?;
+    /// Inside a transaction: move `slot`'s counter to `counter` (read and
+    /// written in the transaction, so no other write's counter is lost).
+    fn move_head(
+        &self,
+        head: &sled::transaction::TransactionalTree,
+        slot: &[u8; 32],
+        counter: u64,
+    ) -> TxResult<()> {
+        let abort = ConflictableTransactionError::Abort;
+        let mut heads: Heads = match head.get(HEADS_KEY)? {
+            Some(raw) => self
+                .open_value("priv_heads", HEADS_KEY, &raw)
+                .map_err(abort)?,
+            None => Heads::new(),
+        };
         heads.insert(hex::encode(slot), counter);
-        self.seal_value("priv_heads", HEADS_KEY, &heads)
+        let sealed = self
+            .seal_value("priv_heads", HEADS_KEY, &heads)
+            .map_err(abort)?;
+        head.insert(HEADS_KEY, sealed)?;
+        Ok(())
     }
 
     /// The trees a migration rewrites, and the heads tree.
@@ -432,11 +448,10 @@ impl LocalStore {
         let slot = self.contact_key(&item.contact);
         let counter = self.next_position()?;
         let bound = self.bind_pickle(&slot, counter, session_pickle);
-        let heads = self.heads_with(&slot, counter)?;
         (&self.sessions, &self.messages, &self.outbox, &self.heads)
             .transaction(|(sessions, messages, outbox, head)| -> TxResult<()> {
                 sessions.insert(&slot[..], &bound[..])?;
-                head.insert(HEADS_KEY, &heads[..])?;
+                self.move_head(head, &slot, counter)?;
                 if let Some((k, v)) = &msg {
                     messages.insert(&k[..], &v[..])?;
                 }
@@ -494,7 +509,6 @@ impl LocalStore {
         };
         let counter = self.next_position()?;
         let bound = self.bind_pickle(&slot, counter, session_pickle);
-        let heads = self.heads_with(&slot, counter)?;
         let seen_slot = self.seen_slot(message_id);
         // Without an extra record, the extra tree is the heads tree and
         // nothing more is written to it.
@@ -516,7 +530,7 @@ impl LocalStore {
                         contacts.insert(&slot[..], &v[..])?;
                     }
                     sessions.insert(&slot[..], &bound[..])?;
-                    head.insert(HEADS_KEY, &heads[..])?;
+                    self.move_head(head, &slot, counter)?;
                     if let Some((k, v)) = &msg {
                         messages.insert(&k[..], &v[..])?;
                     }
