@@ -9,7 +9,10 @@
 //! module: [`account`], [`contacts`], [`outbox`], [`inbox`], and the pure
 //! [`layers`] (content → Olm → seal and back) that the bench and fuzz
 //! targets use too; [`transport`] speaks the wire protocol and [`store`] is
-//! the local database.
+//! the local database. Trust has its own modules: [`invites`] (records,
+//! expiry, which hello may make a contact), [`tokens`] (minted ahead of
+//! need), [`rotation`], [`contact_state`] and [`verify`] (safety numbers,
+//! key changes), gathered for the CLI and the socket in [`trust`].
 #![warn(missing_docs)]
 
 pub mod account;

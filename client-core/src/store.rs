@@ -510,11 +510,11 @@ impl LocalStore {
         let counter = self.next_position()?;
         let bound = self.bind_pickle(&slot, counter, session_pickle);
         let seen_slot = self.seen_slot(message_id);
-        // Without an extra record, the extra tree is the heads tree and
-        // nothing more is written to it.
+        // Without an extra record, the extra tree is `meta` (not otherwise in
+        // this transaction) and nothing is written to it.
         let (extra_tree, extra_kv) = match &extra {
             Some((t, k, v)) => (*t, Some((k.clone(), v.clone()))),
-            None => (&self.heads, None),
+            None => (&self.meta, None),
         };
         (
             &self.contacts,
