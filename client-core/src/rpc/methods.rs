@@ -431,6 +431,22 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_key_change_prints_as_the_cli_prints_it() {
+        let e = Event::KeyChanged {
+            name: "bob".into(),
+            verified: true,
+        };
+        let params = EventParams::from_event(&e).unwrap();
+        let cli = json!({ "type": "key_change", "name": "bob", "verified": true });
+        assert_eq!(serde_json::to_value(&params).unwrap(), cli);
+        // `tern listen` beside a running client prints the value's string.
+        assert_eq!(
+            serde_json::to_value(&params).unwrap().to_string(),
+            cli.to_string()
+        );
+    }
+
+    #[test]
     fn objects_print_as_the_cli_prints_them() {
         // The CLI builds these with json!, which sorts keys; ours must match.
         let m = ReceivedMessage {
