@@ -398,6 +398,35 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Move the conversation with `from` to `to` (the contact's identity
+    /// key changed): every entry is stored again under the new contact, in
+    /// one transaction.
+    pub(crate) fn move_history(&self, from: &ContactId, to: &ContactId) -> Result<(), ClientError> {
+        let prefix = self.key.keyed_hash("messages-of", from);
+        let mut moves = Vec::new();
+        for kv in self.messages.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            let mut m: StoredMessage = self.open_value("messages", &k, &v)?;
+            let id: [u8; 16] = hex::decode(&m.id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default();
+            m.contact = *to;
+            let slot = self.message_slot(&message_key(to, m.sent_at_ms, &id));
+            let sealed = self.seal_value("messages", &slot, &m)?;
+            moves.push((k.to_vec(), slot, sealed));
+        }
+        self.messages
+            .transaction(|messages| -> TxResult<()> {
+                for (old, new, v) in &moves {
+                    messages.remove(&old[..])?;
+                    messages.insert(&new[..], &v[..])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
     /// The encrypted session pickle for a contact. Refused if it was moved
     /// from another contact's place, or is not the newest one written.
     pub fn session(&self, id: &ContactId) -> Result<Option<Vec<u8>>, ClientError> {

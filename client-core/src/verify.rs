@@ -83,6 +83,8 @@ impl Client {
         self.put_contact_state(&new.identity_key, &state)?;
         self.remove_contact_state(&old.identity_key)?;
         self.store.remove_contact(&old.identity_key)?;
+        self.store
+            .move_history(&old.identity_key, &new.identity_key)?;
         Ok(Event::KeyChanged {
             name: new.name.clone(),
             verified: state.verified_key.is_some(),

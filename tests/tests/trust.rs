@@ -212,6 +212,11 @@ async fn a_key_change_is_shown_and_stops_sends_to_a_verified_contact() {
     assert_eq!(number, bob.client.safety_number("alice").unwrap());
     assert_eq!(number.len(), 60);
     alice.client.set_verified("bob", true).await.unwrap();
+    bob.send("alice", "before the change").await;
+    assert_eq!(
+        texts(&alice.receive_messages(1).await),
+        ["before the change"]
+    );
 
     // A new device gives Bob's address in a hello (through a fresh invite of
     // Alice's): Bob's key changed, or someone is in the middle.
@@ -240,6 +245,12 @@ async fn a_key_change_is_shown_and_stops_sends_to_a_verified_contact() {
     assert_eq!(events, [changed]);
     assert_eq!(alice.client.contacts().unwrap().len(), 1);
     assert_ne!(number, alice.client.safety_number("bob").unwrap());
+    // The conversation stays with the contact.
+    let history = alice.client.history("bob", 10).unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["before the change"]
+    );
 
     let refused = alice.client.send_text("bob", "to the new key").await;
     assert!(
