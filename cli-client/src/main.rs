@@ -443,8 +443,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Accept { code, name } => {
             let mut client = open(&home)?;
+            let existed = client.contacts()?.iter().any(|c| c.name == name);
             let contact = client.accept(&code, &name).await?;
             println!("added contact {}", contact.name);
+            if existed {
+                // A re-invite under an existing name: that contact's keys
+                // changed (tern_client::verify).
+                let state = client.contact_state(&contact.identity_key)?;
+                eprintln!(
+                    "{}",
+                    key_change_line(&contact.name, state.verified_key.is_some())
+                );
+            }
             if client.outbox_len()? > 0 {
                 eprintln!("their relay is unreachable; the introduction is queued and goes out with the next send or recv");
             }

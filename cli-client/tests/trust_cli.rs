@@ -111,7 +111,10 @@ fn verify_shows_one_safety_number_and_a_key_change_stops_sends() {
     // Bob's new device invites Alice, who accepts it under the same name:
     // Bob's key changed, so sends to him stop until she confirms.
     let code = ok(&b2, &["invite"]);
-    ok(&a, &["accept", code.trim(), "--name", "bob"]);
+    let out = tern(&a, &["accept", code.trim(), "--name", "bob"]);
+    assert!(out.status.success());
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(warned.contains("bob's identity key changed"), "{warned}");
     assert_eq!(verified(&a), false);
     let err = stderr_of(&a, &["send", "bob", "hello"]);
     assert!(err.contains("identity key changed"), "{err}");
