@@ -57,8 +57,9 @@ enum Command {
         /// Also draw it as a QR code.
         #[arg(long)]
         qr: bool,
-        /// Days the invite stays usable (default 7; fractions allowed).
-        #[arg(long, value_name = "DAYS", value_parser = parse_days)]
+        /// Days the invite stays usable (default 7, or the
+        /// TERN_INVITE_EXPIRES_DAYS setting; fractions allowed).
+        #[arg(long, value_name = "DAYS", value_parser = parse_days, env = "TERN_INVITE_EXPIRES_DAYS")]
         expires: Option<Duration>,
         /// List the invites made: id, state, expiry.
         #[arg(long, conflicts_with_all = ["qr", "expires", "revoke"])]
