@@ -185,7 +185,7 @@ impl Client {
         let now = crate::client::now_ms();
         for mut r in self.invites()? {
             if r.token_to_revoke(now) {
-                link.revoke_token(&r.token).await?;
+                revoke_for_good(link, &r.token).await?;
                 debug!("revoked the token of invite {}", r.id);
                 r.token_revoked = true;
                 self.put_invite(&r)?;
@@ -193,6 +193,18 @@ impl Client {
         }
         self.revoke_retired_tokens(link).await?;
         self.store.flush().await
+    }
+}
+
+/// Revoke `token` over `link`; a token the relay does not know as ours is
+/// as good as revoked (it cannot be used), so it is not tried again.
+pub(crate) async fn revoke_for_good(link: &RelayLink, token: &[u8; 32]) -> Result<(), ClientError> {
+    match link.revoke_token(token).await {
+        Err(e) if e.is_token_invalid() => {
+            debug!("the relay does not know a token we revoke: done");
+            Ok(())
+        }
+        r => r,
     }
 }
 

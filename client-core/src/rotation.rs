@@ -94,7 +94,7 @@ impl Client {
             let mut keep = Vec::new();
             for r in std::mem::take(&mut state.retiring) {
                 if state.blocked || now >= r.revoke_after_ms {
-                    link.revoke_token(&r.token).await?;
+                    crate::invites::revoke_for_good(link, &r.token).await?;
                 } else {
                     keep.push(r);
                 }
