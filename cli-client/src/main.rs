@@ -126,6 +126,17 @@ enum Command {
         /// Contact name.
         contact: String,
     },
+    /// Protect this account with a new passphrase (from TERN_NEW_PASSPHRASE
+    /// or --new-passphrase-file), or remove it; the current one, if any,
+    /// as for every command.
+    Passphrase {
+        /// Read the new passphrase from this file (its first line).
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Store the key unprotected again.
+        #[arg(long, conflicts_with = "new_passphrase_file")]
+        remove: bool,
+    },
     /// Give a contact a new token to write to you with (through the
     /// end-to-end channel); the old one stops working after a grace period.
     Rotate {
@@ -311,6 +322,7 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         } => F::Invite { qr: *qr },
         // Trust operations forward themselves (`trust_op`).
         Command::Init { .. }
+        | Command::Passphrase { .. }
         | Command::Verify { .. }
         | Command::Rotate { .. }
         | Command::Invite { .. } => return None,
@@ -587,6 +599,31 @@ async fn run(cli: Cli) -> Result<()> {
             client.block(&contact).await?;
             client.close().await;
             println!("blocked {contact}: the relay now refuses their messages");
+        }
+        Command::Passphrase {
+            new_passphrase_file,
+            remove,
+        } => {
+            #[cfg(unix)]
+            if tern_client::rpc::RpcClient::connect(&home).await?.is_some() {
+                anyhow::bail!("a `tern listen` is running for this home; stop it first");
+            }
+            let client = open(&home)?;
+            if remove {
+                client.set_passphrase(None)?;
+                println!("the store key is no longer protected by a passphrase");
+            } else {
+                let new = match &new_passphrase_file {
+                    Some(path) => passphrase(Some(path))?,
+                    None => std::env::var_os("TERN_NEW_PASSPHRASE")
+                        .map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes())),
+                };
+                let new = new.context(
+                    "the new passphrase goes in TERN_NEW_PASSPHRASE or --new-passphrase-file",
+                )?;
+                client.set_passphrase(Some(&new[..]))?;
+                println!("the store key is now protected by the new passphrase");
+            }
         }
         Command::Rotate { contact } => {
             let req = TrustRequest::Rotate {

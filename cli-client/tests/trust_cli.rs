@@ -197,6 +197,40 @@ fn a_passphrase_protects_the_store_key() {
         ],
     );
     assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    // Changed, then removed; the old one no longer opens it.
+    let mut change = tern_cmd(&home, &["passphrase"]);
+    change
+        .env("TERN_PASSPHRASE", "correct horse")
+        .env("TERN_NEW_PASSPHRASE", "battery staple");
+    assert!(run_bounded(&mut change).status.success());
+    let out = with_env(&["contacts"], "correct horse");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    let out = with_env(&["passphrase", "--remove"], "battery staple");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(home.join("store.key")).unwrap().len(), 32);
+    assert_eq!(ok(&home, &["invite", "--list"]).lines().count(), 1);
+    // And an unprotected home can be given one.
+    let out = with_env(
+        &[
+            "--passphrase-file",
+            file.to_str().unwrap(),
+            "passphrase",
+            "--new-passphrase-file",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stderr_of(&home, &["contacts"]).contains("protected by a passphrase"));
 }
 
 /// Beside a running `tern listen`, the trust commands are handed to it over

@@ -40,6 +40,28 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
 }
 
 impl Client {
+    /// Protect this account's store key with `passphrase` from now on, or
+    /// (with `None`) store it unprotected again. The key itself does not
+    /// change, so nothing else is rewritten; the key file is replaced
+    /// atomically (written beside it, synced, renamed).
+    pub fn set_passphrase(&self, passphrase: Option<&[u8]>) -> Result<(), ClientError> {
+        let bytes = match passphrase {
+            Some([]) => return Err(ClientError::EmptyPassphrase),
+            Some(p) => wrap_store_key(&self.key, p, KdfCost::DEFAULT)?,
+            None => self.key.to_bytes().to_vec(),
+        };
+        let bytes = zeroize::Zeroizing::new(bytes);
+        let key_path = self.home.join(KEY_FILE);
+        let fresh = self.home.join(format!("{KEY_FILE}.new"));
+        let _ = std::fs::remove_file(&fresh);
+        write_secret(&fresh, &bytes)?;
+        std::fs::rename(&fresh, &key_path).map_err(io_err(&key_path))?;
+        if let Ok(dir) = std::fs::File::open(&self.home) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
     /// Create an account in `home`, registering a mailbox on `relay`.
     pub async fn init(home: &Path, relay: &RelayUrl, name: &str) -> Result<Self, ClientError> {
         Self::init_with(home, relay, name, None).await
