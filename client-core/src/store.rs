@@ -265,6 +265,32 @@ impl LocalStore {
         }
     }
 
+    /// Inside a transaction over `sessions` and `priv_heads`
+    /// ([`LocalStore::heads_tree`]): store a contact's session pickle bound
+    /// to its slot and `counter` (from [`LocalStore::next_position`], taken
+    /// before the transaction: sled's id generator must not run inside
+    /// one), and move that counter. Every write
+    /// of a session goes through here, so a transaction that writes a
+    /// session must include both trees.
+    pub(crate) fn put_session_tx(
+        &self,
+        sessions: &sled::transaction::TransactionalTree,
+        heads: &sled::transaction::TransactionalTree,
+        contact: &ContactId,
+        pickle: &[u8],
+        counter: u64,
+    ) -> TxResult<()> {
+        let slot = self.contact_key(contact);
+        sessions.insert(&slot[..], self.bind_pickle(&slot, counter, pickle))?;
+        self.move_head(heads, &slot, counter)
+    }
+
+    /// The tree of session counters, for transactions that write a session
+    /// ([`LocalStore::put_session_tx`]).
+    pub(crate) fn heads_tree(&self) -> &Tree {
+        &self.heads
+    }
+
     /// Inside a transaction: move `slot`'s counter to `counter` (read and
     /// written in the transaction, so no other write's counter is lost).
     fn move_head(
@@ -474,13 +500,15 @@ impl LocalStore {
         };
         let okey = outbox_key(item);
         let out = self.seal_value("outbox", &okey, item)?;
-        let slot = self.contact_key(&item.contact);
         let counter = self.next_position()?;
-        let bound = self.bind_pickle(&slot, counter, session_pickle);
-        (&self.sessions, &self.messages, &self.outbox, &self.heads)
+        (
+            &self.sessions,
+            &self.messages,
+            &self.outbox,
+            self.heads_tree(),
+        )
             .transaction(|(sessions, messages, outbox, head)| -> TxResult<()> {
-                sessions.insert(&slot[..], &bound[..])?;
-                self.move_head(head, &slot, counter)?;
+                self.put_session_tx(sessions, head, &item.contact, session_pickle, counter)?;
                 if let Some((k, v)) = &msg {
                     messages.insert(&k[..], &v[..])?;
                 }
@@ -536,9 +564,8 @@ impl LocalStore {
             }
             None => None,
         };
-        let counter = self.next_position()?;
-        let bound = self.bind_pickle(&slot, counter, session_pickle);
         let seen_slot = self.seen_slot(message_id);
+        let counter = self.next_position()?;
         // Without an extra record, the extra tree is `meta` (not otherwise in
         // this transaction) and nothing is written to it.
         let (extra_tree, extra_kv) = match &extra {
@@ -558,8 +585,13 @@ impl LocalStore {
                     if let Some(v) = &contact_value {
                         contacts.insert(&slot[..], &v[..])?;
                     }
-                    sessions.insert(&slot[..], &bound[..])?;
-                    self.move_head(head, &slot, counter)?;
+                    self.put_session_tx(
+                        sessions,
+                        head,
+                        &contact.identity_key,
+                        session_pickle,
+                        counter,
+                    )?;
                     if let Some((k, v)) = &msg {
                         messages.insert(&k[..], &v[..])?;
                     }
