@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 use tern_client::rpc::methods::*;
 use tern_client::rpc::RpcClient;
+use tern_client::trust::{TrustRequest, TrustResult};
 
 /// A command that can be handed to a running client, with its flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +177,9 @@ fn print_event(
             line(out, format!("* {from}: {} {id}", status.as_str()))
         }
         EventParams::Typing { from } => line(out, format!("* {from} is typing")),
+        EventParams::KeyChange { name, verified } => {
+            line(out, crate::key_change_line(name, *verified))
+        }
     }
 }
 
@@ -259,9 +263,22 @@ pub async fn forward(
         }
         Forward::Contacts { json } => {
             let contacts: Vec<ContactInfo> = client.request(CONTACTS, &NoParams {}).await?;
+            let verified = if json {
+                match client.request(TRUST, &TrustRequest::Verified).await? {
+                    TrustResult::Verified { contacts } => contacts,
+                    _ => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
             for c in contacts {
                 if json {
-                    line(out, json_line(serde_json::to_value(&c))?)?;
+                    let mut v = serde_json::to_value(&c)?;
+                    if let serde_json::Value::Object(m) = &mut v {
+                        let is = verified.iter().any(|(n, v)| *n == c.name && *v);
+                        m.insert("verified".into(), is.into());
+                    }
+                    line(out, json_line(Ok(v))?)?;
                 } else {
                     line(out, format!("{}\t{}", c.name, c.relay))?;
                 }

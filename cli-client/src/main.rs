@@ -11,6 +11,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
+use tern_client::trust::{TrustRequest, TrustResult};
 use tern_client::{Client, Event, SendOutcome, TypingOutcome};
 use tern_protocol::url::RelayUrl;
 
@@ -27,6 +28,11 @@ struct Cli {
     /// it off (for tests).
     #[arg(long, global = true, env = "TERN_SEND_SPACING_MS", value_parser = parse_spacing, value_name = "MIN-MAX")]
     send_spacing_ms: Option<(Duration, Duration)>,
+    /// Read the account's passphrase from this file (its first line);
+    /// otherwise from the TERN_PASSPHRASE environment variable. Never
+    /// prompted for.
+    #[arg(long, global = true, value_name = "PATH")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,12 +47,30 @@ enum Command {
         /// The name contacts see.
         #[arg(long)]
         name: String,
+        /// Protect the store key with a passphrase (Argon2id), read from
+        /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
+        #[arg(long)]
+        passphrase: bool,
     },
-    /// Print an invite code to give to one contact.
+    /// Print an invite code to give to one contact (or list or revoke
+    /// the invites made).
     Invite {
         /// Also draw it as a QR code.
         #[arg(long)]
         qr: bool,
+        /// Days the invite stays usable (default 7, or the
+        /// TERN_INVITE_EXPIRES_DAYS setting; fractions allowed).
+        #[arg(long, value_name = "DAYS", value_parser = parse_days, env = "TERN_INVITE_EXPIRES_DAYS")]
+        expires: Option<Duration>,
+        /// List the invites made: id, state, expiry.
+        #[arg(long, conflicts_with_all = ["qr", "expires", "revoke"])]
+        list: bool,
+        /// With --list: one JSON object per line.
+        #[arg(long, requires = "list")]
+        json: bool,
+        /// Revoke the invite with this id (its token too, at the relay).
+        #[arg(long, value_name = "ID", conflicts_with_all = ["qr", "expires"])]
+        revoke: Option<String>,
     },
     /// Accept an invite code and add its maker as a contact.
     Accept {
@@ -134,6 +158,41 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: GroupCommand,
+    },
+    /// Protect this account with a new passphrase (from TERN_NEW_PASSPHRASE
+    /// or --new-passphrase-file), or remove it; the current one, if any,
+    /// as for every command.
+    Passphrase {
+        /// Read the new passphrase from this file (its first line).
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Store the key unprotected again.
+        #[arg(long, conflicts_with = "new_passphrase_file")]
+        remove: bool,
+    },
+    /// Give a contact a new token to write to you with (through the
+    /// end-to-end channel); the old one stops working after a grace period.
+    Rotate {
+        /// Contact name.
+        contact: String,
+    },
+    /// Show the safety number to compare with a contact (in person or over
+    /// another channel), and mark them verified.
+    Verify {
+        /// Contact name.
+        contact: String,
+        /// Also draw the safety number as a QR code.
+        #[arg(long)]
+        qr: bool,
+        /// Record the contact as verified (after comparing the numbers).
+        #[arg(long, conflicts_with_all = ["unmark", "confirm"])]
+        mark: bool,
+        /// Record the contact as not verified.
+        #[arg(long, conflicts_with = "confirm")]
+        unmark: bool,
+        /// Accept the contact's new identity key after a key change.
+        #[arg(long)]
+        confirm: bool,
     },
 }
 
@@ -249,6 +308,57 @@ fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
     }
 }
 
+/// Run a trust operation ([`tern_client::trust`]) in the client running
+/// for `home` if there is one, else here (a rotation is then delivered
+/// before returning).
+async fn trust_op(
+    home: &std::path::Path,
+    open: impl FnOnce() -> Result<Client>,
+    req: TrustRequest,
+) -> Result<TrustResult> {
+    #[cfg(unix)]
+    if let Some(mut rpc) = tern_client::rpc::RpcClient::connect(home).await? {
+        return Ok(rpc.request(tern_client::rpc::methods::TRUST, &req).await?);
+    }
+    let mut client = open()?;
+    let rotate = matches!(req, TrustRequest::Rotate { .. });
+    let result = client.trust(req).await?;
+    if rotate {
+        let report = client.flush_outbox().await?;
+        if let Some((_, e)) = report.failed.first() {
+            anyhow::bail!("the relay refused the new token's message: {e}");
+        }
+    }
+    client.close().await;
+    Ok(result)
+}
+
+/// A number of days (fractions allowed), more than zero.
+fn parse_days(s: &str) -> std::result::Result<Duration, String> {
+    let days: f64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(days > 0.0 && days <= 3650.0) {
+        return Err(format!("{s:?}: between 0 and 3650 days"));
+    }
+    Ok(Duration::from_secs_f64(days * 86_400.0))
+}
+
+/// The passphrase from `--passphrase-file` (its first line) or
+/// `TERN_PASSPHRASE`, if either is given.
+fn passphrase(file: Option<&PathBuf>) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    if let Some(path) = file {
+        let raw = zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        return Ok(Some(zeroize::Zeroizing::new(line.to_vec())));
+    }
+    Ok(
+        std::env::var_os("TERN_PASSPHRASE")
+            .map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes())),
+    )
+}
+
 fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(h) = home {
         return Ok(h);
@@ -313,6 +423,10 @@ fn print_event(e: &Event, as_json: bool) {
             vec![json!({ "type": "typing", "from": from }).to_string()]
         }
         (Event::Typing { from }, false) => vec![format!("* {from} is typing")],
+        (Event::KeyChanged { name, verified }, true) => {
+            vec![json!({ "type": "key_change", "name": name, "verified": verified }).to_string()]
+        }
+        (Event::KeyChanged { name, verified }, false) => vec![key_change_line(name, *verified)],
         (Event::Lagged { missed }, _) => {
             eprintln!(
                 "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
@@ -413,8 +527,19 @@ fn tell_flushed(report: &tern_client::OutboxReport) {
 fn forwardable(command: &Command) -> Option<forward::Forward> {
     use forward::Forward as F;
     Some(match command {
-        Command::Init { .. } => return None,
-        Command::Invite { qr } => F::Invite { qr: *qr },
+        Command::Invite {
+            qr,
+            expires: None,
+            list: false,
+            revoke: None,
+            ..
+        } => F::Invite { qr: *qr },
+        // Trust operations forward themselves (`trust_op`).
+        Command::Init { .. }
+        | Command::Passphrase { .. }
+        | Command::Verify { .. }
+        | Command::Rotate { .. }
+        | Command::Invite { .. } => return None,
         Command::Accept { code, name } => F::Accept {
             code: code.clone(),
             name: name.clone(),
@@ -483,8 +608,9 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
 async fn run(cli: Cli) -> Result<()> {
     let home = home_dir(cli.home)?;
     let spacing = cli.send_spacing_ms;
+    let secret = passphrase(cli.passphrase_file.as_ref())?;
     let open = |home: &PathBuf| -> Result<Client> {
-        let client = Client::open(home)?;
+        let client = Client::open_with(home, secret.as_deref().map(|p| &p[..]))?;
         if let Some((min, max)) = spacing {
             client.set_send_spacing(min, max);
         }
@@ -498,9 +624,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     match cli.command {
-        Command::Init { relay, name } => {
+        Command::Init {
+            relay,
+            name,
+            passphrase,
+        } => {
             let url: RelayUrl = relay.parse().context("bad --relay")?;
-            let client = Client::init(&home, &url, &name).await?;
+            let protect = match (passphrase, &secret) {
+                (true, Some(p)) => Some(&p[..]),
+                (true, None) => anyhow::bail!(
+                    "--passphrase needs the passphrase in TERN_PASSPHRASE or --passphrase-file"
+                ),
+                (false, _) => None,
+            };
+            let client = Client::init_with(&home, &url, &name, protect).await?;
             println!(
                 "account {} created in {}",
                 client.profile().name,
@@ -513,9 +650,45 @@ async fn run(cli: Cli) -> Result<()> {
             );
             client.close().await;
         }
-        Command::Invite { qr } => {
-            let mut client = open(&home)?;
-            let code = client.invite().await?;
+        Command::Invite {
+            list: true, json, ..
+        } => {
+            let TrustResult::Invites { invites } =
+                trust_op(&home, || open(&home), TrustRequest::InviteList).await?
+            else {
+                anyhow::bail!("unexpected answer to invite --list");
+            };
+            for r in invites {
+                if json {
+                    println!(
+                        "{}",
+                        json!({
+                            "id": r.id, "state": r.state,
+                            "created_at": time(r.created_at_ms),
+                            "expires_at": time(r.expires_at_ms),
+                            "token_revoked": r.token_revoked,
+                        })
+                    );
+                } else {
+                    println!("{}\t{}\texpires {}", r.id, r.state, time(r.expires_at_ms));
+                }
+            }
+        }
+        Command::Invite {
+            revoke: Some(id), ..
+        } => {
+            let req = TrustRequest::InviteRevoke { id };
+            if let TrustResult::Revoked { id } = trust_op(&home, || open(&home), req).await? {
+                println!("revoked invite {id}");
+            }
+        }
+        Command::Invite { qr, expires, .. } => {
+            let ttl_ms = expires.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let req = TrustRequest::Invite { ttl_ms };
+            let TrustResult::Invite { code, .. } = trust_op(&home, || open(&home), req).await?
+            else {
+                anyhow::bail!("unexpected answer to invite");
+            };
             println!("{code}");
             if qr {
                 let qr = qrcode::QrCode::new(code.as_bytes()).context("drawing the QR code")?;
@@ -525,12 +698,21 @@ async fn run(cli: Cli) -> Result<()> {
                     .build();
                 println!("{art}");
             }
-            client.close().await;
         }
         Command::Accept { code, name } => {
             let mut client = open(&home)?;
+            let existed = client.contacts()?.iter().any(|c| c.name == name);
             let contact = client.accept(&code, &name).await?;
             println!("added contact {}", contact.name);
+            if existed {
+                // A re-invite under an existing name: that contact's keys
+                // changed (tern_client::verify).
+                let state = client.contact_state(&contact.identity_key)?;
+                eprintln!(
+                    "{}",
+                    key_change_line(&contact.name, state.verified_key.is_some())
+                );
+            }
             if client.outbox_len()? > 0 {
                 eprintln!("their relay is unreachable; the introduction is queued and goes out with the next send or recv");
             }
@@ -540,9 +722,15 @@ async fn run(cli: Cli) -> Result<()> {
             let client = open(&home)?;
             for c in client.contacts()? {
                 if json {
+                    let verified = client
+                        .contact_state(&c.identity_key)?
+                        .is_verified(&c.identity_key);
                     println!(
                         "{}",
-                        json!({ "name": c.name, "relay": c.relay_url, "identity_key": hex(&c.identity_key) })
+                        json!({
+                            "name": c.name, "relay": c.relay_url,
+                            "identity_key": hex(&c.identity_key), "verified": verified,
+                        })
                     );
                 } else {
                     println!("{}\t{}", c.name, c.relay_url);
@@ -720,8 +908,91 @@ async fn run(cli: Cli) -> Result<()> {
                 &mut std::io::stderr(),
             )?;
         }
+        Command::Passphrase {
+            new_passphrase_file,
+            remove,
+        } => {
+            #[cfg(unix)]
+            if tern_client::rpc::RpcClient::connect(&home).await?.is_some() {
+                anyhow::bail!("a `tern listen` is running for this home; stop it first");
+            }
+            let client = open(&home)?;
+            if remove {
+                client.set_passphrase(None)?;
+                println!("the store key is no longer protected by a passphrase");
+            } else {
+                let new = match &new_passphrase_file {
+                    Some(path) => passphrase(Some(path))?,
+                    None => std::env::var_os("TERN_NEW_PASSPHRASE")
+                        .map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes())),
+                };
+                let new = new.context(
+                    "the new passphrase goes in TERN_NEW_PASSPHRASE or --new-passphrase-file",
+                )?;
+                client.set_passphrase(Some(&new[..]))?;
+                println!("the store key is now protected by the new passphrase");
+            }
+        }
+        Command::Rotate { contact } => {
+            let req = TrustRequest::Rotate {
+                contact: contact.clone(),
+            };
+            trust_op(&home, || open(&home), req).await?;
+            println!("{contact} gets a new token; the old one stops working in 2 days");
+        }
+        Command::Verify {
+            contact,
+            qr,
+            mark,
+            unmark,
+            confirm,
+        } => {
+            let go = |req| trust_op(&home, || open(&home), req);
+            if mark || unmark {
+                go(TrustRequest::SetVerified {
+                    contact: contact.clone(),
+                    verified: mark,
+                })
+                .await?;
+                let how = if mark { "verified" } else { "not verified" };
+                println!("{contact} is now marked {how}");
+            } else if confirm {
+                go(TrustRequest::ConfirmKey {
+                    contact: contact.clone(),
+                })
+                .await?;
+                println!("{contact}'s new identity key is accepted; sends to them resume");
+            } else {
+                let req = TrustRequest::SafetyNumber { contact };
+                let TrustResult::SafetyNumber { number } = go(req).await? else {
+                    anyhow::bail!("unexpected answer to verify");
+                };
+                println!("{}", tern_crypto::safety::grouped(&number));
+                if qr {
+                    let qr =
+                        qrcode::QrCode::new(number.as_bytes()).context("drawing the QR code")?;
+                    let art = qr
+                        .render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build();
+                    println!("{art}");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// What `tern recv` and `tern listen` say when a contact's key changed.
+pub fn key_change_line(name: &str, verified: bool) -> String {
+    let stopped = if verified {
+        format!(
+            "; you had verified them, so sends to them stop until `tern verify {name} --confirm`"
+        )
+    } else {
+        String::new()
+    };
+    format!("! {name}'s identity key changed: compare the safety number with `tern verify {name}`{stopped}")
 }
 
 fn hex(b: &[u8]) -> String {

@@ -2,11 +2,16 @@
 //! introduction, the contact hello, through the outbox), adding whoever
 //! introduces themselves with a token we gave, and blocking.
 //!
+//! Invites are recorded ([`crate::invites`]) and their tokens come from the
+//! pool minted ahead of need ([`crate::tokens`]); blocking revokes the
+//! token the contact was bound to when its hello used our invite.
+//!
 //! Naming a new contact is a pure rule (`base_name`, `unique_name`) so
 //! a hostile name cannot collide with or impersonate an existing contact.
 
 use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
+use crate::invites::{InviteRecord, DEFAULT_INVITE_TTL};
 use crate::layers::{self, key32, Introduction};
 use crate::store::Contact;
 use tern_protocol::invite::{decode_invite, encode_invite, validate_address, InviteError};
@@ -43,24 +48,31 @@ pub(crate) fn unique_name(
 }
 
 impl Client {
-    /// Make an invite code: a fresh send token and one-time key for whoever
-    /// accepts it.
+    /// Make an invite code usable for [`DEFAULT_INVITE_TTL`]: a fresh send
+    /// token and one-time key for whoever accepts it.
     pub async fn invite(&mut self) -> Result<String, ClientError> {
-        let link = self.home_link().await?;
-        let token = link.create_token().await?;
-        self.dialer.spacing().note_auth();
-        link.close();
+        Ok(self.invite_for(DEFAULT_INVITE_TTL).await?.0)
+    }
+
+    /// Make an invite code usable for `ttl`, and its record.
+    pub async fn invite_for(
+        &mut self,
+        ttl: std::time::Duration,
+    ) -> Result<(String, InviteRecord), ClientError> {
+        let token = self.take_token().await?;
+        let record = self.record_invite(token, now_ms(), ttl)?;
         let one_time_key = self.account.new_one_time_key();
         self.save_account()?;
         self.store.flush().await?;
-        Ok(encode_invite(&pb::Invite {
+        let code = encode_invite(&pb::Invite {
             address: Some(self.my_address(&token)),
             identity_key: self.account.identity_key().to_vec().into(),
             signing_key: self.account.signing_key().to_vec().into(),
             one_time_key: one_time_key.to_vec().into(),
             name: self.profile.name.clone(),
             seal_key: self.account.seal_public().to_vec().into(),
-        }))
+        });
+        Ok((code, record))
     }
 
     /// Accept an invite code, adding its maker as `name`. The maker learns
@@ -86,12 +98,12 @@ impl Client {
         let signing_key = key32(&invite.signing_key).ok_or(bad("signing key"))?;
         let seal_key = key32(&invite.seal_key).ok_or(bad("seal key"))?;
         tern_crypto::validate_seal_public(&seal_key)?;
-        if self.store.contact_named(name)?.is_some() {
-            return Err(ClientError::ContactExists(name.to_string()));
-        }
         if let Some(c) = self.store.contact(&identity_key)? {
             return Err(ClientError::ContactExists(c.name));
         }
+        // An invite accepted under an existing contact's name, with another
+        // identity key: that contact's keys change (crate::verify).
+        let replaced = self.store.contact_named(name)?;
         let address = invite.address.unwrap_or_default();
         let send_token = key32(&address.send_token).ok_or(bad("send token"))?;
         let mailbox_id = address.mailbox_id[..]
@@ -99,11 +111,7 @@ impl Client {
             .map_err(|_| bad("mailbox id"))?;
         let session = self.account.start_session(&identity_key, &one_time_key)?;
 
-        let link = self.home_link().await?;
-        let my_token = link.create_token().await?;
-        // The hello goes out no sooner than a random gap after this mint.
-        self.dialer.spacing().note_auth();
-        link.close();
+        let my_token = self.take_token().await?;
 
         let now = now_ms();
         let contact = Contact {
@@ -118,6 +126,9 @@ impl Client {
             added_at_ms: now,
         };
         self.store.put_contact(&contact)?;
+        if let Some(old) = &replaced {
+            self.change_contact_key(old, &contact)?;
+        }
         let hello = Body::Hello(pb::ContactHello {
             name: self.profile.name.clone(),
             reply_to: Some(self.my_address(&my_token)),
@@ -131,17 +142,27 @@ impl Client {
         Ok(contact)
     }
 
-    /// Block a contact: revoke the send token we gave them, so the relay
-    /// refuses anything further they send.
+    /// Block a contact: nothing from them is shown any more, and the send
+    /// token they really hold (the one of the invite their hello used, see
+    /// [`crate::invites`]) is revoked at the relay.
     pub async fn block(&mut self, name: &str) -> Result<(), ClientError> {
         let contact = self.contact_named(name)?;
+        let mut state = self.contact_state(&contact.identity_key)?;
+        state.blocked = true;
+        self.put_contact_state(&contact.identity_key, &state)?;
+        self.store.flush().await?;
         let token = contact
             .token_given
             .ok_or_else(|| ClientError::Store(format!("no token on record for {name}")))?;
         let link = self.home_link().await?;
-        link.revoke_token(&token).await?;
+        self.dialer.spacing().note_auth();
+        let mut revoked = link.revoke_token(&token).await;
+        if revoked.is_ok() {
+            // Tokens from before a rotation too (crate::rotation).
+            revoked = self.revoke_retired_tokens(&link).await;
+        }
         link.close();
-        Ok(())
+        revoked
     }
 
     /// Our address on the home relay with `token` for writing to it.

@@ -68,6 +68,24 @@ pub enum ClientError {
     /// No message we sent has this id (`tern status`).
     #[error("no message sent with id {0:?}")]
     UnknownMessage(String),
+    /// The store key is protected by a passphrase and none was given.
+    #[error(
+        "this account is protected by a passphrase: set TERN_PASSPHRASE or pass --passphrase-file"
+    )]
+    PassphraseNeeded,
+    /// The passphrase given does not open the store key.
+    #[error("wrong passphrase for this account")]
+    WrongPassphrase,
+    /// An empty passphrase was given to protect an account.
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+    /// A verified contact's identity key changed: nothing is sent to them
+    /// until the user checks the new safety number and confirms it.
+    #[error("{0}'s identity key changed since you verified it; check the safety number with `tern verify {0}` and confirm with `tern verify {0} --confirm`")]
+    KeyChanged(String),
+    /// No invite with that id.
+    #[error("no invite with id {0:?}")]
+    UnknownInvite(String),
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -54,6 +54,14 @@ pub enum Event {
         /// Contact name.
         from: String,
     },
+    /// A contact's identity key changed (see [`crate::verify`]). If they
+    /// were verified, sends to them stop until the user confirms.
+    KeyChanged {
+        /// The contact.
+        name: String,
+        /// Whether they were verified (sends to them are stopped).
+        verified: bool,
+    },
 }
 
 /// Where a sent message stands.

@@ -9,29 +9,39 @@
 //! module: [`account`], [`contacts`], [`outbox`], [`inbox`], [`groups`], and the pure
 //! [`layers`] (content → Olm → seal and back) that the bench and fuzz
 //! targets use too; [`transport`] speaks the wire protocol and [`store`] is
-//! the local database.
+//! the local database. Trust has its own modules: [`invites`] (records,
+//! expiry, which hello may make a contact), [`tokens`] (minted ahead of
+//! need), [`rotation`], [`contact_state`] and [`verify`] (safety numbers,
+//! key changes), gathered for the CLI and the socket in [`trust`].
 #![warn(missing_docs)]
 
 pub mod account;
 pub mod backoff;
 pub mod client;
+pub mod contact_state;
 pub mod contacts;
 pub mod error;
 pub mod event;
 pub mod groups;
 pub mod handle;
 pub mod inbox;
+pub mod invites;
 pub mod layers;
 pub mod outbox;
 pub mod receipts;
 pub mod settings;
 pub mod spacing;
 pub mod store;
+mod store_migrate;
 // The local socket (other programs using a running client); Unix only.
+pub mod rotation;
 #[cfg(unix)]
 pub mod rpc;
+pub mod tokens;
 pub mod transport;
+pub mod trust;
 pub mod typing;
+pub mod verify;
 
 pub use client::{now_ms, random16, Client};
 pub use error::ClientError;

@@ -3,6 +3,14 @@
 //! encrypted with the device's [`StoreKey`], bound by AEAD associated data to
 //! the tree and key it lives under. Writes that must happen together (a
 //! ratchet step and the message it carried) are one transaction.
+//!
+//! The database's keys show nothing either: contact ids, message times and
+//! received ids are stored under keyed hashes ([`StoreKey::keyed_hash`]),
+//! and each Olm session pickle is bound (AEAD associated data) to its
+//! contact and to a counter that one record, `priv_heads`, keeps for every
+//! session, so a pickle moved to another contact or replaced by an older
+//! one does not load. Stores written before this layout are rewritten
+//! once, when opened ([`LocalStore::open`]).
 
 use crate::error::ClientError;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -121,7 +129,19 @@ pub struct LocalStore {
     receipt_shown: Tree,
     receipt_batches: Tree,
     typing_sent: Tree,
+    /// Every session's current counter, in one sealed record.
+    heads: Tree,
 }
+
+/// The layout version this code writes (1: plain keys, unbound pickles).
+const FORMAT: &[u8] = b"2";
+/// Where the layout version is kept in `meta`.
+const FORMAT_KEY: &str = "priv_format";
+/// The key of the one record in `priv_heads`.
+const HEADS_KEY: &[u8] = b"sessions";
+
+/// Session counters by the session's database key (hex).
+type Heads = std::collections::BTreeMap<String, u64>;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<ClientError>>;
 
@@ -132,7 +152,15 @@ fn tx_err(e: TransactionError<ClientError>) -> ClientError {
     }
 }
 
-fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
+/// Associated data of a session pickle: its slot and counter.
+fn pickle_aad(slot: &[u8; 32], counter: u64) -> Vec<u8> {
+    let mut a = b"tern/2 session pickle\0".to_vec();
+    a.extend_from_slice(slot);
+    a.extend_from_slice(&counter.to_be_bytes());
+    a
+}
+
+pub(crate) fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
     let mut a = tree.as_bytes().to_vec();
     a.push(0);
     a.extend_from_slice(key);
@@ -160,11 +188,12 @@ impl LocalStore {
         Ok(self.db.generate_id()?)
     }
 
-    /// Open (or create) the store at `path` with `key`.
+    /// Open (or create) the store at `path` with `key`, rewriting a store
+    /// of the older layout (plain keys, unbound pickles) into this one.
     pub fn open(path: &Path, key: StoreKey) -> Result<Self, ClientError> {
         let db = sled::open(path)?;
         let t = |n: &str| db.open_tree(n);
-        Ok(Self {
+        let store = Self {
             meta: t("meta")?,
             contacts: t("contacts")?,
             sessions: t("sessions")?,
@@ -176,9 +205,138 @@ impl LocalStore {
             receipt_shown: t("receipt_shown")?,
             receipt_batches: t("receipt_batches")?,
             typing_sent: t("typing_sent")?,
+            heads: t("priv_heads")?,
             db,
             key,
-        })
+        };
+        if store.meta.get(FORMAT_KEY)?.as_deref() != Some(FORMAT) {
+            crate::store_migrate::migrate(&store)?;
+        }
+        Ok(store)
+    }
+
+    /// The sled database (for the modules that keep their own trees).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The store key (for sealing records in other trees).
+    pub(crate) fn store_key(&self) -> &StoreKey {
+        &self.key
+    }
+
+    /// Seal `v` for `key` of the tree named `tree`.
+    pub(crate) fn seal_record<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        v: &T,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.seal_value(tree, key, v)
+    }
+
+    /// Open what [`LocalStore::seal_record`] sealed.
+    pub(crate) fn open_record<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<T, ClientError> {
+        self.open_value(tree, key, raw)
+    }
+
+    /// The database key of a contact (also of its session and state).
+    pub(crate) fn contact_key(&self, id: &ContactId) -> [u8; 32] {
+        self.key.keyed_hash("contact", id)
+    }
+
+    /// Where a conversation entry is stored: its contact's messages prefix,
+    /// then a hash of the entry's own key (so nothing shows its time).
+    pub(crate) fn message_slot(&self, logical: &[u8]) -> Vec<u8> {
+        let contact = &logical[..logical.len().min(32)];
+        let mut k = self.key.keyed_hash("messages-of", contact).to_vec();
+        k.extend_from_slice(&self.key.keyed_hash("message", logical));
+        k
+    }
+
+    fn seen_slot(&self, message_id: &[u8; 16]) -> [u8; 32] {
+        self.key.keyed_hash("seen", message_id)
+    }
+
+    /// Bind a session pickle to its contact slot and a counter.
+    pub(crate) fn bind_pickle(&self, slot: &[u8; 32], counter: u64, pickle: &[u8]) -> Vec<u8> {
+        let mut out = counter.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.key.encrypt(&pickle_aad(slot, counter), pickle));
+        out
+    }
+
+    /// The session counters.
+    pub(crate) fn heads(&self) -> Result<Heads, ClientError> {
+        match self.heads.get(HEADS_KEY)? {
+            Some(raw) => self.open_value("priv_heads", HEADS_KEY, &raw),
+            None => Ok(Heads::new()),
+        }
+    }
+
+    /// Inside a transaction over `sessions` and `priv_heads`
+    /// ([`LocalStore::heads_tree`]): store a contact's session pickle bound
+    /// to its slot and `counter` (from [`LocalStore::next_position`], taken
+    /// before the transaction: sled's id generator must not run inside
+    /// one), and move that counter. Every write
+    /// of a session goes through here, so a transaction that writes a
+    /// session must include both trees.
+    pub(crate) fn put_session_tx(
+        &self,
+        sessions: &sled::transaction::TransactionalTree,
+        heads: &sled::transaction::TransactionalTree,
+        contact: &ContactId,
+        pickle: &[u8],
+        counter: u64,
+    ) -> TxResult<()> {
+        let slot = self.contact_key(contact);
+        sessions.insert(&slot[..], self.bind_pickle(&slot, counter, pickle))?;
+        self.move_head(heads, &slot, counter)
+    }
+
+    /// The tree of session counters, for transactions that write a session
+    /// ([`LocalStore::put_session_tx`]).
+    pub(crate) fn heads_tree(&self) -> &Tree {
+        &self.heads
+    }
+
+    /// Inside a transaction: move `slot`'s counter to `counter` (read and
+    /// written in the transaction, so no other write's counter is lost).
+    fn move_head(
+        &self,
+        head: &sled::transaction::TransactionalTree,
+        slot: &[u8; 32],
+        counter: u64,
+    ) -> TxResult<()> {
+        let abort = ConflictableTransactionError::Abort;
+        let mut heads: Heads = match head.get(HEADS_KEY)? {
+            Some(raw) => self
+                .open_value("priv_heads", HEADS_KEY, &raw)
+                .map_err(abort)?,
+            None => Heads::new(),
+        };
+        heads.insert(hex::encode(slot), counter);
+        let sealed = self
+            .seal_value("priv_heads", HEADS_KEY, &heads)
+            .map_err(abort)?;
+        head.insert(HEADS_KEY, sealed)?;
+        Ok(())
+    }
+
+    /// The trees a migration rewrites, and the heads tree.
+    pub(crate) fn trees(&self) -> [&Tree; 6] {
+        [
+            &self.meta,
+            &self.contacts,
+            &self.sessions,
+            &self.messages,
+            &self.seen,
+            &self.heads,
+        ]
     }
 
     fn seal_value<T: Serialize>(
@@ -254,7 +412,7 @@ impl LocalStore {
 
     /// The contact with this identity key.
     pub fn contact(&self, id: &ContactId) -> Result<Option<Contact>, ClientError> {
-        self.get(&self.contacts, "contacts", id)
+        self.get(&self.contacts, "contacts", &self.contact_key(id))
     }
 
     /// The contact with this local name.
@@ -264,21 +422,77 @@ impl LocalStore {
 
     /// Save a contact.
     pub fn put_contact(&self, c: &Contact) -> Result<(), ClientError> {
-        self.contacts.insert(
-            c.identity_key,
-            self.seal_value("contacts", &c.identity_key, c)?,
-        )?;
+        let k = self.contact_key(&c.identity_key);
+        self.contacts
+            .insert(k, self.seal_value("contacts", &k, c)?)?;
         Ok(())
     }
 
-    /// The encrypted session pickle for a contact.
+    /// Remove a contact record (its keys changed: it is stored anew under
+    /// the new identity key). Its session goes too.
+    pub fn remove_contact(&self, id: &ContactId) -> Result<(), ClientError> {
+        let k = self.contact_key(id);
+        self.contacts.remove(k)?;
+        self.sessions.remove(k)?;
+        Ok(())
+    }
+
+    /// Move the conversation with `from` to `to` (the contact's identity
+    /// key changed): every entry is stored again under the new contact, in
+    /// one transaction.
+    pub(crate) fn move_history(&self, from: &ContactId, to: &ContactId) -> Result<(), ClientError> {
+        let prefix = self.key.keyed_hash("messages-of", from);
+        let mut moves = Vec::new();
+        for kv in self.messages.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            let mut m: StoredMessage = self.open_value("messages", &k, &v)?;
+            let id: [u8; 16] = hex::decode(&m.id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default();
+            m.contact = *to;
+            let slot = self.message_slot(&message_key(to, m.sent_at_ms, &id));
+            let sealed = self.seal_value("messages", &slot, &m)?;
+            moves.push((k.to_vec(), slot, sealed));
+        }
+        self.messages
+            .transaction(|messages| -> TxResult<()> {
+                for (old, new, v) in &moves {
+                    messages.remove(&old[..])?;
+                    messages.insert(&new[..], &v[..])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// The encrypted session pickle for a contact. Refused if it was moved
+    /// from another contact's place, or is not the newest one written.
     pub fn session(&self, id: &ContactId) -> Result<Option<Vec<u8>>, ClientError> {
-        Ok(self.sessions.get(id)?.map(|v| v.to_vec()))
+        let slot = self.contact_key(id);
+        let Some(raw) = self.sessions.get(slot)? else {
+            return Ok(None);
+        };
+        let bad = || ClientError::Store("a session record was swapped or rolled back".into());
+        if raw.len() < 8 {
+            return Err(bad());
+        }
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&raw[..8]);
+        let counter = u64::from_be_bytes(c);
+        if self.heads()?.get(&hex::encode(slot)) != Some(&counter) {
+            return Err(bad());
+        }
+        let pickle = self
+            .key
+            .decrypt(&pickle_aad(&slot, counter), &raw[8..])
+            .map_err(|_| bad())?;
+        Ok(Some(pickle))
     }
 
     /// Whether a received message id was already stored.
     pub fn seen(&self, message_id: &[u8; 16]) -> Result<bool, ClientError> {
-        Ok(self.seen.contains_key(message_id)?)
+        Ok(self.seen.contains_key(self.seen_slot(message_id))?)
     }
 
     /// Record an outgoing message: the advanced session, the conversation
@@ -290,14 +504,24 @@ impl LocalStore {
         item: &OutboxItem,
     ) -> Result<(), ClientError> {
         let msg = match message {
-            Some((k, m)) => Some((k.to_vec(), self.seal_value("messages", k, m)?)),
+            Some((k, m)) => {
+                let slot = self.message_slot(k);
+                let sealed = self.seal_value("messages", &slot, m)?;
+                Some((slot, sealed))
+            }
             None => None,
         };
         let okey = outbox_key(item);
         let out = self.seal_value("outbox", &okey, item)?;
-        (&self.sessions, &self.messages, &self.outbox)
-            .transaction(|(sessions, messages, outbox)| -> TxResult<()> {
-                sessions.insert(&item.contact[..], session_pickle)?;
+        let counter = self.next_position()?;
+        (
+            &self.sessions,
+            &self.messages,
+            &self.outbox,
+            self.heads_tree(),
+        )
+            .transaction(|(sessions, messages, outbox, head)| -> TxResult<()> {
+                self.put_session_tx(sessions, head, &item.contact, session_pickle, counter)?;
                 if let Some((k, v)) = &msg {
                     messages.insert(&k[..], &v[..])?;
                 }
@@ -318,28 +542,79 @@ impl LocalStore {
         message_id: &[u8; 16],
         message: Option<(&[u8], &StoredMessage)>,
     ) -> Result<(), ClientError> {
+        self.commit_incoming_with(
+            contact,
+            new_contact,
+            session_pickle,
+            message_id,
+            message,
+            None,
+        )
+    }
+
+    /// [`LocalStore::commit_incoming`], also writing `extra` (tree, key,
+    /// sealed value) in the same transaction: the invite a hello used up.
+    pub(crate) fn commit_incoming_with(
+        &self,
+        contact: &Contact,
+        new_contact: bool,
+        session_pickle: &[u8],
+        message_id: &[u8; 16],
+        message: Option<(&[u8], &StoredMessage)>,
+        extra: Option<(&Tree, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), ClientError> {
+        let slot = self.contact_key(&contact.identity_key);
         let contact_value = if new_contact {
-            Some(self.seal_value("contacts", &contact.identity_key, contact)?)
+            Some(self.seal_value("contacts", &slot, contact)?)
         } else {
             None
         };
         let msg = match message {
-            Some((k, m)) => Some((k.to_vec(), self.seal_value("messages", k, m)?)),
+            Some((k, m)) => {
+                let mslot = self.message_slot(k);
+                let sealed = self.seal_value("messages", &mslot, m)?;
+                Some((mslot, sealed))
+            }
             None => None,
         };
-        let id = contact.identity_key;
-        (&self.contacts, &self.sessions, &self.messages, &self.seen)
-            .transaction(|(contacts, sessions, messages, seen)| -> TxResult<()> {
-                if let Some(v) = &contact_value {
-                    contacts.insert(&id[..], &v[..])?;
-                }
-                sessions.insert(&id[..], session_pickle)?;
-                if let Some((k, v)) = &msg {
-                    messages.insert(&k[..], &v[..])?;
-                }
-                seen.insert(&message_id[..], &[][..])?;
-                Ok(())
-            })
+        let seen_slot = self.seen_slot(message_id);
+        let counter = self.next_position()?;
+        // Without an extra record, the extra tree is `meta` (not otherwise in
+        // this transaction) and nothing is written to it.
+        let (extra_tree, extra_kv) = match &extra {
+            Some((t, k, v)) => (*t, Some((k.clone(), v.clone()))),
+            None => (&self.meta, None),
+        };
+        (
+            &self.contacts,
+            &self.sessions,
+            &self.messages,
+            &self.seen,
+            &self.heads,
+            extra_tree,
+        )
+            .transaction(
+                |(contacts, sessions, messages, seen, head, extra)| -> TxResult<()> {
+                    if let Some(v) = &contact_value {
+                        contacts.insert(&slot[..], &v[..])?;
+                    }
+                    self.put_session_tx(
+                        sessions,
+                        head,
+                        &contact.identity_key,
+                        session_pickle,
+                        counter,
+                    )?;
+                    if let Some((k, v)) = &msg {
+                        messages.insert(&k[..], &v[..])?;
+                    }
+                    seen.insert(&seen_slot[..], &[][..])?;
+                    if let Some((k, v)) = &extra_kv {
+                        extra.insert(&k[..], &v[..])?;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(tx_err)
     }
 
@@ -356,10 +631,11 @@ impl LocalStore {
     /// Take an item out of the outbox and set its message's status.
     pub fn settle(&self, item: &OutboxItem, status: Status) -> Result<(), ClientError> {
         if let Some(k) = &item.message_key {
-            if let Some(mut m) = self.get::<StoredMessage>(&self.messages, "messages", k)? {
+            let k = self.message_slot(k);
+            if let Some(mut m) = self.get::<StoredMessage>(&self.messages, "messages", &k)? {
                 m.status = status;
                 self.messages
-                    .insert(&k[..], self.seal_value("messages", k, &m)?)?;
+                    .insert(&k[..], self.seal_value("messages", &k, &m)?)?;
             }
         }
         self.outbox.remove(outbox_key(item))?;
@@ -419,12 +695,14 @@ impl LocalStore {
         session_pickle: Option<&[u8]>,
         message_id: &[u8; 16],
     ) -> Result<(), ClientError> {
-        (&self.sessions, &self.seen)
-            .transaction(|(sessions, seen)| -> TxResult<()> {
+        let seen_slot = self.seen_slot(message_id);
+        let counter = self.next_position()?;
+        (&self.sessions, &self.seen, self.heads_tree())
+            .transaction(|(sessions, seen, head)| -> TxResult<()> {
                 if let Some(p) = session_pickle {
-                    sessions.insert(&peer[..], p)?;
+                    self.put_session_tx(sessions, head, peer, p, counter)?;
                 }
-                seen.insert(&message_id[..], &[][..])?;
+                seen.insert(&seen_slot[..], &[][..])?;
                 Ok(())
             })
             .map_err(tx_err)
@@ -432,7 +710,7 @@ impl LocalStore {
 
     /// Mark a received message id as stored.
     pub(crate) fn mark_seen(&self, message_id: &[u8; 16]) -> Result<(), ClientError> {
-        self.seen.insert(message_id, &[][..])?;
+        self.seen.insert(self.seen_slot(message_id), &[][..])?;
         Ok(())
     }
 
@@ -442,13 +720,16 @@ impl LocalStore {
         contact: &ContactId,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, ClientError> {
+        // Keys are hashes: the order is in the entries, not in the keys.
+        let prefix = self.key.keyed_hash("messages-of", contact);
         let mut out = Vec::new();
-        for kv in self.messages.scan_prefix(contact).rev().take(limit) {
+        for kv in self.messages.scan_prefix(prefix) {
             let (k, v) = kv?;
             out.push(self.open_value::<StoredMessage>("messages", &k, &v)?);
         }
-        out.reverse();
-        Ok(out)
+        out.sort_by(|a, b| (a.sent_at_ms, &a.id).cmp(&(b.sent_at_ms, &b.id)));
+        let skip = out.len().saturating_sub(limit);
+        Ok(out.split_off(skip))
     }
 }
 

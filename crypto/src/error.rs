@@ -51,4 +51,12 @@ pub enum CryptoError {
     /// An Ed25519 signature did not verify (or was not 64 bytes).
     #[error("invalid signature")]
     BadSignature,
+    /// A passphrase-protected store key did not open with the passphrase
+    /// given.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// A store key file is not a passphrase-wrapped key, or its cost
+    /// parameters are out of range.
+    #[error("the store key file is damaged")]
+    WrappedKey,
 }

@@ -11,6 +11,9 @@
 //!   group envelope AEAD ([`envelope_seal`] / [`envelope_open`]).
 //! - [`StoreKey`]: the key that encrypts a device's secrets and local data
 //!   at rest; account and session pickles are encrypted with it.
+//!   [`passphrase`] wraps it under an Argon2id key; [`StoreKey::keyed_hash`]
+//!   hides the local database's keys.
+//! - [`safety`]: the safety number two contacts compare.
 //!
 //! A message from Alice to Bob is `seal(bob.seal_public, olm.encrypt(m))`:
 //! the relay learns only Bob's mailbox; Bob opens the seal, then the Olm
@@ -26,6 +29,8 @@
 mod account;
 mod error;
 mod megolm;
+pub mod passphrase;
+pub mod safety;
 mod seal;
 mod session;
 mod store_key;

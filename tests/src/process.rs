@@ -41,6 +41,9 @@ pub const TERN_ENV: &[&str] = &[
     // tern
     "TERN_HOME",
     "TERN_SEND_SPACING_MS",
+    "TERN_PASSPHRASE",
+    "TERN_NEW_PASSPHRASE",
+    "TERN_INVITE_EXPIRES_DAYS",
     // both: the tracing filter
     "TERN_LOG",
 ];

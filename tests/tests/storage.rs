@@ -317,6 +317,17 @@ async fn no_plaintext_reaches_the_relay_or_client_disks() {
             "an identity or seal key in the relay's files {found:?}"
         );
     }
+    // Contact ids (identity keys) are the local database's keys, stored as
+    // keyed hashes: no client's files show them, nor does the relay's.
+    for key in &keys {
+        for home in &homes {
+            let found = files_containing(home.path(), key);
+            assert!(
+                found.is_empty(),
+                "a contact's key in a client's files {found:?}"
+            );
+        }
+    }
     for canary in canaries {
         let found = files_containing(relay.data_dir(), canary.as_bytes());
         assert!(

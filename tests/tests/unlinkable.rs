@@ -238,3 +238,61 @@ fn relay_mailbox_of(conns: &[View], sends: &[&View]) -> [u8; 16] {
     assert_eq!(owners.len(), 1, "{owners:?}");
     owners.into_iter().next().unwrap()
 }
+
+/// Tokens are minted ahead of need, when the client authenticates to
+/// receive, not when it invites or accepts: from the relay's view, Alice's
+/// mailbox does not authenticate at all (so mints nothing) between the
+/// start of her `accept`s and the hellos reaching the relay, and Bob's
+/// `invite` needs no connection either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_minted_ahead_not_next_to_invites_and_accepts() {
+    let watch = Arc::new(Watch::default());
+    let relay = TestRelay::start_observed(
+        None,
+        Limits::default(),
+        Observer::new(Arc::clone(&watch) as Arc<dyn ConnectionObserver>),
+    )
+    .await;
+    let mut alice = TestUser::new(&relay, "alice").await;
+    let mut bob = TestUser::new(&relay, "bob").await;
+    let mut carol = TestUser::new(&relay, "carol").await;
+    // Receiving tops the pool up (an authentication for its own reason).
+    for user in [&mut alice, &mut bob, &mut carol] {
+        user.client.receive(Duration::ZERO).await.unwrap();
+        assert_eq!(
+            user.client.pooled_tokens().unwrap(),
+            tern_client::tokens::POOL_TARGET
+        );
+    }
+    let auths_of = |watch: &Watch, mailbox: [u8; 16]| {
+        watch
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, e)| matches!(e, Seen::Auth(m) if *m == mailbox))
+            .count()
+    };
+    let (alice_box, bob_box) = (alice.mailbox(), bob.mailbox());
+    let before = (auths_of(&watch, alice_box), auths_of(&watch, bob_box));
+    let conns_before = watch.conns.lock().unwrap().len();
+
+    let code_bob = bob.client.invite().await.unwrap();
+    // Bob's invite opened no connection at all.
+    assert_eq!(watch.conns.lock().unwrap().len(), conns_before);
+    let code_carol = carol.client.invite().await.unwrap();
+    alice.client.accept(&code_bob, "bob").await.unwrap();
+    alice.client.accept(&code_carol, "carol").await.unwrap();
+    assert_eq!(alice.client.outbox_len().unwrap(), 0);
+    assert_eq!(
+        (auths_of(&watch, alice_box), auths_of(&watch, bob_box)),
+        before,
+        "an invite or accept authenticated (and so could mint) next to its send"
+    );
+    assert_eq!(
+        alice.client.pooled_tokens().unwrap(),
+        tern_client::tokens::POOL_TARGET - 2
+    );
+    receive_all(&mut bob, &["alice"]).await;
+    receive_all(&mut carol, &["alice"]).await;
+}

@@ -109,6 +109,18 @@ impl RpcBackend for TestBackend {
     async fn block(&self, _contact: &str) -> Result<(), ClientError> {
         Ok(())
     }
+    async fn trust(
+        &self,
+        req: tern_client::trust::TrustRequest,
+    ) -> Result<tern_client::trust::TrustResult, ClientError> {
+        use tern_client::trust::{TrustRequest, TrustResult};
+        match req {
+            TrustRequest::Verified => Ok(TrustResult::Verified {
+                contacts: vec![("bob".into(), true)],
+            }),
+            _ => Err(ClientError::Store("not kept by this backend".into())),
+        }
+    }
     async fn flush_outbox(&self) -> Result<OutboxReport, ClientError> {
         Ok(OutboxReport {
             sent: vec!["09".into()],
@@ -243,7 +255,7 @@ async fn forwarded_commands_print_what_they_print_alone() {
     assert_eq!(
         ok(&f, Forward::Contacts { json: true }).await.0,
         format!(
-            "{{\"identity_key\":\"{}\",\"name\":\"bob\",\"relay\":\"tern://relay.test:4433/#ff\"}}\n",
+            "{{\"identity_key\":\"{}\",\"name\":\"bob\",\"relay\":\"tern://relay.test:4433/#ff\",\"verified\":true}}\n",
             "ab".repeat(32)
         )
     );

@@ -218,7 +218,20 @@ pub struct GroupMessage {
     pub status: BTreeMap<String, Status>,
 }
 
-/// Key of a group conversation entry: group, time, id.
+/// Where the entry with logical key `key` ([`message_key`]) is stored: a
+/// keyed hash of its group, then of the key itself, so the local files show
+/// neither the group nor the time (as for one-to-one conversations).
+pub(crate) fn group_message_slot(store: &crate::store::LocalStore, key: &[u8]) -> Vec<u8> {
+    let group = &key[..key.len().min(16)];
+    let mut slot = store
+        .store_key()
+        .keyed_hash("group-messages-of", group)
+        .to_vec();
+    slot.extend_from_slice(&store.store_key().keyed_hash("group-message", key));
+    slot
+}
+
+/// The logical key of a group conversation entry: group, time, id.
 pub(crate) fn message_key(group: &[u8; 16], at_ms: u64, id: &[u8; 16]) -> Vec<u8> {
     let mut k = group.to_vec();
     k.extend_from_slice(&at_ms.to_be_bytes());
@@ -354,9 +367,21 @@ impl Client {
     ) -> Result<Vec<GroupMessage>, ClientError> {
         let r = self.group_named(name)?;
         let tree = self.store.tree(MESSAGES)?;
-        let all = self.store.scan_in::<GroupMessage>(&tree, MESSAGES, &r.id)?;
+        let prefix = self
+            .store
+            .store_key()
+            .keyed_hash("group-messages-of", &r.id);
+        let mut all: Vec<GroupMessage> = self
+            .store
+            .scan_in::<GroupMessage>(&tree, MESSAGES, &prefix)?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        // Keys are keyed hashes (nothing in the files shows a time), so
+        // the order comes from the entries themselves.
+        all.sort_by(|a, b| (a.sent_at_ms, &a.id).cmp(&(b.sent_at_ms, &b.id)));
         let skip = all.len().saturating_sub(limit);
-        Ok(all.into_iter().skip(skip).map(|(_, m)| m).collect())
+        Ok(all.into_iter().skip(skip).collect())
     }
 
     /// Save a group conversation entry.
@@ -366,6 +391,7 @@ impl Client {
         m: &GroupMessage,
     ) -> Result<(), ClientError> {
         let tree = self.store.tree(MESSAGES)?;
-        self.store.put_in(&tree, MESSAGES, key, m)
+        self.store
+            .put_in(&tree, MESSAGES, &group_message_slot(&self.store, key), m)
     }
 }

@@ -256,7 +256,11 @@ impl Client {
 
     fn group_message_at(&self, key: &[u8]) -> Result<Option<GroupMessage>, ClientError> {
         let tree = self.store.tree(MESSAGES)?;
-        self.store.get_in(&tree, MESSAGES, key)
+        self.store.get_in(
+            &tree,
+            MESSAGES,
+            &super::group_message_slot(&self.store, key),
+        )
     }
 }
 

@@ -160,6 +160,14 @@ impl ClientHandle {
         .await
     }
 
+    /// Run a trust operation ([`crate::trust`]) in the running client.
+    pub async fn trust(
+        &self,
+        req: crate::trust::TrustRequest,
+    ) -> Result<crate::trust::TrustResult, ClientError> {
+        self.ask(|reply| Command::Trust { req, reply }).await
+    }
+
     /// A new receiver of every event from now on (for a second front-end,
     /// e.g. an RPC client). Ends at once if the client has stopped.
     pub fn subscribe(&self) -> EventStream {

@@ -31,6 +31,10 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tracing::warn;
 
+/// When, after the home connection comes up, the running client tops up
+/// its token pool (drawn at random).
+const TOP_UP_AFTER: std::ops::Range<Duration> = Duration::from_secs(2)..Duration::from_secs(60);
+
 /// How long shutdown waits for a deposit in flight to come back.
 const SHUTDOWN_DEPOSIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -78,6 +82,10 @@ pub(super) enum Command {
         call: crate::groups::GroupCall,
         reply: Reply<serde_json::Value>,
     },
+    Trust {
+        req: crate::trust::TrustRequest,
+        reply: Reply<crate::trust::TrustResult>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -98,6 +106,7 @@ enum Wake {
     Deposited(Result<Vec<Deposit>, JoinError>),
     Resume,
     Receipts,
+    TopUp,
 }
 
 /// A home link with its message stream subscribed.
@@ -124,6 +133,9 @@ pub(super) struct Task {
     /// (the send spacing's range) after the first of them, so receipts do
     /// not answer each push at once (docs/threat-model.md).
     receipts_due: Option<Instant>,
+    /// When to mint tokens ahead of need ([`crate::tokens`]): a random
+    /// point after the home connection came up, unrelated to any send.
+    top_up_at: Option<Instant>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -169,6 +181,7 @@ impl Task {
             next_cycle: None,
             reported_queued: HashSet::new(),
             receipts_due: None,
+            top_up_at: None,
         }
     }
 
@@ -190,6 +203,7 @@ impl Task {
             let flying = self.cycle.as_ref().is_some_and(Cycle::is_flying);
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
             let receipts_due = self.receipts_due;
+            let top_up_at = self.top_up_at.filter(|_| connected);
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
@@ -200,6 +214,7 @@ impl Task {
                 _ = tokio::time::sleep_until(retry_at), if !connected && !connecting => Wake::Reconnect,
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
                 _ = sleep_until_some(receipts_due), if receipts_due.is_some() => Wake::Receipts,
+                _ = sleep_until_some(top_up_at), if top_up_at.is_some() => Wake::TopUp,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -219,6 +234,7 @@ impl Task {
                     self.receipts_due = None;
                     self.request_flush(Vec::new());
                 }
+                Wake::TopUp => self.top_up().await,
             }
         };
         self.stop().await;
@@ -257,9 +273,27 @@ impl Task {
                 });
                 self.emit(Event::Connection { connected: true });
                 self.request_flush(Vec::new());
+                let delay = rand::Rng::gen_range(&mut rand::thread_rng(), TOP_UP_AFTER);
+                self.top_up_at = Some(Instant::now() + delay);
             }
             Ok(Err(e)) => self.retry_later(&e),
             Err(e) => self.retry_later(&ClientError::Protocol(format!("connecting failed: {e}"))),
+        }
+    }
+
+    /// Mint tokens ahead of need and revoke stale invite tokens, on the
+    /// home connection (already authenticated: no new connection).
+    async fn top_up(&mut self) {
+        self.top_up_at = None;
+        let Some(home) = &self.home else { return };
+        match self.client.top_up_tokens(&home.link).await {
+            Ok(0) => {}
+            // Sends keep their distance from this mint, as from an auth.
+            Ok(_) => self.client.dialer.spacing().note_auth(),
+            Err(e) => warn!("token pool not topped up: {e}"),
+        }
+        if let Err(e) = self.client.revoke_stale_tokens(&home.link).await {
+            warn!("stale invite tokens not revoked yet: {e}");
         }
     }
 
@@ -424,6 +458,14 @@ impl Task {
                 if self.client.outbox_len().unwrap_or(0) > 0 {
                     self.request_flush(Vec::new());
                 }
+            }
+            Command::Trust { req, reply } => {
+                let rotate = matches!(req, crate::trust::TrustRequest::Rotate { .. });
+                let r = self.client.trust(req).await;
+                if rotate && r.is_ok() {
+                    self.request_flush(Vec::new());
+                }
+                let _ = reply.send(r);
             }
             Command::Shutdown(_) => {}
         }

@@ -186,6 +186,15 @@ impl Client {
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<(), ClientError> {
         let (link, mut stream) = self.subscribe_home().await?;
+        // Authenticated anyway: mint tokens ahead of need, and revoke the
+        // tokens of invites that expired or were revoked. Neither is a
+        // reason to fail receiving.
+        if let Err(e) = self.top_up_tokens(&link).await {
+            debug!("token pool not topped up: {e}");
+        }
+        if let Err(e) = self.revoke_stale_tokens(&link).await {
+            debug!("stale invite tokens not revoked yet: {e}");
+        }
         let mut deadline: Option<Instant> = None;
         let mut caught_up = false;
         let mut intake = Intake::default();
@@ -318,8 +327,18 @@ impl Client {
         }
         let seen = self.store.seen(&id)?;
         let now = now_ms();
+        let blocked = match &known {
+            Some(c) => self.contact_state(&c.identity_key)?.blocked,
+            None => false,
+        };
+        let mut invite_used = None;
+        let mut replaced = None;
         let (contact, new_contact, event, entry) =
             match decide(opened, known, seen, now, env.received_at_ms) {
+                _ if blocked => {
+                    debug!("dropping a message from a blocked contact");
+                    return Ok(None);
+                }
                 Verdict::Drop { reason, quiet } => {
                     if quiet {
                         debug!("dropping {reason}");
@@ -329,13 +348,40 @@ impl Client {
                     return Ok(None);
                 }
                 Verdict::Introduce(intro) => {
-                    let contact = self.contact_from(sender, intro, now)?;
-                    let event = Event::ContactAdded {
-                        name: contact.name.clone(),
+                    // Only a hello that uses one of our outstanding invites
+                    // makes a contact, bound to that invite's token.
+                    let invites = self.invites()?;
+                    let Some(invite) =
+                        crate::invites::usable(&invites, intro.token_given.as_ref(), now)
+                    else {
+                        warn!("dropping a hello that uses no outstanding invite of ours");
+                        return Ok(None);
                     };
-                    (contact, true, Some(event), None)
+                    let mut invite = invite.clone();
+                    invite.used_by = Some(sender);
+                    // A hello from a new key giving a contact's address:
+                    // that contact's key changed (crate::verify).
+                    let old = self.store.contacts()?.into_iter().find(|c| {
+                        c.relay_url == intro.relay_url && c.mailbox_id == intro.mailbox_id
+                    });
+                    let mut contact = self.contact_from(sender, intro, now)?;
+                    contact.token_given = Some(invite.token);
+                    invite_used = Some(self.sealed_invite(&invite)?);
+                    let event = match &old {
+                        Some(old) => {
+                            contact.name = old.name.clone();
+                            None
+                        }
+                        None => Some(Event::ContactAdded {
+                            name: contact.name.clone(),
+                        }),
+                    };
+                    replaced = old;
+                    (contact, true, event, None)
                 }
                 Verdict::Rehello(c) => (c, false, None, None),
+                // Written again, with the new token.
+                Verdict::Rotate(c) => (c, true, None, None),
                 Verdict::Text {
                     contact,
                     entry,
@@ -363,12 +409,18 @@ impl Client {
             _ => None,
         };
         let pickle = session.to_encrypted_pickle(&self.key);
+        let invites = self.store.db().open_tree(crate::invites::TREE)?;
+        let extra = invite_used.map(|(k, v)| (&invites, k, v));
         self.store
-            .commit_incoming(&contact, new_contact, &pickle, &id, entry_ref)?;
+            .commit_incoming_with(&contact, new_contact, &pickle, &id, entry_ref, extra)?;
         if entry.is_some() {
             // A text stored: its sender is owed a delivered receipt.
             self.note_stored(&contact.identity_key, &id)?;
         }
+        let event = match &replaced {
+            Some(old) => Some(self.change_contact_key(old, &contact)?),
+            None => event,
+        };
         if let Some(account) = account {
             // Saved after the message, so a crash in between cannot lose it
             // (the one-time key would be gone before the message is stored).

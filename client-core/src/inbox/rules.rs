@@ -28,6 +28,9 @@ pub(crate) enum Verdict {
     /// A known contact's hello again (its first copy raced a reply): store
     /// the session and the id; show nothing.
     Rehello(Contact),
+    /// A contact gave us a new token to write to them with: store the
+    /// contact with it, the session and the id; show nothing.
+    Rotate(Contact),
     /// A text: store it, the session and the id; show it.
     Text {
         /// From whom.
@@ -76,6 +79,13 @@ pub(crate) fn decide(
             None => drop("a malformed introduction"),
         },
         (Some(Body::Hello(_)), Some(c)) => Verdict::Rehello(c),
+        (Some(Body::TokenRotation(r)), Some(mut c)) => match layers::key32(&r.send_token) {
+            Some(token) => {
+                c.send_token = token;
+                Verdict::Rotate(c)
+            }
+            None => drop("a malformed token rotation"),
+        },
         (Some(Body::Text(t)), Some(c)) => {
             let id = hex::encode(opened.id);
             let entry = StoredMessage {

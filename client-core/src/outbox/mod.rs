@@ -175,6 +175,7 @@ impl Client {
     /// its id (hex). Nothing is sent yet.
     pub async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
         let contact = self.contact_named(to)?;
+        self.check_sendable(&contact)?;
         let session = self
             .load_session(&contact.identity_key)?
             .ok_or_else(|| ClientError::Store(format!("no session with {to}")))?;

@@ -117,6 +117,11 @@ pub(crate) async fn call<B: RpcBackend>(
                 .map_err(client_err)?;
             encode(&settings)
         }
+        TRUST => {
+            let req: crate::trust::TrustRequest = params(raw)?;
+            let result = backend.trust(req).await.map_err(client_err)?;
+            encode(&result)
+        }
         other => Err(ErrorCode::MethodNotFound.error(format!("no method {other:?}"))),
     }
 }

@@ -51,6 +51,12 @@ impl RpcBackend for ClientHandle {
     async fn profile(&self) -> Result<Profile, ClientError> {
         ClientHandle::profile(self).await
     }
+    async fn trust(
+        &self,
+        req: crate::trust::TrustRequest,
+    ) -> Result<crate::trust::TrustResult, ClientError> {
+        ClientHandle::trust(self, req).await
+    }
     fn subscribe(&self) -> EventStream {
         ClientHandle::subscribe(self)
     }

@@ -37,6 +37,10 @@ pub const PROFILE: &str = "profile";
 /// `group`: params a `GroupCall` (`{"op": "send", "name", "text"}`, ...);
 /// result as `Client::group_call` gives it.
 pub const GROUP: &str = "group";
+/// `trust`: an invite, verification or rotation operation; params are a
+/// [`crate::trust::TrustRequest`], the result a
+/// [`crate::trust::TrustResult`].
+pub const TRUST: &str = "trust";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.
@@ -454,6 +458,14 @@ pub enum EventParams {
         /// The name they gave.
         name: String,
     },
+    /// A contact's identity key changed.
+    #[serde(rename = "key_change")]
+    KeyChange {
+        /// The contact.
+        name: String,
+        /// Whether they were verified (sends to them stop until confirmed).
+        verified: bool,
+    },
     /// What became of a message we sent (from a running client).
     Delivery {
         /// Contact name.
@@ -527,6 +539,10 @@ impl EventParams {
         match e {
             Event::Message(m) => Some(m.into()),
             Event::ContactAdded { name } => Some(EventParams::Contact { name: name.clone() }),
+            Event::KeyChanged { name, verified } => Some(EventParams::KeyChange {
+                name: name.clone(),
+                verified: *verified,
+            }),
             Event::Delivery {
                 message_id,
                 contact,
@@ -588,6 +604,22 @@ impl EventParams {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_key_change_prints_as_the_cli_prints_it() {
+        let e = Event::KeyChanged {
+            name: "bob".into(),
+            verified: true,
+        };
+        let params = EventParams::from_event(&e).unwrap();
+        let cli = json!({ "type": "key_change", "name": "bob", "verified": true });
+        assert_eq!(serde_json::to_value(&params).unwrap(), cli);
+        // `tern listen` beside a running client prints the value's string.
+        assert_eq!(
+            serde_json::to_value(&params).unwrap().to_string(),
+            cli.to_string()
+        );
+    }
 
     #[test]
     fn objects_print_as_the_cli_prints_them() {

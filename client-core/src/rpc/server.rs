@@ -101,6 +101,12 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
         &self,
         call: crate::groups::GroupCall,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send;
+
+    /// A trust operation ([`crate::trust`]).
+    fn trust(
+        &self,
+        req: crate::trust::TrustRequest,
+    ) -> impl Future<Output = Result<crate::trust::TrustResult, ClientError>> + Send;
     /// A new feed of every event from now on.
     fn subscribe(&self) -> Self::Events;
     /// Where a message we sent stands, per recipient. (Defaults, here and

@@ -172,6 +172,26 @@ impl RpcBackend for TestBackend {
         Ok(OutboxReport::default())
     }
 
+    async fn trust(
+        &self,
+        req: crate::trust::TrustRequest,
+    ) -> Result<crate::trust::TrustResult, ClientError> {
+        // The in-memory backend keeps no invites or keys: only which
+        // contacts are verified (none).
+        match req {
+            crate::trust::TrustRequest::Verified => Ok(crate::trust::TrustResult::Verified {
+                contacts: self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .contacts
+                    .iter()
+                    .map(|c| (c.name.clone(), false))
+                    .collect(),
+            }),
+            _ => Err(ClientError::Store("not kept by the test backend".into())),
+        }
+    }
     async fn profile(&self) -> Result<Profile, ClientError> {
         Ok(Profile {
             name: "alice".into(),

@@ -197,6 +197,13 @@ pub enum ErrorCode {
     Stopped = 14,
     /// No sent message has that id (`status`).
     UnknownMessage = 20,
+    /// A verified contact's identity key changed; sends to them stop until
+    /// the user confirms (`tern verify CONTACT --confirm`).
+    KeyChanged = 31,
+    /// No invite with that id.
+    UnknownInvite = 32,
+    /// The store key's passphrase is missing, wrong or empty.
+    Passphrase = 33,
 }
 
 impl ErrorCode {
@@ -229,6 +236,9 @@ impl ErrorCode {
             ErrorCode::Io => "io",
             ErrorCode::Stopped => "stopped",
             ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::KeyChanged => "key_changed",
+            ErrorCode::UnknownInvite => "unknown_invite",
+            ErrorCode::Passphrase => "passphrase",
         }
     }
 
@@ -266,6 +276,11 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::UnknownMessage(_) => ErrorCode::UnknownMessage,
         // Group commands are not offered over the socket yet.
         ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
+        ClientError::KeyChanged(_) => ErrorCode::KeyChanged,
+        ClientError::UnknownInvite(_) => ErrorCode::UnknownInvite,
+        ClientError::PassphraseNeeded
+        | ClientError::WrongPassphrase
+        | ClientError::EmptyPassphrase => ErrorCode::Passphrase,
     }
 }
 
@@ -274,7 +289,9 @@ impl From<&ClientError> for RpcError {
         let code = client_error_code(e);
         let mut err = code.error(e.to_string());
         let extra = match e {
-            ClientError::UnknownContact(name) | ClientError::ContactExists(name) => {
+            ClientError::UnknownContact(name)
+            | ClientError::ContactExists(name)
+            | ClientError::KeyChanged(name) => {
                 json!({ "name": name })
             }
             ClientError::Unreachable { relay, .. } | ClientError::TimedOut { relay, .. } => {
