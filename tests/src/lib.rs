@@ -444,3 +444,24 @@ pub fn code(e: &pb::Error) -> pb::ErrorCode {
 pub fn random32() -> [u8; 32] {
     rand::random()
 }
+
+/// Whether any file under `dir` contains `needle` (a relay's data
+/// directory: was an envelope stored?).
+pub fn disk_contains(dir: &Path, needle: &[u8]) -> bool {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}

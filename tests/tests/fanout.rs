@@ -15,33 +15,13 @@ use tern_protocol::pb::relay_frame::Frame;
 use tern_protocol::ErrorCode;
 use tern_relay::core::token_hash;
 use tern_relay::store::MailboxStore;
-use tern_tests::{connect, random16, random32, TestRelay, DEADLINE};
+use tern_tests::{connect, disk_contains, random16, random32, TestRelay, DEADLINE};
 
 const MEMBERS: usize = 1_000;
 /// The target given a made-up token.
 const BAD: usize = 500;
 /// Members subscribed while the send happens.
 const SUBSCRIBED: [usize; 3] = [0, 1, MEMBERS - 1];
-
-/// Whether any file under `dir` contains `needle`.
-fn disk_contains(dir: &Path, needle: &[u8]) -> bool {
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if std::fs::read(&path)
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
-                return true;
-            }
-        }
-    }
-    false
-}
 
 /// Bytes of the relay's envelope log segments.
 fn log_bytes(data_dir: &Path) -> u64 {

@@ -12,9 +12,15 @@ use tern_crypto::DeviceAccount;
 use tern_protocol::pb::{self, content::Body};
 use tern_protocol::STREAM_MESSAGES;
 use tern_tests::{
-    befriend, connect, invite_address, messages, now_ms, random16, send_frame, texts, RawStream,
-    TestRelay, TestUser,
+    befriend, connect, disk_contains, invite_address, messages, now_ms, random16, send_frame,
+    texts, RawStream, TestRelay, TestUser,
 };
+
+/// `n` random bytes: a payload whose presence on the relay's disk tells
+/// whether it was stored.
+fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
 
 /// A sealed hello from a new device accepting `code`, giving `reply_to`
 /// as its address: what a client (or someone who saw the invite) sends.
@@ -100,8 +106,15 @@ async fn only_an_outstanding_invite_makes_a_contact() {
         .await
         .unwrap();
     bob.client.revoke_invite(&record.id).await.unwrap();
-    let refused = deposit(&relay, &revoked, &hello(&revoked, "gone", address(&relay))).await;
-    assert!(refused.is_some(), "the relay took a revoked invite's token");
+    // The relay answers a revoked token as any other (blocking is
+    // invisible) but drops the envelope: after the answer, which waits for
+    // the same durable write as a stored send, its bytes are on no disk.
+    let gone = hello(&revoked, "gone", address(&relay));
+    assert_eq!(deposit(&relay, &revoked, &gone).await, None);
+    assert!(
+        !disk_contains(relay.data_dir(), &gone[..64]),
+        "the relay kept an envelope sent with a revoked invite's token"
+    );
 
     // Used once: a second hello with the same invite is dropped.
     let good = bob.client.invite().await.unwrap();
@@ -155,8 +168,12 @@ async fn only_an_outstanding_invite_makes_a_contact() {
             (InviteState::Used, false),
         ]
     );
-    let again = deposit(&relay, &expired, &hello(&expired, "later", address(&relay))).await;
-    assert!(again.is_some(), "the expired invite's token still works");
+    let later = hello(&expired, "later", address(&relay));
+    assert_eq!(deposit(&relay, &expired, &later).await, None);
+    assert!(
+        !disk_contains(relay.data_dir(), &later[..64]),
+        "the expired invite's token still works"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,8 +332,16 @@ async fn a_token_rotates_through_the_end_to_end_channel_and_the_old_one_is_retir
         texts(&alice.receive_messages(1).await),
         ["with the new token"]
     );
-    let refused = deposit_with(&relay, &alice.mailbox(), &old, &[0; 256]).await;
-    assert!(refused.is_some(), "the old token still works");
+    let with_old = random_bytes(256);
+    assert_eq!(
+        deposit_with(&relay, &alice.mailbox(), &old, &with_old).await,
+        None,
+        "a retired token is answered as any other"
+    );
+    assert!(
+        !disk_contains(relay.data_dir(), &with_old[..64]),
+        "the old token still works"
+    );
     assert_eq!(
         deposit_with(&relay, &alice.mailbox(), &new, &[0; 256]).await,
         None
