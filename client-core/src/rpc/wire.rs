@@ -270,11 +270,9 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::Crypto(_) => ErrorCode::Crypto,
         ClientError::Store(_) => ErrorCode::Store,
         ClientError::Io { .. } => ErrorCode::Io,
-        // Merge note: the client handle adds `ClientError::Stopped`, which
-        // maps to `ErrorCode::Stopped`; until then this arm is unreachable.
         ClientError::Stopped => ErrorCode::Stopped,
         ClientError::UnknownMessage(_) => ErrorCode::UnknownMessage,
-        // Group commands are not offered over the socket yet.
+        // Group errors say what went wrong in their message.
         ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
         ClientError::KeyChanged(_) => ErrorCode::KeyChanged,
         ClientError::UnknownInvite(_) => ErrorCode::UnknownInvite,
