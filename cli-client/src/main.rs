@@ -642,6 +642,8 @@ async fn run(cli: Cli) -> Result<()> {
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             )?;
+            // What was shown counts as read: its receipts go out now.
+            send_receipts(&mut client).await;
         }
         Command::History {
             contact,

@@ -169,6 +169,95 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
     assert!(!carol_history.contains("after removal"), "{carol_history}");
 }
 
+/// `tern status ID --json` at `home`: each member's (name, status).
+fn member_statuses(home: &Path, id: &str) -> BTreeSet<(String, String)> {
+    ok(home, &["status", id, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["id"], id, "{v}");
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn group_receipts_show_status_per_member_including_non_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    // Bob and Carol are not each other's contacts.
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+    ok(&alice, &["group", "create", "team", "bob", "carol"]);
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    sync(&all, || all_reachable(&all, "team", 3));
+    ok(&carol, &["settings", "read-receipts", "off"]);
+
+    // Bob writes: both relays hold it.
+    let id = sent_id(&ok(&bob, &["group", "send", "team", "receipts please"]));
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "sent"), ("carol", "sent")])
+    );
+
+    // Alice reads it; Carol's device stores it, with read receipts off.
+    assert_eq!(group_texts(&recv(&alice), "team").len(), 1);
+    assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
+    let got = recv(&bob);
+    let mut receipts: Vec<(String, String)> = got
+        .iter()
+        .filter(|e| e["type"] == "receipt" && e["id"] == id.as_str())
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    receipts.sort();
+    assert_eq!(
+        receipts,
+        [
+            ("alice".to_string(), "delivered".to_string()),
+            ("alice".to_string(), "read".to_string()),
+            ("carol".to_string(), "delivered".to_string()),
+        ],
+        "{got:?}"
+    );
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "read"), ("carol", "delivered")])
+    );
+    // Carol sees it again in history: still no read receipt from her.
+    ok(&carol, &["history", "--group", "team"]);
+    recv(&bob);
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "read"), ("carol", "delivered")])
+    );
+    // Receipts are never answered: nobody gets anything more.
+    for h in all {
+        let rest = recv(h);
+        assert!(
+            rest.iter()
+                .all(|e| e["type"] != "receipt" && e["type"] != "message"),
+            "{rest:?}"
+        );
+    }
+}
+
 #[test]
 fn two_admins_changing_membership_at_once_converge() {
     let dir = tempfile::tempdir().unwrap();

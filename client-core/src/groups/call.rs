@@ -67,7 +67,8 @@ impl Client {
     /// Run one group command. Results: membership changes give the outbox
     /// report (`{"sent", "failed", "queued"}`); `list` an array of
     /// [`crate::GroupInfo`]; `members` one; `send` `{"id", "report"}`;
-    /// `history` an array of [`crate::GroupMessage`].
+    /// `history` an array of [`crate::GroupMessage`] (the incoming ones
+    /// count as read: their receipts wait in the outbox).
     pub async fn group_call(&mut self, call: GroupCall) -> Result<Value, ClientError> {
         let v = match call {
             GroupCall::Create { name, contacts } => {
@@ -89,7 +90,10 @@ impl Client {
                 Ok(json!({ "id": id, "report": report }))
             }
             GroupCall::History { name, limit } => {
-                serde_json::to_value(self.group_history(&name, limit)?)
+                // Shown to the user: read receipts are queued; the caller
+                // flushes the outbox.
+                let (messages, _queued) = self.read_group_history(&name, limit)?;
+                serde_json::to_value(messages)
             }
         };
         v.map_err(|e| ClientError::Store(format!("encoding a group result: {e}")))

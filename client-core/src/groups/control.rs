@@ -46,25 +46,10 @@ impl Client {
                 let Some(card) = cards.get(id) else {
                     return Ok(false);
                 };
-                let Some(contact) = card_contact(st, card) else {
-                    return Ok(false);
-                };
-                let session = match self.load_session(id)? {
-                    Some(s) => s,
-                    None => {
-                        let Some(fallback) = layers::key32(&card.fallback_key) else {
-                            return Ok(false);
-                        };
-                        match self.account.start_session(id, &fallback) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                debug!("member card with an unusable key: {e}");
-                                return Ok(false);
-                            }
-                        }
-                    }
-                };
-                (contact, session)
+                match self.reach_card(st, card)? {
+                    Some(found) => found,
+                    None => return Ok(false),
+                }
             }
         };
         let content = layers::content(random16(), now_ms(), body);

@@ -16,6 +16,7 @@ mod call;
 mod control;
 pub mod envelope;
 mod outbox;
+mod peers;
 mod receive;
 pub mod state;
 

@@ -153,6 +153,16 @@ impl Client {
             }
         }
         let key = message_key(&r.id, at, &msg_id);
+        // Status per member for `tern status`: every member is a recipient;
+        // those we cannot reach yet fail now.
+        self.track_sent(&msg_id, &key, &others)?;
+        for (m, s) in &status {
+            if let (Status::Failed(why), Ok(ik)) = (s, hex::decode(m)) {
+                if let Ok(ik) = <[u8; 32]>::try_from(&ik[..]) {
+                    self.note_relay_answer(&msg_id, &ik, Err(why))?;
+                }
+            }
+        }
         self.put_group_message(
             &key,
             &GroupMessage {
@@ -225,9 +235,11 @@ impl Client {
                 match decide(Some(res)) {
                     Decision::Retire => {
                         set_status(&mut entry, &member, Status::Sent);
+                        self.note_relay_answer(&item.message_id, &t.member, Ok(()))?;
                     }
                     Decision::Fail(e) => {
                         set_status(&mut entry, &member, Status::Failed(e.to_string()));
+                        self.note_relay_answer(&item.message_id, &t.member, Err(&e.to_string()))?;
                     }
                     Decision::Keep { reason: why, .. } => {
                         reason.get_or_insert(why);

@@ -153,6 +153,9 @@ impl Client {
                 // stores it again under the same key, harmlessly.
                 self.put_group_message(&message_key(&r.id, opened.sent_at_ms, &opened.id), &entry)?;
                 self.store.mark_seen(&opened.id)?;
+                // Its author is owed a delivered receipt (and a read one
+                // once it is shown).
+                self.note_stored(&u.sender, &opened.id)?;
                 return Ok(Some(Event::Message(ReceivedMessage {
                     id: entry.id,
                     from,

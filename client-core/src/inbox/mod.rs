@@ -316,6 +316,25 @@ impl Client {
             }
             return Ok(None);
         }
+        if known.is_none() && matches!(opened.body, Some(Body::Receipts(_))) {
+            // Receipts from a group member who is not a contact (for a
+            // group message we sent them): applied, never shown as text.
+            let mut event = None;
+            if !self.store.seen(&id)? && self.is_fellow_member(&sender)? {
+                if let Some(Body::Receipts(batch)) = &opened.body {
+                    let name = self.peer_name(&sender)?;
+                    event = self.apply_receipts(&sender, &name, batch)?;
+                }
+            }
+            let keep = account.is_none() || keep_new;
+            let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
+            self.store.commit_session(&sender, pickle.as_deref(), &id)?;
+            if let Some(account) = account {
+                self.account = account;
+                self.save_account()?;
+            }
+            return Ok(event);
+        }
         let seen = self.store.seen(&id)?;
         let now = now_ms();
         let (contact, new_contact, event, entry) =
@@ -345,7 +364,8 @@ impl Client {
                     // Applied before the session step is saved: if we stop
                     // in between, the envelope comes again and applying it
                     // again changes nothing.
-                    let event = self.apply_receipts(&contact, &batch)?;
+                    let event =
+                        self.apply_receipts(&contact.identity_key, &contact.name, &batch)?;
                     (contact, false, event, None)
                 }
                 Verdict::Typing(contact) => {
