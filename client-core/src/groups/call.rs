@@ -63,7 +63,56 @@ pub enum GroupCall {
     },
 }
 
+/// A group command as the running client takes it: what needs no network
+/// is answered at once, the rest is queued for its flush cycles, so
+/// receiving never waits for a group command's relays.
+pub(crate) enum Queued {
+    /// The result, now.
+    Done(Value),
+    /// Queued: the result is the next flush's report (with the message id,
+    /// for a send: `{"id", "report"}`).
+    Flush {
+        /// The message id, for a send.
+        id: Option<String>,
+    },
+    /// Run it whole ([`Client::group_call`]): creating mints a token on the
+    /// home relay.
+    Inline(GroupCall),
+}
+
 impl Client {
+    /// Do the local part of `call` (see [`Queued`]). What it queued is
+    /// durable when this returns.
+    pub(crate) async fn group_queue(&mut self, call: GroupCall) -> Result<Queued, ClientError> {
+        let queued = match call {
+            GroupCall::Create { .. } => return Ok(Queued::Inline(call)),
+            GroupCall::Add {
+                name,
+                contact,
+                admin,
+            } => {
+                self.queue_add(&name, &contact, admin)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Remove { name, contact } => {
+                self.queue_remove(&name, &contact)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Leave { name } => {
+                self.queue_leave(&name)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Send { name, text } => Queued::Flush {
+                id: Some(self.queue_group_text(&name, &text)?),
+            },
+            other @ (GroupCall::List | GroupCall::Members { .. } | GroupCall::History { .. }) => {
+                return self.group_call(other).await.map(Queued::Done);
+            }
+        };
+        self.store.flush().await?;
+        Ok(queued)
+    }
+
     /// Run one group command. Results: membership changes give the outbox
     /// report (`{"sent", "failed", "queued"}`); `list` an array of
     /// [`crate::GroupInfo`]; `members` one; `send` `{"id", "report"}`;

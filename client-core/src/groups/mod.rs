@@ -21,6 +21,8 @@ mod receive;
 pub mod state;
 
 pub use call::GroupCall;
+pub(crate) use call::Queued;
+pub(crate) use outbox::{deposit_groups, GroupDeposit};
 
 use crate::client::Client;
 use crate::error::ClientError;

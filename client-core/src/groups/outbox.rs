@@ -73,7 +73,12 @@ impl Client {
         Ok((id, report))
     }
 
-    fn queue_group_text(&mut self, name: &str, text: &str) -> Result<String, ClientError> {
+    /// Queue `text` for the group `name` without delivering it; its id.
+    pub(crate) fn queue_group_text(
+        &mut self,
+        name: &str,
+        text: &str,
+    ) -> Result<String, ClientError> {
         let mut r = self.group_named(name)?;
         let me = self.account.identity_key();
         let st = self.group_state(&r);
@@ -197,10 +202,22 @@ impl Client {
         &mut self,
         report: &mut OutboxReport,
     ) -> Result<(), ClientError> {
+        let mut plans = self.plan_group_round()?;
+        if plans.is_empty() {
+            return Ok(());
+        }
+        deposit_groups(&mut self.dialer, &mut plans).await;
+        self.settle_group_round(plans, report)?;
+        Ok(())
+    }
+
+    /// The group outbox for one round (store only): per item, the targets
+    /// to deposit now and those waiting for their keys to go out first.
+    pub(crate) fn plan_group_round(&self) -> Result<Vec<GroupDeposit>, ClientError> {
         let tree = self.store.tree(OUTBOX)?;
         let items = self.store.scan_in::<GroupOutboxItem>(&tree, OUTBOX, &[])?;
         if items.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let pairwise: Vec<(u64, [u8; 32])> = self
             .store
@@ -208,27 +225,54 @@ impl Client {
             .iter()
             .map(|i| (i.position, i.contact))
             .collect();
-        for (key, mut item) in items {
+        Ok(items
+            .into_iter()
+            .map(|(key, item)| {
+                // Members whose earlier pairwise item (their key) is not out
+                // yet wait; the others get it now.
+                let (waiting, ready): (Vec<Target>, Vec<Target>) =
+                    item.targets.iter().cloned().partition(|t| {
+                        pairwise
+                            .iter()
+                            .any(|(p, c)| *p < item.position && t.member == *c)
+                    });
+                GroupDeposit {
+                    key,
+                    now: GroupOutboxItem {
+                        targets: ready,
+                        ..item.clone()
+                    },
+                    item,
+                    waiting,
+                    results: Vec::new(),
+                }
+            })
+            .collect())
+    }
+
+    /// Record a round of the group outbox (store only): per target, sent,
+    /// failed for good or still queued; add to `report`. Returns whether a
+    /// target waited for its key (another round, once the pairwise outbox
+    /// moved, delivers it).
+    pub(crate) fn settle_group_round(
+        &self,
+        plans: Vec<GroupDeposit>,
+        report: &mut OutboxReport,
+    ) -> Result<bool, ClientError> {
+        let tree = self.store.tree(OUTBOX)?;
+        let mut keys_waited = false;
+        for GroupDeposit {
+            key,
+            mut item,
+            waiting,
+            now,
+            results,
+        } in plans
+        {
             let id = hex::encode(item.message_id);
-            // Members whose earlier pairwise item (their key) is not out
-            // yet wait; the others get it now.
-            let (waiting, ready): (Vec<Target>, Vec<Target>) =
-                item.targets.iter().cloned().partition(|t| {
-                    pairwise
-                        .iter()
-                        .any(|(p, c)| *p < item.position && t.member == *c)
-                });
+            keys_waited |= !waiting.is_empty();
             let mut left = waiting;
             let mut reason = (!left.is_empty()).then(|| WAITING_FOR_KEYS.to_string());
-            let now = GroupOutboxItem {
-                targets: ready,
-                ..item.clone()
-            };
-            let results = if now.targets.is_empty() {
-                Vec::new()
-            } else {
-                deposit_many(&mut self.dialer, &now).await
-            };
             let mut entry = self.group_message_at(&item.message_key)?;
             for (t, res) in now.targets.iter().zip(results) {
                 let member = hex::encode(t.member);
@@ -263,7 +307,7 @@ impl Client {
                 ));
             }
         }
-        Ok(())
+        Ok(keys_waited)
     }
 
     fn group_message_at(&self, key: &[u8]) -> Result<Option<GroupMessage>, ClientError> {
@@ -275,6 +319,26 @@ impl Client {
 fn set_status(entry: &mut Option<GroupMessage>, member: &str, s: Status) {
     if let Some(e) = entry {
         e.status.insert(member.to_string(), s);
+    }
+}
+
+/// One group outbox item's part of a round: what to deposit now, what
+/// waits, and (after [`deposit_groups`]) what the relays said.
+pub(crate) struct GroupDeposit {
+    key: Vec<u8>,
+    item: GroupOutboxItem,
+    waiting: Vec<Target>,
+    now: GroupOutboxItem,
+    results: Vec<Result<Stored, WireError>>,
+}
+
+/// Deposit a round of the group outbox (network only, no client: the
+/// running client runs it beside receiving), item after item.
+pub(crate) async fn deposit_groups(dialer: &mut Dialer, plans: &mut [GroupDeposit]) {
+    for p in plans.iter_mut() {
+        if !p.now.targets.is_empty() {
+            p.results = deposit_many(dialer, &p.now).await;
+        }
     }
 }
 
