@@ -444,6 +444,114 @@ mod beside_listen {
     }
 }
 
+mod group_typing {
+    //! `tern typing GROUP`: one ephemeral envelope per relay, shown by a
+    //! listening member's `listen` with the group's name, and stored for
+    //! nobody: an offline member never sees it, and the group session it
+    //! advanced still carries the next message to her.
+
+    use super::{all_reachable, befriend, group_texts, init, ok, recv, sync, RelayProcess};
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader};
+    use std::process::Child;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use tern_tests::process::tern_cmd;
+
+    struct Listen {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl Drop for Listen {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Listen {
+        /// Lines until one satisfies `want`; panics after a deadline.
+        fn until(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = self
+                    .lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("listen never showed {what}"));
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn group_typing_reaches_a_listening_member_and_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+        let alice = init(dir.path(), &r1, "alice");
+        let bob = init(dir.path(), &r1, "bob");
+        let carol = init(dir.path(), &r2, "carol");
+        befriend(&alice, "alice", &bob);
+        befriend(&alice, "alice", &carol);
+        ok(&alice, &["group", "create", "team", "bob", "carol"]);
+        let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+        sync(&all, || all_reachable(&all, "team", 3));
+        // Typing goes to members holding Alice's group key: she writes once.
+        ok(&alice, &["group", "send", "team", "first"]);
+        assert_eq!(group_texts(&recv(&bob), "team").len(), 1);
+        assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
+
+        let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let listen = Listen { child, lines };
+        // Bob's listen is subscribed once it shows a message.
+        ok(&alice, &["group", "send", "team", "are you there"]);
+        listen.until("the message", |v| v["type"] == "message");
+
+        assert_eq!(
+            ok(&alice, &["typing", "team"]).trim(),
+            "told team you are typing"
+        );
+        let shown = listen.until("typing", |v| v["type"] == "typing");
+        assert_eq!(
+            shown,
+            json!({"type": "typing", "from": "alice", "group": "team"})
+        );
+        // Rate-limited per group.
+        let again: Value =
+            serde_json::from_str(ok(&alice, &["typing", "team", "--json"]).trim()).unwrap();
+        assert_eq!(again["sent"], false, "{again}");
+
+        // Carol was offline: she gets the messages, never the notice, and
+        // the next message still opens.
+        ok(&alice, &["group", "send", "team", "after typing"]);
+        let at_carol = recv(&carol);
+        assert!(
+            at_carol.iter().all(|e| e["type"] != "typing"),
+            "{at_carol:?}"
+        );
+        assert_eq!(
+            group_texts(&at_carol, "team"),
+            [
+                ("alice".to_string(), "are you there".to_string()),
+                ("alice".to_string(), "after typing".to_string())
+            ]
+        );
+    }
+}
+
 mod removed_member {
     //! After a removal, what follows is encrypted under new keys: even when
     //! a later group message is put in the removed member's mailbox (as a

@@ -19,6 +19,7 @@ mod outbox;
 mod peers;
 mod receive;
 pub mod state;
+mod typing;
 
 pub use call::GroupCall;
 pub(crate) use call::Queued;
@@ -88,6 +89,9 @@ pub(crate) struct GroupRecord {
     pub outbound: Option<Outbound>,
     /// Other senders' sessions.
     pub inbound: Vec<Inbound>,
+    /// When we last told the group we are typing (its rate limit).
+    #[serde(default)]
+    pub typing_sent_at_ms: Option<u64>,
 }
 
 impl GroupRecord {
@@ -100,6 +104,7 @@ impl GroupRecord {
             card_wanted: false,
             outbound: None,
             inbound: Vec::new(),
+            typing_sent_at_ms: None,
         }
     }
 

@@ -132,9 +132,22 @@ impl Client {
                     self.store.mark_seen(&opened.id)?;
                     return Ok(None);
                 }
-                let Some(Body::Text(t)) = opened.body else {
-                    self.store.mark_seen(&opened.id)?;
-                    return Ok(None);
+                let t = match opened.body {
+                    Some(Body::Text(t)) => t,
+                    Some(Body::Typing(_)) => {
+                        // Shown only as it happens (a stored one is stale);
+                        // never stored, never answered.
+                        self.store.mark_seen(&opened.id)?;
+                        let from = self.member_name(&st, &u.sender)?;
+                        return Ok(env.ephemeral.then(|| Event::Typing {
+                            from,
+                            group: Some(st.name.clone()),
+                        }));
+                    }
+                    _ => {
+                        self.store.mark_seen(&opened.id)?;
+                        return Ok(None);
+                    }
                 };
                 let from = self.member_name(&st, &u.sender)?;
                 let now = now_ms();

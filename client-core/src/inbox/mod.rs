@@ -371,6 +371,7 @@ impl Client {
                 Verdict::Typing(contact) => {
                     let event = env.ephemeral.then(|| Event::Typing {
                         from: contact.name.clone(),
+                        group: None,
                     });
                     (contact, false, event, None)
                 }
