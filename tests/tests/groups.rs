@@ -259,6 +259,51 @@ fn group_receipts_show_status_per_member_including_non_contacts() {
 }
 
 #[test]
+fn a_member_without_a_card_yet_gets_the_message_once_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+    ok(&alice, &["group", "create", "team", "bob"]);
+    let two = [alice.as_path(), bob.as_path()];
+    sync(&two, || all_reachable(&two, "team", 2));
+
+    // Alice adds Carol; Bob hears of her before she has published a card.
+    ok(&alice, &["group", "add", "team", "carol"]);
+    recv(&bob);
+    let at_bob = members(&bob, "team");
+    assert_eq!(at_bob.len(), 3, "{at_bob:?}");
+    assert!(at_bob.iter().any(|m| m["reachable"] == false), "{at_bob:?}");
+    let out = ok(
+        &bob,
+        &["group", "send", "team", "before your card", "--json"],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "queued", "{out}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "sent"), ("carol", "queued")])
+    );
+
+    // Carol joins and publishes her card; once Bob has it, the message
+    // (and the key it opens with) goes to her, once.
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    let got = sync(&all, || {
+        all_reachable(&all, "team", 3)
+            && member_statuses(&bob, &id).contains(&("carol".into(), "read".into()))
+    });
+    assert_eq!(
+        group_texts(&got[2], "team"),
+        [("bob".to_string(), "before your card".to_string())]
+    );
+    assert_eq!(group_texts(&got[0], "team").len(), 1, "alice, once");
+}
+
+#[test]
 fn two_admins_changing_membership_at_once_converge() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start();

@@ -183,7 +183,9 @@ impl Client {
         let st = self.group_state(&r);
         for id in also {
             if id != &me && !st.is_member(id) {
-                self.send_control(&before_change, id, Body::GroupUpdate(r.update()))?;
+                for u in r.updates() {
+                    self.send_control(&before_change, id, Body::GroupUpdate(u))?;
+                }
             }
         }
         Ok(())

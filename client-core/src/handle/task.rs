@@ -335,6 +335,7 @@ impl Task {
         if self.client.wants_group_cards()? {
             self.client.publish_group_cards_on(&home.link).await?;
         }
+        self.client.forward_group_news()?;
         if std::mem::take(&mut self.client.group_news) {
             self.request_flush(Vec::new());
         }

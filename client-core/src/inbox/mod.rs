@@ -135,6 +135,7 @@ impl Client {
         // Group work that needs the network: our card for groups we were
         // added to, and the control messages receiving queued.
         self.publish_group_cards().await?;
+        self.forward_group_news()?;
         if std::mem::take(&mut self.group_news) {
             let _ = self.flush_outbox().await?;
         }

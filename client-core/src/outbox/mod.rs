@@ -285,8 +285,11 @@ impl Client {
         Ok((received?, flushed.report))
     }
 
-    /// The outbox, by relay, for one round.
+    /// The outbox, by relay, for one round. Group messages waiting for a
+    /// member's card that has come have its key queued first, to go in
+    /// this round.
     pub(crate) fn plan_round(&self) -> Result<BTreeMap<String, Vec<OutboxItem>>, ClientError> {
+        self.reach_pending_members()?;
         Ok(rules::by_relay(self.store.outbox()?))
     }
 
