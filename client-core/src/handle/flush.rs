@@ -226,10 +226,17 @@ impl Task {
             if !fresh {
                 continue;
             }
-            let contact = flushed
-                .recipients
-                .get(&id)
-                .and_then(|k| self.client.store.contact(k).ok().flatten())
+            // Group messages (no single recipient) have their status per
+            // member in `tern status`, not a delivery event.
+            let Some(k) = flushed.recipients.get(&id) else {
+                continue;
+            };
+            let contact = self
+                .client
+                .store
+                .contact(k)
+                .ok()
+                .flatten()
                 .map(|c| c.name)
                 .unwrap_or_default();
             self.emit(Event::Delivery {
