@@ -489,6 +489,80 @@ mod beside_listen {
     }
 }
 
+mod listen_flushes_groups {
+    //! The running client delivers the group outbox in its own flush
+    //! cycles: a group message sent through `tern listen` before a member
+    //! published her card goes to her once her card reaches the listener,
+    //! with no other command.
+
+    use super::{all_reachable, befriend, group_texts, init, members, ok, recv, sync};
+    use super::{RelayProcess, Value};
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    use tern_tests::process::tern_cmd;
+
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_listening_sender_delivers_a_waiting_group_message_when_the_card_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+        let alice = init(dir.path(), &r1, "alice");
+        let bob = init(dir.path(), &r1, "bob");
+        let carol = init(dir.path(), &r2, "carol");
+        befriend(&alice, "alice", &bob);
+        befriend(&alice, "alice", &carol);
+        ok(&alice, &["group", "create", "team", "bob"]);
+        let two = [alice.as_path(), bob.as_path()];
+        sync(&two, || all_reachable(&two, "team", 2));
+
+        let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let _listen = Child(child);
+        std::thread::spawn(move || {
+            // Drained so the listener never blocks on a full pipe.
+            for _ in BufReader::new(stdout).lines().map_while(Result::ok) {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(bob.join("tern.sock")).is_err() {
+            assert!(Instant::now() < deadline, "listen never served its socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // Alice adds Carol; Bob's listen hears of her, without her card.
+        ok(&alice, &["group", "add", "team", "carol"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while members(&bob, "team").len() != 3 {
+            assert!(Instant::now() < deadline, "bob never heard of carol");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = ok(
+            &bob,
+            &["group", "send", "team", "waiting for you", "--json"],
+        );
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["status"], "queued", "{out}");
+
+        // Carol joins (her card goes to Bob's listen); she then gets the
+        // message, delivered by the listener on its own.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            assert!(Instant::now() < deadline, "the message never reached carol");
+            got = group_texts(&recv(&carol), "team");
+            recv(&alice);
+        }
+        assert_eq!(got, [("bob".to_string(), "waiting for you".to_string())]);
+    }
+}
+
 mod group_typing {
     //! `tern typing GROUP`: one ephemeral envelope per relay, shown by a
     //! listening member's `listen` with the group's name, and stored for
