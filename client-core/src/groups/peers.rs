@@ -10,6 +10,7 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::layers;
 use crate::store::{Contact, ContactId};
+use prost::Message;
 use tern_crypto::PairSession;
 use tern_protocol::pb;
 use tracing::debug;
@@ -25,8 +26,10 @@ impl Client {
     ) -> Option<pb::GroupMemberCard> {
         r.signed_cards()
             .iter()
-            .filter_map(|s| read_card(&r.id, st, s))
-            .find(|c| c.identity_key[..] == id[..])
+            .filter(|s| {
+                pb::GroupMemberCard::decode(&s.card[..]).is_ok_and(|c| c.identity_key[..] == id[..])
+            })
+            .find_map(|s| read_card(&r.id, st, s))
     }
 
     /// How to reach `id` and the session to seal with: as a contact, else
@@ -97,6 +100,20 @@ impl Client {
             }
         }
         Ok(String::new())
+    }
+
+    /// The names members were given in our groups, by identity key (one
+    /// pass over the groups, for naming many peers at once).
+    pub(crate) fn group_member_names(
+        &self,
+    ) -> Result<std::collections::HashMap<ContactId, String>, ClientError> {
+        let mut names = std::collections::HashMap::new();
+        for r in self.group_records()? {
+            for (id, m) in self.group_state(&r).members {
+                names.entry(id).or_insert(m.name);
+            }
+        }
+        Ok(names)
     }
 
     /// Whether `id` is a member of a group we are in (receipts from such a

@@ -58,9 +58,11 @@ impl Client {
         let payload = envelope::seal_group(&mut sender, &out.envelope_key, &r.id, &me, &content);
         out.pickle = sender.to_encrypted_pickle(&self.key);
         let mut by_relay: BTreeMap<String, Vec<Mailbox>> = BTreeMap::new();
+        // Cards verified once for the whole group.
+        let cards = r.cards_by_member(&st);
         for m in out.shared_with.iter().filter(|m| st.is_member(m)) {
-            let reach = match self.member_card(&r, &st, m) {
-                Some(card) => super::control::card_contact(&st, &card),
+            let reach = match cards.get(m) {
+                Some(card) => super::control::card_contact(&st, card),
                 None => self.store.contact(m)?,
             };
             if let Some(c) = reach {

@@ -337,12 +337,26 @@ impl Client {
         let key = id16(&raw).ok_or_else(unknown)?;
         let record = self.store.receipt_record(&key)?.ok_or_else(unknown)?;
         let mut recipients = Vec::new();
+        // Members who are not contacts are named as their groups name them
+        // (looked up once, for a group message's many recipients).
+        let mut member_names = None;
         for (k, s) in &record.recipients {
-            let name = match hex::decode(k)
+            let ik = hex::decode(k)
                 .ok()
-                .and_then(|b| <[u8; 32]>::try_from(&b[..]).ok())
-            {
-                Some(ik) => self.peer_name(&ik)?,
+                .and_then(|b| <[u8; 32]>::try_from(&b[..]).ok());
+            let name = match ik {
+                Some(ik) => match self.store.contact(&ik)? {
+                    Some(c) => c.name,
+                    None => {
+                        if member_names.is_none() {
+                            member_names = Some(self.group_member_names()?);
+                        }
+                        member_names
+                            .as_ref()
+                            .and_then(|n| n.get(&ik).cloned())
+                            .unwrap_or_default()
+                    }
+                },
                 None => String::new(),
             };
             recipients.push(RecipientReport {
