@@ -176,7 +176,11 @@ fn print_event(
         EventParams::Receipt { from, id, status } => {
             line(out, format!("* {from}: {} {id}", status.as_str()))
         }
-        EventParams::Typing { from } => line(out, format!("* {from} is typing")),
+        EventParams::Typing {
+            from,
+            group: Some(g),
+        } => line(out, format!("* {from} is typing in #{g}")),
+        EventParams::Typing { from, group: None } => line(out, format!("* {from} is typing")),
         EventParams::KeyChange { name, verified } => {
             line(out, crate::key_change_line(name, *verified))
         }

@@ -140,10 +140,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Tell a contact you are typing (shown only if they are connected;
-    /// at most one every 3 seconds per contact).
+    /// Tell a contact or a group you are typing (shown only to those
+    /// connected; at most one every 3 seconds per contact or group). A
+    /// contact's name is taken first, then a group's.
     Typing {
-        /// Contact name.
+        /// Contact name, or group name.
         contact: String,
         /// Print a JSON object.
         #[arg(long)]
@@ -419,10 +420,21 @@ fn print_event(e: &Event, as_json: bool) {
                 })
                 .collect()
         }
-        (Event::Typing { from }, true) => {
-            vec![json!({ "type": "typing", "from": from }).to_string()]
+        (Event::Typing { from, group }, true) => {
+            let mut v = json!({ "type": "typing", "from": from });
+            if let Some(g) = group {
+                v["group"] = json!(g);
+            }
+            vec![v.to_string()]
         }
-        (Event::Typing { from }, false) => vec![format!("* {from} is typing")],
+        (
+            Event::Typing {
+                from,
+                group: Some(g),
+            },
+            false,
+        ) => vec![format!("* {from} is typing in #{g}")],
+        (Event::Typing { from, group: None }, false) => vec![format!("* {from} is typing")],
         (Event::KeyChanged { name, verified }, true) => {
             vec![json!({ "type": "key_change", "name": name, "verified": verified }).to_string()]
         }
@@ -830,6 +842,8 @@ async fn run(cli: Cli) -> Result<()> {
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             )?;
+            // What was shown counts as read: its receipts go out now.
+            send_receipts(&mut client).await;
         }
         Command::History {
             contact,

@@ -49,10 +49,14 @@ pub enum Event {
         /// Ids (hex) their user saw.
         read: Vec<String>,
     },
-    /// A contact is typing (an ephemeral notice; only while connected).
+    /// A contact, or a member of a group, is typing (an ephemeral notice;
+    /// only while connected).
     Typing {
-        /// Contact name.
+        /// Contact name, or the member's name in the group.
         from: String,
+        /// The group's name, for a group member typing there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
     /// A contact's identity key changed (see [`crate::verify`]). If they
     /// were verified, sends to them stop until the user confirms.

@@ -37,11 +37,12 @@ pub enum TypingOutcome {
     TooSoon(Duration),
 }
 
-/// A typing notice sealed and ready for the network.
+/// A typing notice sealed and ready for the network: one ephemeral
+/// envelope per relay (one for a contact; for a group, one upload per
+/// relay of its members).
 #[derive(Debug, Clone)]
 pub struct PreparedTyping {
-    relay: RelayUrl,
-    envelope: OutgoingMany,
+    pub(crate) sends: Vec<(RelayUrl, OutgoingMany)>,
 }
 
 /// How long until a typing notice may go to a contact last told at
@@ -57,14 +58,21 @@ pub fn typing_wait(last_ms: Option<u64>, now_ms: u64) -> Duration {
 }
 
 impl Client {
-    /// Seal a typing notice for the contact named `to` and save the
+    /// Seal a typing notice for the contact named `to` (or, if no contact
+    /// has that name, the group: see `groups/typing.rs`) and save the
     /// advanced session (durably: a session step must never be sent twice);
     /// `Err(wait)` if one went to them too recently.
     pub async fn prepare_typing(
         &self,
         to: &str,
     ) -> Result<Result<PreparedTyping, Duration>, ClientError> {
-        let contact = self.contact_named(to)?;
+        let contact = match self.contact_named(to) {
+            Ok(c) => c,
+            Err(ClientError::UnknownContact(_)) if self.group_named(to).is_ok() => {
+                return self.prepare_group_typing(to).await;
+            }
+            Err(e) => return Err(e),
+        };
         let now = now_ms();
         let wait = typing_wait(self.store.typing_sent_at(&contact.identity_key)?, now);
         if !wait.is_zero() {
@@ -88,13 +96,15 @@ impl Client {
         )?;
         self.store.flush().await?;
         Ok(Ok(PreparedTyping {
-            relay: contact.relay_url.parse()?,
-            envelope: OutgoingMany {
-                message_id: id,
-                payload,
-                targets: vec![(contact.mailbox_id, contact.send_token)],
-                ephemeral: true,
-            },
+            sends: vec![(
+                contact.relay_url.parse()?,
+                OutgoingMany {
+                    message_id: id,
+                    payload,
+                    targets: vec![(contact.mailbox_id, contact.send_token)],
+                    ephemeral: true,
+                },
+            )],
         }))
     }
 
@@ -111,17 +121,33 @@ impl Client {
     }
 }
 
-/// Hand a prepared typing notice to the contact's relay, as an ephemeral
-/// envelope on a send connection of its own.
+/// Hand a prepared typing notice to its relays, as ephemeral envelopes on
+/// send connections of their own. For a group, a relay that cannot be
+/// reached or a refused target costs only that notice; the first error is
+/// returned once every relay was tried.
 pub async fn send_typing(dialer: &mut Dialer, prepared: PreparedTyping) -> Result<(), ClientError> {
-    let link = dialer.connect_unlinked(&prepared.relay).await?;
+    let mut first_error = None;
+    for (relay, envelope) in &prepared.sends {
+        if let Err(e) = send_one(dialer, relay, envelope).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn send_one(
+    dialer: &mut Dialer,
+    relay: &RelayUrl,
+    envelope: &OutgoingMany,
+) -> Result<(), ClientError> {
+    let link = dialer.connect_unlinked(relay).await?;
     let result = async {
         let mut stream = link.messages().await?;
-        let results = stream.send_many(&prepared.envelope).await?;
+        let results = stream.send_many(envelope).await?;
         stream.finish(Duration::from_secs(2)).await;
-        match results.into_iter().next() {
-            Some(Err(e)) => Err(ClientError::Refused(e)),
-            _ => Ok(()),
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(ClientError::Refused(e)),
+            None => Ok(()),
         }
     }
     .await;

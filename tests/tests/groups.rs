@@ -169,6 +169,140 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
     assert!(!carol_history.contains("after removal"), "{carol_history}");
 }
 
+/// `tern status ID --json` at `home`: each member's (name, status).
+fn member_statuses(home: &Path, id: &str) -> BTreeSet<(String, String)> {
+    ok(home, &["status", id, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["id"], id, "{v}");
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn group_receipts_show_status_per_member_including_non_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    // Bob and Carol are not each other's contacts.
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+    ok(&alice, &["group", "create", "team", "bob", "carol"]);
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    sync(&all, || all_reachable(&all, "team", 3));
+    ok(&carol, &["settings", "read-receipts", "off"]);
+
+    // Bob writes: both relays hold it.
+    let id = sent_id(&ok(&bob, &["group", "send", "team", "receipts please"]));
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "sent"), ("carol", "sent")])
+    );
+
+    // Alice reads it; Carol's device stores it, with read receipts off.
+    assert_eq!(group_texts(&recv(&alice), "team").len(), 1);
+    assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
+    let got = recv(&bob);
+    let mut receipts: Vec<(String, String)> = got
+        .iter()
+        .filter(|e| e["type"] == "receipt" && e["id"] == id.as_str())
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    receipts.sort();
+    assert_eq!(
+        receipts,
+        [
+            ("alice".to_string(), "delivered".to_string()),
+            ("alice".to_string(), "read".to_string()),
+            ("carol".to_string(), "delivered".to_string()),
+        ],
+        "{got:?}"
+    );
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "read"), ("carol", "delivered")])
+    );
+    // Carol sees it again in history: still no read receipt from her.
+    ok(&carol, &["history", "--group", "team"]);
+    recv(&bob);
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "read"), ("carol", "delivered")])
+    );
+    // Receipts are never answered: nobody gets anything more.
+    for h in all {
+        let rest = recv(h);
+        assert!(
+            rest.iter()
+                .all(|e| e["type"] != "receipt" && e["type"] != "message"),
+            "{rest:?}"
+        );
+    }
+}
+
+#[test]
+fn a_member_without_a_card_yet_gets_the_message_once_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+    let alice = init(dir.path(), &r1, "alice");
+    let bob = init(dir.path(), &r1, "bob");
+    let carol = init(dir.path(), &r2, "carol");
+    befriend(&alice, "alice", &bob);
+    befriend(&alice, "alice", &carol);
+    ok(&alice, &["group", "create", "team", "bob"]);
+    let two = [alice.as_path(), bob.as_path()];
+    sync(&two, || all_reachable(&two, "team", 2));
+
+    // Alice adds Carol; Bob hears of her before she has published a card.
+    ok(&alice, &["group", "add", "team", "carol"]);
+    recv(&bob);
+    let at_bob = members(&bob, "team");
+    assert_eq!(at_bob.len(), 3, "{at_bob:?}");
+    assert!(at_bob.iter().any(|m| m["reachable"] == false), "{at_bob:?}");
+    let out = ok(
+        &bob,
+        &["group", "send", "team", "before your card", "--json"],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "queued", "{out}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        member_statuses(&bob, &id),
+        pairs(&[("alice", "sent"), ("carol", "queued")])
+    );
+
+    // Carol joins and publishes her card; once Bob has it, the message
+    // (and the key it opens with) goes to her, once.
+    let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+    let got = sync(&all, || {
+        all_reachable(&all, "team", 3)
+            && member_statuses(&bob, &id).contains(&("carol".into(), "read".into()))
+    });
+    assert_eq!(
+        group_texts(&got[2], "team"),
+        [("bob".to_string(), "before your card".to_string())]
+    );
+    assert_eq!(group_texts(&got[0], "team").len(), 1, "alice, once");
+}
+
 #[test]
 fn two_admins_changing_membership_at_once_converge() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,6 +485,188 @@ mod beside_listen {
         assert!(
             history.contains("from listen") && history.contains("to the listener"),
             "{history}"
+        );
+    }
+}
+
+mod listen_flushes_groups {
+    //! The running client delivers the group outbox in its own flush
+    //! cycles: a group message sent through `tern listen` before a member
+    //! published her card goes to her once her card reaches the listener,
+    //! with no other command.
+
+    use super::{all_reachable, befriend, group_texts, init, members, ok, recv, sync};
+    use super::{RelayProcess, Value};
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    use tern_tests::process::tern_cmd;
+
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_listening_sender_delivers_a_waiting_group_message_when_the_card_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+        let alice = init(dir.path(), &r1, "alice");
+        let bob = init(dir.path(), &r1, "bob");
+        let carol = init(dir.path(), &r2, "carol");
+        befriend(&alice, "alice", &bob);
+        befriend(&alice, "alice", &carol);
+        ok(&alice, &["group", "create", "team", "bob"]);
+        let two = [alice.as_path(), bob.as_path()];
+        sync(&two, || all_reachable(&two, "team", 2));
+
+        let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let _listen = Child(child);
+        std::thread::spawn(move || {
+            // Drained so the listener never blocks on a full pipe.
+            for _ in BufReader::new(stdout).lines().map_while(Result::ok) {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(bob.join("tern.sock")).is_err() {
+            assert!(Instant::now() < deadline, "listen never served its socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // Alice adds Carol; Bob's listen hears of her, without her card.
+        ok(&alice, &["group", "add", "team", "carol"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while members(&bob, "team").len() != 3 {
+            assert!(Instant::now() < deadline, "bob never heard of carol");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = ok(
+            &bob,
+            &["group", "send", "team", "waiting for you", "--json"],
+        );
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["status"], "queued", "{out}");
+
+        // Carol joins (her card goes to Bob's listen); she then gets the
+        // message, delivered by the listener on its own.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            assert!(Instant::now() < deadline, "the message never reached carol");
+            got = group_texts(&recv(&carol), "team");
+            recv(&alice);
+        }
+        assert_eq!(got, [("bob".to_string(), "waiting for you".to_string())]);
+    }
+}
+
+mod group_typing {
+    //! `tern typing GROUP`: one ephemeral envelope per relay, shown by a
+    //! listening member's `listen` with the group's name, and stored for
+    //! nobody: an offline member never sees it, and the group session it
+    //! advanced still carries the next message to her.
+
+    use super::{all_reachable, befriend, group_texts, init, ok, recv, sync, RelayProcess};
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader};
+    use std::process::Child;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use tern_tests::process::tern_cmd;
+
+    struct Listen {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl Drop for Listen {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Listen {
+        /// Lines until one satisfies `want`; panics after a deadline.
+        fn until(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = self
+                    .lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("listen never showed {what}"));
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn group_typing_reaches_a_listening_member_and_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
+        let alice = init(dir.path(), &r1, "alice");
+        let bob = init(dir.path(), &r1, "bob");
+        let carol = init(dir.path(), &r2, "carol");
+        befriend(&alice, "alice", &bob);
+        befriend(&alice, "alice", &carol);
+        ok(&alice, &["group", "create", "team", "bob", "carol"]);
+        let all = [alice.as_path(), bob.as_path(), carol.as_path()];
+        sync(&all, || all_reachable(&all, "team", 3));
+        // Typing goes to members holding Alice's group key: she writes once.
+        ok(&alice, &["group", "send", "team", "first"]);
+        assert_eq!(group_texts(&recv(&bob), "team").len(), 1);
+        assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
+
+        let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let listen = Listen { child, lines };
+        // Bob's listen is subscribed once it shows a message.
+        ok(&alice, &["group", "send", "team", "are you there"]);
+        listen.until("the message", |v| v["type"] == "message");
+
+        assert_eq!(
+            ok(&alice, &["typing", "team"]).trim(),
+            "told team you are typing"
+        );
+        let shown = listen.until("typing", |v| v["type"] == "typing");
+        assert_eq!(
+            shown,
+            json!({"type": "typing", "from": "alice", "group": "team"})
+        );
+        // Rate-limited per group.
+        let again: Value =
+            serde_json::from_str(ok(&alice, &["typing", "team", "--json"]).trim()).unwrap();
+        assert_eq!(again["sent"], false, "{again}");
+
+        // Carol was offline: she gets the messages, never the notice, and
+        // the next message still opens.
+        ok(&alice, &["group", "send", "team", "after typing"]);
+        let at_carol = recv(&carol);
+        assert!(
+            at_carol.iter().all(|e| e["type"] != "typing"),
+            "{at_carol:?}"
+        );
+        assert_eq!(
+            group_texts(&at_carol, "team"),
+            [
+                ("alice".to_string(), "are you there".to_string()),
+                ("alice".to_string(), "after typing".to_string())
+            ]
         );
     }
 }

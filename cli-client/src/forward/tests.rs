@@ -495,7 +495,10 @@ async fn a_receipt_batch_is_a_line_per_message_and_typing_a_line() {
             delivered: vec!["01".into()],
             read: vec!["01".into(), "02".into()],
         });
-        let _ = backend.events.send(Event::Typing { from: "bob".into() });
+        let _ = backend.events.send(Event::Typing {
+            from: "bob".into(),
+            group: None,
+        });
     });
     let client = RpcClient::connect(f.home.path()).await.unwrap().unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -541,7 +544,10 @@ async fn a_receipt_batch_is_a_line_per_message_and_typing_a_line() {
         "* bob: read 01\n"
     );
     assert_eq!(
-        print(EventParams::Typing { from: "bob".into() }),
+        print(EventParams::Typing {
+            from: "bob".into(),
+            group: None,
+        }),
         "* bob is typing\n"
     );
 }

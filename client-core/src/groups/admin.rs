@@ -67,6 +67,18 @@ impl Client {
         contact: &str,
         admin: bool,
     ) -> Result<OutboxReport, ClientError> {
+        self.queue_add(name, contact, admin)?;
+        self.deliver().await
+    }
+
+    /// [`Client::group_add`] without delivering: the update waits in the
+    /// outbox.
+    pub(crate) fn queue_add(
+        &mut self,
+        name: &str,
+        contact: &str,
+        admin: bool,
+    ) -> Result<(), ClientError> {
         let c = self.contact_named(contact)?;
         let target = Member {
             identity: c.identity_key,
@@ -74,8 +86,7 @@ impl Client {
             name: c.name,
             admin,
         };
-        self.change(name, GroupOpKind::GroupOpAdd, target, &[])
-            .await
+        self.queue_change(name, GroupOpKind::GroupOpAdd, target, &[])
     }
 
     /// Remove the member `who` (a contact name, or a member's name in the
@@ -85,6 +96,12 @@ impl Client {
         name: &str,
         who: &str,
     ) -> Result<OutboxReport, ClientError> {
+        self.queue_remove(name, who)?;
+        self.deliver().await
+    }
+
+    /// [`Client::group_remove`] without delivering.
+    pub(crate) fn queue_remove(&mut self, name: &str, who: &str) -> Result<(), ClientError> {
         let r = self.group_named(name)?;
         let st = self.group_state(&r);
         let mut target = None;
@@ -97,14 +114,25 @@ impl Client {
             ClientError::GroupRefused(format!("{who:?} is not a member of {name:?}"))
         })?;
         let removed = [target.identity];
-        self.change(name, GroupOpKind::GroupOpRemove, target, &removed)
-            .await
+        self.queue_change(name, GroupOpKind::GroupOpRemove, target, &removed)
     }
 
     /// Leave group `name`.
     pub async fn group_leave(&mut self, name: &str) -> Result<OutboxReport, ClientError> {
+        self.queue_leave(name)?;
+        self.deliver().await
+    }
+
+    /// [`Client::group_leave`] without delivering.
+    pub(crate) fn queue_leave(&mut self, name: &str) -> Result<(), ClientError> {
         let me = self.me_member(false);
-        self.change(name, GroupOpKind::GroupOpRemove, me, &[]).await
+        self.queue_change(name, GroupOpKind::GroupOpRemove, me, &[])
+    }
+
+    /// Make what was queued durable, then deliver the outbox.
+    async fn deliver(&mut self) -> Result<OutboxReport, ClientError> {
+        self.store.flush().await?;
+        self.flush_outbox().await
     }
 
     /// This device as a group member.
@@ -117,14 +145,15 @@ impl Client {
         }
     }
 
-    /// Make one op, store it, tell the members (and `also`), deliver.
-    async fn change(
+    /// Make one op, store it, and queue the news for the members (and
+    /// `also`).
+    fn queue_change(
         &mut self,
         name: &str,
         kind: GroupOpKind,
         target: Member,
         also: &[[u8; 32]],
-    ) -> Result<OutboxReport, ClientError> {
+    ) -> Result<(), ClientError> {
         let mut r = self.group_named(name)?;
         let me = self.account.identity_key();
         let st = self.group_state(&r);
@@ -154,10 +183,11 @@ impl Client {
         let st = self.group_state(&r);
         for id in also {
             if id != &me && !st.is_member(id) {
-                self.send_control(&before_change, id, Body::GroupUpdate(r.update()))?;
+                for u in r.updates() {
+                    self.send_control(&before_change, id, Body::GroupUpdate(u))?;
+                }
             }
         }
-        self.store.flush().await?;
-        self.flush_outbox().await
+        Ok(())
     }
 }

@@ -63,11 +63,61 @@ pub enum GroupCall {
     },
 }
 
+/// A group command as the running client takes it: what needs no network
+/// is answered at once, the rest is queued for its flush cycles, so
+/// receiving never waits for a group command's relays.
+pub(crate) enum Queued {
+    /// The result, now.
+    Done(Value),
+    /// Queued: the result is the next flush's report (with the message id,
+    /// for a send: `{"id", "report"}`).
+    Flush {
+        /// The message id, for a send.
+        id: Option<String>,
+    },
+    /// Run it whole ([`Client::group_call`]): creating mints a token on the
+    /// home relay.
+    Inline(GroupCall),
+}
+
 impl Client {
+    /// Do the local part of `call` (see [`Queued`]). What it queued is
+    /// durable when this returns.
+    pub(crate) async fn group_queue(&mut self, call: GroupCall) -> Result<Queued, ClientError> {
+        let queued = match call {
+            GroupCall::Create { .. } => return Ok(Queued::Inline(call)),
+            GroupCall::Add {
+                name,
+                contact,
+                admin,
+            } => {
+                self.queue_add(&name, &contact, admin)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Remove { name, contact } => {
+                self.queue_remove(&name, &contact)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Leave { name } => {
+                self.queue_leave(&name)?;
+                Queued::Flush { id: None }
+            }
+            GroupCall::Send { name, text } => Queued::Flush {
+                id: Some(self.queue_group_text(&name, &text)?),
+            },
+            other @ (GroupCall::List | GroupCall::Members { .. } | GroupCall::History { .. }) => {
+                return self.group_call(other).await.map(Queued::Done);
+            }
+        };
+        self.store.flush().await?;
+        Ok(queued)
+    }
+
     /// Run one group command. Results: membership changes give the outbox
     /// report (`{"sent", "failed", "queued"}`); `list` an array of
     /// [`crate::GroupInfo`]; `members` one; `send` `{"id", "report"}`;
-    /// `history` an array of [`crate::GroupMessage`].
+    /// `history` an array of [`crate::GroupMessage`] (the incoming ones
+    /// count as read: their receipts wait in the outbox).
     pub async fn group_call(&mut self, call: GroupCall) -> Result<Value, ClientError> {
         let v = match call {
             GroupCall::Create { name, contacts } => {
@@ -89,7 +139,10 @@ impl Client {
                 Ok(json!({ "id": id, "report": report }))
             }
             GroupCall::History { name, limit } => {
-                serde_json::to_value(self.group_history(&name, limit)?)
+                // Shown to the user: read receipts are queued; the caller
+                // flushes the outbox.
+                let (messages, _queued) = self.read_group_history(&name, limit)?;
+                serde_json::to_value(messages)
             }
         };
         v.map_err(|e| ClientError::Store(format!("encoding a group result: {e}")))

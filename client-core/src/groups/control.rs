@@ -46,25 +46,10 @@ impl Client {
                 let Some(card) = cards.get(id) else {
                     return Ok(false);
                 };
-                let Some(contact) = card_contact(st, card) else {
-                    return Ok(false);
-                };
-                let session = match self.load_session(id)? {
-                    Some(s) => s,
-                    None => {
-                        let Some(fallback) = layers::key32(&card.fallback_key) else {
-                            return Ok(false);
-                        };
-                        match self.account.start_session(id, &fallback) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                debug!("member card with an unusable key: {e}");
-                                return Ok(false);
-                            }
-                        }
-                    }
-                };
-                (contact, session)
+                match self.reach_card(st, card)? {
+                    Some(found) => found,
+                    None => return Ok(false),
+                }
             }
         };
         let content = layers::content(random16(), now_ms(), body);
@@ -82,15 +67,69 @@ impl Client {
         let me = self.account.identity_key();
         let st = self.group_state(r);
         let cards = r.cards_by_member(&st);
-        let update = r.update();
+        let updates = r.updates();
         for id in st.members.keys() {
             if id == &me || Some(id) == except {
                 continue;
             }
-            if self.send_control_to(&st, &cards, id, Body::GroupUpdate(update.clone()))? {
-                self.group_news = true;
-            } else {
+            if !self.send_updates_to(&st, &cards, id, &updates)? {
                 debug!("member not reachable yet; it hears from an admin later");
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue `updates` for member `id`, in order; whether it is reachable.
+    pub(crate) fn send_updates_to(
+        &mut self,
+        st: &super::state::State,
+        cards: &BTreeMap<[u8; 32], pb::GroupMemberCard>,
+        id: &[u8; 32],
+        updates: &[pb::GroupUpdate],
+    ) -> Result<bool, ClientError> {
+        for u in updates {
+            if !self.send_control_to(st, cards, id, Body::GroupUpdate(u.clone()))? {
+                return Ok(false);
+            }
+            self.group_news = true;
+        }
+        Ok(true)
+    }
+
+    /// Pass on what admins of our groups learned in the last receive batch:
+    /// to members it made members, the whole state; to the others, only
+    /// the news, once for the batch (so a burst of N cards costs each
+    /// member one update, not N whole states).
+    pub(crate) fn forward_group_news(&mut self) -> Result<(), ClientError> {
+        let me = self.account.identity_key();
+        for mut r in self.group_records()? {
+            if r.news_ops.is_empty() && r.news_cards.is_empty() && r.news_whole.is_empty() {
+                continue;
+            }
+            let st = self.group_state(&r);
+            let ops = std::mem::take(&mut r.news_ops);
+            let news_cards = std::mem::take(&mut r.news_cards);
+            let whole = std::mem::take(&mut r.news_whole);
+            self.put_group(&r)?;
+            if !st.is_admin(&me) {
+                continue;
+            }
+            let ops: Vec<pb::GroupSignedOp> = ops
+                .iter()
+                .filter_map(|b| prost::Message::decode(&b[..]).ok())
+                .collect();
+            let news_cards: Vec<pb::GroupSignedCard> = news_cards
+                .iter()
+                .filter_map(|b| prost::Message::decode(&b[..]).ok())
+                .collect();
+            let news = super::chunk_update(&r.id, ops, news_cards);
+            let all = r.updates();
+            let cards = r.cards_by_member(&st);
+            for id in st.members.keys().filter(|k| **k != me) {
+                let updates = if whole.contains(id) { &all } else { &news };
+                if !self.send_updates_to(&st, &cards, id, updates)? {
+                    debug!("member not reachable yet; it hears from an admin later");
+                }
             }
         }
         Ok(())

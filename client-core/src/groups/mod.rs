@@ -16,10 +16,14 @@ mod call;
 mod control;
 pub mod envelope;
 mod outbox;
+mod peers;
 mod receive;
 pub mod state;
+mod typing;
 
 pub use call::GroupCall;
+pub(crate) use call::Queued;
+pub(crate) use outbox::{deposit_groups, GroupDeposit};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -85,6 +89,25 @@ pub(crate) struct GroupRecord {
     pub outbound: Option<Outbound>,
     /// Other senders' sessions.
     pub inbound: Vec<Inbound>,
+    /// When we last told the group we are typing (its rate limit).
+    #[serde(default)]
+    pub typing_sent_at_ms: Option<u64>,
+    /// Ops kept from updates that do not (yet) make us a member: a large
+    /// state comes in several updates, and the one that adds us may not be
+    /// the first. Such a group is not shown until it does.
+    #[serde(default)]
+    pub unconfirmed: bool,
+    /// News (encoded ops and cards) an admin passes on to the members at
+    /// the end of a receive batch ([`Client::forward_group_news`]), once
+    /// for everything that arrived in it.
+    #[serde(default)]
+    pub news_ops: Vec<Vec<u8>>,
+    /// Cards among the news.
+    #[serde(default)]
+    pub news_cards: Vec<Vec<u8>>,
+    /// Members the news made members: they get the whole state.
+    #[serde(default)]
+    pub news_whole: Vec<[u8; 32]>,
 }
 
 impl GroupRecord {
@@ -97,6 +120,11 @@ impl GroupRecord {
             card_wanted: false,
             outbound: None,
             inbound: Vec::new(),
+            typing_sent_at_ms: None,
+            unconfirmed: false,
+            news_ops: Vec::new(),
+            news_cards: Vec::new(),
+            news_whole: Vec::new(),
         }
     }
 
@@ -153,14 +181,58 @@ impl GroupRecord {
             .collect()
     }
 
-    /// The update that carries everything we know.
-    pub(crate) fn update(&self) -> pb::GroupUpdate {
-        pb::GroupUpdate {
-            group_id: self.id.to_vec().into(),
-            ops: self.ops(),
-            cards: self.signed_cards(),
-        }
+    /// The updates that carry everything we know, each small enough for
+    /// one envelope ([`chunk_update`]).
+    pub(crate) fn updates(&self) -> Vec<pb::GroupUpdate> {
+        chunk_update(&self.id, self.ops(), self.signed_cards())
     }
+}
+
+/// Bytes of ops and cards in one update: sealed (content, Olm, seal,
+/// padding) it stays within the envelope limit, 64 KiB.
+pub(crate) const UPDATE_BUDGET: usize = 40 * 1024;
+
+/// `ops` then `cards` as updates of at most [`UPDATE_BUDGET`] bytes each
+/// (at least one update, perhaps empty). A receiver merges each by union,
+/// in any order and any grouping, to the same state; ops go first so a
+/// card arrives after the op that makes its owner a member.
+pub(crate) fn chunk_update(
+    id: &[u8; 16],
+    ops: Vec<pb::GroupSignedOp>,
+    cards: Vec<pb::GroupSignedCard>,
+) -> Vec<pb::GroupUpdate> {
+    let empty = || pb::GroupUpdate {
+        group_id: id.to_vec().into(),
+        ops: Vec::new(),
+        cards: Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut cur = empty();
+    let mut size = 0;
+    // Each item costs its bytes plus a field tag and length.
+    let cost = |n: usize| n + 8;
+    for op in ops {
+        let n = cost(op.encoded_len());
+        if size + n > UPDATE_BUDGET && !(cur.ops.is_empty() && cur.cards.is_empty()) {
+            out.push(std::mem::replace(&mut cur, empty()));
+            size = 0;
+        }
+        size += n;
+        cur.ops.push(op);
+    }
+    for card in cards {
+        let n = cost(card.encoded_len());
+        if size + n > UPDATE_BUDGET && !(cur.ops.is_empty() && cur.cards.is_empty()) {
+            out.push(std::mem::replace(&mut cur, empty()));
+            size = 0;
+        }
+        size += n;
+        cur.cards.push(card);
+    }
+    if out.is_empty() || !(cur.ops.is_empty() && cur.cards.is_empty()) {
+        out.push(cur);
+    }
+    out
 }
 
 /// One member, as `tern group members` shows it.
@@ -288,7 +360,7 @@ impl Client {
     pub(crate) fn group_named(&self, name: &str) -> Result<GroupRecord, ClientError> {
         let me = self.account.identity_key();
         let mut found: Option<GroupRecord> = None;
-        for r in self.group_records()? {
+        for r in self.group_records()?.into_iter().filter(|r| !r.unconfirmed) {
             let st = self.group_state(&r);
             if st.name != name {
                 continue;
@@ -347,7 +419,7 @@ impl Client {
     /// Every group this device knows, by name.
     pub fn groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
         let mut all = Vec::new();
-        for r in self.group_records()? {
+        for r in self.group_records()?.into_iter().filter(|r| !r.unconfirmed) {
             all.push(self.group_info(&r)?);
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -395,3 +467,7 @@ impl Client {
             .put_in(&tree, MESSAGES, &group_message_slot(&self.store, key), m)
     }
 }
+
+#[cfg(test)]
+#[path = "chunk_tests.rs"]
+mod chunk_tests;

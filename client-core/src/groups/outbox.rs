@@ -25,6 +25,9 @@ use tern_protocol::url::RelayUrl;
 use tern_protocol::WireError;
 use tracing::debug;
 
+/// Why a message waits for members who have not published a card yet.
+const WAITING_FOR_CARDS: &str = "waiting for a member's card";
+
 /// Why a target waits before its key went out.
 const WAITING_FOR_KEYS: &str = "waiting for the group's keys to go out";
 
@@ -57,6 +60,18 @@ pub(crate) struct GroupOutboxItem {
     pub payload: Vec<u8>,
     /// Targets not yet stored by their relay.
     pub targets: Vec<Target>,
+    /// Members we could not reach when it was sent (no card yet): they
+    /// get the session key as of this message and the message itself once
+    /// their card arrives ([`Client::plan_group_round`]).
+    #[serde(default)]
+    pub pending: Vec<[u8; 32]>,
+    /// The session key as of this message (exported before encrypting
+    /// it), for the pending members; kept only while some are pending.
+    #[serde(default)]
+    pub session_key: Option<Vec<u8>>,
+    /// The envelope key of the session it was sent in.
+    #[serde(default)]
+    pub envelope_key: Option<[u8; 32]>,
 }
 
 impl Client {
@@ -73,7 +88,12 @@ impl Client {
         Ok((id, report))
     }
 
-    fn queue_group_text(&mut self, name: &str, text: &str) -> Result<String, ClientError> {
+    /// Queue `text` for the group `name` without delivering it; its id.
+    pub(crate) fn queue_group_text(
+        &mut self,
+        name: &str,
+        text: &str,
+    ) -> Result<String, ClientError> {
         let mut r = self.group_named(name)?;
         let me = self.account.identity_key();
         let st = self.group_state(&r);
@@ -117,6 +137,8 @@ impl Client {
         }
         let msg_id = random16();
         let at = now_ms();
+        // The key as of this message, for members reached only later.
+        let key_now = sender.session_key();
         let content = layers::content(msg_id, at, layers::text_body(text));
         let payload = envelope::seal_group(&mut sender, &out.envelope_key, &r.id, &me, &content);
         layers::check_size(&payload).map_err(|layers::SealError::TooLarge { size, max }| {
@@ -128,6 +150,7 @@ impl Client {
         // index is ever used twice.
         self.put_group(&r)?;
         let mut targets = Vec::new();
+        let mut pending = Vec::new();
         let mut status = BTreeMap::new();
         for m in &others {
             let reach = match cards.get(m).and_then(|c| card_contact(&st, c)) {
@@ -145,14 +168,15 @@ impl Client {
                     status.insert(hex::encode(m), Status::Queued);
                 }
                 _ => {
-                    status.insert(
-                        hex::encode(m),
-                        Status::Failed("member not reachable yet".into()),
-                    );
+                    // No card yet: it waits for one (plan_group_round).
+                    status.insert(hex::encode(m), Status::Queued);
+                    pending.push(*m);
                 }
             }
         }
         let key = message_key(&r.id, at, &msg_id);
+        // Status per member for `tern status`: every member is a recipient.
+        self.track_sent(&msg_id, &key, &others)?;
         self.put_group_message(
             &key,
             &GroupMessage {
@@ -173,6 +197,9 @@ impl Client {
             message_key: key,
             payload,
             targets,
+            session_key: (!pending.is_empty()).then_some(key_now),
+            envelope_key: (!pending.is_empty()).then_some(out.envelope_key),
+            pending,
         };
         let tree = self.store.tree(OUTBOX)?;
         self.store
@@ -187,47 +214,175 @@ impl Client {
         &mut self,
         report: &mut OutboxReport,
     ) -> Result<(), ClientError> {
+        let mut plans = self.plan_group_round()?;
+        if plans.is_empty() {
+            return Ok(());
+        }
+        deposit_groups(&mut self.dialer, &mut plans).await;
+        self.settle_group_round(plans, report)?;
+        Ok(())
+    }
+
+    /// The group outbox for one round (store only): per item, the targets
+    /// to deposit now and those waiting for their keys to go out first.
+    pub(crate) fn plan_group_round(&self) -> Result<Vec<GroupDeposit>, ClientError> {
         let tree = self.store.tree(OUTBOX)?;
         let items = self.store.scan_in::<GroupOutboxItem>(&tree, OUTBOX, &[])?;
         if items.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let pairwise: Vec<(u64, [u8; 32])> = self
-            .store
-            .outbox()?
-            .iter()
-            .map(|i| (i.position, i.contact))
-            .collect();
-        for (key, mut item) in items {
+        let pairwise: Vec<[u8; 32]> = self.store.outbox()?.iter().map(|i| i.contact).collect();
+        let mut plans = Vec::with_capacity(items.len());
+        for (key, item) in items {
+            // Members with a pairwise item not out yet (their key may be
+            // in it) wait; the others get it now.
+            let (waiting, ready): (Vec<Target>, Vec<Target>) = item
+                .targets
+                .iter()
+                .cloned()
+                .partition(|t| pairwise.contains(&t.member));
+            plans.push(GroupDeposit {
+                key,
+                now: GroupOutboxItem {
+                    targets: ready,
+                    ..item.clone()
+                },
+                item,
+                waiting,
+                results: Vec::new(),
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Queue the session keys for members of waiting group messages whose
+    /// cards arrived since (see [`Self::reach_pending`]). Runs before each
+    /// round is planned, so the keys go in the pairwise part of the round
+    /// and the messages right after them.
+    pub(crate) fn reach_pending_members(&self) -> Result<(), ClientError> {
+        let tree = self.store.tree(OUTBOX)?;
+        for (key, mut item) in self.store.scan_in::<GroupOutboxItem>(&tree, OUTBOX, &[])? {
+            if !item.pending.is_empty() && self.reach_pending(&mut item)? {
+                self.store.put_in(&tree, OUTBOX, &key, &item)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Members of `item` who were not reachable when it was sent: each
+    /// whose card has arrived gets the session key as of the message (a
+    /// pairwise control message) and becomes a target; each no longer a
+    /// member is dropped. Returns whether `item` changed.
+    fn reach_pending(&self, item: &mut GroupOutboxItem) -> Result<bool, ClientError> {
+        let Some(group) = item
+            .message_key
+            .get(..16)
+            .and_then(|g| <[u8; 16]>::try_from(g).ok())
+        else {
+            return Ok(false);
+        };
+        let (Some(session_key), Some(envelope_key)) = (item.session_key.clone(), item.envelope_key)
+        else {
+            return Ok(false);
+        };
+        let Some(mut r) = self.group_record(&group)? else {
+            return Ok(false);
+        };
+        let st = self.group_state(&r);
+        let cards = r.cards_by_member(&st);
+        let mut changed = false;
+        let mut shared = Vec::new();
+        for m in std::mem::take(&mut item.pending) {
+            if !st.is_member(&m) {
+                self.note_relay_answer(&item.message_id, &m, Err("no longer a member"))?;
+                changed = true;
+                continue;
+            }
+            let reach = match cards.get(&m).and_then(|c| card_contact(&st, c)) {
+                Some(c) => Some(c),
+                None => self.store.contact(&m)?,
+            };
+            let Some(c) = reach else {
+                item.pending.push(m);
+                continue;
+            };
+            let key = Body::GroupKey(pb::GroupKey {
+                group_id: group.to_vec().into(),
+                session_key: session_key.clone().into(),
+                envelope_key: envelope_key.to_vec().into(),
+            });
+            if !self.send_control_to(&st, &cards, &m, key)? {
+                item.pending.push(m);
+                continue;
+            }
+            item.targets.push(Target {
+                member: m,
+                relay_url: c.relay_url,
+                mailbox_id: c.mailbox_id,
+                token: c.send_token,
+            });
+            shared.push(m);
+            changed = true;
+        }
+        if item.pending.is_empty() {
+            item.session_key = None;
+        }
+        // Our session as it is now opens from that key on: its next
+        // messages need not share it again.
+        if let Some(out) = r
+            .outbound
+            .as_mut()
+            .filter(|o| o.envelope_key == envelope_key)
+        {
+            let fresh: Vec<[u8; 32]> = shared
+                .into_iter()
+                .filter(|m| !out.shared_with.contains(m))
+                .collect();
+            if !fresh.is_empty() {
+                out.shared_with.extend(fresh);
+                self.put_group(&r)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Record a round of the group outbox (store only): per target, sent,
+    /// failed for good or still queued; add to `report`. Returns whether a
+    /// target waited for its key (another round, once the pairwise outbox
+    /// moved, delivers it).
+    pub(crate) fn settle_group_round(
+        &self,
+        plans: Vec<GroupDeposit>,
+        report: &mut OutboxReport,
+    ) -> Result<bool, ClientError> {
+        let tree = self.store.tree(OUTBOX)?;
+        let mut keys_waited = false;
+        for GroupDeposit {
+            key,
+            mut item,
+            waiting,
+            now,
+            results,
+        } in plans
+        {
             let id = hex::encode(item.message_id);
-            // Members whose earlier pairwise item (their key) is not out
-            // yet wait; the others get it now.
-            let (waiting, ready): (Vec<Target>, Vec<Target>) =
-                item.targets.iter().cloned().partition(|t| {
-                    pairwise
-                        .iter()
-                        .any(|(p, c)| *p < item.position && t.member == *c)
-                });
+            keys_waited |= !waiting.is_empty();
             let mut left = waiting;
             let mut reason = (!left.is_empty()).then(|| WAITING_FOR_KEYS.to_string());
-            let now = GroupOutboxItem {
-                targets: ready,
-                ..item.clone()
-            };
-            let results = if now.targets.is_empty() {
-                Vec::new()
-            } else {
-                deposit_many(&mut self.dialer, &now).await
-            };
+            if !item.pending.is_empty() {
+                reason.get_or_insert_with(|| WAITING_FOR_CARDS.to_string());
+            }
             let mut entry = self.group_message_at(&item.message_key)?;
             for (t, res) in now.targets.iter().zip(results) {
                 let member = hex::encode(t.member);
                 match decide(Some(res)) {
                     Decision::Retire => {
                         set_status(&mut entry, &member, Status::Sent);
+                        self.note_relay_answer(&item.message_id, &t.member, Ok(()))?;
                     }
                     Decision::Fail(e) => {
                         set_status(&mut entry, &member, Status::Failed(e.to_string()));
+                        self.note_relay_answer(&item.message_id, &t.member, Err(&e.to_string()))?;
                     }
                     Decision::Keep { reason: why, .. } => {
                         reason.get_or_insert(why);
@@ -239,7 +394,7 @@ impl Client {
             if let Some(e) = &entry {
                 self.put_group_message(&item.message_key, e)?;
             }
-            if left.is_empty() {
+            if left.is_empty() && item.pending.is_empty() {
                 tree.remove(&key)?;
                 report.sent.push(id);
             } else {
@@ -251,7 +406,7 @@ impl Client {
                 ));
             }
         }
-        Ok(())
+        Ok(keys_waited)
     }
 
     fn group_message_at(&self, key: &[u8]) -> Result<Option<GroupMessage>, ClientError> {
@@ -267,6 +422,26 @@ impl Client {
 fn set_status(entry: &mut Option<GroupMessage>, member: &str, s: Status) {
     if let Some(e) = entry {
         e.status.insert(member.to_string(), s);
+    }
+}
+
+/// One group outbox item's part of a round: what to deposit now, what
+/// waits, and (after [`deposit_groups`]) what the relays said.
+pub(crate) struct GroupDeposit {
+    key: Vec<u8>,
+    item: GroupOutboxItem,
+    waiting: Vec<Target>,
+    now: GroupOutboxItem,
+    results: Vec<Result<Stored, WireError>>,
+}
+
+/// Deposit a round of the group outbox (network only, no client: the
+/// running client runs it beside receiving), item after item.
+pub(crate) async fn deposit_groups(dialer: &mut Dialer, plans: &mut [GroupDeposit]) {
+    for p in plans.iter_mut() {
+        if !p.now.targets.is_empty() {
+            p.results = deposit_many(dialer, &p.now).await;
+        }
     }
 }
 

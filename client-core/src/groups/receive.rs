@@ -7,7 +7,8 @@ use super::{envelope, message_key, GroupMessage, GroupRecord, Inbound, INBOUND_P
 use crate::client::{now_ms, Client};
 use crate::error::ClientError;
 use crate::event::{Event, ReceivedMessage};
-use std::collections::BTreeMap;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
 use tern_crypto::GroupReceiver;
 use tern_protocol::pb::{self, content::Body};
 use tracing::{debug, warn};
@@ -28,7 +29,9 @@ impl Client {
         }
     }
 
-    fn merge_update(&mut self, sender: [u8; 32], u: pb::GroupUpdate) -> Result<(), ClientError> {
+    // The news goes back to its sender too (one update, which changes
+    // nothing there): the batch's news is one update for every member.
+    fn merge_update(&mut self, _sender: [u8; 32], u: pb::GroupUpdate) -> Result<(), ClientError> {
         let Ok(id) = <[u8; 16]>::try_from(&u.group_id[..]) else {
             return Ok(());
         };
@@ -36,19 +39,30 @@ impl Client {
         let known = self.group_record(&id)?;
         let is_new = known.is_none();
         let mut r = known.unwrap_or_else(|| GroupRecord::empty(id));
-        let was_member = self.group_state(&r).is_member(&me);
+        let before = self.group_state(&r);
+        let was_member = before.is_member(&me);
         let mut ops = r.ops();
+        let old_ops: BTreeSet<Vec<u8>> = ops.iter().map(|o| o.signature.to_vec()).collect();
         let ops_changed = state_merge(&id, &mut ops, u.ops);
         r.set_ops(&ops);
         let st = self.group_state(&r);
-        if is_new && !st.is_member(&me) {
-            debug!("ignoring an update for a group we are not in");
+        let now_member = st.is_member(&me);
+        if !now_member && (is_new || r.unconfirmed) {
+            // Perhaps one of several updates carrying a large state, before
+            // the one that adds us: kept, not shown, until we are a member.
+            if ops_changed {
+                r.unconfirmed = true;
+                self.put_group(&r)?;
+            } else {
+                debug!("ignoring an update for a group we are not in");
+            }
             return Ok(());
         }
+        r.unconfirmed = false;
+        let old_cards: BTreeSet<Vec<u8>> = r.cards.iter().cloned().collect();
         let mut cards = r.signed_cards();
         let cards_changed = super::state::merge_cards(&id, &st, &mut cards, u.cards);
         r.set_cards(&cards);
-        let now_member = st.is_member(&me);
         if now_member && !r.cards_by_member(&st).contains_key(&me) {
             r.card_wanted = true;
         }
@@ -57,10 +71,30 @@ impl Client {
             r.outbound = None;
             r.card_wanted = false;
         }
-        self.put_group(&r)?;
-        if (ops_changed || cards_changed) && st.is_admin(&me) {
-            self.broadcast_update(&r, Some(&sender))?;
+        if cards_changed {
+            // A member's card: a group message waiting for it can go now.
+            self.group_news = true;
         }
+        if (ops_changed || cards_changed) && st.is_admin(&me) {
+            // Passed on once per receive batch (forward_group_news).
+            for o in &ops {
+                if !old_ops.contains(&o.signature[..]) {
+                    r.news_ops.push(o.encode_to_vec());
+                }
+            }
+            for c in &r.cards {
+                if !old_cards.contains(c) && !r.news_cards.contains(c) {
+                    r.news_cards.push(c.clone());
+                }
+            }
+            for m in st.members.keys() {
+                if !before.is_member(m) && *m != me && !r.news_whole.contains(m) {
+                    r.news_whole.push(*m);
+                }
+            }
+            self.group_news = true;
+        }
+        self.put_group(&r)?;
         Ok(())
     }
 
@@ -132,9 +166,22 @@ impl Client {
                     self.store.mark_seen(&opened.id)?;
                     return Ok(None);
                 }
-                let Some(Body::Text(t)) = opened.body else {
-                    self.store.mark_seen(&opened.id)?;
-                    return Ok(None);
+                let t = match opened.body {
+                    Some(Body::Text(t)) => t,
+                    Some(Body::Typing(_)) => {
+                        // Shown only as it happens (a stored one is stale);
+                        // never stored, never answered.
+                        self.store.mark_seen(&opened.id)?;
+                        let from = self.member_name(&st, &u.sender)?;
+                        return Ok(env.ephemeral.then(|| Event::Typing {
+                            from,
+                            group: Some(st.name.clone()),
+                        }));
+                    }
+                    _ => {
+                        self.store.mark_seen(&opened.id)?;
+                        return Ok(None);
+                    }
                 };
                 let from = self.member_name(&st, &u.sender)?;
                 let now = now_ms();
@@ -153,6 +200,9 @@ impl Client {
                 // stores it again under the same key, harmlessly.
                 self.put_group_message(&message_key(&r.id, opened.sent_at_ms, &opened.id), &entry)?;
                 self.store.mark_seen(&opened.id)?;
+                // Its author is owed a delivered receipt (and a read one
+                // once it is shown).
+                self.note_stored(&u.sender, &opened.id)?;
                 return Ok(Some(Event::Message(ReceivedMessage {
                     id: entry.id,
                     from,

@@ -11,6 +11,7 @@ use super::task::{Reply, Task};
 use crate::backoff::Backoff;
 use crate::error::ClientError;
 use crate::event::{DeliveryStatus, Event, OutboxReport, SendOutcome};
+use crate::groups::{deposit_groups, GroupDeposit};
 use crate::outbox::{deposit_all, round_backoff, rules, Deposit, Flushed};
 use std::collections::HashMap;
 use tokio::task::{JoinError, JoinHandle};
@@ -24,6 +25,12 @@ pub(super) enum Waiter {
         reply: Reply<(String, SendOutcome)>,
     },
     Report(Reply<OutboxReport>),
+    /// A group command forwarded to the running client: its result is
+    /// the report (with the message id, for a send).
+    Group {
+        id: Option<String>,
+        reply: Reply<serde_json::Value>,
+    },
 }
 
 impl Waiter {
@@ -38,6 +45,17 @@ impl Waiter {
             (Waiter::Report(reply), Ok(report)) => {
                 let _ = reply.send(Ok(report.clone()));
             }
+            (Waiter::Group { id, reply }, Ok(report)) => {
+                let v = match id {
+                    Some(id) => Ok(serde_json::json!({ "id": id, "report": report })),
+                    None => serde_json::to_value(report),
+                };
+                let _ = reply
+                    .send(v.map_err(|e| ClientError::Store(format!("encoding a report: {e}"))));
+            }
+            (Waiter::Group { reply, .. }, Err(e)) => {
+                let _ = reply.send(Err(ClientError::Store(e)));
+            }
             (Waiter::Send { reply, .. }, Err(e)) => {
                 let _ = reply.send(Err(ClientError::Store(e)));
             }
@@ -48,19 +66,26 @@ impl Waiter {
     }
 }
 
+/// A round's deposits: the pairwise outbox's, then (after it, so keys
+/// reach a mailbox before the group message they open) the group outbox's.
+pub(super) struct Round {
+    pairwise: Vec<Deposit>,
+    groups: Vec<GroupDeposit>,
+}
+
 /// A flush under way: rounds of deposit, settle, and maybe pause.
 pub(super) struct Cycle {
     round: usize,
     flushed: Flushed,
     backoff: Backoff,
     waiters: Vec<Waiter>,
-    flight: Option<JoinHandle<Vec<Deposit>>>,
+    flight: Option<JoinHandle<Round>>,
     resume_at: Option<Instant>,
 }
 
 impl Cycle {
     /// A deposit in flight, if one is.
-    pub(super) fn flight(&mut self) -> Option<&mut JoinHandle<Vec<Deposit>>> {
+    pub(super) fn flight(&mut self) -> Option<&mut JoinHandle<Round>> {
         self.flight.as_mut()
     }
 
@@ -75,7 +100,7 @@ impl Cycle {
     }
 
     /// Stop waiting for a deposit (shutdown gave up on it).
-    pub(super) fn take_flight(&mut self) -> Option<JoinHandle<Vec<Deposit>>> {
+    pub(super) fn take_flight(&mut self) -> Option<JoinHandle<Round>> {
         self.flight.take()
     }
 }
@@ -103,36 +128,59 @@ impl Task {
 
     /// Read the outbox and send it off in a task of its own.
     pub(super) fn launch_round(&mut self) {
-        let plan = self.client.plan_round();
+        let plan = self.client.plan_round().and_then(|p| {
+            let groups = self.client.plan_group_round()?;
+            Ok((p, groups))
+        });
         let Some(cycle) = self.cycle.as_mut() else {
             return;
         };
         cycle.resume_at = None;
         match plan {
-            Ok(plan) => {
+            Ok((plan, mut groups)) => {
                 let mut dialer = self.client.dialer.clone();
-                cycle.flight = Some(tokio::spawn(
-                    async move { deposit_all(&mut dialer, plan).await },
-                ));
+                cycle.flight = Some(tokio::spawn(async move {
+                    let pairwise = deposit_all(&mut dialer, plan).await;
+                    deposit_groups(&mut dialer, &mut groups).await;
+                    Round { pairwise, groups }
+                }));
             }
             Err(e) => self.end_cycle(Err(e.to_string())),
         }
     }
 
     /// A round came back: record it, then pause and go again, or finish.
-    pub(super) async fn on_deposited(&mut self, deposits: Result<Vec<Deposit>, JoinError>) {
-        let deposits = deposits.unwrap_or_else(|e| {
+    pub(super) async fn on_deposited(&mut self, deposits: Result<Round, JoinError>) {
+        let Round { pairwise, groups } = deposits.unwrap_or_else(|e| {
             warn!("an outbox deposit failed: {e}");
-            Vec::new()
+            Round {
+                pairwise: Vec::new(),
+                groups: Vec::new(),
+            }
         });
         let Some(cycle) = self.cycle.as_mut() else {
             return;
         };
         cycle.flight = None;
-        let wait = match self.client.settle_round(deposits, &mut cycle.flushed) {
+        let planned: usize = pairwise.iter().map(|d| d.items.len()).sum();
+        let settled = self
+            .client
+            .settle_round(pairwise, &mut cycle.flushed)
+            .and_then(|wait| {
+                let keys_waited = self
+                    .client
+                    .settle_group_round(groups, &mut cycle.flushed.report)?;
+                Ok((wait, keys_waited))
+            });
+        let (mut wait, keys_waited) = match settled {
             Ok(w) => w,
             Err(e) => return self.end_cycle(Err(e.to_string())),
         };
+        // Group targets that waited for their keys go in another round at
+        // once, if the pairwise outbox moved (their keys may be out now).
+        if keys_waited && self.client.outbox_len().unwrap_or(planned) < planned {
+            wait = wait.or(Some(std::time::Duration::ZERO));
+        }
         let queued = !cycle.flushed.report.queued.is_empty();
         match rules::retry_pause(wait, cycle.round, queued) {
             Some(w) => {
@@ -178,10 +226,17 @@ impl Task {
             if !fresh {
                 continue;
             }
-            let contact = flushed
-                .recipients
-                .get(&id)
-                .and_then(|k| self.client.store.contact(k).ok().flatten())
+            // Group messages (no single recipient) have their status per
+            // member in `tern status`, not a delivery event.
+            let Some(k) = flushed.recipients.get(&id) else {
+                continue;
+            };
+            let contact = self
+                .client
+                .store
+                .contact(k)
+                .ok()
+                .flatten()
                 .map(|c| c.name)
                 .unwrap_or_default();
             self.emit(Event::Delivery {

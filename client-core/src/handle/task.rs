@@ -9,13 +9,13 @@
 //! the outbox (see [`super::flush`]). So an unreachable relay never holds
 //! up receiving or the handles' commands; the store is touched only here.
 
-use super::flush::{Cycle, Waiter};
+use super::flush::{Cycle, Round, Waiter};
 use crate::backoff::Backoff;
 use crate::client::{authenticated_link, Client};
 use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
+use crate::groups::Queued;
 use crate::inbox::{reconnect_backoff, retry_after, subscribed, Intake, SETTLE_IDLE};
-use crate::outbox::Deposit;
 use crate::receipts::MessageReport;
 use crate::settings::Settings;
 use crate::store::{Contact, Profile, StoredMessage};
@@ -103,7 +103,7 @@ enum Wake {
     Settle,
     Reconnect,
     Connected(Result<Result<Subscription, ClientError>, JoinError>),
-    Deposited(Result<Vec<Deposit>, JoinError>),
+    Deposited(Result<Round, JoinError>),
     Resume,
     Receipts,
     TopUp,
@@ -145,7 +145,7 @@ async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientErro
     }
 }
 
-async fn landed(cycle: &mut Option<Cycle>) -> Result<Vec<Deposit>, JoinError> {
+async fn landed(cycle: &mut Option<Cycle>) -> Result<Round, JoinError> {
     match cycle.as_mut().and_then(Cycle::flight) {
         Some(flight) => flight.await,
         None => std::future::pending().await,
@@ -369,6 +369,7 @@ impl Task {
         if self.client.wants_group_cards()? {
             self.client.publish_group_cards_on(&home.link).await?;
         }
+        self.client.forward_group_news()?;
         if std::mem::take(&mut self.client.group_news) {
             self.request_flush(Vec::new());
         }
@@ -451,12 +452,30 @@ impl Task {
                 let _ = reply.send(r);
             }
             Command::Group { call, reply } => {
-                let _ = reply.send(self.client.group_call(call).await);
-                // The call delivered what it queued; whatever did not go
-                // out goes with the next cycles.
-                self.client.group_news = false;
-                if self.client.outbox_len().unwrap_or(0) > 0 {
-                    self.request_flush(Vec::new());
+                // The network part goes with the flush cycles (deposits run
+                // beside receiving); only creating a group runs whole.
+                match self.client.group_queue(call).await {
+                    Ok(Queued::Done(v)) => {
+                        let _ = reply.send(Ok(v));
+                        // `history --group` may have queued read receipts.
+                        if self.client.outbox_len().unwrap_or(0) > 0 {
+                            self.request_flush(Vec::new());
+                        }
+                    }
+                    Ok(Queued::Flush { id }) => {
+                        self.client.group_news = false;
+                        self.request_flush(vec![Waiter::Group { id, reply }]);
+                    }
+                    Ok(Queued::Inline(call)) => {
+                        let _ = reply.send(self.client.group_call(call).await);
+                        self.client.group_news = false;
+                        if self.client.outbox_len().unwrap_or(0) > 0 {
+                            self.request_flush(Vec::new());
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
             }
             Command::Trust { req, reply } => {

@@ -135,6 +135,7 @@ impl Client {
         // Group work that needs the network: our card for groups we were
         // added to, and the control messages receiving queued.
         self.publish_group_cards().await?;
+        self.forward_group_news()?;
         if std::mem::take(&mut self.group_news) {
             let _ = self.flush_outbox().await?;
         }
@@ -325,6 +326,25 @@ impl Client {
             }
             return Ok(None);
         }
+        if known.is_none() && matches!(opened.body, Some(Body::Receipts(_))) {
+            // Receipts from a group member who is not a contact (for a
+            // group message we sent them): applied, never shown as text.
+            let mut event = None;
+            if !self.store.seen(&id)? && self.is_fellow_member(&sender)? {
+                if let Some(Body::Receipts(batch)) = &opened.body {
+                    let name = self.peer_name(&sender)?;
+                    event = self.apply_receipts(&sender, &name, batch)?;
+                }
+            }
+            let keep = account.is_none() || keep_new;
+            let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
+            self.store.commit_session(&sender, pickle.as_deref(), &id)?;
+            if let Some(account) = account {
+                self.account = account;
+                self.save_account()?;
+            }
+            return Ok(event);
+        }
         let seen = self.store.seen(&id)?;
         let now = now_ms();
         let blocked = match &known {
@@ -391,12 +411,14 @@ impl Client {
                     // Applied before the session step is saved: if we stop
                     // in between, the envelope comes again and applying it
                     // again changes nothing.
-                    let event = self.apply_receipts(&contact, &batch)?;
+                    let event =
+                        self.apply_receipts(&contact.identity_key, &contact.name, &batch)?;
                     (contact, false, event, None)
                 }
                 Verdict::Typing(contact) => {
                     let event = env.ephemeral.then(|| Event::Typing {
                         from: contact.name.clone(),
+                        group: None,
                     });
                     (contact, false, event, None)
                 }

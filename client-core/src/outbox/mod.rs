@@ -250,10 +250,17 @@ impl Client {
         wait: Duration,
     ) -> Result<(Vec<crate::event::Event>, OutboxReport), ClientError> {
         let plan = self.plan_round()?;
+        let mut groups = self.plan_group_round()?;
         let mut dialer = self.dialer.clone();
-        let flight = tokio::spawn(async move { deposit_all(&mut dialer, plan).await });
+        // The group outbox after the pairwise one: keys before the messages
+        // they open.
+        let flight = tokio::spawn(async move {
+            let deposits = deposit_all(&mut dialer, plan).await;
+            crate::groups::deposit_groups(&mut dialer, &mut groups).await;
+            (deposits, groups)
+        });
         let received = self.receive(wait).await;
-        let deposits = flight
+        let (deposits, groups) = flight
             .await
             .map_err(|e| ClientError::Protocol(format!("depositing failed: {e}")))?;
         let mut flushed = Flushed {
@@ -261,15 +268,29 @@ impl Client {
             recipients: HashMap::new(),
         };
         self.settle_round(deposits, &mut flushed)?;
-        // Group messages go out after receiving, never before it.
-        let received = received?;
-        self.flush_group_outbox(&mut flushed.report).await?;
+        if self.settle_group_round(groups, &mut flushed.report)? {
+            // Some members waited for keys that went out beside: their
+            // group messages go now (what still waits is reported again).
+            let mut again = OutboxReport::default();
+            self.flush_group_outbox(&mut again).await?;
+            let redone: Vec<&String> = again
+                .sent
+                .iter()
+                .chain(again.queued.iter().map(|(i, _)| i))
+                .collect();
+            flushed.report.queued.retain(|(i, _)| !redone.contains(&i));
+            flushed.report.sent.extend(again.sent);
+            flushed.report.queued.extend(again.queued);
+        }
         self.store.flush().await?;
-        Ok((received, flushed.report))
+        Ok((received?, flushed.report))
     }
 
-    /// The outbox, by relay, for one round.
+    /// The outbox, by relay, for one round. Group messages waiting for a
+    /// member's card that has come have its key queued first, to go in
+    /// this round.
     pub(crate) fn plan_round(&self) -> Result<BTreeMap<String, Vec<OutboxItem>>, ClientError> {
+        self.reach_pending_members()?;
         Ok(rules::by_relay(self.store.outbox()?))
     }
 

@@ -5,7 +5,7 @@
 //! never facts a relay makes up, and never sent for a receipt or a typing
 //! notice.
 //!
-//! The small API that conversations (one-to-one now, groups later) call:
+//! The small API that conversations (one-to-one and group) call:
 //!
 //! - sending: [`Client::track_sent`] when a message is queued for some
 //!   recipients, [`Client::note_relay_answer`] per recipient when its
@@ -17,6 +17,10 @@
 //! - [`Client::apply_receipts`] for a batch that arrived, and
 //!   [`Client::message_status`] for `tern status`.
 //!
+//! Group messages use the same calls, one recipient per member; members
+//! who are not contacts are reached through their group cards
+//! (`groups/peers.rs`), as group control messages are.
+//!
 //! The rules are pure, in [`rules`]; storage is `store/receipts.rs`.
 
 pub mod rules;
@@ -24,8 +28,9 @@ pub mod rules;
 use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::event::Event;
+use crate::groups::GroupMessage;
 use crate::layers;
-use crate::store::{Contact, ContactId, OutboxItem, StoredMessage};
+use crate::store::{ContactId, OutboxItem, StoredMessage};
 use rules::{PendingReceipt, ReceiptKind, ReceiptRecord, ReceiptState};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -160,6 +165,38 @@ impl Client {
         self.note_shown(&fresh)
     }
 
+    /// Incoming messages of a group that `tern history --group` shows:
+    /// those not shown before count as read now, their authors being the
+    /// peers owed the receipts.
+    pub fn note_group_history_shown(&self, shown: &[GroupMessage]) -> Result<bool, ClientError> {
+        let mut fresh = Vec::new();
+        for m in shown.iter().filter(|m| !m.outgoing) {
+            let Some(id) = hex::decode(&m.id).ok().as_deref().and_then(id16) else {
+                continue;
+            };
+            if !self.store.was_shown(&id)? {
+                fresh.push((id, Some(m.author)));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(false);
+        }
+        self.note_shown(&fresh)
+    }
+
+    /// The last `limit` messages of the group named `name`, as `tern
+    /// history --group` shows them: as [`Client::read_history`] does for a
+    /// contact, incoming ones count as read and their receipts are queued.
+    pub fn read_group_history(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<(Vec<GroupMessage>, bool), ClientError> {
+        let messages = self.group_history(name, limit)?;
+        let queued = self.note_group_history_shown(&messages)? && self.queue_receipts()? > 0;
+        Ok((messages, queued))
+    }
+
     /// The last `limit` messages with the contact named `name`, as `tern
     /// history` shows them: incoming ones count as read from now on, and
     /// their receipts are queued. Also returns whether any batch was queued
@@ -184,11 +221,10 @@ impl Client {
         for batch in rules::batches(&pending) {
             let carried: Vec<[u8; 16]> =
                 batch.delivered.iter().chain(&batch.read).copied().collect();
-            let contact = self.store.contact(&batch.peer)?;
-            let session = self.load_session(&batch.peer)?;
-            let (Some(contact), Some(mut session)) = (contact, session) else {
-                // No longer a contact: nobody to tell.
-                debug!("dropping receipts for a peer that is no longer a contact");
+            // A contact, or a group member reached through its card.
+            let Some((contact, mut session)) = self.reach_peer(&batch.peer)? else {
+                // No longer a contact nor a fellow member: nobody to tell.
+                debug!("dropping receipts for a peer we can no longer reach");
                 self.store.drop_pending_receipts(&carried)?;
                 continue;
             };
@@ -232,7 +268,8 @@ impl Client {
     /// `from` are ignored; with read receipts off, read counts as delivered.
     pub(crate) fn apply_receipts(
         &self,
-        from: &Contact,
+        from: &ContactId,
+        from_name: &str,
         batch: &pb::ReceiptBatch,
     ) -> Result<Option<Event>, ClientError> {
         let show_read = self.store.settings()?.read_receipts;
@@ -246,7 +283,7 @@ impl Client {
                 }
             }
         }
-        let peer = hex::encode(from.identity_key);
+        let peer = hex::encode(from);
         let accepted = rules::accepted(&peer, delivered, read, show_read, |id| records.get(id));
         let now = now_ms();
         let (mut got_delivered, mut got_read) = (Vec::new(), Vec::new());
@@ -287,7 +324,7 @@ impl Client {
             return Ok(None);
         }
         Ok(Some(Event::Receipt {
-            from: from.name.clone(),
+            from: from_name.to_string(),
             delivered: got_delivered,
             read: got_read,
         }))
@@ -300,15 +337,28 @@ impl Client {
         let key = id16(&raw).ok_or_else(unknown)?;
         let record = self.store.receipt_record(&key)?.ok_or_else(unknown)?;
         let mut recipients = Vec::new();
+        // Members who are not contacts are named as their groups name them
+        // (looked up once, for a group message's many recipients).
+        let mut member_names = None;
         for (k, s) in &record.recipients {
-            let name = hex::decode(k)
+            let ik = hex::decode(k)
                 .ok()
-                .and_then(|b| <[u8; 32]>::try_from(&b[..]).ok())
-                .map(|ik| self.store.contact(&ik))
-                .transpose()?
-                .flatten()
-                .map(|c| c.name)
-                .unwrap_or_default();
+                .and_then(|b| <[u8; 32]>::try_from(&b[..]).ok());
+            let name = match ik {
+                Some(ik) => match self.store.contact(&ik)? {
+                    Some(c) => c.name,
+                    None => {
+                        if member_names.is_none() {
+                            member_names = Some(self.group_member_names()?);
+                        }
+                        member_names
+                            .as_ref()
+                            .and_then(|n| n.get(&ik).cloned())
+                            .unwrap_or_default()
+                    }
+                },
+                None => String::new(),
+            };
             recipients.push(RecipientReport {
                 name,
                 identity_key: k.clone(),

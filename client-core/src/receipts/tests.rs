@@ -2,7 +2,7 @@
 //! connects (the relay trips are in tests/tests/receipts.rs).
 
 use super::*;
-use crate::store::{LocalStore, Profile};
+use crate::store::{Contact, LocalStore, Profile};
 use crate::transport::Dialer;
 use tern_crypto::{DeviceAccount, StoreKey};
 
@@ -68,12 +68,15 @@ fn the_recipients_receipts_move_the_status_and_strangers_are_ignored() {
 
     // Carol did not get it: her receipt changes nothing.
     assert_eq!(
-        ann.apply_receipts(&carol, &batch(&[id], &[id])).unwrap(),
+        ann.apply_receipts(&carol.identity_key, &carol.name, &batch(&[id], &[id]))
+            .unwrap(),
         None
     );
     assert_eq!(state(&ann, &id), ReceiptState::Sent);
 
-    let got = ann.apply_receipts(&bob, &batch(&[id], &[])).unwrap();
+    let got = ann
+        .apply_receipts(&bob.identity_key, &bob.name, &batch(&[id], &[]))
+        .unwrap();
     assert_eq!(
         got,
         Some(Event::Receipt {
@@ -84,8 +87,14 @@ fn the_recipients_receipts_move_the_status_and_strangers_are_ignored() {
     );
     assert_eq!(state(&ann, &id), ReceiptState::Delivered);
     // The same receipt again is no news.
-    assert_eq!(ann.apply_receipts(&bob, &batch(&[id], &[])).unwrap(), None);
-    let got = ann.apply_receipts(&bob, &batch(&[], &[id])).unwrap();
+    assert_eq!(
+        ann.apply_receipts(&bob.identity_key, &bob.name, &batch(&[id], &[]))
+            .unwrap(),
+        None
+    );
+    let got = ann
+        .apply_receipts(&bob.identity_key, &bob.name, &batch(&[], &[id]))
+        .unwrap();
     assert_eq!(
         got,
         Some(Event::Receipt {
@@ -100,7 +109,9 @@ fn the_recipients_receipts_move_the_status_and_strangers_are_ignored() {
     let other = [9; 16];
     ann.track_sent(&other, b"key2", &[bob.identity_key])
         .unwrap();
-    let got = ann.apply_receipts(&bob, &batch(&[], &[other])).unwrap();
+    let got = ann
+        .apply_receipts(&bob.identity_key, &bob.name, &batch(&[], &[other]))
+        .unwrap();
     assert_eq!(
         got,
         Some(Event::Receipt {
@@ -120,7 +131,9 @@ async fn with_read_receipts_off_read_counts_as_delivered() {
     let id = [8; 16];
     ann.track_sent(&id, b"key", &[bob.identity_key]).unwrap();
     assert!(!ann.set_read_receipts(false).await.unwrap().read_receipts);
-    let got = ann.apply_receipts(&bob, &batch(&[], &[id])).unwrap();
+    let got = ann
+        .apply_receipts(&bob.identity_key, &bob.name, &batch(&[], &[id]))
+        .unwrap();
     assert_eq!(
         got,
         Some(Event::Receipt {

@@ -499,10 +499,13 @@ pub enum EventParams {
         /// `delivered` or `read`.
         status: ReceiptState,
     },
-    /// A contact is typing.
+    /// A contact, or a group member, is typing.
     Typing {
-        /// Contact name.
+        /// Contact name, or the member's name in the group.
         from: String,
+        /// The group's name, when typing in a group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
 }
 
@@ -569,7 +572,10 @@ impl EventParams {
             }),
             Event::Lagged { missed } => Some(EventParams::Lagged { missed: *missed }),
             Event::Receipt { .. } => Self::all_from_event(e).into_iter().next(),
-            Event::Typing { from } => Some(EventParams::Typing { from: from.clone() }),
+            Event::Typing { from, group } => Some(EventParams::Typing {
+                from: from.clone(),
+                group: group.clone(),
+            }),
         }
     }
 
