@@ -380,5 +380,70 @@ fn main() {
             ("seal_round_trip", mode(7, b"attack at dawn")),
         ],
     );
+    // A group update as a creator sends it: a signed create op, an add op,
+    // and the creator's signed card; plus a receipt batch and a group
+    // envelope's inner layer.
+    {
+        use tern_client::groups::state;
+        let creator = DeviceAccount::new();
+        let other = DeviceAccount::new();
+        let me = state::Member {
+            identity: creator.identity_key(),
+            signing_key: creator.signing_key(),
+            name: "ann".into(),
+            admin: true,
+        };
+        let (id, create) = state::make_create(&me, "team", [5; 16], |m| creator.sign(m));
+        let st = state::replay(&id, std::slice::from_ref(&create));
+        let bob = state::Member {
+            identity: other.identity_key(),
+            signing_key: other.signing_key(),
+            name: "bob".into(),
+            admin: false,
+        };
+        let add = state::make_op(
+            &id,
+            &st,
+            &creator.identity_key(),
+            pb::GroupOpKind::GroupOpAdd,
+            &bob,
+            "",
+            |m| creator.sign(m),
+        );
+        let card = state::sign_card(
+            &pb::GroupMemberCard {
+                group_id: id.to_vec().into(),
+                identity_key: creator.identity_key().to_vec().into(),
+                seal_key: vec![8; 32].into(),
+                address: Some(address()),
+                fallback_key: vec![9; 32].into(),
+                version: 1,
+            },
+            |m| creator.sign(m),
+        );
+        let update = pb::GroupUpdate {
+            group_id: id.to_vec().into(),
+            ops: vec![create, add],
+            cards: vec![card],
+        };
+        let receipts = pb::ReceiptBatch {
+            delivered: vec![vec![3; 16].into()],
+            read: vec![vec![4; 16].into()],
+        };
+        let sealed = pb::GroupSealed {
+            group_id: id.to_vec().into(),
+            sender_identity_key: creator.identity_key().to_vec().into(),
+            megolm_ciphertext: vec![6; 120].into(),
+            padding: vec![0; 8].into(),
+        };
+        seeds(
+            "group_update",
+            &[
+                ("update", update.encode_to_vec()),
+                ("receipts", receipts.encode_to_vec()),
+                ("group_sealed", sealed.encode_to_vec()),
+            ],
+        );
+    }
     println!("wrote {}", root().display());
 }
