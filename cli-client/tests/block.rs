@@ -3,22 +3,7 @@
 //! Bob did not block, still gets through.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use serde_json::Value;
-use tern_tests::process::{ok, RelayProcess};
-
-fn messages(home: &std::path::Path) -> Vec<(String, String)> {
-    ok(home, &["recv", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["type"] == "message")
-        .map(|e| {
-            (
-                e["from"].as_str().unwrap().to_string(),
-                e["text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
+use tern_tests::process::{ok, received, RelayProcess};
 
 #[test]
 fn a_blocked_contacts_send_exits_as_sent_and_is_never_delivered() {
@@ -38,7 +23,7 @@ fn a_blocked_contacts_send_exits_as_sent_and_is_never_delivered() {
         ok(&b, &["recv"]);
     }
     ok(&a, &["send", "bob", "before"]);
-    assert_eq!(messages(&b), [("alice".into(), "before".into())]);
+    assert_eq!(received(&b), [("alice".into(), "before".into())]);
 
     ok(&b, &["block", "alice"]);
     let sent = ok(&a, &["send", "bob", "after the block"]);
@@ -51,9 +36,9 @@ fn a_blocked_contacts_send_exits_as_sent_and_is_never_delivered() {
     );
     ok(&c, &["send", "bob", "carol still"]);
     assert_eq!(
-        messages(&b),
+        received(&b),
         [("carol".to_string(), "carol still".to_string())],
         "the blocked message never arrives; the other contact's does"
     );
-    assert!(messages(&b).is_empty());
+    assert!(received(&b).is_empty());
 }

@@ -10,22 +10,7 @@
 
 use serde_json::Value;
 use tern_tests::hostile::HostileRelay;
-use tern_tests::process::{ok, tern, tern_cmd, RelayProcess};
-
-/// The messages `tern recv --json` prints for `home`, as (from, text).
-fn texts(home: &std::path::Path) -> Vec<(String, String)> {
-    ok(home, &["recv", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["type"] == "message")
-        .map(|e| {
-            (
-                e["from"].as_str().unwrap().to_string(),
-                e["text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
+use tern_tests::process::{ok, received, tern, tern_cmd, RelayProcess};
 
 #[test]
 fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
@@ -71,7 +56,7 @@ fn a_silent_relay_times_out_a_send_and_receiving_goes_on() {
         .unwrap();
     let mut got = Vec::new();
     for _ in 0..10 {
-        got.extend(texts(&c));
+        got.extend(received(&c));
         if !got.is_empty() {
             break;
         }

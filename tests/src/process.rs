@@ -263,6 +263,19 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The messages `tern recv --json` prints for `home`, as (from, text).
+pub fn received(home: &Path) -> Vec<(String, String)> {
+    ok(home, &["recv", "--json"])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "message")
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (field("from"), field("text"))
+        })
+        .collect()
+}
+
 /// The last lines a relay wrote to stderr (its logs).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 

@@ -317,13 +317,7 @@ impl Client {
                     self.group_control(sender, body)?;
                 }
             }
-            let keep = account.is_none() || keep_new;
-            let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
-            self.store.commit_session(&sender, pickle.as_deref(), &id)?;
-            if let Some(account) = account {
-                self.account = account;
-                self.save_account()?;
-            }
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(None);
         }
         if known.is_none() && matches!(opened.body, Some(Body::Receipts(_))) {
@@ -336,13 +330,7 @@ impl Client {
                     event = self.apply_receipts(&sender, &name, batch)?;
                 }
             }
-            let keep = account.is_none() || keep_new;
-            let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
-            self.store.commit_session(&sender, pickle.as_deref(), &id)?;
-            if let Some(account) = account {
-                self.account = account;
-                self.save_account()?;
-            }
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(event);
         }
         let seen = self.store.seen(&id)?;
@@ -470,5 +458,29 @@ pub(crate) fn retry_after(e: &ClientError) -> Option<Duration> {
     match e {
         ClientError::Refused(w) => Some(Duration::from_millis(w.retry_after_ms)),
         _ => None,
+    }
+}
+
+impl Client {
+    /// A pairwise message that made no conversation entry (a group control
+    /// message, a member's receipts): its session is kept (unless it lost
+    /// the race of two new sessions, see `keep_new`) and its id marked
+    /// seen, together; then the account, if a one-time key was used.
+    fn commit_no_entry(
+        &mut self,
+        sender: &[u8; 32],
+        session: &tern_crypto::PairSession,
+        account: Option<DeviceAccount>,
+        keep_new: bool,
+        id: &[u8; 16],
+    ) -> Result<(), ClientError> {
+        let keep = account.is_none() || keep_new;
+        let pickle = keep.then(|| session.to_encrypted_pickle(&self.key));
+        self.store.commit_session(sender, pickle.as_deref(), id)?;
+        if let Some(account) = account {
+            self.account = account;
+            self.save_account()?;
+        }
+        Ok(())
     }
 }
