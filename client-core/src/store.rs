@@ -734,6 +734,29 @@ impl LocalStore {
 }
 
 #[cfg(test)]
+impl LocalStore {
+    /// Open a store a test just dropped: sled's flusher thread lets go of
+    /// the file lock a moment after the last handle is dropped, so the
+    /// reopen is retried (only while the lock is the reason) for a bounded
+    /// time.
+    #[allow(clippy::panic)]
+    pub(crate) fn open_when_free(path: &Path, key: StoreKey) -> Self {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open(path, StoreKey::from_bytes(key.to_bytes())) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -754,7 +777,7 @@ mod tests {
         store.meta.insert("other", raw).unwrap();
         assert!(store.get::<Profile>(&store.meta, "meta", b"other").is_err());
         drop(store);
-        let wrong = LocalStore::open(dir.path(), StoreKey::generate()).unwrap();
+        let wrong = LocalStore::open_when_free(dir.path(), StoreKey::generate());
         assert!(wrong.profile().is_err());
     }
 }

@@ -150,7 +150,7 @@ mod tests {
             seen.insert([9u8; 16], &[][..]).unwrap();
             store.db().flush().unwrap();
         }
-        let store = LocalStore::open(dir.path(), key.clone()).unwrap();
+        let store = LocalStore::open_when_free(dir.path(), key.clone());
         assert_eq!(store.contact(&c.identity_key).unwrap(), Some(c.clone()));
         assert_eq!(store.history(&c.identity_key, 10).unwrap(), vec![entry]);
         assert_eq!(
@@ -168,7 +168,7 @@ mod tests {
         }
         // Opening again changes nothing.
         drop(store);
-        let store = LocalStore::open(dir.path(), key).unwrap();
+        let store = LocalStore::open_when_free(dir.path(), key);
         assert_eq!(store.contacts().unwrap().len(), 1);
     }
 
