@@ -138,3 +138,27 @@ pub(crate) async fn authenticated_link(
     let url: RelayUrl = relay_url.parse()?;
     dialer.connect_authenticated(&url, mailbox, sign).await
 }
+
+#[cfg(test)]
+impl Client {
+    /// A client whose home relay URL does not parse: it never connects, so
+    /// everything but the network can be tested with it.
+    pub(crate) fn offline_for_tests(dir: &Path) -> Self {
+        let key = StoreKey::generate();
+        Client {
+            home: dir.to_path_buf(),
+            #[allow(clippy::unwrap_used)]
+            store: LocalStore::open(&dir.join("store"), key.clone()).unwrap(),
+            key,
+            account: DeviceAccount::new(),
+            profile: Profile {
+                name: "ann".into(),
+                relay_url: "not a relay".into(),
+                mailbox_id: [1; 16],
+            },
+            dialer: Dialer::default(),
+            group_news: false,
+            group_states: Default::default(),
+        }
+    }
+}

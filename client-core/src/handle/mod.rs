@@ -209,27 +209,10 @@ impl EventStream {
 mod tests {
     use super::*;
     use crate::store::LocalStore;
-    use crate::transport::Dialer;
-    use tern_crypto::{DeviceAccount, StoreKey};
+    use tern_crypto::StoreKey;
 
-    /// A client whose home relay URL does not parse: it never connects, so
-    /// everything but the network can be tested here.
     fn offline_client(dir: &std::path::Path) -> Client {
-        let key = StoreKey::generate();
-        Client {
-            home: dir.to_path_buf(),
-            store: LocalStore::open(&dir.join("store"), key.clone()).unwrap(),
-            key,
-            account: DeviceAccount::new(),
-            profile: Profile {
-                name: "ann".into(),
-                relay_url: "not a relay".into(),
-                mailbox_id: [1; 16],
-            },
-            dialer: Dialer::default(),
-            group_news: false,
-            group_states: Default::default(),
-        }
+        Client::offline_for_tests(dir)
     }
 
     #[tokio::test]

@@ -2,26 +2,10 @@
 //! connects (the relay trips are in tests/tests/receipts.rs).
 
 use super::*;
-use crate::store::{Contact, LocalStore, Profile};
-use crate::transport::Dialer;
-use tern_crypto::{DeviceAccount, StoreKey};
+use crate::store::Contact;
 
 fn offline_client(dir: &std::path::Path) -> Client {
-    let key = StoreKey::generate();
-    Client {
-        home: dir.to_path_buf(),
-        store: LocalStore::open(&dir.join("store"), key.clone()).unwrap(),
-        key,
-        account: DeviceAccount::new(),
-        profile: Profile {
-            name: "ann".into(),
-            relay_url: "not a relay".into(),
-            mailbox_id: [1; 16],
-        },
-        dialer: Dialer::default(),
-        group_news: false,
-        group_states: Default::default(),
-    }
+    Client::offline_for_tests(dir)
 }
 
 fn contact(name: &str, k: u8) -> Contact {
