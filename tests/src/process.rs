@@ -478,7 +478,7 @@ fn port_of(url: &str) -> u16 {
     let parsed: RelayUrl = url
         .parse()
         .unwrap_or_else(|e| panic!("the relay printed {url:?}: {e}"));
-    parsed.port
+    parsed.first().port
 }
 
 #[cfg(test)]
