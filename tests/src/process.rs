@@ -38,6 +38,7 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_RELAY_DATA",
     "TERN_RELAY_CONFIG",
     "TERN_RELAY_PUBLIC_HOST",
+    "TERN_RELAY_FLEET",
     // tern
     "TERN_HOME",
     "TERN_SEND_SPACING_MS",
@@ -314,6 +315,24 @@ impl RelayProcess {
         Self::launch(data, 0).unwrap_or_else(|Exited(why)| {
             panic!("tern-relay run --data {} failed: {why}", data.display())
         })
+    }
+
+    /// Start a relay with its data in `data` on `port`: a relay that comes
+    /// back on another address of its fleet. A start that exits before its
+    /// URL (a killed predecessor's database lock not yet released) is
+    /// retried, boundedly.
+    pub fn start_on(data: &Path, port: u16) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..RESTART_ATTEMPTS {
+            match Self::launch(data, port) {
+                Ok(relay) => return relay,
+                Err(Exited(why)) => {
+                    failures.push(why);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        panic!("tern-relay did not start on port {port}: {failures:?}");
     }
 
     fn launch(data: &Path, port: u16) -> Result<Self, Exited> {
