@@ -30,7 +30,9 @@ pub struct Failures(Arc<Mutex<HashMap<SocketAddr, Instant>>>);
 
 impl Failures {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Remember that `addr` failed now.
@@ -69,7 +71,10 @@ pub fn order(mut found: Vec<SocketAddr>, failures: &Failures) -> Vec<SocketAddr>
 
 /// Every socket address the URL's hosts resolve to, in the order to try
 /// them. A host that does not resolve is skipped while another does.
-pub async fn candidates(url: &RelayUrl, failures: &Failures) -> Result<Vec<SocketAddr>, ClientError> {
+pub async fn candidates(
+    url: &RelayUrl,
+    failures: &Failures,
+) -> Result<Vec<SocketAddr>, ClientError> {
     let mut found = Vec::new();
     let mut last_error = None;
     for addr in url.addrs() {
@@ -169,7 +174,11 @@ mod tests {
             assert_eq!(o[3], addr(1), "the failed address is tried last");
             firsts.insert(o[0]);
         }
-        assert_eq!(firsts.len(), 3, "every healthy address comes first sometimes");
+        assert_eq!(
+            firsts.len(),
+            3,
+            "every healthy address comes first sometimes"
+        );
         failures.clear(&addr(1));
         assert!(!failures.failed_lately(&addr(1), Instant::now()));
     }
@@ -197,7 +206,10 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(won, 2);
-        assert!(started.elapsed() < STAGGER, "no head start wasted on a failure");
+        assert!(
+            started.elapsed() < STAGGER,
+            "no head start wasted on a failure"
+        );
         assert!(failures.failed_lately(&addr(1), Instant::now()));
     }
 

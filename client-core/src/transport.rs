@@ -5,6 +5,7 @@
 //! ([`Dialer::connect_unlinked`]).
 
 use crate::error::ClientError;
+use crate::fleet_dial;
 use crate::spacing::Spacing;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
@@ -21,7 +22,6 @@ use subtle::ConstantTimeEq;
 use tern_protocol::frame::{decode_message, encode_frame_into};
 use tern_protocol::io::{read_frame, write_frame, FrameReader};
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
-use crate::fleet_dial;
 use tern_protocol::url::RelayUrl;
 use tern_protocol::{limits, WireError, STREAM_CONTROL, STREAM_MESSAGES};
 use tokio::sync::mpsc;

@@ -98,7 +98,8 @@ fn run_cli() -> anyhow::Result<()> {
             if !fleet.is_empty() {
                 cfg.fleet = fleet;
             }
-            if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() && cfg.fleet.is_empty() {
+            if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() && cfg.fleet.is_empty()
+            {
                 anyhow::bail!(
                     "listening on {} needs --public-host (or public_host in the config) for the relay URL",
                     cfg.listen

@@ -51,7 +51,8 @@ impl Listen {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => got.push(
-                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("listen printed {l:?}: {e}")),
+                    serde_json::from_str(&l)
+                        .unwrap_or_else(|e| panic!("listen printed {l:?}: {e}")),
                 ),
                 Err(_) => panic!("listen never showed {what}; showed {got:?}"),
             }
