@@ -22,6 +22,7 @@ pub mod contact_state;
 pub mod contacts;
 pub mod error;
 pub mod event;
+pub mod fleet_dial;
 pub mod groups;
 pub mod handle;
 pub mod inbox;

@@ -5,6 +5,7 @@
 //! ([`Dialer::connect_unlinked`]).
 
 use crate::error::ClientError;
+use crate::fleet_dial;
 use crate::spacing::Spacing;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
@@ -104,7 +105,17 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
+/// How fast a client on a fleet notices that its relay died: a keep-alive
+/// every 500 ms and the connection given up after 1.5 s of silence, so a
+/// subscriber moves to another relay of the fleet in under 2 s (issue 17).
+/// A lone relay has nowhere else to go and keeps the slower pace.
+pub const FLEET_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// See [`FLEET_KEEP_ALIVE`].
+pub const FLEET_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The QUIC client configuration for `url`; `alternatives` when there is
+/// another address to move to, which makes liveness checks tighter.
+fn client_config(url: &RelayUrl, alternatives: bool) -> Result<quinn::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
         fingerprint: url.fingerprint,
@@ -124,8 +135,13 @@ fn client_config(url: &RelayUrl) -> Result<quinn::ClientConfig, ClientError> {
     // A relay that vanishes without a word is given up on after 12 s (the
     // relay's own idle timeout is longer); keep-alives hold a quiet
     // connection open well inside that.
-    transport.keep_alive_interval(Some(Duration::from_secs(4)));
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(12)).ok());
+    let (keep_alive, idle) = if alternatives {
+        (FLEET_KEEP_ALIVE, FLEET_IDLE_TIMEOUT)
+    } else {
+        (Duration::from_secs(4), Duration::from_secs(12))
+    };
+    transport.keep_alive_interval(Some(keep_alive));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     transport.max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -147,6 +163,8 @@ pub struct Dialer {
     // ones are made, waited for by `wait_idle`.
     send_endpoints: Arc<Mutex<Vec<quinn::Endpoint>>>,
     spacing: Spacing,
+    // Relay addresses that failed lately, tried last.
+    failures: fleet_dial::Failures,
 }
 
 impl Dialer {
@@ -180,21 +198,29 @@ impl Dialer {
         }
     }
 
+    /// The shared endpoint for one address family, made on first use.
+    fn shared_endpoint(&self, url: &RelayUrl, v6: bool) -> Result<quinn::Endpoint, ClientError> {
+        if let Some(e) = self.endpoints().get(&v6) {
+            return Ok(e.clone());
+        }
+        let e = fresh_endpoint(url, v6)?;
+        // A clone may have made one meanwhile: keep the first.
+        Ok(self.endpoints().entry(v6).or_insert(e).clone())
+    }
+
     /// Connect to the relay at `url` on the shared endpoint: for
-    /// authenticated and control connections, never for sends.
+    /// authenticated and control connections, never for sends. A fleet's
+    /// addresses are tried in random order ([`fleet_dial`]).
     pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
-        let addr = resolve(url).await?;
-        let v6 = addr.is_ipv6();
-        let known = self.endpoints().get(&v6).cloned();
-        let endpoint = match known {
-            Some(e) => e,
-            None => {
-                let e = fresh_endpoint(url, v6)?;
-                // A clone may have made one meanwhile: keep the first.
-                self.endpoints().entry(v6).or_insert(e).clone()
-            }
-        };
-        dial(&endpoint, url, addr).await
+        let addrs = fleet_dial::candidates(url, &self.failures).await?;
+        let config = client_config(url, addrs.len() > 1)?;
+        let this = self.clone();
+        fleet_dial::race(addrs, &self.failures, move |addr| {
+            let endpoint = this.shared_endpoint(url, addr.is_ipv6());
+            let (url, config) = (url.clone(), config.clone());
+            async move { dial(&endpoint?, &url, addr, config).await }
+        })
+        .await
     }
 
     /// Connect to the relay at `url` as the home mailbox's owner: after the
@@ -219,24 +245,22 @@ impl Dialer {
     /// its own on a fresh ephemeral UDP port, used for nothing else.
     pub async fn connect_unlinked(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
         self.spacing.before_send().await;
-        let addr = resolve(url).await?;
-        let endpoint = fresh_endpoint(url, addr.is_ipv6())?;
-        {
-            let mut kept = self.send_endpoints();
-            kept.retain(|e| e.open_connections() > 0);
-            kept.push(endpoint.clone());
-        }
-        dial(&endpoint, url, addr).await
-    }
-}
-
-/// The relay's address.
-async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ClientError> {
-    tokio::net::lookup_host(url.authority())
+        let addrs = fleet_dial::candidates(url, &self.failures).await?;
+        let config = client_config(url, addrs.len() > 1)?;
+        let this = self.clone();
+        fleet_dial::race(addrs, &self.failures, move |addr| {
+            // Each attempt on a socket of its own; kept until its
+            // connection has closed (see `send_endpoints`).
+            let endpoint = fresh_endpoint(url, addr.is_ipv6()).inspect(|e| {
+                let mut kept = this.send_endpoints();
+                kept.retain(|e| e.open_connections() > 0);
+                kept.push(e.clone());
+            });
+            let (url, config) = (url.clone(), config.clone());
+            async move { dial(&endpoint?, &url, addr, config).await }
+        })
         .await
-        .map_err(|e| unreachable(url, e.to_string()))?
-        .next()
-        .ok_or_else(|| unreachable(url, "no address".into()))
+    }
 }
 
 /// A relay over its deadline for `what`.
@@ -270,10 +294,11 @@ async fn dial(
     endpoint: &quinn::Endpoint,
     url: &RelayUrl,
     addr: SocketAddr,
+    config: quinn::ClientConfig,
 ) -> Result<RelayLink, ClientError> {
     let unreachable = |reason: String| unreachable(url, reason);
     let connecting = endpoint
-        .connect_with(client_config(url)?, addr, "tern-relay")
+        .connect_with(config, addr, "tern-relay")
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await

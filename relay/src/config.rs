@@ -20,6 +20,11 @@ pub struct RelayConfig {
     pub data_dir: PathBuf,
     /// Host name or address put in the relay URL; defaults to the listen IP.
     pub public_host: Option<String>,
+    /// Every address of the fleet this relay belongs to (`HOST:PORT`, at
+    /// most 16), put in the relay URL instead of this relay's own address.
+    /// Relays of a fleet share one TLS identity (docs/operations.md,
+    /// "A fleet"), so one fingerprint names them all. Empty: a lone relay.
+    pub fleet: Vec<String>,
     /// Limits on what peers may send and store.
     pub limits: Limits,
     /// Rate limits (0 turns one off).
@@ -179,6 +184,7 @@ impl Default for RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             data_dir: PathBuf::from("tern-relay-data"),
             public_host: None,
+            fleet: Vec::new(),
             limits: Limits::default(),
             rates: RateConfig::default(),
             observer: Default::default(),

@@ -32,6 +32,11 @@ enum Command {
         /// listening on 0.0.0.0 or [::]).
         #[arg(long, env = "TERN_RELAY_PUBLIC_HOST")]
         public_host: Option<String>,
+        /// Every address of this relay's fleet, comma-separated
+        /// (`a.example:4433,b.example:4433`): the URL clients are given
+        /// lists them all (docs/operations.md, "A fleet").
+        #[arg(long, env = "TERN_RELAY_FLEET", value_delimiter = ',')]
+        fleet: Vec<String>,
     },
     /// Report the store in DIR: envelope segments, the index checkpoint,
     /// and quarantined segments (docs/operations.md, "Quarantine").
@@ -52,6 +57,9 @@ enum Command {
         /// Host name to put in the URL instead of the listen IP.
         #[arg(long)]
         public_host: Option<String>,
+        /// Every address of the fleet, comma-separated, as for `run`.
+        #[arg(long, value_delimiter = ',')]
+        fleet: Vec<String>,
     },
 }
 
@@ -72,6 +80,7 @@ fn run_cli() -> anyhow::Result<()> {
             data,
             config,
             public_host,
+            fleet,
         } => {
             let mut cfg = match config {
                 Some(path) => RelayConfig::load(&path)?,
@@ -86,7 +95,11 @@ fn run_cli() -> anyhow::Result<()> {
             if public_host.is_some() {
                 cfg.public_host = public_host;
             }
-            if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() {
+            if !fleet.is_empty() {
+                cfg.fleet = fleet;
+            }
+            if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() && cfg.fleet.is_empty()
+            {
                 anyhow::bail!(
                     "listening on {} needs --public-host (or public_host in the config) for the relay URL",
                     cfg.listen
@@ -105,6 +118,7 @@ fn run_cli() -> anyhow::Result<()> {
             data,
             listen,
             public_host,
+            fleet,
         } => {
             if !data.join("cert.der").exists() {
                 anyhow::bail!(
@@ -113,7 +127,7 @@ fn run_cli() -> anyhow::Result<()> {
                 );
             }
             let host = public_host.unwrap_or_else(|| listen.ip().to_string());
-            let url = tern_relay::server::url_for(&data, &host, listen.port())?;
+            let url = tern_relay::server::url_for(&data, &host, listen.port(), &fleet)?;
             println!("{url}");
             Ok(())
         }

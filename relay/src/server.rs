@@ -19,7 +19,7 @@ use crate::workers::StoreWorkers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tern_protocol::url::RelayUrl;
+use tern_protocol::url::{RelayAddr, RelayUrl, MAX_RELAY_ADDRESSES};
 use tern_protocol::WireError;
 use tokio::sync::watch;
 use tracing::{info, Instrument};
@@ -47,6 +47,9 @@ pub enum StartError {
     /// The threads that run store work could not be started.
     #[error("cannot start the store threads: {0}")]
     Threads(std::io::Error),
+    /// The `fleet` addresses are not a valid relay URL's.
+    #[error("fleet addresses: {0}")]
+    Fleet(String),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -72,13 +75,40 @@ pub struct RunningRelay<S: MailboxStore = EmbeddedStore> {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// The relay URL for the TLS identity in `data_dir`, without starting.
-pub fn url_for(data_dir: &std::path::Path, host: &str, port: u16) -> Result<RelayUrl, TlsError> {
+/// The relay URL for the TLS identity in `data_dir`, without starting:
+/// `host:port`, or the `fleet` addresses when there are any.
+pub fn url_for(
+    data_dir: &std::path::Path,
+    host: &str,
+    port: u16,
+    fleet: &[String],
+) -> Result<RelayUrl, StartError> {
     let id = TlsIdentity::load_or_create(data_dir)?;
-    Ok(RelayUrl {
-        host: host.to_string(),
-        port,
-        fingerprint: id.fingerprint(),
+    relay_url(host, port, fleet, id.fingerprint())
+}
+
+/// The URL clients are given: this relay's own address, or the fleet's.
+fn relay_url(
+    host: &str,
+    port: u16,
+    fleet: &[String],
+    fingerprint: [u8; 32],
+) -> Result<RelayUrl, StartError> {
+    if fleet.is_empty() {
+        return Ok(RelayUrl::new(host, port, fingerprint));
+    }
+    let addrs = fleet
+        .iter()
+        .map(|a| {
+            a.parse::<RelayAddr>()
+                .map_err(|e| StartError::Fleet(format!("{a:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RelayUrl::fleet(addrs, fingerprint).ok_or_else(|| {
+        StartError::Fleet(format!(
+            "{} addresses (at most {MAX_RELAY_ADDRESSES})",
+            fleet.len()
+        ))
     })
 }
 
@@ -182,11 +212,12 @@ impl<S: MailboxStore> RunningRelay<S> {
             .public_host
             .clone()
             .unwrap_or_else(|| local_addr.ip().to_string());
-        let url = RelayUrl {
-            host,
-            port: local_addr.port(),
-            fingerprint: identity.fingerprint(),
-        };
+        let url = relay_url(
+            &host,
+            local_addr.port(),
+            &config.fleet,
+            identity.fingerprint(),
+        )?;
 
         let (stop, stop_rx) = watch::channel(false);
         let disk = tokio::spawn(disk_watch(

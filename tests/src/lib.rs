@@ -28,6 +28,7 @@ use tern_relay::{
 };
 
 pub mod hostile;
+pub mod listen;
 pub mod process;
 
 /// Upper bound on any single wait in these tests.

@@ -38,6 +38,7 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_RELAY_DATA",
     "TERN_RELAY_CONFIG",
     "TERN_RELAY_PUBLIC_HOST",
+    "TERN_RELAY_FLEET",
     // tern
     "TERN_HOME",
     "TERN_SEND_SPACING_MS",
@@ -316,6 +317,24 @@ impl RelayProcess {
         })
     }
 
+    /// Start a relay with its data in `data` on `port`: a relay that comes
+    /// back on another address of its fleet. A start that exits before its
+    /// URL (a killed predecessor's database lock not yet released) is
+    /// retried, boundedly.
+    pub fn start_on(data: &Path, port: u16) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..RESTART_ATTEMPTS {
+            match Self::launch(data, port) {
+                Ok(relay) => return relay,
+                Err(Exited(why)) => {
+                    failures.push(why);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        panic!("tern-relay did not start on port {port}: {failures:?}");
+    }
+
     fn launch(data: &Path, port: u16) -> Result<Self, Exited> {
         let mut child = relay_cmd()
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -478,7 +497,7 @@ fn port_of(url: &str) -> u16 {
     let parsed: RelayUrl = url
         .parse()
         .unwrap_or_else(|e| panic!("the relay printed {url:?}: {e}"));
-    parsed.port
+    parsed.first().port
 }
 
 #[cfg(test)]

@@ -8,15 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use tern_tests::process::{ok, tern_cmd, RelayProcess};
-
-/// How long a listening terminal may take to show something.
-const SHOW_DEADLINE: Duration = Duration::from_secs(30);
+use tern_tests::listen::Listen;
+use tern_tests::process::{ok, RelayProcess};
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -209,60 +203,6 @@ fn typing_is_never_stored_for_an_offline_contact() {
         (messages[0]["id"].as_str(), messages[0]["text"].as_str()),
         (Some(id.as_str()), Some("after typing"))
     );
-}
-
-/// A `tern listen --json` child and the lines it prints.
-struct Listen {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Listen {
-    fn start(home: &Path) -> Self {
-        let mut child = tern_cmd(home, &["listen", "--json"]).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let socket = home.join("tern.sock");
-        let deadline = Instant::now() + SHOW_DEADLINE;
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "listen never served its socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, lines }
-    }
-
-    /// Lines until `done` holds for all of them; panics after a deadline.
-    fn until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + SHOW_DEADLINE;
-        let mut got = Vec::new();
-        while !done(&got) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => got.push(serde_json::from_str(&l).unwrap()),
-                Err(_) => panic!("listen never showed {what}; showed {got:?}"),
-            }
-        }
-        got
-    }
-
-    /// Ctrl-C, as a person stops it.
-    fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-    }
 }
 
 #[test]
