@@ -11,6 +11,7 @@
 
 mod drain;
 mod e2e;
+mod failover;
 mod fanout;
 mod flood;
 mod hold;
@@ -103,6 +104,10 @@ enum Workload {
     /// throughput while they are held. The relay always runs as a child
     /// process (or is the --relay one: then without RSS, disk or restart).
     Hold(HoldArgs),
+    /// A fleet relay SIGKILLed under live traffic between K pairs of real
+    /// clients on a two-address fleet URL: how long the users it served
+    /// were interrupted, and that nothing was lost or shown twice.
+    Failover(FailoverArgs),
     /// Run a relay with the bench configuration (used by --spawn-relay).
     #[command(hide = true)]
     Serve {
@@ -238,6 +243,32 @@ struct HoldArgs {
     /// Bound on the fill, in seconds.
     #[arg(long, default_value_t = 3_600)]
     timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct FailoverArgs {
+    /// Sender/receiver pairs (real clients, each with its own store).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Milliseconds between one sender's texts.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// Seconds of traffic before the kill.
+    #[arg(long, default_value_t = 3)]
+    before: u64,
+    /// Seconds of traffic after the kill.
+    #[arg(long, default_value_t = 5)]
+    after: u64,
+    /// The tern-relay binary (default: the one beside tern-bench).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// An argument for both relays' `tern-relay run` (repeat it), giving
+    /// them one store at once, e.g. `--relay-arg=--store --relay-arg=redis
+    /// --relay-arg=--redis --relay-arg=redis://127.0.0.1:7000`. Without
+    /// any, the relays share the embedded store in turn (the second starts
+    /// on the first's data after the kill).
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -650,6 +681,53 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     e.shutdown().await;
                 }
                 report.rows.push(row?);
+            }
+            report
+        }
+        Workload::Failover(a) => {
+            let shared = !a.relay_args.is_empty();
+            let mut report = Report {
+                workload: "failover".into(),
+                mode: Some(Mode::E2e.name()),
+                params: json!({
+                    "pairs": a.pairs, "interval_ms": a.interval_ms, "before": a.before,
+                    "after": a.after, "relay_args": a.relay_args, "runs": runs,
+                }),
+                notes: vec![
+                    format!(
+                        "{} pairs of real clients (tern_client::spawn, own stores, Olm), each sender one text every {} ms, \
+                         on a fleet URL of two tern-relay processes; the first is SIGKILLed after {} s, traffic goes on {} s",
+                        a.pairs, a.interval_ms, a.before, a.after
+                    ),
+                    if shared {
+                        format!("relays share one store at once: tern-relay run {}", a.relay_args.join(" "))
+                    } else {
+                        "embedded store: the second relay starts on the first's data right after the kill \
+                         (its start-up counts in the gap)"
+                            .to_string()
+                    },
+                    "hit = receivers whose relay connection was lost; gap = a receiver's longest wait between two \
+                     messages shown, from 1 s before the kill (p50 and max over those hit; all max: over every receiver, \
+                     the sending interval included); lost = sent (queued or acked) and never shown; twice = shown more than once"
+                        .to_string(),
+                ],
+                rows: Vec::new(),
+            };
+            let relay_bin = match &a.relay_bin {
+                Some(p) => p.clone(),
+                None => failover::default_relay_bin()?,
+            };
+            for _ in 0..runs {
+                let plan = failover::FailoverPlan {
+                    pairs: a.pairs.max(1),
+                    interval: Duration::from_millis(a.interval_ms.max(1)),
+                    before: Duration::from_secs(a.before),
+                    after: Duration::from_secs(a.after),
+                    relay_bin: relay_bin.clone(),
+                    relay_args: a.relay_args.clone(),
+                };
+                let label = if shared { "shared" } else { "successor" };
+                report.rows.push(failover::run(plan, label.into()).await?);
             }
             report
         }

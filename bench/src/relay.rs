@@ -56,6 +56,13 @@ pub fn config(setup: Setup, data_dir: &Path) -> anyhow::Result<RelayConfig> {
     })
 }
 
+/// The bench configuration as a `tern-relay` config file, for relays run
+/// from the `tern-relay` binary (`--listen` and `--data` given as flags).
+pub fn bench_config_toml() -> anyhow::Result<String> {
+    let config = config(Setup::Bench, Path::new("unused"))?;
+    toml::to_string(&config).context("writing the relay config")
+}
+
 enum Running {
     InProcess {
         relay: RunningRelay,
