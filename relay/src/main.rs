@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tern_relay::{RelayConfig, RunningRelay, SystemClock};
+use tern_relay::store::{MailboxStore, RedisStore};
+use tern_relay::{RelayConfig, RunningRelay, StoreKind, SystemClock};
 
 /// A Tern relay: durable mailboxes of end-to-end encrypted envelopes over QUIC.
 #[derive(Parser)]
@@ -32,6 +33,15 @@ enum Command {
         /// listening on 0.0.0.0 or [::]).
         #[arg(long, env = "TERN_RELAY_PUBLIC_HOST")]
         public_host: Option<String>,
+        /// Store engine: `embedded` (default; in the data directory) or
+        /// `redis` (a Redis Cluster shared by a fleet of relays).
+        #[arg(long, value_enum, env = "TERN_RELAY_STORE")]
+        store: Option<StoreKind>,
+        /// Redis Cluster seed nodes, `redis://HOST:PORT[,HOST:PORT...]`
+        /// (`rediss://` for TLS, `redis://:PASSWORD@...` for AUTH); sets
+        /// `[redis] nodes`.
+        #[arg(long, env = "TERN_RELAY_REDIS")]
+        redis: Option<String>,
     },
     /// Report the store in DIR: envelope segments, the index checkpoint,
     /// and quarantined segments (docs/operations.md, "Quarantine").
@@ -72,6 +82,8 @@ fn run_cli() -> anyhow::Result<()> {
             data,
             config,
             public_host,
+            store,
+            redis,
         } => {
             let mut cfg = match config {
                 Some(path) => RelayConfig::load(&path)?,
@@ -86,6 +98,13 @@ fn run_cli() -> anyhow::Result<()> {
             if public_host.is_some() {
                 cfg.public_host = public_host;
             }
+            if let Some(s) = store {
+                cfg.store = s;
+            }
+            if let Some(r) = redis {
+                cfg.redis.nodes = vec![r];
+            }
+            cfg.validate()?;
             if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() {
                 anyhow::bail!(
                     "listening on {} needs --public-host (or public_host in the config) for the relay URL",
@@ -121,7 +140,23 @@ fn run_cli() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
-    let relay = RunningRelay::start(cfg, Arc::new(SystemClock)).await?;
+    match cfg.store {
+        StoreKind::Embedded => serve(RunningRelay::start(cfg, Arc::new(SystemClock)).await?).await,
+        StoreKind::Redis => {
+            let options = cfg.redis.options();
+            // Connecting and checking the cluster blocks: off the runtime.
+            let store = tokio::task::spawn_blocking(move || RedisStore::open(options))
+                .await
+                .context("opening the redis store")?
+                .context("opening the redis store")?;
+            let relay =
+                RunningRelay::start_with_store(cfg, Arc::new(SystemClock), Arc::new(store)).await?;
+            serve(relay).await
+        }
+    }
+}
+
+async fn serve<S: MailboxStore>(relay: RunningRelay<S>) -> anyhow::Result<()> {
     println!("relay url: {}", relay.url);
     wait_for_signal().await?;
     eprintln!("shutting down");
