@@ -331,6 +331,17 @@ impl RelayConfig {
         Ok(config)
     }
 
+    /// Refuse a store engine that cannot be opened as configured (checked
+    /// once the command line has had its say: `--redis` gives the nodes).
+    pub fn validate_store(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Redis && self.redis.nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "store = \"redis\" needs redis.nodes (or --redis URL)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuse values that would make the relay unusable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -375,11 +386,6 @@ impl RelayConfig {
                 "limits.stream_push_bytes must hold a frame of max_frame_bytes, and push_budget_bytes (if not 0) one stream's".into(),
             ));
         }
-        if self.store == StoreKind::Redis && self.redis.nodes.is_empty() {
-            return Err(ConfigError::Invalid(
-                "store = \"redis\" needs redis.nodes (or --redis URL)".into(),
-            ));
-        }
         if l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 || l.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_concurrent_streams must be at least 2, envelope_ttl_secs and sweep_interval_secs positive"
@@ -415,7 +421,7 @@ mod tests {
             "store = \"redis\"\n[redis]\nnodes = [\"rediss://:pw@a:1,b:2\"]\nreplicas = 1\nwait_timeout_ms = 500\n",
         )
         .unwrap();
-        c.validate().unwrap();
+        c.validate_store().unwrap();
         let o = c.redis.options();
         assert_eq!(o.nodes, ["rediss://:pw@a:1", "rediss://:pw@b:2"]);
         assert_eq!((o.replicas, o.wait_timeout.as_millis()), (1, 500));
@@ -443,7 +449,7 @@ mod tests {
             store: StoreKind::Redis,
             ..RelayConfig::default()
         };
-        assert!(c.validate().is_err(), "redis without nodes");
+        assert!(c.validate_store().is_err(), "redis without nodes");
         RelayConfig::default().validate().unwrap();
     }
 }

@@ -105,6 +105,7 @@ fn run_cli() -> anyhow::Result<()> {
                 cfg.redis.nodes = vec![r];
             }
             cfg.validate()?;
+            cfg.validate_store()?;
             if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() {
                 anyhow::bail!(
                     "listening on {} needs --public-host (or public_host in the config) for the relay URL",

@@ -184,6 +184,75 @@ impl RedisCluster {
         }
     }
 
+    /// Start the killed node on `port` again on its data (AOF, nodes.conf):
+    /// it rejoins the cluster, as a replica if it was failed over.
+    pub fn restart(&mut self, port: u16) {
+        for n in self.nodes.iter_mut().filter(|n| n.port == port) {
+            n.kill();
+            n.spawn();
+        }
+        self.wait_for(&format!("node {port} answering again"), || {
+            cli(port, &["PING"]).trim() == "PONG"
+        });
+    }
+
+    /// Client port of the live primary serving `key`'s slot.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let any = self.live().next().expect("a live node");
+        let slot: u16 = cli(any.port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number");
+        let nodes = cli(any.port, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let mut ends = range.split('-').filter_map(|n| n.parse::<u16>().ok());
+                match (ends.next(), ends.next()) {
+                    (Some(a), Some(b)) => (a..=b).contains(&slot),
+                    (Some(a), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
+                return port.and_then(|p| p.parse().ok()).expect("a node address");
+            }
+        }
+        panic!("no live primary serves slot {slot}: {nodes}");
+    }
+
+    /// Every key and value the live primaries hold, as raw bytes (strings,
+    /// hash fields and values, set and sorted-set members), for tests that
+    /// look for what must not be there.
+    pub fn dump_everything(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for port in self.primary_ports() {
+            let keys = raw(port, &["--scan"]);
+            for key in String::from_utf8_lossy(&keys).lines() {
+                all.extend_from_slice(key.as_bytes());
+                all.push(b'\n');
+                let kind = cli(port, &["TYPE", key]);
+                let read: &[&str] = match kind.trim() {
+                    "string" => &["GET"],
+                    "hash" => &["HGETALL"],
+                    "set" => &["SMEMBERS"],
+                    "zset" => &["ZRANGE", "0", "-1"],
+                    "list" => &["LRANGE", "0", "-1"],
+                    "stream" => &["XRANGE", "-", "+"],
+                    other => panic!("unexpected redis type {other:?} of {key}"),
+                };
+                let mut args = vec![read[0], key];
+                args.extend_from_slice(&read[1..]);
+                all.extend(raw(port, &args));
+            }
+        }
+        all
+    }
+
     /// Run `redis-cli -p PORT ARGS...` against node `port`; its stdout.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         cli(port, args)
@@ -235,6 +304,17 @@ impl Drop for RedisCluster {
             n.kill();
         }
     }
+}
+
+/// `redis-cli --raw -p PORT ARGS...`: its stdout bytes as they are.
+fn raw(port: u16, args: &[&str]) -> Vec<u8> {
+    Command::new("redis-cli")
+        .args(["--raw", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default()
 }
 
 /// `redis-cli -p PORT ARGS...`: its stdout, empty if it failed to run.
