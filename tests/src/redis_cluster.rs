@@ -198,11 +198,18 @@ impl RedisCluster {
 
     /// Client port of the live primary serving `key`'s slot.
     pub fn primary_of(&self, key: &str) -> u16 {
-        let any = self.live().next().expect("a live node");
+        self.try_primary_of(key)
+            .unwrap_or_else(|| panic!("no live primary serves {key}"))
+    }
+
+    /// Client port of the primary serving `key`'s slot, if one not marked
+    /// failed does (none for a moment during a failover).
+    pub fn try_primary_of(&self, key: &str) -> Option<u16> {
+        let any = self.live().next()?;
         let slot: u16 = cli(any.port, &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
-            .expect("CLUSTER KEYSLOT answers a number");
+            .ok()?;
         let nodes = cli(any.port, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -219,10 +226,10 @@ impl RedisCluster {
             });
             if serves {
                 let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
-                return port.and_then(|p| p.parse().ok()).expect("a node address");
+                return port.and_then(|p| p.parse().ok());
             }
         }
-        panic!("no live primary serves slot {slot}: {nodes}");
+        None
     }
 
     /// Every key and value the live primaries hold, as raw bytes (strings,
