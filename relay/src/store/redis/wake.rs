@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 
 type Waker = Box<dyn Fn(&MailboxId) + Send + Sync>;
 
+/// A failed subscription is tried again after this long.
+const RESUBSCRIBE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A change of subscription, carried out in order.
 enum Change {
     Watch(MailboxId),
@@ -58,17 +61,23 @@ impl Wakeups {
             .get_async_connection()
             .await
             .map_err(|e| store_error("redis pub/sub connection", &e))?;
-        let (changes, rx) = mpsc::unbounded_channel();
+        let (changes, rx) = mpsc::unbounded_channel::<Change>();
         let waker: Arc<OnceLock<Waker>> = Arc::new(OnceLock::new());
         let watched: Arc<Mutex<HashSet<MailboxId>>> = Arc::default();
         let tasks = vec![
             tokio::spawn(subscriptions(
                 conn.clone(),
                 rx,
+                changes.clone(),
                 Arc::clone(&waker),
                 Arc::clone(&watched),
             )),
-            tokio::spawn(listen(push_rx, Arc::clone(&waker), watched)),
+            tokio::spawn(listen(
+                push_rx,
+                changes.clone(),
+                Arc::clone(&waker),
+                watched,
+            )),
         ];
         Ok(Arc::new(Self {
             changes,
@@ -124,10 +133,13 @@ fn wake(waker: &OnceLock<Waker>, mailbox: &MailboxId) {
     }
 }
 
-/// Carry out subscription changes in the order the hub made them.
+/// Carry out subscription changes in the order the hub made them. A
+/// subscription that fails (its shard failing over) is tried again a
+/// second later, for as long as the mailbox is watched.
 async fn subscriptions(
     mut conn: ClusterConnection,
     mut changes: mpsc::UnboundedReceiver<Change>,
+    again: mpsc::UnboundedSender<Change>,
     waker: Arc<OnceLock<Waker>>,
     watched: Arc<Mutex<HashSet<MailboxId>>>,
 ) {
@@ -140,6 +152,16 @@ async fn subscriptions(
                 let r = conn.ssubscribe(keys::wake_channel(&mailbox)).await;
                 // Anything published before the subscription was in place.
                 wake(&waker, &mailbox);
+                if r.is_err() {
+                    let (again, watched) = (again.clone(), Arc::clone(&watched));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                        let still = watched.lock().map(|w| w.contains(&mailbox));
+                        if still.unwrap_or(false) {
+                            let _ = again.send(Change::Watch(mailbox));
+                        }
+                    });
+                }
                 r
             }
             Change::Unwatch(mailbox) => {
@@ -155,10 +177,12 @@ async fn subscriptions(
     }
 }
 
-/// Turn shard messages into wake-ups; after a disconnection, wake every
-/// watched mailbox.
+/// Turn shard messages into wake-ups; after a disconnection, subscribe
+/// every watched mailbox again (its shard may have a new primary) and wake
+/// it.
 async fn listen(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    changes: mpsc::UnboundedSender<Change>,
     waker: Arc<OnceLock<Waker>>,
     watched: Arc<Mutex<HashSet<MailboxId>>>,
 ) {
@@ -179,8 +203,11 @@ async fn listen(
                     .lock()
                     .map(|w| w.iter().copied().collect())
                     .unwrap_or_default();
-                for mailbox in &all {
-                    wake(&waker, mailbox);
+                for mailbox in all {
+                    // Subscribing again is harmless if the client library
+                    // already did; it wakes the mailbox once in place.
+                    let _ = changes.send(Change::Watch(mailbox));
+                    wake(&waker, &mailbox);
                 }
             }
             _ => {}
