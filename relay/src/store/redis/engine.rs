@@ -72,7 +72,18 @@ impl RedisStore {
             let first = conns
                 .first_mut()
                 .ok_or_else(|| StoreError::Unavailable("no redis connection".into()))?;
-            let unsafe_nodes = check::unsafe_primaries(first).await?;
+            let unsafe_nodes = match check::unsafe_primaries(first).await {
+                Ok(nodes) => nodes,
+                // A managed Redis may refuse CONFIG: only the operator can
+                // vouch for its durability then.
+                Err(e) if opts.allow_unsafe_durability => vec![format!("cannot check: {e}")],
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot check that the redis primaries fsync every write ({e}); \
+                         allow_unsafe_durability = true in [redis] runs without the check"
+                    )))
+                }
+            };
             if !unsafe_nodes.is_empty() {
                 if !opts.allow_unsafe_durability {
                     return Err(StoreError::Unavailable(format!(
