@@ -210,4 +210,56 @@ mod tests {
         drop((b, c));
         assert_eq!(hub.subscribers(), 1);
     }
+
+    type Deliver = Box<dyn Fn(&MailboxId) + Send + Sync>;
+
+    /// What a fleet was told, in order.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<String>>, Mutex<Option<Deliver>>);
+
+    impl Fleet for Told {
+        fn watch(&self, m: MailboxId) {
+            self.0.lock().unwrap().push(format!("watch {}", m[0]));
+        }
+        fn unwatch(&self, m: MailboxId) {
+            self.0.lock().unwrap().push(format!("unwatch {}", m[0]));
+        }
+        fn stored(&self, m: &MailboxId) {
+            self.0.lock().unwrap().push(format!("stored {}", m[0]));
+        }
+        fn deliver_to(&self, wake: Box<dyn Fn(&MailboxId) + Send + Sync>) {
+            *self.1.lock().unwrap() = Some(wake);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_hears_of_first_and_last_subscribers_and_stores_and_wakes_them() {
+        let hub = Arc::new(Hub::default());
+        let fleet = Arc::new(Told::default());
+        hub.attach_fleet(Arc::clone(&fleet) as Arc<dyn Fleet>);
+        let a = hub.subscribe([1; 16]);
+        let b = hub.subscribe([1; 16]);
+        hub.stored(&[1; 16]);
+        let woken = |n: &Arc<Notify>| {
+            let n = Arc::clone(n);
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(5), n.notified())
+                    .await
+                    .expect("woken")
+            }
+        };
+        woken(&a.wake).await;
+        woken(&b.wake).await;
+        // Another relay stored something: the local subscribers wake.
+        (fleet.1.lock().unwrap().as_ref().unwrap())(&[1; 16]);
+        woken(&a.wake).await;
+        woken(&b.wake).await;
+        drop(a);
+        drop(b);
+        assert_eq!(
+            *fleet.0.lock().unwrap(),
+            ["watch 1", "stored 1", "unwatch 1"],
+            "watched once for two subscribers, unwatched with the last"
+        );
+    }
 }
