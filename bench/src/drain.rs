@@ -47,7 +47,7 @@ pub async fn run(relay: &BenchRelay, plan: DrainPlan, label: String) -> anyhow::
     let progress = Progress::new(plan.envelopes, "stored");
     progress.set_prefix(format!("{label} store"));
     let mut sender_dialer = Dialer::default();
-    let sender = sender_dialer.connect(&relay.url).await?;
+    let sender = sender_dialer.connect(&relay.send_url).await?;
     let before_store = relay.sample();
     let start = Instant::now();
     let sent = traffic::send(

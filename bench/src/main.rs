@@ -66,6 +66,11 @@ struct Global {
     /// relay CPU, RSS or disk figures are taken.
     #[arg(long, global = true)]
     relay: Option<tern_protocol::url::RelayUrl>,
+    /// With --relay: senders connect to this relay instead, another relay
+    /// of the same fleet (`tern-relay run --store redis`), so every
+    /// message crosses from one relay to the other.
+    #[arg(long, global = true, requires = "relay")]
+    send_relay: Option<tern_protocol::url::RelayUrl>,
     /// Worker threads of the in-process relay's runtime.
     #[arg(long, global = true, default_value_t = 2)]
     relay_threads: usize,
@@ -342,12 +347,13 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
     let runs = g.runs.max(1);
     let start_relay_with = |setup| {
         let external = g.relay.clone();
+        let send_relay = g.send_relay.clone();
         let start = BenchRelay::start(&relay_rt, g.data_dir.as_deref(), g.spawn_relay, setup);
         async move {
             match external {
                 Some(url) => {
                     drop(start);
-                    Ok(BenchRelay::external(url))
+                    Ok(BenchRelay::external(url, send_relay))
                 }
                 None => start.await,
             }
@@ -654,7 +660,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
             };
             for _ in 0..runs {
                 let mut relay = match &g.relay {
-                    Some(url) => BenchRelay::external(url.clone()),
+                    Some(url) => BenchRelay::external(url.clone(), g.send_relay.clone()),
                     None => {
                         BenchRelay::start(&relay_rt, g.data_dir.as_deref(), true, Setup::Bench)
                             .await?

@@ -58,7 +58,7 @@ pub async fn run(relay: &BenchRelay, plan: PairsPlan, label: String) -> anyhow::
         inbox.subscribe(plan.push_window).await?;
         let mut sender_dialer = Dialer::default();
         let sender = sender_dialer
-            .connect(&relay.url)
+            .connect(&relay.send_url)
             .await
             .with_context(|| format!("sender {i}"))?;
         receivers.push((recipient, inbox, dialer, receive_payloads));

@@ -79,6 +79,9 @@ pub struct BenchRelay {
     running: Option<Running>,
     /// Where clients reach it.
     pub url: RelayUrl,
+    /// Where senders reach it: another relay of the same fleet
+    /// (`--send-relay`), or the same URL.
+    pub send_url: RelayUrl,
     setup: Setup,
     dir: Option<tempfile::TempDir>,
 }
@@ -104,6 +107,7 @@ impl BenchRelay {
         if spawn {
             let (child, url) = Self::spawn_child(dir.path(), setup).await?;
             return Ok(Self {
+                send_url: url.clone(),
                 url,
                 running: Some(Running::Child(child)),
                 setup,
@@ -118,6 +122,7 @@ impl BenchRelay {
             .context("starting the relay")?;
         Ok(Self {
             url: relay.url.clone(),
+            send_url: relay.url.clone(),
             running: Some(Running::InProcess {
                 relay,
                 runtime: runtime.clone(),
@@ -127,10 +132,13 @@ impl BenchRelay {
         })
     }
 
-    /// A relay this tool did not start, at `url` (`--relay`).
-    pub fn external(url: RelayUrl) -> Self {
+    /// A relay this tool did not start, at `url` (`--relay`); senders use
+    /// `send_url` (`--send-relay`, another relay of the same fleet) if
+    /// given.
+    pub fn external(url: RelayUrl, send_url: Option<RelayUrl>) -> Self {
         Self {
             running: Some(Running::External),
+            send_url: send_url.unwrap_or_else(|| url.clone()),
             url,
             setup: Setup::Bench,
             dir: None,

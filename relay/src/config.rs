@@ -29,10 +29,86 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Rate limits (0 turns one off).
     pub rates: RateConfig,
+    /// Which engine holds mailboxes, tokens and envelopes.
+    pub store: StoreKind,
+    /// The Redis Cluster engine's settings (with `store = "redis"`).
+    pub redis: RedisConfig,
     /// Who is told what the relay sees per connection (tests and audits);
     /// none by default, and never part of a config file.
     #[serde(skip)]
     pub observer: crate::observer::Observer,
+}
+
+/// Which engine holds the relay's state.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// sled and an envelope log in the data directory: one relay alone.
+    #[default]
+    Embedded,
+    /// A Redis Cluster shared by a fleet of relays (`[redis]`).
+    Redis,
+}
+
+/// The Redis Cluster engine's settings (docs/operations.md, "A fleet").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Seed nodes: `redis://[:PASSWORD@]HOST:PORT`, `rediss://` for TLS;
+    /// the rest of the cluster is discovered.
+    pub nodes: Vec<String>,
+    /// Multiplexed cluster connections the relay spreads its calls over.
+    pub pool_size: usize,
+    /// Threads the relay runs store calls on.
+    pub store_threads: usize,
+    /// Connecting to one node may take this long, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// One command may take this long, in milliseconds.
+    pub response_timeout_ms: u64,
+    /// Replicas that must hold a write before it is acknowledged (WAIT).
+    pub replicas: u32,
+    /// How long WAIT waits for them, in milliseconds.
+    pub wait_timeout_ms: u64,
+    /// Run even if a primary lacks `appendonly yes` / `appendfsync
+    /// always` (acknowledged mail may then be lost when it crashes).
+    pub allow_unsafe_durability: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let o = crate::store::RedisOptions::default();
+        Self {
+            nodes: Vec::new(),
+            pool_size: o.pool_size,
+            store_threads: o.store_threads,
+            connect_timeout_ms: o.connect_timeout.as_millis() as u64,
+            response_timeout_ms: o.response_timeout.as_millis() as u64,
+            replicas: o.replicas,
+            wait_timeout_ms: o.wait_timeout.as_millis() as u64,
+            allow_unsafe_durability: o.allow_unsafe_durability,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The engine's options.
+    pub fn options(&self) -> crate::store::RedisOptions {
+        use std::time::Duration;
+        crate::store::RedisOptions {
+            nodes: self
+                .nodes
+                .iter()
+                .flat_map(|n| crate::store::redis::split_nodes(n))
+                .collect(),
+            pool_size: self.pool_size,
+            store_threads: self.store_threads,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            response_timeout: Duration::from_millis(self.response_timeout_ms),
+            replicas: self.replicas,
+            wait_timeout: Duration::from_millis(self.wait_timeout_ms),
+            allow_unsafe_durability: self.allow_unsafe_durability,
+        }
+    }
 }
 
 /// Rate limits. Each is a sustained rate and a burst; a rate of 0 turns
@@ -187,6 +263,8 @@ impl Default for RelayConfig {
             fleet: Vec::new(),
             limits: Limits::default(),
             rates: RateConfig::default(),
+            store: StoreKind::default(),
+            redis: RedisConfig::default(),
             observer: Default::default(),
         }
     }
@@ -257,6 +335,17 @@ impl RelayConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Refuse a store engine that cannot be opened as configured (checked
+    /// once the command line has had its say: `--redis` gives the nodes).
+    pub fn validate_store(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Redis && self.redis.nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "store = \"redis\" needs redis.nodes (or --redis URL)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuse values that would make the relay unusable.
@@ -333,6 +422,19 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_section_reads_into_engine_options() {
+        let c: RelayConfig = toml::from_str(
+            "store = \"redis\"\n[redis]\nnodes = [\"rediss://:pw@a:1,b:2\"]\nreplicas = 1\nwait_timeout_ms = 500\n",
+        )
+        .unwrap();
+        c.validate_store().unwrap();
+        let o = c.redis.options();
+        assert_eq!(o.nodes, ["rediss://:pw@a:1", "rediss://:pw@b:2"]);
+        assert_eq!((o.replicas, o.wait_timeout.as_millis()), (1, 500));
+        assert!(!o.allow_unsafe_durability);
+    }
+
+    #[test]
     fn nonsense_values_are_refused() {
         let mut c = RelayConfig::default();
         c.limits.idle_timeout_secs = 0;
@@ -349,6 +451,11 @@ mod tests {
         let mut c = RelayConfig::default();
         c.limits.stream_push_bytes = c.limits.max_frame_bytes - 1;
         assert!(c.validate().is_err());
+        let c = RelayConfig {
+            store: StoreKind::Redis,
+            ..RelayConfig::default()
+        };
+        assert!(c.validate_store().is_err(), "redis without nodes");
         RelayConfig::default().validate().unwrap();
     }
 }

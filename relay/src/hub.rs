@@ -5,11 +5,17 @@
 //! A mailbox holds a bounded number of subscriptions: the newest replaces
 //! the oldest, which is told so and finishes its stream, so one abuser
 //! cannot pile up subscriptions (and what each may hold) on one mailbox.
+//!
+//! A relay in a fleet (several relays over one shared store) attaches a
+//! [`Fleet`]: the hub tells it which mailboxes have local subscribers, and
+//! every durable store, so other relays' subscribers are woken too; what
+//! other relays stored comes back through [`Hub::stored_elsewhere`]. The
+//! hub stays the one place that wakes streams.
 
 use crate::store::MailboxId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tern_protocol::pb;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -24,6 +30,23 @@ struct Subscriber {
     replaced: oneshot::Sender<()>,
 }
 
+/// Wake-ups between the relays of a fleet: a store engine shared by
+/// several relays provides one. Calls must not block (they are made with
+/// the hub's table locked).
+pub trait Fleet: Send + Sync + 'static {
+    /// This relay has a subscriber for `mailbox` now: hear about what
+    /// other relays store for it.
+    fn watch(&self, mailbox: MailboxId);
+    /// This relay no longer has subscribers for `mailbox`.
+    fn unwatch(&self, mailbox: MailboxId);
+    /// Something was durably stored for `mailbox` here: tell the others.
+    fn stored(&self, mailbox: &MailboxId);
+    /// Where to report what other relays stored (and, after the fleet's
+    /// connection was lost and restored, every watched mailbox, so their
+    /// streams read the store again and miss nothing).
+    fn deliver_to(&self, wake: Box<dyn Fn(&MailboxId) + Send + Sync>);
+}
+
 /// The relay's table of connected, subscribed devices.
 #[derive(Default)]
 pub struct Hub {
@@ -31,6 +54,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Most subscriptions one mailbox holds (0: no limit).
     max_per_mailbox: usize,
+    /// The other relays of a fleet, if any.
+    fleet: OnceLock<Arc<dyn Fleet>>,
 }
 
 /// One device's subscription; unsubscribes when dropped.
@@ -57,6 +82,18 @@ impl Hub {
         }
     }
 
+    /// Wake this relay's subscribers through `fleet` too, and tell it
+    /// about local stores and subscriptions. Once per hub.
+    pub fn attach_fleet(self: &Arc<Self>, fleet: Arc<dyn Fleet>) {
+        let hub: Weak<Self> = Arc::downgrade(self);
+        fleet.deliver_to(Box::new(move |mailbox| {
+            if let Some(hub) = hub.upgrade() {
+                hub.stored_elsewhere(mailbox);
+            }
+        }));
+        let _ = self.fleet.set(fleet);
+    }
+
     /// Subscribe to `mailbox`. If the mailbox already holds its most
     /// subscriptions, the oldest is dropped from it and told.
     pub fn subscribe(self: &Arc<Self>, mailbox: MailboxId) -> Subscription {
@@ -66,6 +103,11 @@ impl Hub {
         let (replaced_tx, replaced) = oneshot::channel();
         if let Ok(mut subs) = self.subs.lock() {
             let list = subs.entry(mailbox).or_default();
+            if list.is_empty() {
+                if let Some(f) = self.fleet.get() {
+                    f.watch(mailbox);
+                }
+            }
             while self.max_per_mailbox != 0 && list.len() >= self.max_per_mailbox {
                 let oldest = list.remove(0);
                 let _ = oldest.replaced.send(());
@@ -87,8 +129,18 @@ impl Hub {
         }
     }
 
-    /// Tell the mailbox's subscribers that something new is stored.
+    /// Tell the mailbox's subscribers, here and on the fleet's other
+    /// relays, that something new is durably stored.
     pub fn stored(&self, mailbox: &MailboxId) {
+        self.stored_elsewhere(mailbox);
+        if let Some(f) = self.fleet.get() {
+            f.stored(mailbox);
+        }
+    }
+
+    /// Wake this relay's subscribers of `mailbox` only: another relay
+    /// stored something for it.
+    pub fn stored_elsewhere(&self, mailbox: &MailboxId) {
         if let Ok(subs) = self.subs.lock() {
             for s in subs.get(mailbox).into_iter().flatten() {
                 s.wake.notify_one();
@@ -124,6 +176,9 @@ impl Drop for Subscription {
                 list.retain(|s| s.id != self.id);
                 if list.is_empty() {
                     subs.remove(&self.mailbox);
+                    if let Some(f) = self.hub.fleet.get() {
+                        f.unwatch(self.mailbox);
+                    }
                 }
             }
         }
@@ -154,5 +209,57 @@ mod tests {
         assert_eq!(hub.subscribers(), 3, "the replaced one was already gone");
         drop((b, c));
         assert_eq!(hub.subscribers(), 1);
+    }
+
+    type Deliver = Box<dyn Fn(&MailboxId) + Send + Sync>;
+
+    /// What a fleet was told, in order.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<String>>, Mutex<Option<Deliver>>);
+
+    impl Fleet for Told {
+        fn watch(&self, m: MailboxId) {
+            self.0.lock().unwrap().push(format!("watch {}", m[0]));
+        }
+        fn unwatch(&self, m: MailboxId) {
+            self.0.lock().unwrap().push(format!("unwatch {}", m[0]));
+        }
+        fn stored(&self, m: &MailboxId) {
+            self.0.lock().unwrap().push(format!("stored {}", m[0]));
+        }
+        fn deliver_to(&self, wake: Box<dyn Fn(&MailboxId) + Send + Sync>) {
+            *self.1.lock().unwrap() = Some(wake);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_hears_of_first_and_last_subscribers_and_stores_and_wakes_them() {
+        let hub = Arc::new(Hub::default());
+        let fleet = Arc::new(Told::default());
+        hub.attach_fleet(Arc::clone(&fleet) as Arc<dyn Fleet>);
+        let a = hub.subscribe([1; 16]);
+        let b = hub.subscribe([1; 16]);
+        hub.stored(&[1; 16]);
+        let woken = |n: &Arc<Notify>| {
+            let n = Arc::clone(n);
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(5), n.notified())
+                    .await
+                    .expect("woken")
+            }
+        };
+        woken(&a.wake).await;
+        woken(&b.wake).await;
+        // Another relay stored something: the local subscribers wake.
+        (fleet.1.lock().unwrap().as_ref().unwrap())(&[1; 16]);
+        woken(&a.wake).await;
+        woken(&b.wake).await;
+        drop(a);
+        drop(b);
+        assert_eq!(
+            *fleet.0.lock().unwrap(),
+            ["watch 1", "stored 1", "unwatch 1"],
+            "watched once for two subscribers, unwatched with the last"
+        );
     }
 }

@@ -26,6 +26,6 @@ pub mod tls;
 pub mod workers;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Limits, RateConfig, RelayConfig};
+pub use config::{Limits, RateConfig, RedisConfig, RelayConfig, StoreKind};
 pub use observer::{ConnectionObserver, Observer};
 pub use server::{RunningRelay, StartError};

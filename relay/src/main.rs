@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tern_relay::{RelayConfig, RunningRelay, SystemClock};
+use tern_relay::store::{MailboxStore, RedisStore};
+use tern_relay::{RelayConfig, RunningRelay, StoreKind, SystemClock};
 
 /// A Tern relay: durable mailboxes of end-to-end encrypted envelopes over QUIC.
 #[derive(Parser)]
@@ -37,6 +38,15 @@ enum Command {
         /// lists them all (docs/operations.md, "A fleet").
         #[arg(long, env = "TERN_RELAY_FLEET", value_delimiter = ',')]
         fleet: Vec<String>,
+        /// Store engine: `embedded` (default; in the data directory) or
+        /// `redis` (a Redis Cluster shared by a fleet of relays).
+        #[arg(long, value_enum, env = "TERN_RELAY_STORE")]
+        store: Option<StoreKind>,
+        /// Redis Cluster seed nodes, `redis://HOST:PORT[,HOST:PORT...]`
+        /// (`rediss://` for TLS, `redis://:PASSWORD@...` for AUTH); sets
+        /// `[redis] nodes`.
+        #[arg(long, env = "TERN_RELAY_REDIS")]
+        redis: Option<String>,
     },
     /// Report the store in DIR: envelope segments, the index checkpoint,
     /// and quarantined segments (docs/operations.md, "Quarantine").
@@ -81,6 +91,8 @@ fn run_cli() -> anyhow::Result<()> {
             config,
             public_host,
             fleet,
+            store,
+            redis,
         } => {
             let mut cfg = match config {
                 Some(path) => RelayConfig::load(&path)?,
@@ -98,6 +110,14 @@ fn run_cli() -> anyhow::Result<()> {
             if !fleet.is_empty() {
                 cfg.fleet = fleet;
             }
+            if let Some(s) = store {
+                cfg.store = s;
+            }
+            if let Some(r) = redis {
+                cfg.redis.nodes = vec![r];
+            }
+            cfg.validate()?;
+            cfg.validate_store()?;
             if cfg.listen.ip().is_unspecified() && cfg.public_host.is_none() && cfg.fleet.is_empty()
             {
                 anyhow::bail!(
@@ -135,27 +155,51 @@ fn run_cli() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
-    let relay = RunningRelay::start(cfg, Arc::new(SystemClock)).await?;
+    match cfg.store {
+        StoreKind::Embedded => serve(RunningRelay::start(cfg, Arc::new(SystemClock)).await?).await,
+        StoreKind::Redis => {
+            let options = cfg.redis.options();
+            // Connecting and checking the cluster blocks: off the runtime.
+            let store = tokio::task::spawn_blocking(move || RedisStore::open(options))
+                .await
+                .context("opening the redis store")?
+                .context("opening the redis store")?;
+            let relay =
+                RunningRelay::start_with_store(cfg, Arc::new(SystemClock), Arc::new(store)).await?;
+            serve(relay).await
+        }
+    }
+}
+
+async fn serve<S: MailboxStore>(relay: RunningRelay<S>) -> anyhow::Result<()> {
+    // The handlers are in place before the URL is printed: whoever reads
+    // the URL may stop the relay at once, and must get a clean shutdown.
+    let stop = shutdown_signal()?;
     println!("relay url: {}", relay.url);
-    wait_for_signal().await?;
+    stop.await?;
     eprintln!("shutting down");
     relay.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+/// Install the SIGTERM and Ctrl-C (SIGINT) handlers now; the future
+/// resolves when either arrives.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+        Ok(())
+    })
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    Ok(async { tokio::signal::ctrl_c().await.context("waiting for Ctrl-C") })
 }

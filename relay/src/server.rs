@@ -170,18 +170,27 @@ impl<S: MailboxStore> RunningRelay<S> {
         let identity = TlsIdentity::load_or_create(dir)?;
         let rates = Rates::with_clock(&config.rates, Arc::clone(&clock))
             .keyed_on_prefix(config.limits.ipv6_prefix_len);
+        let workers = match store.store_threads() {
+            Some(n) => StoreWorkers::new(n),
+            None => StoreWorkers::per_core(),
+        }
+        .map_err(StartError::Threads)?;
+        let hub = Arc::new(Hub::with_max_per_mailbox(
+            config.limits.max_subscriptions_per_mailbox as usize,
+        ));
+        if let Some(fleet) = store.fleet() {
+            hub.attach_fleet(fleet);
+        }
         let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
-            hub: Arc::new(Hub::with_max_per_mailbox(
-                config.limits.max_subscriptions_per_mailbox as usize,
-            )),
+            hub,
             slots: ConnectionSlots::new(
                 config.limits.max_connections_per_ip,
                 config.limits.ipv6_prefix_len,
             ),
             push_budget: PushBudget::new(config.limits.push_budget_bytes),
-            workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
+            workers,
             observer: config.observer.clone(),
         });
 

@@ -30,6 +30,7 @@ use tern_relay::{
 pub mod hostile;
 pub mod listen;
 pub mod process;
+pub mod redis_cluster;
 
 /// Upper bound on any single wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);

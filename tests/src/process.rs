@@ -39,6 +39,8 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_RELAY_CONFIG",
     "TERN_RELAY_PUBLIC_HOST",
     "TERN_RELAY_FLEET",
+    "TERN_RELAY_STORE",
+    "TERN_RELAY_REDIS",
     // tern
     "TERN_HOME",
     "TERN_SEND_SPACING_MS",
@@ -289,6 +291,9 @@ pub struct RelayProcess {
     url: String,
     port: u16,
     data: PathBuf,
+    /// Arguments after `run --listen ... --data ...` (`--store redis ...`),
+    /// kept for restarts.
+    extra: Vec<String>,
     stderr: StderrTail,
     /// The data directory when the relay owns it; dropped after the child
     /// is killed (fields drop after `Drop::drop`).
@@ -312,8 +317,19 @@ impl RelayProcess {
     /// the system picks; waits for its URL and panics with its stderr if it
     /// exits first.
     pub fn start_in(data: &Path) -> Self {
-        Self::launch(data, 0).unwrap_or_else(|Exited(why)| {
-            panic!("tern-relay run --data {} failed: {why}", data.display())
+        Self::start_with(data, &[])
+    }
+
+    /// Start a relay as [`Self::start_in`] does, with `extra` arguments to
+    /// `run` (kept for restarts): `--store redis --redis URL` makes it one
+    /// relay of a fleet on a Redis Cluster.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(data, 0, &extra).unwrap_or_else(|Exited(why)| {
+            panic!(
+                "tern-relay run --data {} {extra:?} failed: {why}",
+                data.display()
+            )
         })
     }
 
@@ -324,7 +340,7 @@ impl RelayProcess {
     pub fn start_on(data: &Path, port: u16) -> Self {
         let mut failures = Vec::new();
         for _ in 0..RESTART_ATTEMPTS {
-            match Self::launch(data, port) {
+            match Self::launch(data, port, &[]) {
                 Ok(relay) => return relay,
                 Err(Exited(why)) => {
                     failures.push(why);
@@ -335,10 +351,29 @@ impl RelayProcess {
         panic!("tern-relay did not start on port {port}: {failures:?}");
     }
 
-    fn launch(data: &Path, port: u16) -> Result<Self, Exited> {
+    /// Start a relay of a fleet: its data (TLS identity) in `data`, its
+    /// mailboxes in the Redis Cluster at `seeds`, writes acknowledged once
+    /// `replicas` replicas hold them.
+    pub fn start_on_redis(data: &Path, seeds: &str, replicas: u32) -> Self {
+        std::fs::create_dir_all(data).unwrap();
+        let config = data.join("relay.toml");
+        std::fs::write(
+            &config,
+            format!("store = \"redis\"\n[redis]\nreplicas = {replicas}\n"),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap().to_string();
+        Self::start_with(
+            data,
+            &["--config", &config, "--store", "redis", "--redis", seeds],
+        )
+    }
+
+    fn launch(data: &Path, port: u16, extra: &[String]) -> Result<Self, Exited> {
         let mut child = relay_cmd()
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -360,6 +395,7 @@ impl RelayProcess {
             url: String::new(),
             port,
             data: data.to_path_buf(),
+            extra: extra.to_vec(),
             stderr,
             _temp: None,
         };
@@ -429,7 +465,7 @@ impl RelayProcess {
         self.kill();
         let mut failures = Vec::new();
         for _ in 0..RESTART_ATTEMPTS {
-            match Self::launch(&self.data, self.port) {
+            match Self::launch(&self.data, self.port, &self.extra) {
                 Ok(mut next) => {
                     assert_eq!(
                         next.url, self.url,

@@ -6,7 +6,8 @@
 //! Engines: [`EmbeddedStore`] (sled for mailbox and token records, an
 //! append-only segment log for envelopes) is the default a single relay runs
 //! on; [`MemoryStore`] keeps everything in memory, for the core's tests and
-//! ephemeral relays; a fleet engine implements the same trait. The
+//! ephemeral relays; [`RedisStore`] keeps everything in a Redis Cluster so
+//! several relays (a fleet) serve the same users. The
 //! `conformance` suite (compiled for tests, and for other crates with the
 //! `conformance` feature) runs the same cases against every engine.
 //! Engine-specific knobs ([`LogOptions`], reclamation) stay on the engine
@@ -16,6 +17,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use thiserror::Error;
 
 pub use self::embedded::{EmbeddedStore, LogOptions};
 pub use self::memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
 
 /// A mailbox id: 16 random bytes chosen by the relay.
 pub type MailboxId = [u8; 16];
@@ -233,4 +236,14 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// Later writes are refused with [`StoreError::Unavailable`]; reads may
     /// still answer. Calling it again only flushes again.
     fn close(&self) -> Result<(), StoreError>;
+    /// For an engine several relays share: how the relay's hub wakes, and
+    /// is woken by, the other relays' subscribers. None for a relay alone.
+    fn fleet(&self) -> Option<std::sync::Arc<dyn crate::hub::Fleet>> {
+        None
+    }
+    /// Threads the relay runs store calls on; None: one per core, at most
+    /// four. An engine whose calls wait on the network wants more.
+    fn store_threads(&self) -> Option<usize> {
+        None
+    }
 }
