@@ -41,6 +41,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The history database could not be opened.
+    #[error("cannot open the history database: {0}")]
+    History(String),
     /// The TLS identity could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -140,6 +143,13 @@ impl<S: MailboxStore> RunningRelay<S> {
         let identity = TlsIdentity::load_or_create(dir)?;
         let rates = Rates::with_clock(&config.rates, Arc::clone(&clock))
             .keyed_on_prefix(config.limits.ipv6_prefix_len);
+        let history_store = crate::history::SledHistory::open(&dir.join("history"))
+            .map_err(|e| StartError::History(e.to_string()))?;
+        let history = crate::history::HistoryService::new(
+            Arc::new(history_store),
+            Arc::clone(&clock),
+            crate::history::HistoryLimits::from_limits(&config.limits),
+        );
         let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
@@ -153,6 +163,7 @@ impl<S: MailboxStore> RunningRelay<S> {
             push_budget: PushBudget::new(config.limits.push_budget_bytes),
             workers: StoreWorkers::per_core().map_err(StartError::Threads)?,
             observer: config.observer.clone(),
+            history,
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -226,6 +237,19 @@ impl<S: MailboxStore> RunningRelay<S> {
                 Err(WireError::new(
                     tern_protocol::ErrorCode::Internal,
                     "sweep failed",
+                ))
+            })
+    }
+
+    /// Delete expired history blobs now rather than at the next sweep.
+    pub async fn sweep_history_now(&self) -> Result<u64, WireError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.history.sweep())
+            .await
+            .unwrap_or_else(|_| {
+                Err(WireError::new(
+                    tern_protocol::ErrorCode::Internal,
+                    "history sweep failed",
                 ))
             })
     }
@@ -389,6 +413,12 @@ async fn sweep_loop<S: MailboxStore>(
                 info!(envelopes = swept.envelopes, "swept expired")
             }
             Ok(Err(e)) => tracing::warn!("sweep failed: {e}"),
+            _ => {}
+        }
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || s.history.sweep()).await {
+            Ok(Ok(blobs)) if blobs > 0 => info!(blobs, "swept expired history"),
+            Ok(Err(e)) => tracing::warn!("history sweep failed: {e}"),
             _ => {}
         }
     }
