@@ -66,7 +66,10 @@ mod tests {
     #[test]
     fn the_signed_bytes_ignore_the_signature_and_bind_the_session() {
         let a = history_signed_bytes(&[1; 32], &delete(b"")).unwrap();
-        assert_eq!(a, history_signed_bytes(&[1; 32], &delete(&[9; 64])).unwrap());
+        assert_eq!(
+            a,
+            history_signed_bytes(&[1; 32], &delete(&[9; 64])).unwrap()
+        );
         assert_ne!(a, history_signed_bytes(&[2; 32], &delete(b"")).unwrap());
         let other = pb::ControlRequest {
             request: Some(Request::CreateToken(pb::CreateToken {})),

@@ -86,6 +86,10 @@ pub(super) enum Command {
         req: crate::trust::TrustRequest,
         reply: Reply<crate::trust::TrustResult>,
     },
+    HistoryOp {
+        req: crate::history::request::HistoryRequest,
+        reply: Reply<crate::history::request::HistoryResult>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -373,6 +377,7 @@ impl Task {
         if std::mem::take(&mut self.client.group_news) {
             self.request_flush(Vec::new());
         }
+        self.upload_history().await;
         Ok(())
     }
 
@@ -486,7 +491,26 @@ impl Task {
                 }
                 let _ = reply.send(r);
             }
+            Command::HistoryOp { req, reply } => {
+                let r = self.client.history_op(req, &mut |_| {}).await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown(_) => {}
+        }
+        self.upload_history().await;
+    }
+
+    /// Upload queued history entries (if history is on) on the home
+    /// connection; a failure leaves them queued for the next turn.
+    async fn upload_history(&mut self) {
+        let Some(home) = self.home.as_ref() else {
+            return;
+        };
+        if !self.client.history_queued().unwrap_or(false) {
+            return;
+        }
+        if let Err(e) = self.client.upload_history_on(&home.link).await {
+            tracing::warn!("history upload deferred: {e}");
         }
     }
 
