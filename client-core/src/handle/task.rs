@@ -231,7 +231,11 @@ impl Task {
                     }
                 }
                 Wake::Reconnect => {}
-                Wake::Connected(c) => self.on_connected(c),
+                Wake::Connected(c) => {
+                    self.on_connected(c);
+                    // History queued while offline goes up now.
+                    self.upload_history().await;
+                }
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
                 Wake::Receipts => {

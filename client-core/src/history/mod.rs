@@ -143,6 +143,10 @@ impl Client {
             deleted = Some(self.delete_remote_history().await?);
             self.store.tree(PENDING)?.clear()?;
         }
+        if days > 0 {
+            // Made now, so a backup taken from here on carries it.
+            self.store.history_key()?;
+        }
         s.history_days = days;
         self.store.set_settings(&s)?;
         if was == 0 && days > 0 {
