@@ -53,7 +53,10 @@ pub async fn run(relay: &BenchRelay, plan: HistoryPlan) -> anyhow::Result<Vec<Ro
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let events = alice.receive(Duration::from_millis(200)).await?;
-        if events.iter().any(|e| matches!(e, Event::ContactAdded { .. })) {
+        if events
+            .iter()
+            .any(|e| matches!(e, Event::ContactAdded { .. }))
+        {
             break;
         }
         if Instant::now() > deadline {

@@ -122,9 +122,9 @@ impl Client {
         Ok(self.store.tree(PENDING)?.first()?.is_some())
     }
 
-    /// Keep history for `days` (1-90), or turn it off (0): off deletes
-    /// every blob of the account at the relay first (and fails, changing
-    /// nothing, if the relay cannot be reached). Turning it on queues every
+    /// Keep history for `days` (1-90), or turn it off (0): turning it off
+    /// deletes every blob of the account at the relay first (and fails,
+    /// changing nothing, if the relay cannot be reached). Turning it on queues every
     /// entry already stored. Returns the settings now in force and, when
     /// turned off, how many blobs the relay deleted.
     pub async fn set_history_days(
@@ -140,7 +140,11 @@ impl Client {
         let was = s.history_days;
         let mut deleted = None;
         if days == 0 {
-            deleted = Some(self.delete_remote_history().await?);
+            // Off already on this device: nothing of ours to delete (and
+            // no need to reach the relay).
+            if was > 0 {
+                deleted = Some(self.delete_remote_history().await?);
+            }
             self.store.tree(PENDING)?.clear()?;
         }
         if days > 0 {
