@@ -671,7 +671,10 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 mode: Some("e2e"),
                 params: json!({ "messages": a.messages, "runs": runs }),
                 notes: vec![format!(
-                    "one account, {} texts to one contact sent for real with history on (uploaded every                      1,000); each run restores them onto a fresh device of the account (made from a backup                      taken before the messages): restore s = restore_history from first page to all stored                      and flushed; relay B/msg = growth of the relay's history/ directory over the upload",
+                    "one account, {} texts to one contact sent for real with history on (uploaded every \
+                     1,000); each run restores them onto a fresh device of the account (made from a backup \
+                     taken before the messages): restore s = restore_history from first page to all stored \
+                     and flushed; relay B/msg = growth of the relay's history/ directory over the upload",
                     a.messages
                 )],
                 rows: Vec::new(),
