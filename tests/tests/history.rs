@@ -6,7 +6,8 @@
 //! can still message it, the relay's files never hold history plaintext,
 //! and turning history off (beside a running `tern listen`) leaves no blob
 //! on the relay. Over QUIC in-process: another account can neither read
-//! nor delete an account's blobs.
+//! nor delete an account's blobs, and group messages go to history and
+//! restore onto a new device with the one-to-one ones.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -374,4 +375,56 @@ async fn another_account_can_neither_read_nor_delete_blobs() {
     let still = alice.client.remote_history("bob", None, 10).await.unwrap();
     assert_eq!(still.len(), 1);
     assert_eq!(still[0].text, "alice's own");
+}
+
+#[tokio::test]
+async fn group_messages_go_to_history_and_restore_onto_a_new_device() {
+    let relay = TestRelay::start().await;
+    let mut alice = TestUser::new(&relay, "alice").await;
+    let mut bob = TestUser::new(&relay, "bob").await;
+    befriend(&mut alice, &mut bob).await;
+    alice.client.set_history_days(30).await.unwrap();
+    alice
+        .client
+        .group_call(tern_client::GroupCall::Create {
+            name: "team".into(),
+            contacts: vec!["bob".into()],
+        })
+        .await
+        .unwrap();
+    // The new device is made from a backup that knows the group.
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("alice.tern");
+    let phrase = alice.client.export_backup(&backup).await.unwrap();
+    for text in ["group history one", "group history two"] {
+        alice
+            .client
+            .group_call(tern_client::GroupCall::Send {
+                name: "team".into(),
+                text: text.into(),
+            })
+            .await
+            .unwrap();
+    }
+    alice.send("bob", "pairwise too").await;
+    assert_eq!(alice.client.upload_history().await.unwrap(), 3);
+
+    let file = std::fs::read(&backup).unwrap();
+    let mut device =
+        tern_client::Client::restore_backup(&dir.path().join("new"), &file, &phrase, None)
+            .await
+            .unwrap();
+    assert!(device.group_history("team", 10).unwrap().is_empty());
+    let mut seen = Vec::new();
+    let done = device.restore_history(&mut |p| seen.push(p)).await.unwrap();
+    assert_eq!((done.conversations, done.restored), (2, 3));
+    assert_eq!(seen.last().map(|p| p.conversations_done), Some(2));
+    let group: Vec<String> = device
+        .group_history("team", 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(group, ["group history one", "group history two"]);
+    assert_eq!(device.history("bob", 10).unwrap()[0].text, "pairwise too");
 }
