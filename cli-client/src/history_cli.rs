@@ -141,7 +141,9 @@ pub async fn restore_backup(
     passphrase: Option<&[u8]>,
 ) -> Result<()> {
     let phrase = zeroize::Zeroizing::new(
-        phrase.context("the recovery phrase goes in --phrase or TERN_RECOVERY_PHRASE")?,
+        phrase
+            .or_else(|| std::env::var("TERN_RECOVERY_PHRASE").ok())
+            .context("the recovery phrase goes in --phrase or TERN_RECOVERY_PHRASE")?,
     );
     let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
     if meta.len() > tern_client::backup::MAX_BACKUP_BYTES {

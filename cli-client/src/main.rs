@@ -53,13 +53,9 @@ enum Command {
         /// instead of creating one.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["relay", "name"])]
         restore: Option<PathBuf>,
-        /// The backup's recovery phrase (else TERN_RECOVERY_PHRASE).
-        #[arg(
-            long,
-            requires = "restore",
-            env = "TERN_RECOVERY_PHRASE",
-            hide_env_values = true
-        )]
+        /// The backup's recovery phrase (else the TERN_RECOVERY_PHRASE
+        /// environment variable). Never prompted for.
+        #[arg(long, requires = "restore")]
         phrase: Option<String>,
         /// Protect the store key with a passphrase (Argon2id), read from
         /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
