@@ -14,6 +14,7 @@ mod e2e;
 mod failover;
 mod fanout;
 mod flood;
+mod history;
 mod hold;
 mod idle;
 mod pairs;
@@ -113,6 +114,10 @@ enum Workload {
     /// clients on a two-address fleet URL: how long the users it served
     /// were interrupted, and that nothing was lost or shown twice.
     Failover(FailoverArgs),
+    /// History restore: N messages in one conversation sent and uploaded
+    /// with history on, then restored onto fresh devices of the account
+    /// (from a backup); restore time per run and relay bytes per message.
+    HistoryRestore(HistoryRestoreArgs),
     /// Run a relay with the bench configuration (used by --spawn-relay).
     #[command(hide = true)]
     Serve {
@@ -123,6 +128,13 @@ enum Workload {
         #[arg(long)]
         defaults: bool,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+struct HistoryRestoreArgs {
+    /// Messages in the conversation.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -735,6 +747,31 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 let label = if shared { "shared" } else { "successor" };
                 report.rows.push(failover::run(plan, label.into()).await?);
             }
+            report
+        }
+        Workload::HistoryRestore(a) => {
+            let mut report = Report {
+                workload: "history-restore".into(),
+                mode: Some("e2e"),
+                params: json!({ "messages": a.messages, "runs": runs }),
+                notes: vec![format!(
+                    "one account, {} texts to one contact sent for real with history on (uploaded every \
+                     1,000); each run restores them onto a fresh device of the account (made from a backup \
+                     taken before the messages): restore s = restore_history from first page to all stored \
+                     and flushed; relay B/msg = growth of the relay's history/ directory over the upload",
+                    a.messages
+                )],
+                rows: Vec::new(),
+            };
+            let relay = start_relay().await?;
+            set_note(&mut report, relay.describe());
+            let plan = history::HistoryPlan {
+                messages: a.messages,
+                restores: runs,
+            };
+            let rows = history::run(&relay, plan).await;
+            relay.shutdown().await;
+            report.rows.extend(rows?);
             report
         }
         Workload::Serve { .. } => return Err(anyhow!("serve runs without a load generator")),

@@ -4,6 +4,7 @@
 #[cfg(unix)]
 mod forward;
 pub(crate) mod groups;
+mod history_cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
+use tern_client::history::request::{HistoryRequest, HistoryResult};
 use tern_client::trust::{TrustRequest, TrustResult};
 use tern_client::{Client, Event, SendOutcome, TypingOutcome};
 use tern_protocol::url::RelayUrl;
@@ -42,11 +44,19 @@ enum Command {
     /// Create an account and register a mailbox on a relay.
     Init {
         /// The relay URL printed by `tern-relay run`.
-        #[arg(long)]
-        relay: String,
+        #[arg(long, required_unless_present = "restore")]
+        relay: Option<String>,
         /// The name contacts see.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "restore")]
+        name: Option<String>,
+        /// Bring back the account in this backup (`tern backup export`)
+        /// instead of creating one.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["relay", "name"])]
+        restore: Option<PathBuf>,
+        /// The backup's recovery phrase (else the TERN_RECOVERY_PHRASE
+        /// environment variable). Never prompted for.
+        #[arg(long, requires = "restore")]
+        phrase: Option<String>,
         /// Protect the store key with a passphrase (Argon2id), read from
         /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
         #[arg(long)]
@@ -114,17 +124,35 @@ enum Command {
     /// Print the local conversation with a contact (or a group: --group).
     History {
         /// Contact name.
-        #[arg(required_unless_present = "group")]
+        #[arg(required_unless_present_any = ["group", "restore"])]
         contact: Option<String>,
         /// Print this group's conversation instead.
         #[arg(long, conflicts_with = "contact")]
         group: Option<String>,
-        /// At most this many of the latest messages.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many of the latest messages (default 50; 20 with
+        /// --remote).
+        #[arg(long)]
+        limit: Option<usize>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Page the conversation from the relay's history blobs (newest
+        /// first) instead of this device's store.
+        #[arg(long, conflicts_with_all = ["group", "restore"])]
+        remote: bool,
+        /// With --remote: only messages sent before this time (RFC 3339,
+        /// as `history` prints it, or ms since the epoch).
+        #[arg(long, requires = "remote", value_name = "TIMESTAMP", value_parser = parse_timestamp)]
+        before: Option<u64>,
+        /// Pull every conversation's history blobs from the relay and
+        /// store them here (messages already here are skipped).
+        #[arg(long, conflicts_with_all = ["contact", "group"])]
+        restore: bool,
+    },
+    /// Account backups.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Block a contact: revoke the send token they hold for your mailbox.
     Block {
@@ -255,9 +283,28 @@ enum GroupCommand {
     },
 }
 
+/// `tern backup ...`
+#[derive(Subcommand, Clone)]
+enum BackupCommand {
+    /// Write this account (keys, contacts, groups, settings, local
+    /// history) to FILE, encrypted under a recovery phrase printed once.
+    Export {
+        /// Where to write it.
+        file: PathBuf,
+    },
+}
+
 /// One setting of `tern settings`.
 #[derive(Subcommand, Clone, Copy, Debug)]
 enum Setting {
+    /// Keep history on the relay, encrypted, for DAYS days (1-90), so a new
+    /// device can restore it; 0 turns it off and deletes it all at the
+    /// relay. Without a value, print the current one.
+    History {
+        /// 0-90.
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=90))]
+        days: Option<u32>,
+    },
     /// Send read receipts and see contacts' (on, the default), or neither
     /// (off). Without a value, print the current one.
     ReadReceipts {
@@ -548,6 +595,12 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         } => F::Invite { qr: *qr },
         // Trust operations forward themselves (`trust_op`).
         Command::Init { .. }
+        | Command::Backup { .. }
+        | Command::Settings {
+            setting: Setting::History { .. },
+        }
+        | Command::History { remote: true, .. }
+        | Command::History { restore: true, .. }
         | Command::Passphrase { .. }
         | Command::Verify { .. }
         | Command::Rotate { .. }
@@ -576,9 +629,10 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
             group: None,
             limit,
             json,
+            ..
         } => F::History {
             contact: contact.clone(),
-            limit: *limit,
+            limit: limit.unwrap_or(50),
             json: *json,
         },
         Command::Block { contact } => F::Block {
@@ -605,7 +659,7 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         } => F::Group {
             call: tern_client::GroupCall::History {
                 name: name.clone(),
-                limit: *limit,
+                limit: limit.unwrap_or(50),
             },
             json: *json,
         },
@@ -640,8 +694,9 @@ async fn run(cli: Cli) -> Result<()> {
             relay,
             name,
             passphrase,
+            restore,
+            phrase,
         } => {
-            let url: RelayUrl = relay.parse().context("bad --relay")?;
             let protect = match (passphrase, &secret) {
                 (true, Some(p)) => Some(&p[..]),
                 (true, None) => anyhow::bail!(
@@ -649,6 +704,14 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 (false, _) => None,
             };
+            if let Some(file) = restore {
+                history_cli::restore_backup(&home, &file, phrase, protect).await?;
+                return Ok(());
+            }
+            let (Some(relay), Some(name)) = (relay, name) else {
+                anyhow::bail!("init needs --relay and --name (or --restore FILE)");
+            };
+            let url: RelayUrl = relay.parse().context("bad --relay")?;
             let client = Client::init_with(&home, &url, &name, protect).await?;
             println!(
                 "account {} created in {}",
@@ -766,6 +829,7 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{}", json!({ "id": id, "status": "queued", "reason": why }))
                 }
             }
+            history_cli::upload_quietly(&mut client).await;
             client.close().await;
         }
         Command::Recv { wait, json } => {
@@ -780,6 +844,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print_event(&e, json);
             }
             send_receipts(&mut client).await;
+            history_cli::upload_quietly(&mut client).await;
             client.close().await;
         }
         Command::Listen { json } => {
@@ -826,6 +891,55 @@ async fn run(cli: Cli) -> Result<()> {
                 server.shutdown().await;
             }
         }
+        Command::History { restore: true, .. } => {
+            history_cli::restore(&home, || open(&home)).await?;
+        }
+        Command::History {
+            remote: true,
+            contact: Some(contact),
+            limit,
+            before,
+            json,
+            ..
+        } => {
+            let req = HistoryRequest::Remote {
+                contact: contact.clone(),
+                before_ms: before,
+                limit: limit.unwrap_or(20),
+            };
+            let HistoryResult::Messages { messages } =
+                history_cli::op(&home, || open(&home), req).await?
+            else {
+                anyhow::bail!("unexpected answer to history --remote");
+            };
+            let me = history_cli::my_name(&home, || open(&home)).await?;
+            print_history(&messages, &contact, &me, json);
+        }
+        Command::Backup {
+            command: BackupCommand::Export { file },
+        } => {
+            history_cli::export_backup(&home, || open(&home), &file).await?;
+        }
+        Command::Settings {
+            setting: Setting::History { days },
+        } => {
+            let req = match days {
+                Some(days) => HistoryRequest::SetDays { days },
+                None => HistoryRequest::Days,
+            };
+            let HistoryResult::Days { days, deleted } =
+                history_cli::op(&home, || open(&home), req).await?
+            else {
+                anyhow::bail!("unexpected answer to settings history");
+            };
+            match days {
+                0 => println!("history off"),
+                d => println!("history {d} days"),
+            }
+            if let Some(n) = deleted {
+                println!("deleted {n} history blob(s) at the relay");
+            }
+        }
         Command::History {
             group: Some(group),
             limit,
@@ -833,6 +947,7 @@ async fn run(cli: Cli) -> Result<()> {
             ..
         } => {
             let mut client = open(&home)?;
+            let limit = limit.unwrap_or(50);
             let call = tern_client::GroupCall::History { name: group, limit };
             let v = client.group_call(call.clone()).await?;
             groups::render(
@@ -853,31 +968,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let contact = contact.context("name a contact or --group")?;
             let mut client = open(&home)?;
-            let (messages, receipts) = client.read_history(&contact, limit)?;
-            for m in messages {
-                let who = if m.outgoing {
-                    client.profile().name.clone()
-                } else {
-                    contact.clone()
-                };
-                if json {
-                    println!(
-                        "{}",
-                        json!({
-                            "type": "message", "id": m.id, "from": who, "text": m.text,
-                            "sent_at": time(m.sent_at_ms), "outgoing": m.outgoing,
-                            "status": format!("{:?}", m.status).to_lowercase(),
-                        })
-                    );
-                } else {
-                    let mark = match &m.status {
-                        tern_client::Status::Queued => " (queued)",
-                        tern_client::Status::Failed(_) => " (failed)",
-                        _ => "",
-                    };
-                    println!("[{}] {}: {}{}", time(m.sent_at_ms), who, m.text, mark);
-                }
-            }
+            let (messages, receipts) = client.read_history(&contact, limit.unwrap_or(50))?;
+            let me = client.profile().name.clone();
+            print_history(&messages, &contact, &me, json);
             if receipts {
                 send_receipts(&mut client).await;
             }
@@ -913,6 +1006,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = open(&home)?;
             let (call, json) = groups::call_of(&command);
             let v = client.group_call(call.clone()).await?;
+            history_cli::upload_quietly(&mut client).await;
             client.close().await;
             groups::render(
                 &call,
@@ -995,6 +1089,41 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Print a conversation as `tern history` does.
+fn print_history(messages: &[tern_client::StoredMessage], contact: &str, me: &str, json: bool) {
+    for m in messages {
+        let who = if m.outgoing { me } else { contact };
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "type": "message", "id": m.id, "from": who, "text": m.text,
+                    "sent_at": time(m.sent_at_ms), "outgoing": m.outgoing,
+                    "status": format!("{:?}", m.status).to_lowercase(),
+                })
+            );
+        } else {
+            let mark = match &m.status {
+                tern_client::Status::Queued => " (queued)",
+                tern_client::Status::Failed(_) => " (failed)",
+                _ => "",
+            };
+            println!("[{}] {}: {}{}", time(m.sent_at_ms), who, m.text, mark);
+        }
+    }
+}
+
+/// A time as `history` prints it (RFC 3339) or ms since the epoch.
+fn parse_timestamp(s: &str) -> std::result::Result<u64, String> {
+    if let Ok(ms) = s.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// What `tern recv` and `tern listen` say when a contact's key changed.

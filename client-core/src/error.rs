@@ -100,6 +100,13 @@ pub enum ClientError {
     /// A group change this device may not make (not an admin, not a member).
     #[error("{0}")]
     GroupRefused(String),
+    /// A history operation that cannot be done as asked (history is off,
+    /// days out of range, a blob that does not open).
+    #[error("history: {0}")]
+    History(String),
+    /// A backup that cannot be written or restored.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl ClientError {

@@ -17,6 +17,7 @@
 
 pub mod account;
 pub mod backoff;
+pub mod backup;
 pub mod client;
 pub mod contact_state;
 pub mod contacts;
@@ -25,6 +26,7 @@ pub mod event;
 pub mod fleet_dial;
 pub mod groups;
 pub mod handle;
+pub mod history;
 pub mod inbox;
 pub mod invites;
 pub mod layers;

@@ -15,12 +15,16 @@ pub struct Settings {
     /// default). Off, as in Signal, works both ways: we tell nobody what we
     /// read, and their read receipts count only as delivered.
     pub read_receipts: bool,
+    /// Days the relay keeps this account's history blobs (1-90), or 0:
+    /// history off (the default). See [`crate::history`].
+    pub history_days: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             read_receipts: true,
+            history_days: 0,
         }
     }
 }

@@ -505,6 +505,7 @@ impl LocalStore {
     ) -> Result<(), ClientError> {
         let msg = match message {
             Some((k, m)) => {
+                self.note_history(false, k)?;
                 let slot = self.message_slot(k);
                 let sealed = self.seal_value("messages", &slot, m)?;
                 Some((slot, sealed))
@@ -571,6 +572,7 @@ impl LocalStore {
         };
         let msg = match message {
             Some((k, m)) => {
+                self.note_history(false, k)?;
                 let mslot = self.message_slot(k);
                 let sealed = self.seal_value("messages", &mslot, m)?;
                 Some((mslot, sealed))
@@ -712,6 +714,35 @@ impl LocalStore {
     pub(crate) fn mark_seen(&self, message_id: &[u8; 16]) -> Result<(), ClientError> {
         self.seen.insert(self.seen_slot(message_id), &[][..])?;
         Ok(())
+    }
+
+    /// The conversation entry under logical key `logical`
+    /// ([`message_key`]), if one is stored.
+    pub(crate) fn message_at(&self, logical: &[u8]) -> Result<Option<StoredMessage>, ClientError> {
+        self.get(&self.messages, "messages", &self.message_slot(logical))
+    }
+
+    /// Store a restored conversation entry under `logical` unless one is
+    /// stored there already (restoring twice changes nothing); a received
+    /// one's id is marked seen, so its envelope, if still in the mailbox,
+    /// is not stored again. Returns whether it was new.
+    pub(crate) fn restore_message(
+        &self,
+        logical: &[u8],
+        m: &StoredMessage,
+    ) -> Result<bool, ClientError> {
+        let slot = self.message_slot(logical);
+        let sealed = self.seal_value("messages", &slot, m)?;
+        let new = self
+            .messages
+            .compare_and_swap(&slot[..], None as Option<&[u8]>, Some(sealed))?
+            .is_ok();
+        if new && !m.outgoing {
+            if let Ok(id) = <[u8; 16]>::try_from(&hex::decode(&m.id).unwrap_or_default()[..]) {
+                self.mark_seen(&id)?;
+            }
+        }
+        Ok(new)
     }
 
     /// The last `limit` messages with a contact, oldest first.

@@ -357,6 +357,17 @@ impl RelayLink {
         }
     }
 
+    /// This TLS session's keying material (label
+    /// [`tern_protocol::AUTH_EXPORTER_LABEL`]), which signatures bound to
+    /// the session cover.
+    pub fn exporter(&self) -> Result<[u8; 32], ClientError> {
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, tern_protocol::AUTH_EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Protocol("no TLS keying material".into()))?;
+        Ok(exporter)
+    }
+
     /// Register a new mailbox owned by `auth_key`; returns its id.
     pub async fn register(&self, auth_key: [u8; 32]) -> Result<[u8; 16], ClientError> {
         match self

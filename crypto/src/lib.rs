@@ -14,6 +14,9 @@
 //!   [`passphrase`] wraps it under an Argon2id key; [`StoreKey::keyed_hash`]
 //!   hides the local database's keys.
 //! - [`safety`]: the safety number two contacts compare.
+//! - [`HistoryKey`]: the account history key and what derives from it
+//!   (history account id and signatures, blob AEAD, conversation tags);
+//!   [`backup`]: account backups under a recovery phrase.
 //!
 //! A message from Alice to Bob is `seal(bob.seal_public, olm.encrypt(m))`:
 //! the relay learns only Bob's mailbox; Bob opens the seal, then the Olm
@@ -27,7 +30,9 @@
 #![warn(missing_docs)]
 
 mod account;
+pub mod backup;
 mod error;
+pub mod history;
 mod megolm;
 pub mod passphrase;
 pub mod safety;
@@ -37,6 +42,7 @@ mod store_key;
 
 pub use account::{verify_signature, DeviceAccount};
 pub use error::CryptoError;
+pub use history::HistoryKey;
 pub use megolm::{
     envelope_open, envelope_seal, new_envelope_key, GroupReceiver, GroupSender, ENVELOPE_OVERHEAD,
 };

@@ -10,6 +10,7 @@
 pub mod error;
 pub mod frame;
 pub mod frames;
+pub mod history;
 pub mod invite;
 pub mod limits;
 pub mod padding;

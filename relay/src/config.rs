@@ -252,6 +252,16 @@ pub struct Limits {
     /// `mailbox_max_bytes`, so tiny envelopes cannot hold more than
     /// `mailbox_max_bytes / min_envelope_charge` per mailbox.
     pub min_envelope_charge: u64,
+    /// Most ciphertext bytes of history blobs one history account holds
+    /// (HISTORY_QUOTA_EXCEEDED past it).
+    pub history_account_max_bytes: u64,
+    /// Most history blobs one history account holds.
+    pub history_account_max_blobs: u64,
+    /// Largest history blob, bytes (it must fit a frame).
+    pub history_max_blob_bytes: usize,
+    /// Most ciphertext bytes of history over every account (0: no cap
+    /// beyond `min_free_disk_bytes`).
+    pub history_max_total_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -294,6 +304,10 @@ impl Default for Limits {
             max_held_envelopes: 100_000_000,
             max_held_bytes: 0,
             min_envelope_charge: 256,
+            history_account_max_bytes: 256 << 20,
+            history_account_max_blobs: 100_000,
+            history_max_blob_bytes: 64 * 1024,
+            history_max_total_bytes: 64 << 30,
         }
     }
 }
@@ -354,6 +368,13 @@ impl RelayConfig {
         if l.max_envelope_bytes + 1024 > l.max_frame_bytes {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must exceed limits.max_envelope_bytes by at least 1024"
+                    .into(),
+            ));
+        }
+        if l.history_max_blob_bytes == 0 || l.history_max_blob_bytes + 16 * 1024 > l.max_frame_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "limits.history_max_blob_bytes must be at least 1 and fit a frame with 16 KiB to spare"
                     .into(),
             ));
         }

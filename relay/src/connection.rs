@@ -63,6 +63,8 @@ pub struct Shared<S, C> {
     pub observer: Observer,
     /// Bytes of pushes held over every stream ([`PushLimits`]).
     pub push_budget: Arc<PushBudget>,
+    /// History blobs ([`crate::history`]).
+    pub history: crate::history::HistoryService,
 }
 
 /// Largest an envelope frame's fields other than the payload make it: the
@@ -178,6 +180,20 @@ async fn control<S: MailboxStore, C: Clock>(
     }
     let response = match read {
         Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
+            Ok(req) if tern_protocol::history::is_history(&req) => {
+                // History requests go to their own store, off the async
+                // workers; they are durable when answered.
+                let core = Arc::clone(&shared);
+                let answer = shared
+                    .workers
+                    .run(move || {
+                        let auth = state.auth.lock().ok()?;
+                        core.history.control(&auth, &exporter, &req)
+                    })
+                    .await;
+                let Ok(Some(answer)) = answer else { return };
+                answer
+            }
             Ok(req) => {
                 // Registration and tokens write to the store: off the
                 // async workers.

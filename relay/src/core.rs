@@ -242,7 +242,12 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             Some(Request::RevokeToken(r)) => self
                 .revoke_token(conn, &r.token)
                 .map(Response::TokenRevoked),
-            None => Err(WireError::new(
+            // History requests have their own service (crate::history),
+            // which the connection driver hands them to.
+            Some(Request::HistoryPut(_))
+            | Some(Request::HistoryPage(_))
+            | Some(Request::HistoryDelete(_))
+            | None => Err(WireError::new(
                 ErrorCode::Unsupported,
                 "unknown or empty request",
             )),

@@ -16,6 +16,7 @@ pub mod conn_state;
 pub mod connection;
 pub mod core;
 pub mod entropy;
+pub mod history;
 pub mod hub;
 pub mod observer;
 pub mod rate;

@@ -41,6 +41,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The history database could not be opened.
+    #[error("cannot open the history database: {0}")]
+    History(String),
     /// The TLS identity could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -181,6 +184,13 @@ impl<S: MailboxStore> RunningRelay<S> {
         if let Some(fleet) = store.fleet() {
             hub.attach_fleet(fleet);
         }
+        let history_store = crate::history::SledHistory::open(&dir.join("history"))
+            .map_err(|e| StartError::History(e.to_string()))?;
+        let history = crate::history::HistoryService::new(
+            Arc::new(history_store),
+            Arc::clone(&clock),
+            crate::history::HistoryLimits::from_limits(&config.limits),
+        );
         let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
@@ -192,6 +202,7 @@ impl<S: MailboxStore> RunningRelay<S> {
             push_budget: PushBudget::new(config.limits.push_budget_bytes),
             workers,
             observer: config.observer.clone(),
+            history,
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
@@ -266,6 +277,19 @@ impl<S: MailboxStore> RunningRelay<S> {
                 Err(WireError::new(
                     tern_protocol::ErrorCode::Internal,
                     "sweep failed",
+                ))
+            })
+    }
+
+    /// Delete expired history blobs now rather than at the next sweep.
+    pub async fn sweep_history_now(&self) -> Result<u64, WireError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.history.sweep())
+            .await
+            .unwrap_or_else(|_| {
+                Err(WireError::new(
+                    tern_protocol::ErrorCode::Internal,
+                    "history sweep failed",
                 ))
             })
     }
@@ -429,6 +453,12 @@ async fn sweep_loop<S: MailboxStore>(
                 info!(envelopes = swept.envelopes, "swept expired")
             }
             Ok(Err(e)) => tracing::warn!("sweep failed: {e}"),
+            _ => {}
+        }
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || s.history.sweep()).await {
+            Ok(Ok(blobs)) if blobs > 0 => info!(blobs, "swept expired history"),
+            Ok(Err(e)) => tracing::warn!("history sweep failed: {e}"),
             _ => {}
         }
     }

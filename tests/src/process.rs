@@ -47,6 +47,7 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_PASSPHRASE",
     "TERN_NEW_PASSPHRASE",
     "TERN_INVITE_EXPIRES_DAYS",
+    "TERN_RECOVERY_PHRASE",
     // both: the tracing filter
     "TERN_LOG",
 ];

@@ -177,6 +177,7 @@ impl Client {
         let key = message_key(&r.id, at, &msg_id);
         // Status per member for `tern status`: every member is a recipient.
         self.track_sent(&msg_id, &key, &others)?;
+        self.store.note_history(true, &key)?;
         self.put_group_message(
             &key,
             &GroupMessage {

@@ -198,7 +198,9 @@ impl Client {
                 };
                 // The entry first, then the id as seen: a crash between
                 // stores it again under the same key, harmlessly.
-                self.put_group_message(&message_key(&r.id, opened.sent_at_ms, &opened.id), &entry)?;
+                let key = message_key(&r.id, opened.sent_at_ms, &opened.id);
+                self.store.note_history(true, &key)?;
+                self.put_group_message(&key, &entry)?;
                 self.store.mark_seen(&opened.id)?;
                 // Its author is owed a delivered receipt (and a read one
                 // once it is shown).

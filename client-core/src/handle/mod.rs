@@ -168,6 +168,14 @@ impl ClientHandle {
         self.ask(|reply| Command::Trust { req, reply }).await
     }
 
+    /// Run a history operation ([`crate::history`]) in the running client.
+    pub async fn history_op(
+        &self,
+        req: crate::history::request::HistoryRequest,
+    ) -> Result<crate::history::request::HistoryResult, ClientError> {
+        self.ask(|reply| Command::HistoryOp { req, reply }).await
+    }
+
     /// A new receiver of every event from now on (for a second front-end,
     /// e.g. an RPC client). Ends at once if the client has stopped.
     pub fn subscribe(&self) -> EventStream {

@@ -86,6 +86,10 @@ pub(super) enum Command {
         req: crate::trust::TrustRequest,
         reply: Reply<crate::trust::TrustResult>,
     },
+    HistoryOp {
+        req: crate::history::request::HistoryRequest,
+        reply: Reply<crate::history::request::HistoryResult>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -107,7 +111,12 @@ enum Wake {
     Resume,
     Receipts,
     TopUp,
+    History,
 }
+
+/// How long queued history entries wait for more before they go up, so a
+/// burst of messages makes a few blobs rather than one each.
+const HISTORY_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A home link with its message stream subscribed.
 type Subscription = (RelayLink, MessageStream);
@@ -136,6 +145,8 @@ pub(super) struct Task {
     /// When to mint tokens ahead of need ([`crate::tokens`]): a random
     /// point after the home connection came up, unrelated to any send.
     top_up_at: Option<Instant>,
+    /// When to upload queued history entries ([`crate::history`]).
+    history_due: Option<Instant>,
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -182,6 +193,7 @@ impl Task {
             reported_queued: HashSet::new(),
             receipts_due: None,
             top_up_at: None,
+            history_due: None,
         }
     }
 
@@ -204,6 +216,7 @@ impl Task {
             let resume_at = self.cycle.as_ref().and_then(Cycle::resume_at);
             let receipts_due = self.receipts_due;
             let top_up_at = self.top_up_at.filter(|_| connected);
+            let history_due = self.history_due.filter(|_| connected);
             let wake = tokio::select! {
                 biased;
                 c = commands.recv() => Wake::Command(c),
@@ -215,6 +228,7 @@ impl Task {
                 _ = sleep_until_some(resume_at), if resume_at.is_some() => Wake::Resume,
                 _ = sleep_until_some(receipts_due), if receipts_due.is_some() => Wake::Receipts,
                 _ = sleep_until_some(top_up_at), if top_up_at.is_some() => Wake::TopUp,
+                _ = sleep_until_some(history_due), if history_due.is_some() => Wake::History,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -227,7 +241,11 @@ impl Task {
                     }
                 }
                 Wake::Reconnect => {}
-                Wake::Connected(c) => self.on_connected(c),
+                Wake::Connected(c) => {
+                    self.on_connected(c);
+                    // History queued while offline goes up soon.
+                    self.history_soon();
+                }
                 Wake::Deposited(d) => self.on_deposited(d).await,
                 Wake::Resume => self.launch_round(),
                 Wake::Receipts => {
@@ -235,6 +253,10 @@ impl Task {
                     self.request_flush(Vec::new());
                 }
                 Wake::TopUp => self.top_up().await,
+                Wake::History => {
+                    self.history_due = None;
+                    self.upload_history().await;
+                }
             }
         };
         self.stop().await;
@@ -373,6 +395,7 @@ impl Task {
         if std::mem::take(&mut self.client.group_news) {
             self.request_flush(Vec::new());
         }
+        self.history_soon();
         Ok(())
     }
 
@@ -486,7 +509,36 @@ impl Task {
                 }
                 let _ = reply.send(r);
             }
+            Command::HistoryOp { req, reply } => {
+                let r = self.client.history_op(req, &mut |_| {}).await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown(_) => {}
+        }
+        self.history_soon();
+    }
+
+    /// Schedule an upload of queued history entries, if any are queued and
+    /// none is scheduled.
+    fn history_soon(&mut self) {
+        if self.history_due.is_none() && self.client.history_queued().unwrap_or(false) {
+            self.history_due = Some(Instant::now() + HISTORY_DEBOUNCE);
+        }
+    }
+
+    /// Upload queued history entries (if history is on) on the home
+    /// connection; a failure leaves them queued for the next turn.
+    async fn upload_history(&mut self) {
+        let Some(home) = self.home.as_ref() else {
+            return;
+        };
+        if !self.client.history_queued().unwrap_or(false) {
+            return;
+        }
+        if let Err(e) = self.client.upload_history_on(&home.link).await {
+            tracing::warn!("history upload deferred: {e}");
+            // Tried again later (or on the next connection).
+            self.history_due = Some(Instant::now() + HISTORY_DEBOUNCE * 30);
         }
     }
 
@@ -515,6 +567,9 @@ impl Task {
             if let Err(e) = self.settle().await {
                 warn!("settling on shutdown: {e}");
             }
+            // What is queued goes up before the connection closes (a
+            // one-shot command or the next start uploads what fails).
+            self.upload_history().await;
         }
         if let Some(mut home) = self.home.take() {
             home.stream.finish(Duration::from_secs(2)).await;

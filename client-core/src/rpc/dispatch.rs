@@ -117,6 +117,11 @@ pub(crate) async fn call<B: RpcBackend>(
                 .map_err(client_err)?;
             encode(&settings)
         }
+        HISTORY_OP => {
+            let req: crate::history::request::HistoryRequest = params(raw)?;
+            let result = backend.history_op(req).await.map_err(client_err)?;
+            encode(&result)
+        }
         TRUST => {
             let req: crate::trust::TrustRequest = params(raw)?;
             let result = backend.trust(req).await.map_err(client_err)?;

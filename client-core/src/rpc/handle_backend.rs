@@ -57,6 +57,12 @@ impl RpcBackend for ClientHandle {
     ) -> Result<crate::trust::TrustResult, ClientError> {
         ClientHandle::trust(self, req).await
     }
+    async fn history_op(
+        &self,
+        req: crate::history::request::HistoryRequest,
+    ) -> Result<crate::history::request::HistoryResult, ClientError> {
+        ClientHandle::history_op(self, req).await
+    }
     fn subscribe(&self) -> EventStream {
         ClientHandle::subscribe(self)
     }

@@ -41,6 +41,11 @@ pub const GROUP: &str = "group";
 /// [`crate::trust::TrustRequest`], the result a
 /// [`crate::trust::TrustResult`].
 pub const TRUST: &str = "trust";
+/// `history_op`: a history operation (`tern settings history`,
+/// `history --remote / --restore`); params are a
+/// [`crate::history::request::HistoryRequest`], the result a
+/// [`crate::history::request::HistoryResult`].
+pub const HISTORY_OP: &str = "history_op";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.

@@ -134,6 +134,15 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
         let _ = read_receipts;
         async { Err(ClientError::Store("this backend keeps no settings".into())) }
     }
+    /// A history operation ([`crate::history`]).
+    fn history_op(
+        &self,
+        req: crate::history::request::HistoryRequest,
+    ) -> impl Future<Output = Result<crate::history::request::HistoryResult, ClientError>> + Send
+    {
+        let _ = req;
+        async { Err(ClientError::History("this backend keeps no history".into())) }
+    }
 }
 
 /// A receiver of client events for one subscribed connection.

@@ -274,6 +274,7 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         ClientError::UnknownMessage(_) => ErrorCode::UnknownMessage,
         // Group errors say what went wrong in their message.
         ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
+        ClientError::History(_) | ClientError::Backup(_) => ErrorCode::Store,
         ClientError::KeyChanged(_) => ErrorCode::KeyChanged,
         ClientError::UnknownInvite(_) => ErrorCode::UnknownInvite,
         ClientError::PassphraseNeeded
