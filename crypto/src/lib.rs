@@ -14,6 +14,7 @@
 //!   [`passphrase`] wraps it under an Argon2id key; [`StoreKey::keyed_hash`]
 //!   hides the local database's keys.
 //! - [`safety`]: the safety number two contacts compare.
+//! - [`RootKey`]: the account root key that signs its device list.
 //!
 //! A message from Alice to Bob is `seal(bob.seal_public, olm.encrypt(m))`:
 //! the relay learns only Bob's mailbox; Bob opens the seal, then the Olm
@@ -30,6 +31,7 @@ mod account;
 mod error;
 mod megolm;
 pub mod passphrase;
+mod root;
 pub mod safety;
 mod seal;
 mod session;
@@ -40,6 +42,7 @@ pub use error::CryptoError;
 pub use megolm::{
     envelope_open, envelope_seal, new_envelope_key, GroupReceiver, GroupSender, ENVELOPE_OVERHEAD,
 };
+pub use root::RootKey;
 pub use seal::{
     open, seal, seal_with_ephemeral, validate_seal_public, SealKey, SEAL_OVERHEAD, SEAL_VERSION,
 };

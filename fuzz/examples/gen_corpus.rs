@@ -221,6 +221,7 @@ fn main() {
         one_time_key: vec![5; 32].into(),
         name: "alice".into(),
         seal_key: vec![6; 32].into(),
+        ..Default::default()
     };
     let mut v6 = invite.clone();
     if let Some(a) = v6.address.as_mut() {
@@ -321,6 +322,7 @@ fn main() {
             signing_key: bob.signing_key().to_vec().into(),
             seal_key: bob.seal_public().to_vec().into(),
             invite_token: vec![2; 32].into(),
+            ..Default::default()
         })),
     };
     seeds(

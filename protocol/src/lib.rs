@@ -12,6 +12,7 @@ pub mod frame;
 pub mod frames;
 pub mod invite;
 pub mod limits;
+pub mod link;
 pub mod padding;
 pub mod url;
 

@@ -252,6 +252,7 @@ impl Client {
                 mailbox_id: contact.mailbox_id,
                 token: contact.send_token,
                 payload,
+                copy: false,
             };
             self.store.commit_receipt_batch(
                 &session.to_encrypted_pickle(&self.key),

@@ -1,0 +1,442 @@
+//! Linking a new device to the account over an authenticated channel.
+//!
+//! The existing device registers a mailbox for this link only on its relay,
+//! mints a token for it and prints a link code (`ternlink1…`: relay URL,
+//! that mailbox and token, 32 random bytes `secret`, and its own identity
+//! key). The new device registers its own mailbox, mints a token for it,
+//! and writes a `LinkHello` (its list entry) to the link mailbox. The
+//! existing device answers with a `LinkBundle` (the root key, the new list
+//! naming both, contacts, their lists, settings) written to the new
+//! device's mailbox. Both are encrypted under a key derived from `secret`
+//! (ChaCha20-Poly1305 through [`StoreKey`]), so only a holder of the code
+//! can take part. Both sides show a 6-digit check code ([`check_code`])
+//! over the secret and both identity keys: someone else who used a leaked
+//! code would make the two sides show different digits, and the user
+//! confirms only if they match.
+
+use super::list::{verify_list, Device};
+use super::OwnDevices;
+use crate::client::{now_ms, random16, Client};
+use crate::error::ClientError;
+use crate::inbox::subscribed;
+use crate::layers::key32;
+use crate::store::{Contact, ContactId};
+use crate::transport::{MessageStream, Outgoing, RelayLink};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tern_crypto::{RootKey, StoreKey};
+use tern_protocol::link::{decode_link_code, encode_link_code};
+use tern_protocol::pb::{self, relay_frame::Frame};
+use tern_protocol::url::RelayUrl;
+use tracing::debug;
+
+/// How long a link waits for the other side by default.
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(600);
+const HELLO_AAD: &[u8] = b"tern/1 link hello";
+const BUNDLE_AAD: &[u8] = b"tern/1 link bundle";
+
+/// **Pure**: the 6-digit code both sides show: the first 4 bytes of
+/// SHA-256("tern/1 link check" || secret || existing identity key || new
+/// identity key), big-endian, mod 10^6.
+pub fn check_code(secret: &[u8; 32], existing: &[u8; 32], new: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tern/1 link check");
+    h.update(secret);
+    h.update(existing);
+    h.update(new);
+    let d = h.finalize();
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 1_000_000;
+    format!("{n:06}")
+}
+
+/// The link channel's key.
+fn link_key(secret: &[u8; 32]) -> StoreKey {
+    let mut h = Sha256::new();
+    h.update(b"tern/1 link key");
+    h.update(secret);
+    StoreKey::from_bytes(h.finalize().into())
+}
+
+/// A link being offered by the existing device.
+pub struct LinkOffer {
+    /// The code to give the new device.
+    pub code: String,
+    secret: [u8; 32],
+    link: RelayLink,
+    stream: MessageStream,
+}
+
+/// A new device that answered a [`LinkOffer`].
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    /// The digits to compare with the new device's.
+    pub check_code: String,
+    /// What the new device calls itself.
+    pub device_name: String,
+    device: Device,
+}
+
+/// A new device waiting for the existing one's answer.
+pub struct PendingLink {
+    /// The digits to compare with the existing device's.
+    pub check_code: String,
+    secret: [u8; 32],
+    existing: [u8; 32],
+    device_id: [u8; 8],
+}
+
+/// Wait for the first envelope on `stream` that `open` accepts (acking
+/// it; others stay for the inbox), until `deadline`.
+async fn wait_for<T>(
+    stream: &mut MessageStream,
+    deadline: Instant,
+    mut open: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<T, ClientError> {
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+        match next {
+            Err(_) => return Err(ClientError::Device("the link timed out".into())),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Err(ClientError::Device("the relay closed the link".into())),
+            Ok(Ok(Some(Frame::Envelope(env)))) => {
+                if let Some(got) = open(&env.payload) {
+                    if env.seq != 0 {
+                        stream.ack(vec![env.seq]).await?;
+                    }
+                    return Ok(got);
+                }
+                debug!("an envelope that is not for this link");
+            }
+            Ok(Ok(Some(Frame::Error(e)))) => return Err(ClientError::Refused(e.into())),
+            Ok(Ok(Some(_))) => {}
+        }
+    }
+}
+
+/// Deposit `payload` in one mailbox (a connection of its own).
+async fn deposit(
+    client: &mut Client,
+    relay: &str,
+    mailbox: [u8; 16],
+    token: [u8; 32],
+    payload: Vec<u8>,
+) -> Result<(), ClientError> {
+    let url: RelayUrl = relay.parse()?;
+    let link = client.dialer.connect_unlinked(&url).await?;
+    let mut stream = link.messages().await?;
+    let results = stream
+        .send_all(&[Outgoing {
+            mailbox,
+            token,
+            message_id: random16(),
+            payload,
+        }])
+        .await?;
+    stream.finish(Duration::from_secs(2)).await;
+    link.close();
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(ClientError::Refused(e)),
+        None => Err(ClientError::Protocol("no answer to a link send".into())),
+    }
+}
+
+impl Client {
+    /// Offer a link: a mailbox for this link only on our relay, and the
+    /// code that reaches it.
+    pub async fn link_offer(&mut self) -> Result<LinkOffer, ClientError> {
+        let url: RelayUrl = self.profile.relay_url.parse()?;
+        let auth = RootKey::generate();
+        let link = self.dialer.connect(&url).await?;
+        let mailbox = link.register(auth.public()).await?;
+        link.close();
+        let link = self
+            .dialer
+            .connect_authenticated(&url, &mailbox, |m| auth.sign(m))
+            .await?;
+        let token = link.create_token().await?;
+        let (link, stream) = subscribed(link).await?;
+        let mut secret = [0u8; 32];
+        secret[..16].copy_from_slice(&random16());
+        secret[16..].copy_from_slice(&random16());
+        let code = encode_link_code(&pb::LinkCode {
+            relay_url: self.profile.relay_url.clone(),
+            mailbox_id: mailbox.to_vec().into(),
+            send_token: token.to_vec().into(),
+            secret: secret.to_vec().into(),
+            identity_key: self.account.identity_key().to_vec().into(),
+        });
+        Ok(LinkOffer {
+            code,
+            secret,
+            link,
+            stream,
+        })
+    }
+
+    /// Wait (at most `timeout`) for the new device's hello.
+    pub async fn link_wait(
+        &mut self,
+        offer: &mut LinkOffer,
+        timeout: Duration,
+    ) -> Result<LinkRequest, ClientError> {
+        let key = link_key(&offer.secret);
+        let deadline = Instant::now() + timeout;
+        let device = wait_for(&mut offer.stream, deadline, |payload| {
+            let plain = key.decrypt(HELLO_AAD, payload).ok()?;
+            let hello = pb::LinkHello::decode(&plain[..]).ok()?;
+            Device::from_pb(&hello.device?).ok()
+        })
+        .await?;
+        Ok(LinkRequest {
+            check_code: check_code(
+                &offer.secret,
+                &self.account.identity_key(),
+                &device.identity_key,
+            ),
+            device_name: device.name.clone(),
+            device,
+        })
+    }
+
+    /// The user confirmed: add the device to the list, send it everything
+    /// it needs, and tell every contact and our other devices.
+    pub async fn link_accept(
+        &mut self,
+        mut offer: LinkOffer,
+        request: LinkRequest,
+    ) -> Result<super::manage::DeviceInfo, ClientError> {
+        offer.stream.finish(Duration::from_secs(1)).await;
+        offer.link.close();
+        let mut own = self.own_devices()?;
+        let me = self.account.identity_key();
+        let mut devices = own.list.devices.clone();
+        if devices
+            .iter()
+            .any(|d| d.identity_key == request.device.identity_key)
+        {
+            return Err(ClientError::Device(
+                "that device is on the list already".into(),
+            ));
+        }
+        // Our other devices write to us with a shared token: mint ours if
+        // this device has none yet.
+        if devices
+            .iter()
+            .any(|d| d.identity_key == me && d.token.is_none())
+        {
+            let token = self.mint_own_token().await?;
+            for d in devices.iter_mut().filter(|d| d.identity_key == me) {
+                d.token = Some(token);
+            }
+        }
+        let mut new = request.device.clone();
+        new.added_at_ms = now_ms();
+        devices.push(new.clone());
+        if devices.len() > super::list::MAX_DEVICES {
+            return Err(ClientError::Device(
+                "the account has the most devices it may have".into(),
+            ));
+        }
+        let next = super::list::sign_list(&own.root(), own.list.version + 1, devices.clone());
+        let bundle = pb::LinkBundle {
+            root_secret: own.root_secret.to_vec().into(),
+            list: Some(next.signed()),
+            name: self.profile.name.clone(),
+            contacts: serde_json::to_vec(&self.contacts_for_link()?)?.into(),
+            peers: serde_json::to_vec(&self.peer_lists()?)?.into(),
+            groups: Vec::new().into(),
+            settings: serde_json::to_vec(&self.store.settings()?)?.into(),
+            extra: self.link_extra()?.into(),
+        };
+        let payload = link_key(&offer.secret).encrypt(BUNDLE_AAD, &bundle.encode_to_vec());
+        let token = new
+            .token
+            .ok_or_else(|| ClientError::Device("the new device gave no token".into()))?;
+        deposit(self, &new.relay_url, new.mailbox_id, token, payload).await?;
+        // The list as sent; publish_list signs the next version for everyone.
+        own.list.version = next.version - 1;
+        self.publish_list(own, devices)?;
+        self.store.flush().await?;
+        let _ = self.flush_outbox().await;
+        Ok(super::manage::DeviceInfo {
+            id: new.id_hex(),
+            name: new.name.clone(),
+            this_device: false,
+            relay: new.relay_url.clone(),
+            added_at_ms: new.added_at_ms,
+        })
+    }
+
+    /// What other features add to a link bundle (the history key, when
+    /// that lands): empty for now. `LinkBundle.extra` is the hook.
+    fn link_extra(&self) -> Result<Vec<u8>, ClientError> {
+        Ok(Vec::new())
+    }
+
+    /// Our contacts as a new device gets them: without the token we gave
+    /// (it is for this device's mailbox; the new one cannot revoke it).
+    fn contacts_for_link(&self) -> Result<Vec<Contact>, ClientError> {
+        Ok(self
+            .store
+            .contacts()?
+            .into_iter()
+            .map(|mut c| {
+                c.token_given = None;
+                c
+            })
+            .collect())
+    }
+
+    /// Every contact's verified list, by conversation id.
+    fn peer_lists(&self) -> Result<Vec<(ContactId, super::list::DeviceList)>, ClientError> {
+        let mut out = Vec::new();
+        for c in self.store.contacts()? {
+            if let Some(l) = self.peer_list(&c.identity_key)? {
+                out.push((c.identity_key, l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// On the new device: create the account's store in `home` with a
+    /// mailbox of its own (on `relay`, or the code's relay), and send our
+    /// hello to the existing device. Then compare [`PendingLink::check_code`]
+    /// and call [`Client::link_complete`], or [`Client::discard`].
+    pub async fn link_join(
+        home: &Path,
+        code: &str,
+        device_name: &str,
+        relay: Option<&RelayUrl>,
+        passphrase: Option<&[u8]>,
+    ) -> Result<(Client, PendingLink), ClientError> {
+        let code = decode_link_code(code)?;
+        let bad = |what: &'static str| ClientError::Device(format!("link code has a bad {what}"));
+        let secret = key32(&code.secret).ok_or(bad("secret"))?;
+        let existing = key32(&code.identity_key).ok_or(bad("identity key"))?;
+        let mailbox: [u8; 16] = code.mailbox_id[..].try_into().map_err(|_| bad("mailbox"))?;
+        let token = key32(&code.send_token).ok_or(bad("token"))?;
+        let code_relay: RelayUrl = code.relay_url.parse()?;
+        let relay = relay.unwrap_or(&code_relay);
+        let mut client = Client::init_with(home, relay, device_name, passphrase).await?;
+        let result = async {
+            let own_token = client.mint_own_token().await?;
+            let me = client.my_device(super::random_id(), Some(own_token), device_name);
+            client.save_account()?;
+            client.store.flush().await?;
+            let hello = pb::LinkHello {
+                device: Some(me.to_pb()),
+            };
+            let payload = link_key(&secret).encrypt(HELLO_AAD, &hello.encode_to_vec());
+            deposit(&mut client, &code.relay_url, mailbox, token, payload).await?;
+            Ok::<_, ClientError>(PendingLink {
+                check_code: check_code(&secret, &existing, &client.account.identity_key()),
+                secret,
+                existing,
+                device_id: me.id,
+            })
+        }
+        .await;
+        match result {
+            Ok(p) => Ok((client, p)),
+            Err(e) => {
+                client.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// On the new device, after the user confirmed: wait (at most
+    /// `timeout`) for the existing device's bundle and take it on.
+    pub async fn link_complete(
+        &mut self,
+        pending: PendingLink,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let key = link_key(&pending.secret);
+        let (link, mut stream) = self.subscribe_home().await?;
+        let deadline = Instant::now() + timeout;
+        let bundle = wait_for(&mut stream, deadline, |payload| {
+            let plain = key.decrypt(BUNDLE_AAD, payload).ok()?;
+            pb::LinkBundle::decode(&plain[..]).ok()
+        })
+        .await;
+        stream.finish(Duration::from_secs(1)).await;
+        link.close();
+        self.take_bundle(bundle?, &pending)?;
+        self.store.flush().await
+    }
+
+    /// Store what the bundle carries, once its list checks out: signed by
+    /// the root key it brings, naming the existing device and this one.
+    fn take_bundle(&mut self, b: pb::LinkBundle, pending: &PendingLink) -> Result<(), ClientError> {
+        let bad = |what: &str| ClientError::Device(format!("the link bundle has a bad {what}"));
+        let secret = key32(&b.root_secret).ok_or_else(|| bad("root key"))?;
+        let root = RootKey::from_bytes(&secret);
+        let signed = b.list.ok_or_else(|| bad("device list"))?;
+        let list = verify_list(&root.public(), &signed)?;
+        let me = list
+            .device(&self.account.identity_key())
+            .ok_or_else(|| bad("device list (this device is not on it)"))?;
+        if me.id != pending.device_id || list.device(&pending.existing).is_none() {
+            return Err(bad("device list"));
+        }
+        let contacts: Vec<Contact> = serde_json::from_slice(&b.contacts)?;
+        let peers: Vec<(ContactId, super::list::DeviceList)> = serde_json::from_slice(&b.peers)?;
+        if !b.settings.is_empty() {
+            self.store
+                .set_settings(&serde_json::from_slice(&b.settings)?)?;
+        }
+        for c in &contacts {
+            self.store.put_contact(c)?;
+        }
+        for (conv, l) in &peers {
+            // Each re-checked against its own pinned root.
+            let l = verify_list(&l.root_key, &l.signed())?;
+            self.put_peer_list(conv, &l)?;
+        }
+        self.profile.name = b.name;
+        self.store.set_profile(&self.profile)?;
+        self.put_own(&OwnDevices {
+            root_secret: *root.to_bytes(),
+            device_id: pending.device_id,
+            list,
+        })
+    }
+
+    /// Give up a home that [`Client::link_join`] created: its store and
+    /// key file are deleted (the mailbox stays on the relay, unused).
+    pub fn discard(self) {
+        let home = self.home.clone();
+        drop(self);
+        let _ = std::fs::remove_file(home.join("store.key"));
+        let _ = std::fs::remove_dir_all(home.join("store"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_codes_are_six_digits_and_depend_on_every_input() {
+        let c = check_code(&[1; 32], &[2; 32], &[3; 32]);
+        assert_eq!(c.len(), 6);
+        assert!(c.chars().all(|x| x.is_ascii_digit()));
+        assert_eq!(c, check_code(&[1; 32], &[2; 32], &[3; 32]));
+        assert_ne!(c, check_code(&[9; 32], &[2; 32], &[3; 32]));
+        assert_ne!(c, check_code(&[1; 32], &[2; 32], &[4; 32]));
+        assert_ne!(c, check_code(&[1; 32], &[4; 32], &[3; 32]));
+    }
+
+    #[test]
+    fn the_link_key_opens_only_its_own_messages() {
+        let k = link_key(&[7; 32]);
+        let sealed = k.encrypt(HELLO_AAD, b"hello");
+        assert_eq!(k.decrypt(HELLO_AAD, &sealed).unwrap(), b"hello");
+        assert!(k.decrypt(BUNDLE_AAD, &sealed).is_err());
+        assert!(link_key(&[8; 32]).decrypt(HELLO_AAD, &sealed).is_err());
+    }
+}
