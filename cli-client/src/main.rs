@@ -1,6 +1,7 @@
 //! `tern`: the command-line Tern client. It parses arguments, calls
 //! tern-client, and prints; nothing else lives here.
 
+mod devices;
 #[cfg(unix)]
 mod forward;
 pub(crate) mod groups;
@@ -41,16 +42,32 @@ struct Cli {
 enum Command {
     /// Create an account and register a mailbox on a relay.
     Init {
-        /// The relay URL printed by `tern-relay run`.
-        #[arg(long)]
-        relay: String,
-        /// The name contacts see.
-        #[arg(long)]
-        name: String,
+        /// The relay URL printed by `tern-relay run` (with --link: this
+        /// device's relay, default the code's).
+        #[arg(long, required_unless_present = "link")]
+        relay: Option<String>,
+        /// The name contacts see (with --link: this device's name).
+        #[arg(long, required_unless_present = "link")]
+        name: Option<String>,
         /// Protect the store key with a passphrase (Argon2id), read from
         /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
         #[arg(long)]
         passphrase: bool,
+        /// Join an existing account with the code `tern device link` printed.
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+        /// With --link: accept once the check codes are shown (also
+        /// TERN_LINK_CONFIRM=1). Compare them first.
+        #[arg(long, requires = "link")]
+        yes: bool,
+        /// With --link: seconds to wait for the existing device (default 600).
+        #[arg(long, value_name = "SECS", requires = "link")]
+        timeout: Option<u64>,
+    },
+    /// Link, list, rename and remove this account's devices.
+    Device {
+        #[command(subcommand)]
+        command: devices::DeviceCommand,
     },
     /// Print an invite code to give to one contact (or list or revoke
     /// the invites made).
@@ -548,6 +565,7 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         } => F::Invite { qr: *qr },
         // Trust operations forward themselves (`trust_op`).
         Command::Init { .. }
+        | Command::Device { .. }
         | Command::Passphrase { .. }
         | Command::Verify { .. }
         | Command::Rotate { .. }
@@ -640,8 +658,10 @@ async fn run(cli: Cli) -> Result<()> {
             relay,
             name,
             passphrase,
+            link,
+            yes,
+            timeout,
         } => {
-            let url: RelayUrl = relay.parse().context("bad --relay")?;
             let protect = match (passphrase, &secret) {
                 (true, Some(p)) => Some(&p[..]),
                 (true, None) => anyhow::bail!(
@@ -649,6 +669,22 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 (false, _) => None,
             };
+            if let Some(code) = link {
+                return devices::init_linked(
+                    &home,
+                    &code,
+                    name.as_deref(),
+                    relay.as_deref(),
+                    protect,
+                    timeout,
+                    yes,
+                )
+                .await;
+            }
+            let (Some(relay), Some(name)) = (relay, name) else {
+                anyhow::bail!("init needs --relay and --name (or --link CODE)");
+            };
+            let url: RelayUrl = relay.parse().context("bad --relay")?;
             let client = Client::init_with(&home, &url, &name, protect).await?;
             println!(
                 "account {} created in {}",
@@ -710,6 +746,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .build();
                 println!("{art}");
             }
+        }
+        Command::Device { command } => {
+            devices::run(&home, || open(&home), command).await?;
         }
         Command::Accept { code, name } => {
             let mut client = open(&home)?;
