@@ -237,3 +237,89 @@ fn a_link_code_is_refused_when_damaged_and_without_a_terminal_needs_yes() {
     assert!(!status.success(), "the offer should not link anything");
     assert_eq!(json_lines(&ok(&a1, &["device", "list", "--json"])).len(), 1);
 }
+
+/// A device that no list signed by Alice's root key names, made with the
+/// library: it writes to Bob as "Alice's new device", with a list signed
+/// by a root key of its own. Bob shows nothing and still hears Alice.
+#[tokio::test]
+async fn a_contact_drops_a_device_its_account_never_listed() {
+    use prost::Message;
+    use tern_client::layers;
+    use tern_client::transport::Outgoing;
+    use tern_protocol::pb::{self, content::Body};
+    use tern_tests::{befriend, connect, messages, texts, TestRelay, TestUser};
+
+    let relay = TestRelay::start().await;
+    let mut alice = TestUser::new(&relay, "alice").await;
+    let mut bob = TestUser::new(&relay, "bob").await;
+    befriend(&mut alice, &mut bob).await;
+
+    // What a stranger can learn of Bob: an invite of his (address, seal
+    // key, signed list with his fallback key).
+    let invite = tern_protocol::invite::decode_invite(&bob.client.invite().await.unwrap()).unwrap();
+    let list = pb::DeviceList::decode(&invite.device_list.unwrap().list[..]).unwrap();
+    let bob_device = &list.devices[0];
+    let key = |b: &[u8]| <[u8; 32]>::try_from(b).unwrap();
+    let address = invite.address.unwrap();
+
+    // The rogue device and a list of "Alice's" devices it signed itself.
+    let mut rogue = tern_crypto::DeviceAccount::new();
+    let rogue_root = tern_crypto::RootKey::generate();
+    let forged = pb::DeviceList {
+        root_key: rogue_root.public().to_vec().into(),
+        version: 99,
+        devices: vec![pb::DeviceEntry {
+            device_id: vec![7; 8].into(),
+            identity_key: rogue.identity_key().to_vec().into(),
+            signing_key: rogue.signing_key().to_vec().into(),
+            seal_key: rogue.seal_public().to_vec().into(),
+            address: Some(address.clone()),
+            name: "alice's new phone".into(),
+            added_at_ms: 1,
+            fallback_key: rogue.group_fallback_key().to_vec().into(),
+        }],
+    }
+    .encode_to_vec();
+    let mut signed_msg = b"tern/1 device list".to_vec();
+    signed_msg.extend_from_slice(&forged);
+    let update = Body::DeviceListUpdate(pb::DeviceListUpdate {
+        list: Some(pb::DeviceSignedList {
+            list: forged.into(),
+            signature: rogue_root.sign(&signed_msg).to_vec().into(),
+        }),
+    });
+    let mut session = rogue
+        .start_session(
+            &key(&bob_device.identity_key),
+            &key(&bob_device.fallback_key),
+        )
+        .unwrap();
+    let mut outgoing = Vec::new();
+    for body in [update, layers::text_body("it's me, alice, on a new phone")] {
+        let content = layers::content(tern_client::random16(), tern_client::now_ms(), body);
+        outgoing.push(Outgoing {
+            mailbox: address.mailbox_id[..].try_into().unwrap(),
+            token: key(&address.send_token),
+            message_id: content.message_id[..].try_into().unwrap(),
+            payload: layers::seal_content(
+                &mut session,
+                &rogue.identity_key(),
+                &key(&invite.seal_key),
+                &content,
+            ),
+        });
+    }
+    let (_dialer, link) = connect(relay.url()).await;
+    let mut stream = link.messages().await.unwrap();
+    for r in stream.send_all(&outgoing).await.unwrap() {
+        r.expect("the relay takes the rogue's envelopes (it cannot tell)");
+    }
+
+    // Bob opens both and shows nothing; Alice still reaches him, and he
+    // has one contact.
+    let shown = bob.receive_rest().await;
+    assert!(messages(&shown).is_empty(), "{shown:?}");
+    alice.send("bob", "the real alice").await;
+    assert_eq!(texts(&bob.receive_messages(1).await), ["the real alice"]);
+    assert_eq!(bob.client.contacts().unwrap().len(), 1);
+}

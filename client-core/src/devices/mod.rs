@@ -299,3 +299,6 @@ pub(crate) fn random_id() -> [u8; 8] {
     id.copy_from_slice(&random16()[..8]);
     id
 }
+
+#[cfg(test)]
+mod tests;
