@@ -146,13 +146,21 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
 
     // What the laptop sends reaches Bob and shows on the first device as
     // sent by Alice; and the other way round.
-    ok(&a2, &["send", "bob", "from the laptop"]);
+    let sent: Value =
+        serde_json::from_str(ok(&a2, &["send", "bob", "from the laptop", "--json"]).trim())
+            .unwrap();
     ok(&a1, &["send", "bob", "from the phone"]);
     let got = received(&b);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.contains(&("alice".into(), "from the laptop".into())));
     assert!(got.contains(&("alice".into(), "from the phone".into())));
     assert!(received(&a1).is_empty() && received(&a2).is_empty());
+    // Bob's receipts reach the device that sent the message.
+    let status = json_lines(&ok(
+        &a2,
+        &["status", sent["id"].as_str().unwrap(), "--json"],
+    ));
+    assert_eq!(status[0]["status"], "read", "{status:?}");
     for (home, other) in [(&a1, "from the laptop"), (&a2, "from the phone")] {
         let h = history(home, "bob");
         let copy = h

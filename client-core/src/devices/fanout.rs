@@ -103,6 +103,28 @@ impl Client {
         Ok(())
     }
 
+    /// Quiet copies of `content` for every device of `c` but the one we met
+    /// (which the caller sent it to). A group member reached through its
+    /// card has no list, so no copies.
+    pub(crate) fn copy_to_other_devices(
+        &self,
+        c: &Contact,
+        content: &pb::Content,
+    ) -> Result<(), ClientError> {
+        if self.store.contact(&c.identity_key)?.is_none() {
+            return Ok(());
+        }
+        for t in self.contact_targets(c)? {
+            if t.identity_key == c.identity_key {
+                continue;
+            }
+            if let Some(s) = self.session_for(&t)? {
+                self.enqueue_to(&t, s, content, None, true)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Put `body` in the outbox for each of our own other devices (each a
     /// fresh message id). Returns how many.
     pub(crate) fn sync_to_own(&self, body: Body) -> Result<usize, ClientError> {

@@ -259,6 +259,9 @@ impl Client {
                 &item,
                 &carried,
             )?;
+            // The contact's other devices get the same batch (the one that
+            // sent a message keeps its status): quiet copies.
+            self.copy_to_other_devices(&contact, &content)?;
             queued += 1;
         }
         Ok(queued)
