@@ -1,7 +1,9 @@
 //! `tern device ...` and `tern init --link`: linking a new device, and
-//! listing, renaming and removing the account's devices. These run on the
-//! store directly; while a `tern listen` holds it they refuse with a clear
-//! message (they are not forwarded over the socket yet).
+//! listing, renaming and removing the account's devices. List, rename and
+//! remove are trust operations ([`tern_client::trust`]), so they go through
+//! a running `tern listen` when there is one; `device link` runs on the
+//! store directly and, while a `tern listen` holds it, refuses with a clear
+//! message (not forwarded yet: it waits minutes for the other device).
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -10,6 +12,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 use tern_client::devices::link::DEFAULT_LINK_TIMEOUT;
+use tern_client::devices::manage::DeviceInfo;
+use tern_client::trust::{TrustRequest, TrustResult};
 use tern_client::Client;
 use tern_protocol::url::RelayUrl;
 
@@ -89,37 +93,14 @@ pub(crate) async fn run(
     open: impl FnOnce() -> Result<Client>,
     command: DeviceCommand,
 ) -> Result<()> {
-    not_running(home).await?;
-    let mut client = open()?;
-    match command {
+    let req = match command {
         DeviceCommand::Link { qr, timeout, yes } => {
-            let wait = timeout
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_LINK_TIMEOUT);
-            let mut offer = client.link_offer().await?;
-            out(&offer.code);
-            if qr {
-                let qr =
-                    qrcode::QrCode::new(offer.code.as_bytes()).context("drawing the QR code")?;
-                out(&qr
-                    .render::<qrcode::render::unicode::Dense1x2>()
-                    .quiet_zone(true)
-                    .build());
-            }
-            eprintln!(
-                "on the new device: tern --home DIR init --link CODE (waiting up to {} s)",
-                wait.as_secs()
-            );
-            let request = client.link_wait(&mut offer, wait).await?;
-            out(&format!("check code: {}", request.check_code));
-            if !confirmed(yes)? {
-                anyhow::bail!("link refused: the new device was not added");
-            }
-            let added = client.link_accept(offer, request).await?;
-            out(&format!("linked device {} ({})", added.id, added.name));
+            not_running(home).await?;
+            return link(open()?, qr, timeout, yes).await;
         }
         DeviceCommand::List { json } => {
-            for d in client.devices()? {
+            let devices = devices_of(crate::trust_op(home, open, TrustRequest::DeviceList).await?)?;
+            for d in devices {
                 if json {
                     out(&json!({
                         "id": d.id, "name": d.name, "this_device": d.this_device,
@@ -131,17 +112,53 @@ pub(crate) async fn run(
                     out(&format!("{}\t{}{me}", d.id, d.name));
                 }
             }
+            return Ok(());
         }
-        DeviceCommand::Rename { id, name } => {
-            client.rename_device(&id, &name).await?;
-            out(&format!("renamed device {id} to {name}"));
-        }
-        DeviceCommand::Remove { id } => {
-            let report = client.remove_device(&id).await?;
-            out(&format!("removed device {id}"));
-            crate::tell_flushed(&report);
-        }
+        DeviceCommand::Rename { id, name } => TrustRequest::DeviceRename { id, name },
+        DeviceCommand::Remove { id } => TrustRequest::DeviceRemove { id },
+    };
+    let line = match &req {
+        TrustRequest::DeviceRename { id, name } => format!("renamed device {id} to {name}"),
+        TrustRequest::DeviceRemove { id } => format!("removed device {id}"),
+        _ => String::new(),
+    };
+    devices_of(crate::trust_op(home, open, req).await?)?;
+    out(&line);
+    Ok(())
+}
+
+fn devices_of(r: TrustResult) -> Result<Vec<DeviceInfo>> {
+    match r {
+        TrustResult::Devices { devices } => Ok(devices),
+        _ => anyhow::bail!("unexpected answer to a device command"),
     }
+}
+
+/// `tern device link`: offer, wait, show the check code, confirm, add.
+async fn link(mut client: Client, qr: bool, timeout: Option<u64>, yes: bool) -> Result<()> {
+    let wait = timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LINK_TIMEOUT);
+    let mut offer = client.link_offer().await?;
+    out(&offer.code);
+    if qr {
+        let qr = qrcode::QrCode::new(offer.code.as_bytes()).context("drawing the QR code")?;
+        out(&qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build());
+    }
+    eprintln!(
+        "on the new device: tern --home DIR init --link CODE (waiting up to {} s)",
+        wait.as_secs()
+    );
+    let request = client.link_wait(&mut offer, wait).await?;
+    out(&format!("check code: {}", request.check_code));
+    if !confirmed(yes)? {
+        anyhow::bail!("link refused: the new device was not added");
+    }
+    let added = client.link_accept(offer, request).await?;
+    out(&format!("linked device {} ({})", added.id, added.name));
     client.close().await;
     Ok(())
 }

@@ -329,7 +329,7 @@ fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
 /// Run a trust operation ([`tern_client::trust`]) in the client running
 /// for `home` if there is one, else here (a rotation is then delivered
 /// before returning).
-async fn trust_op(
+pub(crate) async fn trust_op(
     home: &std::path::Path,
     open: impl FnOnce() -> Result<Client>,
     req: TrustRequest,
@@ -339,7 +339,7 @@ async fn trust_op(
         return Ok(rpc.request(tern_client::rpc::methods::TRUST, &req).await?);
     }
     let mut client = open()?;
-    let rotate = matches!(req, TrustRequest::Rotate { .. });
+    let rotate = req.queues();
     let result = client.trust(req).await?;
     if rotate {
         let report = client.flush_outbox().await?;

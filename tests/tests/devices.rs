@@ -112,6 +112,33 @@ fn link(existing: &Path, new: &Path, relay: &RelayProcess, name: &str) -> String
         .to_string()
 }
 
+/// A `tern listen --json` child, once it serves its socket.
+fn listen(home: &Path) -> Lines {
+    let l = Lines::spawn(home, &["listen", "--json"]);
+    let deadline = std::time::Instant::now() + LINE_DEADLINE;
+    while std::os::unix::net::UnixStream::connect(home.join("tern.sock")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listen never served its socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    l
+}
+
+impl Lines {
+    /// Ctrl-C, as a person stops it.
+    fn interrupt(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 fn history(home: &Path, contact: &str) -> Vec<Value> {
     json_lines(&ok(home, &["history", contact, "--json"]))
 }
@@ -187,6 +214,9 @@ fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     assert_eq!(received(&a2), [("bob".into(), "before".into())]);
     assert_eq!(received(&a1), [("bob".into(), "before".into())]);
 
+    // Renaming and removing go through a running `tern listen`; linking
+    // beside one is refused with a clear message.
+    let listen = listen(&a1);
     let renamed = ok(&a1, &["device", "rename", &id[..6], "old laptop"]);
     assert!(renamed.contains("renamed"), "{renamed}");
     assert!(ok(&a1, &["device", "list"]).contains("old laptop"));
@@ -198,6 +228,10 @@ fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     assert!(!tern_tests::process::tern(&a1, &["device", "remove", &me])
         .status
         .success());
+    let busy = tern_tests::process::tern(&a1, &["device", "link", "--yes"]);
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("tern listen"));
+    listen.interrupt();
 
     // Bob takes the new list, then writes: only the first device gets it.
     assert!(received(&b).is_empty());

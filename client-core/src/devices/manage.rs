@@ -9,12 +9,12 @@ use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::event::OutboxReport;
 use crate::layers;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tern_protocol::pb::{self, content::Body};
 use tracing::warn;
 
 /// One device of the account, as `tern device list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// The device id (16 hex digits).
     pub id: String,
@@ -76,6 +76,13 @@ impl Client {
         id: &str,
         name: &str,
     ) -> Result<OutboxReport, ClientError> {
+        self.rename_device_queued(id, name)?;
+        self.store.flush().await?;
+        self.flush_outbox().await
+    }
+
+    /// [`Client::rename_device`] up to the outbox.
+    pub(crate) fn rename_device_queued(&mut self, id: &str, name: &str) -> Result<(), ClientError> {
         let own = self.own_devices()?;
         let name = crate::contacts::base_name(name);
         let mut devices = own.list.devices.clone();
@@ -83,8 +90,7 @@ impl Client {
         for d in devices.iter_mut().filter(|d| d.id == target) {
             d.name = name.clone();
         }
-        self.publish_list(own, devices)?;
-        self.flush_outbox().await
+        self.publish_list(own, devices)
     }
 
     /// Take device `id` off the account: contacts and our other devices
@@ -92,6 +98,13 @@ impl Client {
     /// dropped, and the token it knew for this device's mailbox is revoked
     /// (a new one goes into the list).
     pub async fn remove_device(&mut self, id: &str) -> Result<OutboxReport, ClientError> {
+        self.remove_device_queued(id).await?;
+        self.flush_outbox().await
+    }
+
+    /// [`Client::remove_device`] up to the outbox (the token is minted and
+    /// the old one revoked now).
+    pub(crate) async fn remove_device_queued(&mut self, id: &str) -> Result<(), ClientError> {
         let own = self.own_devices()?;
         let me = self.account.identity_key();
         let gone = find_device(&own.list.devices, id)?.clone();
@@ -128,7 +141,7 @@ impl Client {
             link.close();
             revoked?;
         }
-        self.flush_outbox().await
+        Ok(())
     }
 
     /// A fresh send token for our own mailbox (to share in the list).
