@@ -27,7 +27,7 @@ impl Client {
     /// key it names and only from the device we met. Sessions with devices
     /// it no longer names are dropped. Refused lists change nothing.
     pub(crate) fn apply_peer_list(
-        &self,
+        &mut self,
         c: &Contact,
         sender: &[u8; 32],
         signed: &pb::DeviceSignedList,
@@ -50,7 +50,31 @@ impl Client {
             }
         };
         self.forget_removed(held.as_ref(), &list)?;
-        self.put_peer_list(&c.identity_key, &list)
+        self.put_peer_list(&c.identity_key, &list)?;
+        if held.is_none() {
+            // Their first list: they may not have ours either (a contact
+            // from before device lists). Ours goes back once; theirs is
+            // then stale for them, so this ends.
+            self.send_own_list_to(c)?;
+        }
+        Ok(())
+    }
+
+    /// Queue our list for every device of `c` (flushed soon after).
+    fn send_own_list_to(&mut self, c: &Contact) -> Result<(), ClientError> {
+        let Some(own) = self.load_own()? else {
+            return Ok(());
+        };
+        let body = Body::DeviceListUpdate(pb::DeviceListUpdate {
+            list: Some(own.list.signed()),
+        });
+        let content = crate::layers::content(crate::client::random16(), now_ms(), body);
+        match self.enqueue_fanned(c, None, &content, None) {
+            // Flushed with the group news (inbox/mod.rs, handle/task.rs).
+            Ok(()) => self.group_news = true,
+            Err(e) => debug!("our list not queued for {}: {e}", c.name),
+        }
+        Ok(())
     }
 
     /// Drop our sessions with the devices `held` named and `new` does not.

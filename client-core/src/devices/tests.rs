@@ -121,7 +121,7 @@ fn only_devices_on_a_list_signed_by_the_pinned_root_may_send() {
 #[test]
 fn a_first_list_counts_only_from_the_device_we_met() {
     let dir = tempfile::tempdir().unwrap();
-    let ann = Client::offline_for_tests(dir.path());
+    let mut ann = Client::offline_for_tests(dir.path());
     let bob = bob();
     ann.store.put_contact(&bob).unwrap();
     let root = RootKey::generate();
@@ -151,4 +151,35 @@ fn an_account_from_before_device_lists_gets_a_root_and_a_list_of_one() {
     assert_eq!(ann.own_devices().unwrap().list, own.list);
     assert!(ann.own_targets().unwrap().is_empty());
     assert_eq!(ann.devices().unwrap().len(), 1);
+}
+
+#[test]
+fn a_contacts_first_list_is_answered_with_ours_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ann = Client::offline_for_tests(dir.path());
+    ann.profile.relay_url = format!("tern://127.0.0.1:4433?fp={}", "ab".repeat(32));
+    ann.own_devices().unwrap();
+    // Bob's real device keys (a session can start from its fallback key).
+    let mut phone = tern_crypto::DeviceAccount::new();
+    let mut met = device(1);
+    met.identity_key = phone.identity_key();
+    met.seal_key = phone.seal_public();
+    met.fallback_key = phone.group_fallback_key();
+    let mut bob = bob();
+    bob.identity_key = met.identity_key;
+    bob.seal_key = met.seal_key;
+    ann.store.put_contact(&bob).unwrap();
+    let root = RootKey::generate();
+    let v1 = sign_list(&root, 1, vec![met.clone()]);
+    ann.apply_peer_list(&bob, &met.identity_key, &v1.signed())
+        .unwrap();
+    let out = ann.store.outbox().unwrap();
+    assert_eq!(out.len(), 1, "our list goes to bob's device");
+    assert_eq!(out[0].contact, met.identity_key);
+    assert!(ann.group_news, "and is flushed soon");
+    // A later list is not answered again.
+    let v2 = sign_list(&root, 2, vec![met]);
+    ann.apply_peer_list(&bob, &bob.identity_key.clone(), &v2.signed())
+        .unwrap();
+    assert_eq!(ann.store.outbox().unwrap().len(), 1);
 }

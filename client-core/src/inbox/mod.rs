@@ -280,6 +280,10 @@ impl Client {
             return Ok(None);
         }
         let own_device = matches!(from, Sender::OwnDevice);
+        // Another device of a contact than the one we met: what is about
+        // the met device's address (a hello, a token rotation) is not its
+        // to say.
+        let other_device = matches!(from, Sender::ContactDevice(_));
         // The device we met when we made the contact here keeps the old
         // rule: its new session always replaces ours.
         let met_here = matches!(&from, Sender::Contact(c) if c.token_given.is_some());
@@ -337,6 +341,11 @@ impl Client {
                     self.apply_peer_list(c, &sender, signed)?;
                 }
             }
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
+            return Ok(None);
+        }
+        if other_device && matches!(opened.body, Some(Body::Hello(_) | Body::TokenRotation(_))) {
+            warn!("dropping a hello or token rotation from a contact's other device");
             self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(None);
         }
