@@ -162,23 +162,29 @@ impl Client {
 
     /// Contact `c` (new on this device), for our other devices.
     pub(crate) fn sync_contact(&self, c: &Contact) -> Result<(), ClientError> {
-        let list = self.peer_list(&c.identity_key)?;
         let body = Body::DeviceSync(pb::DeviceSync {
-            contact: Some(pb::DeviceContactCopy {
-                name: c.name.clone(),
-                identity_key: c.identity_key.to_vec().into(),
-                signing_key: c.signing_key.to_vec().into(),
-                seal_key: c.seal_key.to_vec().into(),
-                address: Some(layers::address(&c.relay_url, &c.mailbox_id, &c.send_token)),
-                root_key: list
-                    .as_ref()
-                    .map(|l| l.root_key.to_vec())
-                    .unwrap_or_default()
-                    .into(),
-                device_list: list.map(|l| l.signed()),
-            }),
+            contact: Some(self.contact_copy(c)?),
             ..Default::default()
         });
         self.sync_to_own(body).map(|_| ())
+    }
+
+    /// Contact `c` as our other devices get it: keys, address, and its
+    /// root key and list if it sent one.
+    pub(crate) fn contact_copy(&self, c: &Contact) -> Result<pb::DeviceContactCopy, ClientError> {
+        let list = self.peer_list(&c.identity_key)?;
+        Ok(pb::DeviceContactCopy {
+            name: c.name.clone(),
+            identity_key: c.identity_key.to_vec().into(),
+            signing_key: c.signing_key.to_vec().into(),
+            seal_key: c.seal_key.to_vec().into(),
+            address: Some(layers::address(&c.relay_url, &c.mailbox_id, &c.send_token)),
+            root_key: list
+                .as_ref()
+                .map(|l| l.root_key.to_vec())
+                .unwrap_or_default()
+                .into(),
+            device_list: list.map(|l| l.signed()),
+        })
     }
 }

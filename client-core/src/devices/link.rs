@@ -20,7 +20,6 @@ use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::inbox::subscribed;
 use crate::layers::key32;
-use crate::store::{Contact, ContactId};
 use crate::transport::{MessageStream, Outgoing, RelayLink};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -57,6 +56,29 @@ fn link_key(secret: &[u8; 32]) -> StoreKey {
     h.update(b"tern/1 link key");
     h.update(secret);
     StoreKey::from_bytes(h.finalize().into())
+}
+
+/// The most bytes of bundle in one envelope (the relay takes 64 KiB).
+const BUNDLE_BUDGET: usize = 48 * 1024;
+
+/// **Pure**: put as many of `copies` in `bundle` as keep it within
+/// `budget` encoded bytes, in order; returns the ones left out.
+fn fill_bundle(
+    bundle: &mut pb::LinkBundle,
+    copies: Vec<pb::DeviceContactCopy>,
+    budget: usize,
+) -> Vec<pb::DeviceContactCopy> {
+    let mut rest = Vec::new();
+    for c in copies {
+        // A field of a message: its bytes, a tag and a length prefix.
+        let adds = c.encoded_len() + 1 + prost::length_delimiter_len(c.encoded_len());
+        if rest.is_empty() && bundle.encoded_len() + adds <= budget {
+            bundle.contacts.push(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    rest
 }
 
 /// A link being offered by the existing device.
@@ -241,16 +263,20 @@ impl Client {
             ));
         }
         let next = super::list::sign_list(&own.root(), own.list.version + 1, devices.clone());
-        let bundle = pb::LinkBundle {
+        let mut bundle = pb::LinkBundle {
             root_secret: own.root_secret.to_vec().into(),
             list: Some(next.signed()),
             name: self.profile.name.clone(),
-            contacts: serde_json::to_vec(&self.contacts_for_link()?)?.into(),
-            peers: serde_json::to_vec(&self.peer_lists()?)?.into(),
+            contacts: Vec::new(),
             groups: Vec::new().into(),
             settings: serde_json::to_vec(&self.store.settings()?)?.into(),
             extra: self.link_extra()?.into(),
         };
+        let mut copies = Vec::new();
+        for c in self.store.contacts()? {
+            copies.push(self.contact_copy(&c)?);
+        }
+        let rest = fill_bundle(&mut bundle, copies, BUNDLE_BUDGET);
         let payload = link_key(&offer.secret).encrypt(BUNDLE_AAD, &bundle.encode_to_vec());
         let token = new
             .token
@@ -259,6 +285,10 @@ impl Client {
         // The list as sent; publish_list signs the next version for everyone.
         own.list.version = next.version - 1;
         self.publish_list(own, devices)?;
+        // Contacts that did not fit follow through the Olm channel.
+        if !rest.is_empty() {
+            self.send_contacts_to(&new, rest)?;
+        }
         self.store.flush().await?;
         let _ = self.flush_outbox().await;
         Ok(super::manage::DeviceInfo {
@@ -276,29 +306,28 @@ impl Client {
         Ok(Vec::new())
     }
 
-    /// Our contacts as a new device gets them: without the token we gave
-    /// (it is for this device's mailbox; the new one cannot revoke it).
-    fn contacts_for_link(&self) -> Result<Vec<Contact>, ClientError> {
-        Ok(self
-            .store
-            .contacts()?
-            .into_iter()
-            .map(|mut c| {
-                c.token_given = None;
-                c
-            })
-            .collect())
-    }
-
-    /// Every contact's verified list, by conversation id.
-    fn peer_lists(&self) -> Result<Vec<(ContactId, super::list::DeviceList)>, ClientError> {
-        let mut out = Vec::new();
-        for c in self.store.contacts()? {
-            if let Some(l) = self.peer_list(&c.identity_key)? {
-                out.push((c.identity_key, l));
-            }
+    /// Contact copies for the new device `d` (already on our list), each
+    /// as a `DeviceSync` through the outbox.
+    fn send_contacts_to(
+        &self,
+        d: &Device,
+        copies: Vec<pb::DeviceContactCopy>,
+    ) -> Result<(), ClientError> {
+        let Some(t) = super::Target::of_device(d) else {
+            return Ok(());
+        };
+        for c in copies {
+            let Some(s) = self.session_for(&t)? else {
+                return Ok(());
+            };
+            let body = pb::content::Body::DeviceSync(pb::DeviceSync {
+                contact: Some(c),
+                ..Default::default()
+            });
+            let content = crate::layers::content(random16(), now_ms(), body);
+            self.enqueue_to(&t, s, &content, None, true)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// On the new device: create the account's store in `home` with a
@@ -383,19 +412,14 @@ impl Client {
         if me.id != pending.device_id || list.device(&pending.existing).is_none() {
             return Err(bad("device list"));
         }
-        let contacts: Vec<Contact> = serde_json::from_slice(&b.contacts)?;
-        let peers: Vec<(ContactId, super::list::DeviceList)> = serde_json::from_slice(&b.peers)?;
         if !b.settings.is_empty() {
             self.store
                 .set_settings(&serde_json::from_slice(&b.settings)?)?;
         }
-        for c in &contacts {
-            self.store.put_contact(c)?;
-        }
-        for (conv, l) in &peers {
-            // Each re-checked against its own pinned root.
-            let l = verify_list(&l.root_key, &l.signed())?;
-            self.put_peer_list(conv, &l)?;
+        // Each contact's list is checked again against its own root key;
+        // the token we gave each is on the other device (not copied).
+        for c in &b.contacts {
+            self.add_contact_copy(c)?;
         }
         self.profile.name = b.name;
         self.store.set_profile(&self.profile)?;
@@ -429,6 +453,34 @@ mod tests {
         assert_ne!(c, check_code(&[9; 32], &[2; 32], &[3; 32]));
         assert_ne!(c, check_code(&[1; 32], &[2; 32], &[4; 32]));
         assert_ne!(c, check_code(&[1; 32], &[4; 32], &[3; 32]));
+    }
+
+    #[test]
+    fn contacts_that_do_not_fit_the_bundle_are_left_for_later_in_order() {
+        let copy = |n: u8| pb::DeviceContactCopy {
+            name: format!("c{n}"),
+            identity_key: vec![n; 32].into(),
+            device_list: Some(pb::DeviceSignedList {
+                list: vec![n; 700].into(),
+                signature: vec![n; 64].into(),
+            }),
+            ..Default::default()
+        };
+        let mut bundle = pb::LinkBundle {
+            root_secret: vec![1; 32].into(),
+            ..Default::default()
+        };
+        let rest = fill_bundle(&mut bundle, (0..100).map(copy).collect(), 20_000);
+        assert!(bundle.encoded_len() <= 20_000);
+        assert!(!bundle.contacts.is_empty() && !rest.is_empty());
+        assert_eq!(bundle.contacts.len() + rest.len(), 100);
+        let n = bundle.contacts.len();
+        assert_eq!(bundle.contacts[n - 1].name, format!("c{}", n - 1));
+        assert_eq!(rest[0].name, format!("c{n}"));
+        // Everything fits a large enough budget.
+        let mut all = pb::LinkBundle::default();
+        assert!(fill_bundle(&mut all, (0..3).map(copy).collect(), 48 * 1024).is_empty());
+        assert_eq!(all.contacts.len(), 3);
     }
 
     #[test]

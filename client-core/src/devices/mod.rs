@@ -100,7 +100,7 @@ impl Target {
     }
 
     /// A listed device with a shared token.
-    fn of_device(d: &Device) -> Option<Self> {
+    pub(crate) fn of_device(d: &Device) -> Option<Self> {
         Some(Self {
             identity_key: d.identity_key,
             seal_key: d.seal_key,

@@ -177,7 +177,7 @@ impl Client {
     }
 
     /// A contact another of our devices added, unless we have it.
-    fn add_contact_copy(&self, c: &pb::DeviceContactCopy) -> Result<(), ClientError> {
+    pub(crate) fn add_contact_copy(&self, c: &pb::DeviceContactCopy) -> Result<(), ClientError> {
         let addr = c.address.clone().unwrap_or_default();
         let (
             Some(identity_key),
