@@ -10,10 +10,11 @@
 //! devices of its list are indexed back to it (`dev_alias`), with their own
 //! Olm sessions keyed by their identity keys. Sends fan out to every listed
 //! device ([`fanout`]), copies of what we send go to our own other devices
-//! ([`sync`]), and linking a new device is [`link`]; `tern device list /
+//! ([`sync`]), and linking a new device is [`link`] and [`join`]; `tern device list /
 //! rename / remove` are in [`manage`].
 
 pub mod fanout;
+pub mod join;
 pub mod link;
 pub mod list;
 pub mod manage;
