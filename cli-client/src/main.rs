@@ -1,6 +1,7 @@
 //! `tern`: the command-line Tern client. It parses arguments, calls
 //! tern-client, and prints; nothing else lives here.
 
+mod devices;
 #[cfg(unix)]
 mod forward;
 pub(crate) mod groups;
@@ -43,15 +44,16 @@ struct Cli {
 enum Command {
     /// Create an account and register a mailbox on a relay.
     Init {
-        /// The relay URL printed by `tern-relay run`.
-        #[arg(long, required_unless_present = "restore")]
+        /// The relay URL printed by `tern-relay run` (with --link: this
+        /// device's relay, default the code's).
+        #[arg(long, required_unless_present_any = ["restore", "link"])]
         relay: Option<String>,
-        /// The name contacts see.
-        #[arg(long, required_unless_present = "restore")]
+        /// The name contacts see (with --link: this device's name).
+        #[arg(long, required_unless_present_any = ["restore", "link"])]
         name: Option<String>,
         /// Bring back the account in this backup (`tern backup export`)
         /// instead of creating one.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["relay", "name"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["relay", "name", "link"])]
         restore: Option<PathBuf>,
         /// The backup's recovery phrase (else the TERN_RECOVERY_PHRASE
         /// environment variable). Never prompted for.
@@ -61,6 +63,21 @@ enum Command {
         /// --passphrase-file or TERN_PASSPHRASE; every command then needs it.
         #[arg(long)]
         passphrase: bool,
+        /// Join an existing account with the code `tern device link` printed.
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+        /// With --link: accept once the check codes are shown (also
+        /// TERN_LINK_CONFIRM=1). Compare them first.
+        #[arg(long, requires = "link")]
+        yes: bool,
+        /// With --link: seconds to wait for the existing device (default 600).
+        #[arg(long, value_name = "SECS", requires = "link")]
+        timeout: Option<u64>,
+    },
+    /// Link, list, rename and remove this account's devices.
+    Device {
+        #[command(subcommand)]
+        command: devices::DeviceCommand,
     },
     /// Print an invite code to give to one contact (or list or revoke
     /// the invites made).
@@ -359,7 +376,7 @@ fn parse_spacing(s: &str) -> std::result::Result<(Duration, Duration), String> {
 /// Run a trust operation ([`tern_client::trust`]) in the client running
 /// for `home` if there is one, else here (a rotation is then delivered
 /// before returning).
-async fn trust_op(
+pub(crate) async fn trust_op(
     home: &std::path::Path,
     open: impl FnOnce() -> Result<Client>,
     req: TrustRequest,
@@ -369,7 +386,7 @@ async fn trust_op(
         return Ok(rpc.request(tern_client::rpc::methods::TRUST, &req).await?);
     }
     let mut client = open()?;
-    let rotate = matches!(req, TrustRequest::Rotate { .. });
+    let rotate = req.queues();
     let result = client.trust(req).await?;
     if rotate {
         let report = client.flush_outbox().await?;
@@ -601,6 +618,7 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         }
         | Command::History { remote: true, .. }
         | Command::History { restore: true, .. }
+        | Command::Device { .. }
         | Command::Passphrase { .. }
         | Command::Verify { .. }
         | Command::Rotate { .. }
@@ -696,6 +714,9 @@ async fn run(cli: Cli) -> Result<()> {
             passphrase,
             restore,
             phrase,
+            link,
+            yes,
+            timeout,
         } => {
             let protect = match (passphrase, &secret) {
                 (true, Some(p)) => Some(&p[..]),
@@ -708,8 +729,20 @@ async fn run(cli: Cli) -> Result<()> {
                 history_cli::restore_backup(&home, &file, phrase, protect).await?;
                 return Ok(());
             }
+            if let Some(code) = link {
+                return devices::init_linked(
+                    &home,
+                    &code,
+                    name.as_deref(),
+                    relay.as_deref(),
+                    protect,
+                    timeout,
+                    yes,
+                )
+                .await;
+            }
             let (Some(relay), Some(name)) = (relay, name) else {
-                anyhow::bail!("init needs --relay and --name (or --restore FILE)");
+                anyhow::bail!("init needs --relay and --name (or --restore FILE, or --link CODE)");
             };
             let url: RelayUrl = relay.parse().context("bad --relay")?;
             let client = Client::init_with(&home, &url, &name, protect).await?;
@@ -773,6 +806,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .build();
                 println!("{art}");
             }
+        }
+        Command::Device { command } => {
+            devices::run(&home, || open(&home), command).await?;
         }
         Command::Accept { code, name } => {
             let mut client = open(&home)?;

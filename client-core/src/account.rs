@@ -156,7 +156,7 @@ impl Client {
         let profile = store
             .profile()?
             .ok_or_else(|| ClientError::NoAccount(home.into()))?;
-        Ok(Self {
+        let mut client = Self {
             home: home.to_path_buf(),
             key,
             store,
@@ -165,6 +165,10 @@ impl Client {
             dialer: Dialer::default(),
             group_news: false,
             group_states: Default::default(),
-        })
+        };
+        // Accounts from before device lists get a root key and a list of
+        // this one device (devices/mod.rs); single-device use is unchanged.
+        client.own_devices()?;
+        Ok(client)
     }
 }

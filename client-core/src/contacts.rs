@@ -62,9 +62,12 @@ impl Client {
         let token = self.take_token().await?;
         let record = self.record_invite(token, now_ms(), ttl)?;
         let one_time_key = self.account.new_one_time_key();
+        let own = self.own_devices()?;
         self.save_account()?;
         self.store.flush().await?;
         let code = encode_invite(&pb::Invite {
+            root_key: own.list.root_key.to_vec().into(),
+            device_list: Some(own.list.signed()),
             address: Some(self.my_address(&token)),
             identity_key: self.account.identity_key().to_vec().into(),
             signing_key: self.account.signing_key().to_vec().into(),
@@ -104,6 +107,16 @@ impl Client {
         // An invite accepted under an existing contact's name, with another
         // identity key: that contact's keys change (crate::verify).
         let replaced = self.store.contact_named(name)?;
+        // The inviter's account: a list signed by its root key that names
+        // the device that made the invite (devices/list.rs).
+        let peer_list = match &invite.device_list {
+            Some(signed) => Some(crate::devices::list::accept_first(
+                &invite.root_key,
+                signed,
+                &identity_key,
+            )?),
+            None => None,
+        };
         let address = invite.address.unwrap_or_default();
         let send_token = key32(&address.send_token).ok_or(bad("send token"))?;
         let mailbox_id = address.mailbox_id[..]
@@ -126,10 +139,16 @@ impl Client {
             added_at_ms: now,
         };
         self.store.put_contact(&contact)?;
+        if let Some(list) = &peer_list {
+            self.put_peer_list(&identity_key, list)?;
+        }
         if let Some(old) = &replaced {
             self.change_contact_key(old, &contact)?;
         }
+        let own = self.own_devices()?;
         let hello = Body::Hello(pb::ContactHello {
+            root_key: own.list.root_key.to_vec().into(),
+            device_list: Some(own.list.signed()),
             name: self.profile.name.clone(),
             reply_to: Some(self.my_address(&my_token)),
             signing_key: self.account.signing_key().to_vec().into(),
@@ -138,6 +157,8 @@ impl Client {
         });
         let content = layers::content(random16(), now, hello);
         self.enqueue(&contact, session, &content, None)?;
+        // Our other devices get the new contact too.
+        self.sync_contact(&contact)?;
         self.store.flush().await?;
         Ok(contact)
     }

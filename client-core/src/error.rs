@@ -107,6 +107,16 @@ pub enum ClientError {
     /// A backup that cannot be written or restored.
     #[error("backup: {0}")]
     Backup(String),
+    /// A device operation that cannot be done (an unknown device id, the
+    /// last device, a link that failed its checks).
+    #[error("{0}")]
+    Device(String),
+    /// A device list that failed its checks (devices/list.rs).
+    #[error(transparent)]
+    DeviceList(#[from] crate::devices::list::ListError),
+    /// A link code that could not be read.
+    #[error(transparent)]
+    LinkCode(#[from] tern_protocol::link::LinkCodeError),
 }
 
 impl ClientError {

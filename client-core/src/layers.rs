@@ -362,6 +362,7 @@ mod tests {
             signing_key: vec![5; 32].into(),
             seal_key: seal.to_vec().into(),
             invite_token: vec![6; 32].into(),
+            ..Default::default()
         };
         let intro = read_introduction(good.clone()).unwrap();
         assert_eq!(intro.mailbox_id, [3; 16]);
@@ -415,6 +416,7 @@ mod tests {
             signing_key: vec![5; 32].into(),
             seal_key: vec![9; 32].into(),
             invite_token: vec![6; 32].into(),
+            ..Default::default()
         });
         for body in [hello, text_body("hi")] {
             let payload = seal_content(

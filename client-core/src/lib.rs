@@ -21,6 +21,7 @@ pub mod backup;
 pub mod client;
 pub mod contact_state;
 pub mod contacts;
+pub mod devices;
 pub mod error;
 pub mod event;
 pub mod fleet_dial;

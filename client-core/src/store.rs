@@ -111,6 +111,10 @@ pub struct OutboxItem {
     pub token: [u8; 32],
     /// Sealed bytes.
     pub payload: Vec<u8>,
+    /// A fan-out copy for another device (devices/fanout.rs): settled
+    /// quietly, never reported as the message's own send.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// The encrypted local database.
@@ -546,7 +550,7 @@ impl LocalStore {
         self.commit_incoming_with(
             contact,
             new_contact,
-            session_pickle,
+            Some((&contact.identity_key, session_pickle)),
             message_id,
             message,
             None,
@@ -555,11 +559,14 @@ impl LocalStore {
 
     /// [`LocalStore::commit_incoming`], also writing `extra` (tree, key,
     /// sealed value) in the same transaction: the invite a hello used up.
+    /// The session is stored under the device that sent the message (the
+    /// contact's, or another device on its list), or not at all (`None`:
+    /// a second session that lost the race of two, see the inbox).
     pub(crate) fn commit_incoming_with(
         &self,
         contact: &Contact,
         new_contact: bool,
-        session_pickle: &[u8],
+        session: Option<(&ContactId, &[u8])>,
         message_id: &[u8; 16],
         message: Option<(&[u8], &StoredMessage)>,
         extra: Option<(&Tree, Vec<u8>, Vec<u8>)>,
@@ -600,13 +607,9 @@ impl LocalStore {
                     if let Some(v) = &contact_value {
                         contacts.insert(&slot[..], &v[..])?;
                     }
-                    self.put_session_tx(
-                        sessions,
-                        head,
-                        &contact.identity_key,
-                        session_pickle,
-                        counter,
-                    )?;
+                    if let Some((device, pickle)) = session {
+                        self.put_session_tx(sessions, head, device, pickle, counter)?;
+                    }
                     if let Some((k, v)) = &msg {
                         messages.insert(&k[..], &v[..])?;
                     }
@@ -708,6 +711,21 @@ impl LocalStore {
                 Ok(())
             })
             .map_err(tx_err)
+    }
+
+    /// Store a conversation entry under its logical key (a copy of one we
+    /// sent from another device; written again unchanged if repeated).
+    pub(crate) fn put_message(&self, key: &[u8], m: &StoredMessage) -> Result<(), ClientError> {
+        let slot = self.message_slot(key);
+        self.messages
+            .insert(&slot[..], self.seal_value("messages", &slot, m)?)?;
+        Ok(())
+    }
+
+    /// Forget our session with a device (it left its account's list).
+    pub(crate) fn drop_session(&self, device: &ContactId) -> Result<(), ClientError> {
+        self.sessions.remove(self.contact_key(device))?;
+        Ok(())
     }
 
     /// Mark a received message id as stored.

@@ -7,7 +7,8 @@
 //!
 //! The operations are those of [`crate::invites`] (`tern invite --expires
 //! / --list / --revoke`), [`crate::verify`] (`tern verify`) and
-//! [`crate::rotation`] (`tern rotate`).
+//! [`crate::rotation`] (`tern rotate`), and the account's devices
+//! ([`crate::devices::manage`]: `tern device list / rename / remove`).
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -55,6 +56,32 @@ pub enum TrustRequest {
     },
     /// Which contacts are verified.
     Verified,
+    /// The account's devices (`tern device list`).
+    DeviceList,
+    /// Rename a device (queued for contacts; the caller flushes).
+    DeviceRename {
+        /// Its id or a unique prefix.
+        id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Remove a device (queued for contacts; the caller flushes).
+    DeviceRemove {
+        /// Its id or a unique prefix.
+        id: String,
+    },
+}
+
+impl TrustRequest {
+    /// Whether it queues messages the caller should deliver now.
+    pub fn queues(&self) -> bool {
+        matches!(
+            self,
+            TrustRequest::Rotate { .. }
+                | TrustRequest::DeviceRename { .. }
+                | TrustRequest::DeviceRemove { .. }
+        )
+    }
 }
 
 /// An invite as listed.
@@ -117,6 +144,11 @@ pub enum TrustResult {
         /// (name, verified), in name order.
         contacts: Vec<(String, bool)>,
     },
+    /// The account's devices (after a rename or removal: the new list).
+    Devices {
+        /// In the list's order.
+        devices: Vec<crate::devices::manage::DeviceInfo>,
+    },
 }
 
 impl Client {
@@ -168,6 +200,21 @@ impl Client {
                     contacts.push((c.name, verified));
                 }
                 TrustResult::Verified { contacts }
+            }
+            TrustRequest::DeviceList => TrustResult::Devices {
+                devices: self.devices()?,
+            },
+            TrustRequest::DeviceRename { id, name } => {
+                self.rename_device_queued(&id, &name)?;
+                TrustResult::Devices {
+                    devices: self.devices()?,
+                }
+            }
+            TrustRequest::DeviceRemove { id } => {
+                self.remove_device_queued(&id).await?;
+                TrustResult::Devices {
+                    devices: self.devices()?,
+                }
             }
         })
     }

@@ -17,6 +17,7 @@
 //! - [`HistoryKey`]: the account history key and what derives from it
 //!   (history account id and signatures, blob AEAD, conversation tags);
 //!   [`backup`]: account backups under a recovery phrase.
+//! - [`RootKey`]: the account root key that signs its device list.
 //!
 //! A message from Alice to Bob is `seal(bob.seal_public, olm.encrypt(m))`:
 //! the relay learns only Bob's mailbox; Bob opens the seal, then the Olm
@@ -35,6 +36,7 @@ mod error;
 pub mod history;
 mod megolm;
 pub mod passphrase;
+mod root;
 pub mod safety;
 mod seal;
 mod session;
@@ -46,6 +48,7 @@ pub use history::HistoryKey;
 pub use megolm::{
     envelope_open, envelope_seal, new_envelope_key, GroupReceiver, GroupSender, ENVELOPE_OVERHEAD,
 };
+pub use root::RootKey;
 pub use seal::{
     open, seal, seal_with_ephemeral, validate_seal_public, SealKey, SEAL_OVERHEAD, SEAL_VERSION,
 };

@@ -213,6 +213,40 @@ fn main() {
         ],
     );
 
+    // --- device lists and link codes --------------------------------------
+    {
+        use prost::Message;
+        let root = tern_crypto::RootKey::from_bytes(&[7; 32]);
+        let entry = |n: u8| tern_client::devices::list::Device {
+            id: [n; 8],
+            identity_key: [n; 32],
+            signing_key: [n; 32],
+            seal_key: [n; 32],
+            relay_url: address().relay_url,
+            mailbox_id: [n; 16],
+            token: Some([n; 32]),
+            name: format!("device {n}"),
+            added_at_ms: 1,
+            fallback_key: [n; 32],
+        };
+        let list = tern_client::devices::list::sign_list(&root, 2, vec![entry(1), entry(2)]);
+        let code = tern_protocol::link::encode_link_code(&pb::LinkCode {
+            relay_url: address().relay_url,
+            mailbox_id: vec![1; 16].into(),
+            send_token: vec![2; 32].into(),
+            secret: vec![3; 32].into(),
+            identity_key: vec![4; 32].into(),
+        });
+        seeds(
+            "device_list",
+            &[
+                ("signed_list", list.signed().encode_to_vec()),
+                ("list", list.list.clone()),
+                ("link_code", code.into_bytes()),
+            ],
+        );
+    }
+
     // --- invite codes and relay URLs -------------------------------------
     let invite = pb::Invite {
         address: Some(address()),
@@ -221,6 +255,7 @@ fn main() {
         one_time_key: vec![5; 32].into(),
         name: "alice".into(),
         seal_key: vec![6; 32].into(),
+        ..Default::default()
     };
     let mut v6 = invite.clone();
     if let Some(a) = v6.address.as_mut() {
@@ -321,6 +356,7 @@ fn main() {
             signing_key: bob.signing_key().to_vec().into(),
             seal_key: bob.seal_public().to_vec().into(),
             invite_token: vec![2; 32].into(),
+            ..Default::default()
         })),
     };
     seeds(

@@ -107,6 +107,7 @@ mod tests {
             one_time_key: vec![5; 32].into(),
             name: "alice".into(),
             seal_key: vec![6; 32].into(),
+            ..Default::default()
         }
     }
 

@@ -13,6 +13,7 @@ pub mod frames;
 pub mod history;
 pub mod invite;
 pub mod limits;
+pub mod link;
 pub mod padding;
 pub mod url;
 

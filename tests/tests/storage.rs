@@ -41,6 +41,7 @@ fn sealed_hello(code: &str, name: &str, content_id: [u8; 16], relay: &str) -> Ve
             signing_key: device.signing_key().to_vec().into(),
             seal_key: device.seal_public().to_vec().into(),
             invite_token: invite.address.unwrap().send_token,
+            ..Default::default()
         })),
     };
     let olm = session.encrypt(&content.encode_to_vec());

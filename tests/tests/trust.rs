@@ -40,6 +40,7 @@ fn hello(code: &str, name: &str, reply_to: pb::Address) -> Vec<u8> {
             signing_key: device.signing_key().to_vec().into(),
             seal_key: device.seal_public().to_vec().into(),
             invite_token: invite.address.unwrap().send_token,
+            ..Default::default()
         })),
     };
     let olm = session.encrypt(&content.encode_to_vec());

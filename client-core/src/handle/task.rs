@@ -502,7 +502,7 @@ impl Task {
                 }
             }
             Command::Trust { req, reply } => {
-                let rotate = matches!(req, crate::trust::TrustRequest::Rotate { .. });
+                let rotate = req.queues();
                 let r = self.client.trust(req).await;
                 if rotate && r.is_ok() {
                     self.request_flush(Vec::new());

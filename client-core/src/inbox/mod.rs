@@ -12,6 +12,7 @@ pub(crate) mod rules;
 
 use crate::backoff::Backoff;
 use crate::client::{now_ms, Client};
+use crate::devices::Sender;
 use crate::error::ClientError;
 use crate::event::Event;
 use crate::layers::{self, SessionChoice};
@@ -271,15 +272,34 @@ impl Client {
             // Not a 1:1 seal: perhaps a group message (groups/receive.rs).
             return self.accept_group_envelope(&env);
         };
-        let known = self.store.contact(&sender)?;
-        // Contacts, and group members we exchanged messages with.
+        // Which account and device it came from (devices/mod.rs): a device
+        // its account's signed list does not name gets nothing read.
+        let from = self.resolve_sender(&sender)?;
+        if matches!(from, Sender::Refused) {
+            warn!("dropping a message from a device not on its account's signed list");
+            return Ok(None);
+        }
+        let own_device = matches!(from, Sender::OwnDevice);
+        // Another device of a contact than the one we met: what is about
+        // the met device's address (a hello, a token rotation) is not its
+        // to say.
+        let other_device = matches!(from, Sender::ContactDevice(_));
+        // The device we met when we made the contact here keeps the old
+        // rule: its new session always replaces ours.
+        let met_here = matches!(&from, Sender::Contact(c) if c.token_given.is_some());
+        let known = match from {
+            Sender::Contact(c) | Sender::ContactDevice(c) => Some(c),
+            _ => None,
+        };
+        // Contacts, their devices, our devices and group members we
+        // exchanged messages with.
         let existing = self.load_session(&sender)?;
-        // Two members who are not contacts may start sessions with each
-        // other at once: the one started by the lower identity key is kept
-        // on both sides, and a pre-key message of the other is read once
-        // and not kept (docs/decisions.md, "Group member cards").
-        let keep_new =
-            known.is_some() || existing.is_none() || sender < self.account.identity_key();
+        // Two devices that met through a list or a group card may start
+        // sessions with each other at once: the one started by the lower
+        // identity key is kept on both sides, and a pre-key message of the
+        // other is read once and not kept (docs/decisions.md, "Group
+        // member cards").
+        let keep_new = met_here || existing.is_none() || sender < self.account.identity_key();
         // A first message uses up a one-time key. It is used up on a copy of
         // the account that replaces this one only once the message is
         // stored, so a message that turns out unusable burns no key.
@@ -311,6 +331,29 @@ impl Client {
                 }
             };
         let id = opened.id;
+        if own_device {
+            self.accept_from_own(&sender, &session, account, keep_new, opened)?;
+            return Ok(None);
+        }
+        if let (Some(Body::DeviceListUpdate(u)), Some(c)) = (&opened.body, &known) {
+            if !self.store.seen(&id)? {
+                if let Some(signed) = &u.list {
+                    self.apply_peer_list(c, &sender, signed)?;
+                }
+            }
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
+            return Ok(None);
+        }
+        if other_device && matches!(opened.body, Some(Body::Hello(_) | Body::TokenRotation(_))) {
+            warn!("dropping a hello or token rotation from a contact's other device");
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
+            return Ok(None);
+        }
+        // A hello's device list, kept once the contact is stored.
+        let hello_list = match &opened.body {
+            Some(Body::Hello(h)) => h.device_list.clone().map(|l| (h.root_key.to_vec(), l)),
+            _ => None,
+        };
         if matches!(opened.body, Some(Body::GroupUpdate(_) | Body::GroupKey(_))) {
             if !self.store.seen(&id)? {
                 if let Some(body) = opened.body {
@@ -418,11 +461,26 @@ impl Client {
             (Some(k), Some(m)) => Some((&k[..], m)),
             _ => None,
         };
+        let keep = account.is_none() || keep_new;
+        let introduced = invite_used.is_some();
         let pickle = session.to_encrypted_pickle(&self.key);
         let invites = self.store.db().open_tree(crate::invites::TREE)?;
         let extra = invite_used.map(|(k, v)| (&invites, k, v));
+        let kept = keep.then_some((&sender, &pickle[..]));
         self.store
-            .commit_incoming_with(&contact, new_contact, &pickle, &id, entry_ref, extra)?;
+            .commit_incoming_with(&contact, new_contact, kept, &id, entry_ref, extra)?;
+        if introduced {
+            if let Some((root, signed)) = &hello_list {
+                match crate::devices::list::accept_first(root, signed, &sender) {
+                    Ok(list) => self.put_peer_list(&contact.identity_key, &list)?,
+                    Err(e) => warn!("a hello with a bad device list: {e}"),
+                }
+            }
+            // Our other devices get the new contact too.
+            if let Err(e) = self.sync_contact(&contact) {
+                warn!("new contact not copied to our other devices: {e}");
+            }
+        }
         if entry.is_some() {
             // A text stored: its sender is owed a delivered receipt.
             self.note_stored(&contact.identity_key, &id)?;

@@ -202,6 +202,7 @@ mod tests {
             signing_key: vec![3; 32].into(),
             seal_key: tern_crypto::SealKey::generate().public().to_vec().into(),
             invite_token: vec![].into(),
+            ..Default::default()
         };
         match decide(opened(Some(Body::Hello(good))), None, false, 0, 0) {
             Verdict::Introduce(i) => assert_eq!(i.name, "carol"),

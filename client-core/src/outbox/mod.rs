@@ -139,36 +139,20 @@ async fn deposit_to_one(dialer: &mut Dialer, url: &RelayUrl, items: &[OutboxItem
 impl Client {
     /// Encrypt `content` for `contact` and put it in the outbox together
     /// with the advanced session (and the conversation entry, for texts).
+    /// Texts and device lists go to every device of the contact
+    /// (`crate::devices::fanout`).
     pub(crate) fn enqueue(
         &self,
         contact: &Contact,
-        mut session: PairSession,
+        session: PairSession,
         content: &pb::Content,
         entry: Option<(&[u8], &StoredMessage)>,
     ) -> Result<(), ClientError> {
-        let payload = layers::seal_content(
-            &mut session,
-            &self.account.identity_key(),
-            &contact.seal_key,
-            content,
-        );
-        layers::check_size(&payload).map_err(|layers::SealError::TooLarge { size, max }| {
-            ClientError::TooLarge { size, max }
-        })?;
-        let item = OutboxItem {
-            position: self.store.next_position()?,
-            message_id: content.message_id[..]
-                .try_into()
-                .map_err(|_| ClientError::Store("message id is not 16 bytes".into()))?,
-            contact: contact.identity_key,
-            message_key: entry.map(|(k, _)| k.to_vec()),
-            relay_url: contact.relay_url.clone(),
-            mailbox_id: contact.mailbox_id,
-            token: contact.send_token,
-            payload,
-        };
-        self.store
-            .commit_outgoing(&session.to_encrypted_pickle(&self.key), entry, &item)
+        if crate::devices::fanout::fans_out(content) {
+            return self.enqueue_fanned(contact, Some(session), content, entry);
+        }
+        let target = crate::devices::Target::of_contact(contact);
+        self.enqueue_to(&target, session, content, entry, false)
     }
 
     /// Put a text to the contact named `to` in the outbox, durably; returns
@@ -176,9 +160,7 @@ impl Client {
     pub async fn queue_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
         let contact = self.contact_named(to)?;
         self.check_sendable(&contact)?;
-        let session = self
-            .load_session(&contact.identity_key)?
-            .ok_or_else(|| ClientError::Store(format!("no session with {to}")))?;
+        let session = self.contact_session(&contact)?;
         let id = random16();
         let at = now_ms();
         let entry = StoredMessage {
@@ -193,7 +175,9 @@ impl Client {
         let key = message_key(&contact.identity_key, at, &id);
         self.track_sent(&id, &key, &[contact.identity_key])?;
         let content = layers::content(id, at, layers::text_body(text));
-        self.enqueue(&contact, session, &content, Some((&key, &entry)))?;
+        self.enqueue_fanned(&contact, session, &content, Some((&key, &entry)))?;
+        // Our other devices show it as sent by us (devices/fanout.rs).
+        self.sync_sent(&contact, &id, at, text)?;
         self.store.flush().await?;
         Ok(hex::encode(id))
     }
@@ -311,7 +295,7 @@ impl Client {
             results,
         } in deposits
         {
-            for i in &items {
+            for i in items.iter().filter(|i| !i.copy) {
                 flushed
                     .recipients
                     .insert(hex::encode(i.message_id), i.contact);
@@ -325,6 +309,7 @@ impl Client {
                     report.queued.extend(
                         items
                             .iter()
+                            .filter(|i| !i.copy)
                             .map(|i| (hex::encode(i.message_id), reason.clone())),
                     );
                     continue;
@@ -335,6 +320,18 @@ impl Client {
                 // Receipt batches go like messages but are not reported as
                 // messages (crate::receipts).
                 let receipts = self.store.is_receipt_batch(&item.message_id)?;
+                if item.copy {
+                    // A fan-out copy (devices/fanout.rs): settled, not reported.
+                    match rules::decide(result) {
+                        Decision::Retire => self.store.settle(item, Status::Sent)?,
+                        Decision::Fail(e) => {
+                            self.store.settle(item, Status::Failed(e.to_string()))?
+                        }
+                        Decision::Keep { pause, .. } => wait = rules::longest(wait, pause),
+                        Decision::HeldBack => {}
+                    }
+                    continue;
+                }
                 match rules::decide(result) {
                     Decision::Retire => {
                         self.store.settle(item, Status::Sent)?;

@@ -239,6 +239,7 @@ mod tests {
             mailbox_id: [0; 16],
             token: [0; 32],
             payload: vec![],
+            copy: false,
         };
         let grouped = by_relay(vec![item(1, "r2"), item(2, "r1"), item(3, "r2")]);
         let order: Vec<(&str, Vec<u64>)> = grouped

@@ -252,12 +252,16 @@ impl Client {
                 mailbox_id: contact.mailbox_id,
                 token: contact.send_token,
                 payload,
+                copy: false,
             };
             self.store.commit_receipt_batch(
                 &session.to_encrypted_pickle(&self.key),
                 &item,
                 &carried,
             )?;
+            // The contact's other devices get the same batch (the one that
+            // sent a message keeps its status): quiet copies.
+            self.copy_to_other_devices(&contact, &content)?;
             queued += 1;
         }
         Ok(queued)

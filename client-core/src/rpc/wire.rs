@@ -275,6 +275,9 @@ pub fn client_error_code(e: &ClientError) -> ErrorCode {
         // Group errors say what went wrong in their message.
         ClientError::UnknownGroup(_) | ClientError::GroupRefused(_) => ErrorCode::Store,
         ClientError::History(_) | ClientError::Backup(_) => ErrorCode::Store,
+        // Device errors say what went wrong in their message too.
+        ClientError::Device(_) | ClientError::DeviceList(_) => ErrorCode::Store,
+        ClientError::LinkCode(_) => ErrorCode::InvalidInvite,
         ClientError::KeyChanged(_) => ErrorCode::KeyChanged,
         ClientError::UnknownInvite(_) => ErrorCode::UnknownInvite,
         ClientError::PassphraseNeeded
