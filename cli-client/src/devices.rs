@@ -210,6 +210,20 @@ pub(crate) async fn init_linked(
         client.profile().name,
         home.display()
     ));
+    // With history on, the account's conversations come back now.
+    if client.settings()?.history_days > 0 {
+        let terminal = std::io::stderr().is_terminal();
+        match client
+            .restore_history(&mut |p| crate::history_cli::show(p, terminal))
+            .await
+        {
+            Ok(done) => out(&format!(
+                "restored {} message(s) from history ({} conversation(s))",
+                done.restored, done.conversations
+            )),
+            Err(e) => eprintln!("tern: history not restored yet ({e}); run `tern history --restore`"),
+        }
+    }
     client.close().await;
     Ok(())
 }

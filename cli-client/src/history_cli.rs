@@ -50,7 +50,7 @@ pub async fn my_name(home: &Path, open: impl FnOnce() -> Result<Client>) -> Resu
 }
 
 /// One progress report: a redrawn bar on a terminal, a line otherwise.
-fn show(p: RestoreProgress, terminal: bool) {
+pub(crate) fn show(p: RestoreProgress, terminal: bool) {
     let mut err = std::io::stderr().lock();
     if terminal {
         const WIDTH: usize = 30;

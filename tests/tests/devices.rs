@@ -365,3 +365,33 @@ async fn a_contact_drops_a_device_its_account_never_listed() {
     assert_eq!(texts(&bob.receive_messages(1).await), ["the real alice"]);
     assert_eq!(bob.client.contacts().unwrap().len(), 1);
 }
+
+#[test]
+fn a_device_linked_with_history_on_restores_the_conversations() {
+    let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, b) = contacts(dir.path(), &ra, &rb);
+    ok(&a1, &["settings", "history", "30"]);
+    ok(&b, &["send", "alice", "before the laptop"]);
+    assert_eq!(
+        received(&a1),
+        [("bob".into(), "before the laptop".into())]
+    );
+    ok(&a1, &["send", "bob", "my answer"]);
+
+    // The laptop joins on the same home relay, where the account's
+    // history is: linking hands over the history key and restores.
+    let a2 = dir.path().join("alice-laptop");
+    link(&a1, &a2, &ra, "laptop");
+    let h = history(&a2, "bob");
+    let texts: Vec<(&str, bool)> = h
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["outgoing"] == true))
+        .collect();
+    assert!(texts.contains(&("before the laptop", false)), "{h:?}");
+    assert!(texts.contains(&("my answer", true)), "{h:?}");
+    assert_eq!(
+        ok(&a2, &["settings", "history"]).trim(),
+        ok(&a1, &["settings", "history"]).trim()
+    );
+}

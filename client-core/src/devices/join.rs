@@ -91,7 +91,15 @@ impl Client {
         .await;
         stream.finish(Duration::from_secs(1)).await;
         link.close();
-        self.take_bundle(bundle?, &pending)?;
+        let bundle = bundle?;
+        let history_key = key32(&bundle.extra);
+        self.take_bundle(bundle, &pending)?;
+        // History on: the account's history key came along (the bundle's
+        // settings already hold the days).
+        if let Some(key) = history_key {
+            let days = self.store.settings()?.history_days;
+            self.import_history_key_bundle(key, days).await?;
+        }
         self.store.flush().await
     }
 

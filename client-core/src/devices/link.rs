@@ -290,10 +290,14 @@ impl Client {
         })
     }
 
-    /// What other features add to a link bundle (the history key, when
-    /// that lands): empty for now. `LinkBundle.extra` is the hook.
+    /// What rides in `LinkBundle.extra`: the account history key (32
+    /// bytes) when history is on, so the new device uploads to and
+    /// restores from the same history account; empty when it is off.
     fn link_extra(&self) -> Result<Vec<u8>, ClientError> {
-        Ok(Vec::new())
+        if self.store.settings()?.history_days == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.history_key_bundle()?.to_vec())
     }
 
     /// Contact copies for the new device `d` (already on our list), each
