@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod client;
 pub mod contact_state;
 pub mod contacts;
+pub mod direct;
 pub mod error;
 pub mod event;
 pub mod groups;

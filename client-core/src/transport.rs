@@ -180,6 +180,16 @@ impl Dialer {
         }
     }
 
+    /// The shared endpoint (the home relay's socket), if one was made:
+    /// IPv4 first. Direct paths accept on it (`crate::direct`).
+    pub fn shared_endpoint(&self) -> Option<quinn::Endpoint> {
+        let endpoints = self.endpoints();
+        endpoints
+            .get(&false)
+            .or_else(|| endpoints.get(&true))
+            .cloned()
+    }
+
     /// Connect to the relay at `url` on the shared endpoint: for
     /// authenticated and control connections, never for sends.
     pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
@@ -428,6 +438,11 @@ impl RelayLink {
     /// kind byte and frames themselves (fuzzers, protocol conformance tests).
     pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
         self.conn.open_bi().await.map_err(|e| self.broken(e))
+    }
+
+    /// The relay's address on this connection.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// Close the connection politely.

@@ -170,7 +170,10 @@ impl RpcBackend for TestBackend {
         if let Some(v) = read_receipts {
             *on = v;
         }
-        Ok(Settings { read_receipts: *on })
+        Ok(Settings {
+            read_receipts: *on,
+            ..Settings::default()
+        })
     }
 }
 

@@ -139,8 +139,12 @@ impl Task {
         match plan {
             Ok((plan, mut groups)) => {
                 let mut dialer = self.client.dialer.clone();
+                let paths = self.paths.clone();
                 cycle.flight = Some(tokio::spawn(async move {
-                    let pairwise = deposit_all(&mut dialer, plan).await;
+                    let pairwise = match paths {
+                        Some(p) => crate::direct::deposit::deposit_all(&p, &mut dialer, plan).await,
+                        None => deposit_all(&mut dialer, plan).await,
+                    };
                     deposit_groups(&mut dialer, &mut groups).await;
                     Round { pairwise, groups }
                 }));
