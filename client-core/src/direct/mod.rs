@@ -71,6 +71,20 @@ pub(crate) async fn on_home_link(
     paths.note_home(observed, link.remote_address());
 }
 
+/// Hand a prepared typing notice for one contact to its path (ephemeral:
+/// shown if the peer is listening, never stored); whether it was acked.
+pub(crate) async fn send_typing(path: &Path, prepared: &crate::typing::PreparedTyping) -> bool {
+    let [(_, m)] = prepared.sends.as_slice() else {
+        return false;
+    };
+    let item = link::DirectItem {
+        message_id: m.message_id,
+        payload: m.payload.clone(),
+        ephemeral: true,
+    };
+    path.send_batch(&[item]).await == [true]
+}
+
 /// What the paths tell the running client.
 pub(crate) enum Inbound {
     /// A message arrived on a path.

@@ -494,7 +494,19 @@ impl Task {
                     // The network part runs on its own: receiving goes on.
                     Ok(Ok(prepared)) => {
                         let mut dialer = self.client.dialer.clone();
+                        let path = self.paths.as_ref().and_then(|p| {
+                            let c = self.client.contact_named(&contact).ok()?;
+                            p.get(&c.identity_key)
+                        });
                         tokio::spawn(async move {
+                            // Over a direct path if one is up; else (or if
+                            // it is not acked) through the relay.
+                            if let Some(path) = path {
+                                if crate::direct::send_typing(&path, &prepared).await {
+                                    let _ = reply.send(Ok(TypingOutcome::Sent));
+                                    return;
+                                }
+                            }
                             let r = send_typing(&mut dialer, prepared).await;
                             let _ = reply.send(r.map(|()| TypingOutcome::Sent));
                         });
