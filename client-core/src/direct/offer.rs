@@ -23,6 +23,9 @@ pub const OFFER_EVERY: Duration = Duration::from_secs(20);
 /// Candidates read from one offer, at most.
 pub const MAX_CANDIDATES: usize = 8;
 
+/// Most contacts and offers noted between two drains.
+pub const NEWS_CAP: usize = 64;
+
 /// What receiving learned for direct paths, drained by the running client.
 #[derive(Debug, Default)]
 pub struct News {
@@ -36,6 +39,21 @@ impl News {
     /// Take everything noted so far.
     pub(crate) fn take(&mut self) -> News {
         std::mem::take(self)
+    }
+
+    /// A message or receipt came from `contact`. (A client that never
+    /// drains this, one that does not run, keeps at most [`NEWS_CAP`].)
+    pub(crate) fn note_heard(&mut self, contact: ContactId) {
+        if self.heard.len() < NEWS_CAP && !self.heard.contains(&contact) {
+            self.heard.push(contact);
+        }
+    }
+
+    /// An offer came from `contact` (at most [`NEWS_CAP`] kept).
+    pub(crate) fn note_offer(&mut self, contact: Contact, offer: pb::PathOffer) {
+        if self.offers.len() < NEWS_CAP {
+            self.offers.push((contact, offer));
+        }
     }
 
     /// Whether nothing is noted.
@@ -214,6 +232,19 @@ mod tests {
         );
         assert_eq!(candidates(Some(a), Some(a)), vec![a.to_string()]);
         assert!(candidates(None, None).is_empty());
+    }
+
+    #[test]
+    fn news_of_a_client_that_never_drains_stays_bounded() {
+        let mut news = News::default();
+        for i in 0..200u8 {
+            news.note_heard([i; 32]);
+            news.note_heard([i; 32]);
+        }
+        assert_eq!(news.heard.len(), NEWS_CAP);
+        let taken = news.take();
+        assert_eq!(taken.heard.len(), NEWS_CAP);
+        assert!(news.is_empty());
     }
 
     #[test]

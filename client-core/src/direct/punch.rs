@@ -205,3 +205,168 @@ fn check_hello(
         .map_err(|_| HelloError::BadSignature)?;
     Ok(who)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::direct::Inbound;
+    use std::sync::Arc;
+    use tern_crypto::DeviceAccount;
+    use tokio::sync::mpsc;
+
+    struct Side {
+        account: Arc<DeviceAccount>,
+        paths: Paths,
+        inbound: mpsc::Receiver<Inbound>,
+        addr: SocketAddr,
+    }
+
+    fn side() -> Side {
+        let account = Arc::new(DeviceAccount::new());
+        let (paths, inbound) = Paths::new(Arc::clone(&account));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        paths.attach(endpoint).unwrap();
+        Side {
+            account,
+            paths,
+            inbound,
+            addr,
+        }
+    }
+
+    async fn dial_once(
+        from: &Side,
+        to: &Side,
+        claimed_key: [u8; 32],
+    ) -> Result<(quinn::Connection, [u8; 32]), HelloError> {
+        let endpoint = from.paths.endpoint().unwrap();
+        let connecting = endpoint
+            .connect_with(tls::client_config().unwrap(), to.addr, "tern-direct")
+            .unwrap();
+        let who = to.account.identity_key();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            connect_as(&from.paths, connecting, who, claimed_key),
+        )
+        .await
+        .expect("the dial ended")
+    }
+
+    async fn opened(side: &mut Side) -> ContactId {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), side.inbound.recv()).await {
+                Ok(Some(Inbound::Opened { contact, .. })) => return contact,
+                Ok(Some(_)) => {}
+                other => panic!("no path opened: {}", other.is_ok()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_contact_with_its_signing_key_gets_a_path() {
+        let mut alice = side();
+        let mut bob = side();
+        let mallory = side();
+
+        // Bob does not expect alice yet: refused.
+        assert!(dial_once(&alice, &bob, bob.account.signing_key())
+            .await
+            .is_err());
+
+        // Expected, but the dialer checks the key it knows for bob: a
+        // wrong one is refused on the dialer's side.
+        bob.paths
+            .allow(alice.account.identity_key(), alice.account.signing_key());
+        let wrong = DeviceAccount::new().signing_key();
+        assert!(matches!(
+            dial_once(&alice, &bob, wrong).await,
+            Err(HelloError::BadSignature)
+        ));
+
+        // Mallory, not allowed by bob, is refused; so is mallory claiming
+        // to be alice (bob checks alice's signing key).
+        assert!(dial_once(&mallory, &bob, bob.account.signing_key())
+            .await
+            .is_err());
+
+        // Alice, expected, with the right keys both ways: a path on both
+        // sides.
+        let (conn, ex) = dial_once(&alice, &bob, bob.account.signing_key())
+            .await
+            .unwrap();
+        let rank = rank(&alice.paths, &bob.account.identity_key(), true, ex);
+        alice
+            .paths
+            .install(Path::new(conn, bob.account.identity_key(), rank));
+        assert_eq!(opened(&mut bob).await, alice.account.identity_key());
+        assert_eq!(opened(&mut alice).await, bob.account.identity_key());
+        assert!(alice.paths.info(&bob.account.identity_key()).direct);
+    }
+
+    #[tokio::test]
+    async fn a_relay_alpn_connection_is_not_accepted() {
+        let bob = side();
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        // A TLS 1.3 client offering only the relay's ALPN.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tlsc = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCheck))
+            .with_no_client_auth();
+        tlsc.alpn_protocols = vec![tern_protocol::ALPN.to_vec()];
+        let config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tlsc).unwrap(),
+        ));
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.connect_with(config, bob.addr, "tern-relay").unwrap(),
+        )
+        .await
+        .expect("the handshake ended");
+        assert!(
+            got.is_err(),
+            "a tern/1 handshake completed on the direct socket"
+        );
+    }
+
+    /// Accepts any server certificate (only the ALPN is under test).
+    #[derive(Debug)]
+    struct NoCheck;
+
+    impl rustls::client::danger::ServerCertVerifier for NoCheck {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
