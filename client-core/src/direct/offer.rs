@@ -9,7 +9,7 @@ use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::layers;
 use crate::settings::DirectMode;
-use crate::store::{Contact, ContactId};
+use crate::store::{Contact, ContactId, OutboxItem};
 use crate::transport::RelayLink;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -155,15 +155,16 @@ impl Client {
         Ok(allowed(mode, verified))
     }
 
-    /// Put an offer of `candidates` to `contact` in the outbox (it goes
-    /// like any 1:1 message; no conversation entry, no receipt).
+    /// Put an offer of `candidates` to `contact` in the outbox. It goes
+    /// like any 1:1 message but, like a receipt batch, is never reported
+    /// (no delivery event, no conversation entry, no receipt).
     pub(crate) fn queue_offer(
         &self,
         contact: &Contact,
         candidates: Vec<String>,
         answer: bool,
     ) -> Result<(), ClientError> {
-        let Some(session) = self.load_session(&contact.identity_key)? else {
+        let Some(mut session) = self.load_session(&contact.identity_key)? else {
             return Ok(());
         };
         let now = now_ms();
@@ -173,8 +174,26 @@ impl Client {
             expires_ms: now + OFFER_TTL.as_millis() as u64,
             answer,
         });
-        let content = layers::content(random16(), now, body);
-        self.enqueue(contact, session, &content, None)
+        let id = random16();
+        let content = layers::content(id, now, body);
+        let payload = layers::seal_content(
+            &mut session,
+            &self.account.identity_key(),
+            &contact.seal_key,
+            &content,
+        );
+        let item = OutboxItem {
+            position: self.store.next_position()?,
+            message_id: id,
+            contact: contact.identity_key,
+            message_key: None,
+            relay_url: contact.relay_url.clone(),
+            mailbox_id: contact.mailbox_id,
+            token: contact.send_token,
+            payload,
+        };
+        self.store
+            .commit_receipt_batch(&session.to_encrypted_pickle(&self.key), &item, &[])
     }
 }
 
