@@ -66,7 +66,10 @@ impl Task {
                     // the relay.
                     Err(e) => warn!("storing a direct message: {e}"),
                 }
-                if self.direct.acks.len() >= DIRECT_BATCH {
+                // Settle now if nothing else waits (one message: no
+                // delay), else batch up to DIRECT_BATCH or SETTLE_IDLE.
+                let more = self.direct_rx.as_ref().is_some_and(|rx| !rx.is_empty());
+                if !more || self.direct.acks.len() >= DIRECT_BATCH {
                     self.settle_direct().await;
                 }
             }

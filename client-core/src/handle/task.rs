@@ -151,7 +151,7 @@ pub(super) struct Task {
     /// Direct paths to contacts (`crate::direct`), if the account could
     /// be copied for signing.
     pub(super) paths: Option<Paths>,
-    direct_rx: Option<mpsc::Receiver<Inbound>>,
+    pub(super) direct_rx: Option<mpsc::Receiver<Inbound>>,
     pub(super) direct: DirectIntake,
 }
 
