@@ -429,8 +429,15 @@ fn behind_endpoint_independent_nats_the_path_opens() {
     let mut bob = Listen::start(nb, &b);
     ok_in(None, &a, &["send", "bob", "first"]);
     bob.until("the first message", SHOW_DEADLINE, |l| texts(l).len() == 1);
+    // Printed, not asserted (a figure for docs/performance.md): from bob
+    // showing the first message (both online, bob offers) to both paths.
+    let shown = Instant::now();
     bob.until("the path", SHOW_DEADLINE, |l| !paths(l, "open").is_empty());
     alice.until("the path", SHOW_DEADLINE, |l| !paths(l, "open").is_empty());
+    eprintln!(
+        "path open through the NATs {:?} after the first message showed",
+        shown.elapsed()
+    );
     assert_eq!(direct_status(&a, "bob")["direct"], true);
     for i in 0..10 {
         ok_in(None, &a, &["send", "bob", &format!("direct {i}")]);
