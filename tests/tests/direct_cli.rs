@@ -5,7 +5,8 @@
 //!   path opens, `tern send` handed to a running listen goes over it,
 //!   `contacts --json` and `status CONTACT` show it, and when one listen is
 //!   killed (SIGKILL) the path closes and what follows arrives through the
-//!   relay once the other side is back;
+//!   relay once the other side is back; `settings direct` reads and sets
+//!   the mode with and without a listen;
 //! - through NAT, in network namespaces the test builds (`ip netns`, veth
 //!   pairs, iptables MASQUERADE; relay in one namespace, each client behind
 //!   a NAT of its own, private addresses only): with endpoint-independent
@@ -218,7 +219,21 @@ fn listening_clients_go_direct_and_fall_back_when_one_is_killed() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), 31, "a message stored twice");
+
+    // `tern settings direct`, through the running listen and alone.
+    assert_eq!(ok_in(None, &a, &["settings", "direct"]), "direct on\n");
+    assert_eq!(
+        ok_in(None, &a, &["settings", "direct", "off"]),
+        "direct off\n"
+    );
     drop(alice);
+    assert_eq!(ok_in(None, &a, &["settings", "direct"]), "direct off\n");
+    assert_eq!(
+        ok_in(None, &a, &["settings", "direct", "verified"]),
+        "direct verified\n"
+    );
+    let bad = run_bounded(&mut tern_in(None, &a, &["settings", "direct", "maybe"]));
+    assert!(!bad.status.success());
 }
 
 /// Unique, short names for this run's namespaces and links.
