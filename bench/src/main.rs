@@ -9,6 +9,7 @@
 //! directory, or drives one it did not start (`--relay URL`); every loop
 //! is bounded by a count and by a timeout.
 
+mod direct;
 mod drain;
 mod e2e;
 mod failover;
@@ -85,6 +86,12 @@ struct Global {
     /// alone.
     #[arg(long, global = true)]
     e2e: bool,
+    /// With `online`: two running clients (the whole client stack) 1:1 on a
+    /// loopback relay, with direct paths off and then on: latency p50/p99,
+    /// msgs/s, and the time from both sides online to the path open
+    /// (`--messages` per phase, `--runs` per mode).
+    #[arg(long, global = true)]
+    direct: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -372,6 +379,9 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
         }
     };
     let start_relay = || start_relay_with(Setup::Bench);
+    if let (true, Workload::Online(a)) = (g.direct, &cli.workload) {
+        return direct::run(&relay_rt, g.data_dir.as_deref(), runs, a.messages).await;
+    }
     let mode = if g.e2e { Mode::E2e } else { Mode::Opaque };
     let suffix = mode.label_suffix();
     let mut report = match &cli.workload {

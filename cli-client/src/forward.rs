@@ -95,6 +95,11 @@ pub enum Forward {
         /// The new value, if one is given.
         set: Option<bool>,
     },
+    /// `tern settings direct [on|off|verified]`
+    Direct {
+        /// The new value, if one is given.
+        set: Option<tern_client::settings::DirectMode>,
+    },
     /// `tern group ...` and `tern history --group NAME`
     Group {
         /// The command.
@@ -184,6 +189,11 @@ fn print_event(
         EventParams::KeyChange { name, verified } => {
             line(out, crate::key_change_line(name, *verified))
         }
+        EventParams::Path {
+            contact,
+            state,
+            rtt_ms,
+        } => line(out, crate::path_line(contact, *state, *rtt_ms)),
     }
 }
 
@@ -358,6 +368,12 @@ pub async fn forward(
             }
         }
         Forward::Status { id, json } => {
+            let contacts: Vec<ContactInfo> = client.request(CONTACTS, &NoParams {}).await?;
+            if contacts.iter().any(|c| c.name == id) {
+                let p: PathResult = client.request(PATH, &PathParams { contact: id }).await?;
+                let text = crate::path_status_line(&p.contact, p.direct, p.rtt_ms, json);
+                return line(out, text);
+            }
             let lines: Vec<StatusLine> = client.request(STATUS, &StatusParams { id }).await?;
             for l in lines {
                 if json {
@@ -388,10 +404,28 @@ pub async fn forward(
         }
         Forward::ReadReceipts { set } => {
             let s: tern_client::Settings = client
-                .request(SETTINGS, &SettingsParams { read_receipts: set })
+                .request(
+                    SETTINGS,
+                    &SettingsParams {
+                        read_receipts: set,
+                        direct: None,
+                    },
+                )
                 .await?;
             let on = if s.read_receipts { "on" } else { "off" };
             line(out, format!("read-receipts {on}"))?;
+        }
+        Forward::Direct { set } => {
+            let s: tern_client::Settings = client
+                .request(
+                    SETTINGS,
+                    &SettingsParams {
+                        read_receipts: None,
+                        direct: set,
+                    },
+                )
+                .await?;
+            line(out, format!("direct {}", crate::direct_mode_name(s.direct)))?;
         }
         Forward::Block { contact } => {
             let blocked: BlockResult = client.request(BLOCK, &BlockParams { contact }).await?;

@@ -178,8 +178,10 @@ enum Command {
     },
     /// Show where a message you sent stands, per recipient: sent (their
     /// relay has it), delivered (their device stored it), read (they saw it).
+    /// With a contact's name instead: whether a running `tern listen` has
+    /// a direct path to them, and its round-trip time.
     Status {
-        /// The id `tern send` printed.
+        /// The id `tern send` printed, or a contact's name.
         message_id: String,
         /// One JSON object per recipient per line.
         #[arg(long)]
@@ -328,6 +330,70 @@ enum Setting {
         /// on or off.
         value: Option<OnOff>,
     },
+    /// Talk to contacts over direct paths when both are online: with every
+    /// contact (on, the default), nobody (off), or only verified contacts
+    /// (verified). A direct path shows each side the other's IP address.
+    /// Without a value, print the current one.
+    Direct {
+        /// on, off or verified.
+        value: Option<DirectArg>,
+    },
+}
+
+/// `tern settings direct`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DirectArg {
+    /// With every contact.
+    On,
+    /// With nobody.
+    Off,
+    /// Only with verified contacts.
+    Verified,
+}
+
+impl From<DirectArg> for tern_client::settings::DirectMode {
+    fn from(a: DirectArg) -> Self {
+        match a {
+            DirectArg::On => Self::On,
+            DirectArg::Off => Self::Off,
+            DirectArg::Verified => Self::Verified,
+        }
+    }
+}
+
+/// How `tern settings direct` prints a mode.
+fn direct_mode_name(m: tern_client::settings::DirectMode) -> &'static str {
+    use tern_client::settings::DirectMode;
+    match m {
+        DirectMode::On => "on",
+        DirectMode::Off => "off",
+        DirectMode::Verified => "verified",
+    }
+}
+
+/// How `tern listen` prints a path opening or closing.
+fn path_line(contact: &str, state: tern_client::event::PathState, rtt_ms: Option<u64>) -> String {
+    match (state, rtt_ms) {
+        (tern_client::event::PathState::Open, Some(ms)) => {
+            format!("* direct path to {contact} open (rtt {ms} ms)")
+        }
+        (tern_client::event::PathState::Open, None) => format!("* direct path to {contact} open"),
+        (tern_client::event::PathState::Closed, _) => {
+            format!("* direct path to {contact} closed")
+        }
+    }
+}
+
+/// `tern status CONTACT`: whether a path is direct, and its round-trip time.
+fn path_status_line(contact: &str, direct: bool, rtt_ms: Option<u64>, json: bool) -> String {
+    if json {
+        return json!({ "contact": contact, "direct": direct, "rtt_ms": rtt_ms }).to_string();
+    }
+    match (direct, rtt_ms) {
+        (true, Some(ms)) => format!("{contact}\tdirect\trtt {ms} ms"),
+        (true, None) => format!("{contact}\tdirect"),
+        (false, _) => format!("{contact}\trelay"),
+    }
 }
 
 /// A switch's value.
@@ -503,6 +569,25 @@ fn print_event(e: &Event, as_json: bool) {
             vec![json!({ "type": "key_change", "name": name, "verified": verified }).to_string()]
         }
         (Event::KeyChanged { name, verified }, false) => vec![key_change_line(name, *verified)],
+        (
+            Event::Path {
+                contact,
+                state,
+                rtt_ms,
+            },
+            true,
+        ) => vec![
+            json!({ "type": "path", "contact": contact, "state": state, "rtt_ms": rtt_ms })
+                .to_string(),
+        ],
+        (
+            Event::Path {
+                contact,
+                state,
+                rtt_ms,
+            },
+            false,
+        ) => vec![path_line(contact, *state, *rtt_ms)],
         (Event::Lagged { missed }, _) => {
             eprintln!(
                 "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
@@ -668,6 +753,11 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
             setting: Setting::ReadReceipts { value },
         } => F::ReadReceipts {
             set: value.map(|v| v == OnOff::On),
+        },
+        Command::Settings {
+            setting: Setting::Direct { value },
+        } => F::Direct {
+            set: value.map(Into::into),
         },
         Command::History {
             group: Some(name),
@@ -841,6 +931,8 @@ async fn run(cli: Cli) -> Result<()> {
                         json!({
                             "name": c.name, "relay": c.relay_url,
                             "identity_key": hex(&c.identity_key), "verified": verified,
+                            // Direct paths live in a running `tern listen` only.
+                            "direct": false, "rtt_ms": null,
                         })
                     );
                 } else {
@@ -1020,6 +1112,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { message_id, json } => {
             let client = open(&home)?;
+            if client.contacts()?.iter().any(|c| c.name == message_id) {
+                // No running client: no direct path.
+                println!("{}", path_status_line(&message_id, false, None, json));
+                return Ok(());
+            }
             print_status(&client.message_status(&message_id)?, json);
         }
         Command::Typing { contact, json } => {
@@ -1037,6 +1134,16 @@ async fn run(cli: Cli) -> Result<()> {
                 None => client.settings()?,
             };
             println!("read-receipts {}", on_off(settings.read_receipts));
+        }
+        Command::Settings {
+            setting: Setting::Direct { value },
+        } => {
+            let client = open(&home)?;
+            let settings = match value {
+                Some(v) => client.set_direct(v.into()).await?,
+                None => client.settings()?,
+            };
+            println!("direct {}", direct_mode_name(settings.direct));
         }
         Command::Group { command } => {
             let mut client = open(&home)?;

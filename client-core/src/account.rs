@@ -116,6 +116,7 @@ impl Client {
             profile,
             dialer,
             group_news: false,
+            direct_news: Default::default(),
             group_states: Default::default(),
         })
     }
@@ -164,6 +165,7 @@ impl Client {
             profile,
             dialer: Dialer::default(),
             group_news: false,
+            direct_news: Default::default(),
             group_states: Default::default(),
         };
         // Accounts from before device lists get a root key and a list of

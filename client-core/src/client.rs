@@ -30,6 +30,9 @@ pub struct Client {
     /// Receiving queued group control messages for other members (an
     /// update to pass on, our new card): flush soon.
     pub(crate) group_news: bool,
+    /// What receiving learned for direct paths (contacts heard from,
+    /// their path offers), for the running client to act on.
+    pub(crate) direct_news: crate::direct::offer::News,
     /// Each group's membership as last replayed, by group id, with the
     /// digest of the op set it was replayed from (`groups::Client::group_state`).
     pub(crate) group_states: std::sync::Mutex<crate::groups::StateCache>,
@@ -158,6 +161,7 @@ impl Client {
             },
             dialer: Dialer::default(),
             group_news: false,
+            direct_news: Default::default(),
             group_states: Default::default(),
         }
     }

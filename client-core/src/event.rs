@@ -66,6 +66,26 @@ pub enum Event {
         /// Whether they were verified (sends to them are stopped).
         verified: bool,
     },
+    /// A direct path to a contact opened or closed (`crate::direct`).
+    Path {
+        /// The contact's name.
+        contact: String,
+        /// Open or closed.
+        state: PathState,
+        /// Round-trip time when it opened.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<u64>,
+    },
+}
+
+/// Whether a direct path is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathState {
+    /// It opened: 1:1 messages go over it.
+    Open,
+    /// It closed: everything goes through the relay.
+    Closed,
 }
 
 /// Where a sent message stands.

@@ -22,6 +22,7 @@ pub mod client;
 pub mod contact_state;
 pub mod contacts;
 pub mod devices;
+pub mod direct;
 pub mod error;
 pub mod event;
 pub mod fleet_dial;

@@ -18,6 +18,10 @@ pub struct Settings {
     /// Days the relay keeps this account's history blobs (1-90), or 0:
     /// history off (the default). See [`crate::history`].
     pub history_days: u32,
+    /// Direct paths to contacts (`tern settings direct on|off|verified`;
+    /// on by default): a direct path shows each side the other's IP
+    /// address (docs/threat-model.md).
+    pub direct: DirectMode,
 }
 
 impl Default for Settings {
@@ -25,6 +29,33 @@ impl Default for Settings {
         Self {
             read_receipts: true,
             history_days: 0,
+            direct: DirectMode::On,
+        }
+    }
+}
+
+/// With whom this device opens direct paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectMode {
+    /// With every contact.
+    #[default]
+    On,
+    /// With nobody: everything goes through relays.
+    Off,
+    /// Only with contacts verified by safety number (and whose key has not
+    /// changed since).
+    Verified,
+}
+
+impl std::str::FromStr for DirectMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            "verified" => Ok(Self::Verified),
+            other => Err(format!("direct must be on, off or verified, not {other:?}")),
         }
     }
 }
@@ -44,6 +75,16 @@ impl Client {
         self.store.flush().await?;
         Ok(s)
     }
+
+    /// Set with whom direct paths open (see [`Settings::direct`]);
+    /// returns the settings now in force, saved durably.
+    pub async fn set_direct(&self, mode: DirectMode) -> Result<Settings, ClientError> {
+        let mut s = self.store.settings()?;
+        s.direct = mode;
+        self.store.set_settings(&s)?;
+        self.store.flush().await?;
+        Ok(s)
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +97,10 @@ mod tests {
         assert!(s.read_receipts);
         let s: Settings = serde_json::from_str(r#"{"read_receipts":false}"#).unwrap();
         assert!(!s.read_receipts);
+        assert_eq!(s.direct, DirectMode::On);
+        let s: Settings = serde_json::from_str(r#"{"direct":"verified"}"#).unwrap();
+        assert_eq!(s.direct, DirectMode::Verified);
+        assert_eq!("off".parse::<DirectMode>().unwrap(), DirectMode::Off);
+        assert!("maybe".parse::<DirectMode>().is_err());
     }
 }

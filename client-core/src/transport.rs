@@ -199,13 +199,23 @@ impl Dialer {
     }
 
     /// The shared endpoint for one address family, made on first use.
-    fn shared_endpoint(&self, url: &RelayUrl, v6: bool) -> Result<quinn::Endpoint, ClientError> {
+    fn family_endpoint(&self, url: &RelayUrl, v6: bool) -> Result<quinn::Endpoint, ClientError> {
         if let Some(e) = self.endpoints().get(&v6) {
             return Ok(e.clone());
         }
         let e = fresh_endpoint(url, v6)?;
         // A clone may have made one meanwhile: keep the first.
         Ok(self.endpoints().entry(v6).or_insert(e).clone())
+    }
+
+    /// The shared endpoint (the home relay's socket), if one was made:
+    /// IPv4 first. Direct paths accept on it (`crate::direct`).
+    pub fn shared_endpoint(&self) -> Option<quinn::Endpoint> {
+        let endpoints = self.endpoints();
+        endpoints
+            .get(&false)
+            .or_else(|| endpoints.get(&true))
+            .cloned()
     }
 
     /// Connect to the relay at `url` on the shared endpoint: for
@@ -216,7 +226,7 @@ impl Dialer {
         let config = client_config(url, addrs.len() > 1)?;
         let this = self.clone();
         fleet_dial::race(addrs, &self.failures, move |addr| {
-            let endpoint = this.shared_endpoint(url, addr.is_ipv6());
+            let endpoint = this.family_endpoint(url, addr.is_ipv6());
             let (url, config) = (url.clone(), config.clone());
             async move { dial(&endpoint?, &url, addr, config).await }
         })
@@ -464,6 +474,11 @@ impl RelayLink {
     /// kind byte and frames themselves (fuzzers, protocol conformance tests).
     pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
         self.conn.open_bi().await.map_err(|e| self.broken(e))
+    }
+
+    /// The relay's address on this connection.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
     }
 
     /// Close the connection politely.

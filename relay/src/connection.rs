@@ -89,7 +89,7 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         o.connected(id, conn.remote_address());
     }
     let state = Arc::new(ConnState::new(
-        ConnAuth::new(conn.remote_address().ip()),
+        ConnAuth::observed(conn.remote_address()),
         shared.core.rates().connection(Instant::now()),
     ));
     loop {

@@ -30,6 +30,8 @@ pub struct ConnAuth {
     nonce: Option<[u8; NONCE_LEN]>,
     mailbox: Option<MailboxId>,
     remote: Option<IpAddr>,
+    /// Address and port the connection comes from, for `ObserveAddress`.
+    observed: Option<std::net::SocketAddr>,
 }
 
 impl ConnAuth {
@@ -37,6 +39,16 @@ impl ConnAuth {
     pub fn new(remote: IpAddr) -> Self {
         Self {
             remote: Some(remote),
+            ..Self::default()
+        }
+    }
+
+    /// State for a new connection from `remote`, also answering
+    /// `ObserveAddress` with its port.
+    pub fn observed(remote: std::net::SocketAddr) -> Self {
+        Self {
+            remote: Some(remote.ip()),
+            observed: Some(remote),
             ..Self::default()
         }
     }
@@ -55,6 +67,19 @@ impl ConnAuth {
             ..Self::default()
         }
     }
+}
+
+/// Where this connection's packets come from, as the relay sees it: the
+/// one thing `ObserveAddress` tells, on any connection (docs/protocol.md,
+/// "Direct paths"). Nothing is stored or logged.
+fn observe_address(conn: &ConnAuth) -> Result<pb::ObservedAddress, WireError> {
+    let addr = conn
+        .observed
+        .ok_or_else(|| WireError::new(ErrorCode::Unsupported, "address not known"))?;
+    Ok(pb::ObservedAddress {
+        ip: addr.ip().to_canonical().to_string(),
+        port: u32::from(addr.port()),
+    })
 }
 
 /// The key an unknown mailbox's authentication is checked against: the
@@ -230,7 +255,10 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         // other request writes to the store.
         let writes = !matches!(
             req.request,
-            Some(Request::Challenge(_)) | Some(Request::Authenticate(_)) | None
+            Some(Request::Challenge(_))
+                | Some(Request::Authenticate(_))
+                | Some(Request::ObserveAddress(_))
+                | None
         );
         let result = match req.request {
             Some(Request::Register(r)) => self.register(conn, &r).map(Response::Registered),
@@ -242,6 +270,9 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             Some(Request::RevokeToken(r)) => self
                 .revoke_token(conn, &r.token)
                 .map(Response::TokenRevoked),
+            Some(Request::ObserveAddress(_)) => {
+                observe_address(conn).map(Response::ObservedAddress)
+            }
             // History requests have their own service (crate::history),
             // which the connection driver hands them to.
             Some(Request::HistoryPut(_))

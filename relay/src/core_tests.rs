@@ -472,3 +472,39 @@ fn an_unknown_mailbox_is_refused_like_a_wrong_key_after_the_same_check() {
     assert_eq!(wrong_key, Err(ErrorCode::AuthFailed));
     assert_eq!(unknown, wrong_key);
 }
+
+#[test]
+fn any_connection_learns_the_address_it_comes_from_and_nothing_is_written() {
+    let h = harness(Limits::default());
+    let from: std::net::SocketAddr = "[::ffff:192.0.2.7]:40123".parse().unwrap();
+    let mut anonymous = ConnAuth::observed(from);
+    let answer = h.core.control(
+        &mut anonymous,
+        &[1; 32],
+        req(Request::ObserveAddress(pb::ObserveAddress {})),
+    );
+    assert!(!answer.needs_durability);
+    match answer.response.response {
+        Some(R::ObservedAddress(a)) => {
+            assert_eq!((a.ip.as_str(), a.port), ("192.0.2.7", 40123));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An authenticated connection is answered the same way.
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let (mut conn, _) = login(&h, &key, &[1; 32]);
+    conn.observed = Some("198.51.100.1:9".parse().unwrap());
+    let resp = h.control(
+        &mut conn,
+        &[1; 32],
+        req(Request::ObserveAddress(pb::ObserveAddress {})),
+    );
+    assert!(matches!(resp.response, Some(R::ObservedAddress(a)) if a.port == 9));
+    // A connection whose address is not known is told so.
+    let resp = h.control(
+        &mut ConnAuth::default(),
+        &[1; 32],
+        req(Request::ObserveAddress(pb::ObserveAddress {})),
+    );
+    assert_eq!(error_code(&resp), Some(ErrorCode::Unsupported));
+}

@@ -371,10 +371,30 @@ impl RelayProcess {
     }
 
     fn launch(data: &Path, port: u16, extra: &[String]) -> Result<Self, Exited> {
-        let mut child = relay_cmd()
-            .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        let mut cmd = relay_cmd();
+        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
-            .args(extra)
+            .args(extra);
+        Self::launch_cmd(cmd, data, port, extra)
+    }
+
+    /// Start a relay with `cmd` (a `tern-relay run ...` line, perhaps
+    /// wrapped, e.g. in `ip netns exec`) and its data in `data`; waits for
+    /// its URL. Not restartable with [`Self::restart`] (that starts a plain
+    /// loopback relay).
+    pub fn start_cmd(cmd: Command, data: &Path) -> Self {
+        Self::launch_cmd(cmd, data, 0, &[])
+            .unwrap_or_else(|Exited(why)| panic!("tern-relay failed: {why}"))
+    }
+
+    /// Run `cmd`; `extra` is what [`Self::restart`] passes again.
+    fn launch_cmd(
+        mut cmd: Command,
+        data: &Path,
+        port: u16,
+        extra: &[String],
+    ) -> Result<Self, Exited> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

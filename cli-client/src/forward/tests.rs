@@ -258,7 +258,7 @@ async fn forwarded_commands_print_what_they_print_alone() {
     assert_eq!(
         ok(&f, Forward::Contacts { json: true }).await.0,
         format!(
-            "{{\"identity_key\":\"{}\",\"name\":\"bob\",\"relay\":\"tern://relay.test:4433/#ff\",\"verified\":true}}\n",
+            "{{\"direct\":false,\"identity_key\":\"{}\",\"name\":\"bob\",\"relay\":\"tern://relay.test:4433/#ff\",\"rtt_ms\":null,\"verified\":true}}\n",
             "ab".repeat(32)
         )
     );

@@ -139,8 +139,12 @@ impl Task {
         match plan {
             Ok((plan, mut groups)) => {
                 let mut dialer = self.client.dialer.clone();
+                let paths = self.paths.clone();
                 cycle.flight = Some(tokio::spawn(async move {
-                    let pairwise = deposit_all(&mut dialer, plan).await;
+                    let pairwise = match paths {
+                        Some(p) => crate::direct::deposit::deposit_all(&p, &mut dialer, plan).await,
+                        None => deposit_all(&mut dialer, plan).await,
+                    };
                     deposit_groups(&mut dialer, &mut groups).await;
                     Round { pairwise, groups }
                 }));
@@ -162,7 +166,13 @@ impl Task {
             return;
         };
         cycle.flight = None;
-        let planned: usize = pairwise.iter().map(|d| d.items.len()).sum();
+        // Items that left the outbox this round (counted here: items
+        // queued meanwhile, a path offer, must not hide that it moved).
+        let moved = pairwise
+            .iter()
+            .filter_map(|d| d.results.as_ref().ok())
+            .flatten()
+            .any(|r| matches!(r, Some(Ok(_))));
         let settled = self
             .client
             .settle_round(pairwise, &mut cycle.flushed)
@@ -178,7 +188,7 @@ impl Task {
         };
         // Group targets that waited for their keys go in another round at
         // once, if the pairwise outbox moved (their keys may be out now).
-        if keys_waited && self.client.outbox_len().unwrap_or(planned) < planned {
+        if keys_waited && moved {
             wait = wait.or(Some(std::time::Duration::ZERO));
         }
         let queued = !cycle.flushed.report.queued.is_empty();

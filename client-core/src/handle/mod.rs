@@ -9,6 +9,7 @@
 //! The task is the only owner of the store and the connections, so an app
 //! (or a TUI, or a local RPC server) can send while it receives.
 
+mod direct;
 mod flush;
 mod task;
 
@@ -174,6 +175,20 @@ impl ClientHandle {
         req: crate::history::request::HistoryRequest,
     ) -> Result<crate::history::request::HistoryResult, ClientError> {
         self.ask(|reply| Command::HistoryOp { req, reply }).await
+    }
+
+    /// Set with whom direct paths open (`tern settings direct`).
+    pub async fn set_direct(
+        &self,
+        mode: crate::settings::DirectMode,
+    ) -> Result<Settings, ClientError> {
+        self.ask(|reply| Command::SetDirect { mode, reply }).await
+    }
+
+    /// Whether a direct path to `contact` is open, and its round-trip time.
+    pub async fn path_info(&self, contact: &str) -> Result<crate::direct::PathInfo, ClientError> {
+        let contact = contact.to_string();
+        self.ask(|reply| Command::PathInfo { contact, reply }).await
     }
 
     /// A new receiver of every event from now on (for a second front-end,

@@ -9,9 +9,11 @@
 //! the outbox (see [`super::flush`]). So an unreachable relay never holds
 //! up receiving or the handles' commands; the store is touched only here.
 
+use super::direct::DirectIntake;
 use super::flush::{Cycle, Round, Waiter};
 use crate::backoff::Backoff;
 use crate::client::{authenticated_link, Client};
+use crate::direct::{Inbound, PathInfo, Paths};
 use crate::error::ClientError;
 use crate::event::{Event, OutboxReport, SendOutcome};
 use crate::groups::Queued;
@@ -90,6 +92,14 @@ pub(super) enum Command {
         req: crate::history::request::HistoryRequest,
         reply: Reply<crate::history::request::HistoryResult>,
     },
+    SetDirect {
+        mode: crate::settings::DirectMode,
+        reply: Reply<Settings>,
+    },
+    PathInfo {
+        contact: String,
+        reply: Reply<PathInfo>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -112,6 +122,8 @@ enum Wake {
     Receipts,
     TopUp,
     History,
+    Direct(Option<Inbound>),
+    DirectSettle,
 }
 
 /// How long queued history entries wait for more before they go up, so a
@@ -147,6 +159,18 @@ pub(super) struct Task {
     top_up_at: Option<Instant>,
     /// When to upload queued history entries ([`crate::history`]).
     history_due: Option<Instant>,
+    /// Direct paths to contacts (`crate::direct`), if the account could
+    /// be copied for signing.
+    pub(super) paths: Option<Paths>,
+    pub(super) direct_rx: Option<mpsc::Receiver<Inbound>>,
+    pub(super) direct: DirectIntake,
+}
+
+async fn next_inbound(rx: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(home: &mut Option<Home>) -> Result<Option<Frame>, ClientError> {
@@ -180,6 +204,13 @@ impl Task {
                 None
             }
         };
+        let (paths, direct_rx) = match &signer {
+            Some(s) => {
+                let (p, rx) = Paths::new(Arc::clone(s));
+                (Some(p), Some(rx))
+            }
+            None => (None, None),
+        };
         Self {
             client,
             events,
@@ -194,6 +225,9 @@ impl Task {
             receipts_due: None,
             top_up_at: None,
             history_due: None,
+            paths,
+            direct_rx,
+            direct: DirectIntake::default(),
         }
     }
 
@@ -204,6 +238,15 @@ impl Task {
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let done = loop {
+            // Direct arrivals are acked only once durable: due ones are
+            // settled however busy the client is with commands.
+            if self
+                .direct
+                .settle_at()
+                .is_some_and(|at| at <= Instant::now())
+            {
+                self.settle_direct().await;
+            }
             let connected = self.home.is_some();
             let connecting = self.connecting.is_some();
             if !connected && !connecting && Instant::now() >= self.next_attempt {
@@ -217,8 +260,13 @@ impl Task {
             let receipts_due = self.receipts_due;
             let top_up_at = self.top_up_at.filter(|_| connected);
             let history_due = self.history_due.filter(|_| connected);
+            let direct_settle = self.direct.settle_at();
+            let direct_on = self.direct_rx.is_some();
             let wake = tokio::select! {
                 biased;
+                // Arrivals on direct paths wait for their acks: before
+                // commands, so a flood of sends cannot starve them.
+                i = next_inbound(&mut self.direct_rx), if direct_on => Wake::Direct(i),
                 c = commands.recv() => Wake::Command(c),
                 f = next_frame(&mut self.home), if connected => Wake::Frame(f),
                 c = joined(&mut self.connecting), if connecting => Wake::Connected(c),
@@ -229,6 +277,7 @@ impl Task {
                 _ = sleep_until_some(receipts_due), if receipts_due.is_some() => Wake::Receipts,
                 _ = sleep_until_some(top_up_at), if top_up_at.is_some() => Wake::TopUp,
                 _ = sleep_until_some(history_due), if history_due.is_some() => Wake::History,
+                _ = sleep_until_some(direct_settle), if direct_settle.is_some() => Wake::DirectSettle,
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -257,6 +306,9 @@ impl Task {
                     self.history_due = None;
                     self.upload_history().await;
                 }
+                Wake::Direct(Some(i)) => self.on_direct(i).await,
+                Wake::Direct(None) => self.direct_rx = None,
+                Wake::DirectSettle => self.settle_direct().await,
             }
         };
         self.stop().await;
@@ -272,12 +324,16 @@ impl Task {
         let relay = self.client.profile.relay_url.clone();
         let mailbox = self.client.profile.mailbox_id;
         let signer = self.signer.clone();
+        let paths = self.paths.clone();
         self.connecting = Some(tokio::spawn(async move {
             let signer = signer.ok_or_else(|| {
                 ClientError::Store("no copy of the account to sign in with".into())
             })?;
             let link =
                 authenticated_link(&mut dialer, &relay, &mailbox, |m| signer.sign(m)).await?;
+            if let Some(paths) = paths {
+                crate::direct::on_home_link(&paths, &dialer, &link).await;
+            }
             subscribed(link).await
         }));
     }
@@ -396,7 +452,17 @@ impl Task {
             self.request_flush(Vec::new());
         }
         self.history_soon();
+        self.act_on_direct_news();
         Ok(())
+    }
+
+    /// Flush queued receipts after a random delay (the send spacing's
+    /// range), so receipts do not answer each arrival at once.
+    pub(super) fn receipts_soon(&mut self) {
+        if self.receipts_due.is_none() {
+            let delay = self.client.dialer.spacing().draw();
+            self.receipts_due = Some(Instant::now() + delay);
+        }
     }
 
     async fn serve(&mut self, command: Command) {
@@ -451,7 +517,19 @@ impl Task {
                     // The network part runs on its own: receiving goes on.
                     Ok(Ok(prepared)) => {
                         let mut dialer = self.client.dialer.clone();
+                        let path = self.paths.as_ref().and_then(|p| {
+                            let c = self.client.contact_named(&contact).ok()?;
+                            p.get(&c.identity_key)
+                        });
                         tokio::spawn(async move {
+                            // Over a direct path if one is up; else (or if
+                            // it is not acked) through the relay.
+                            if let Some(path) = path {
+                                if crate::direct::send_typing(&path, &prepared).await {
+                                    let _ = reply.send(Ok(TypingOutcome::Sent));
+                                    return;
+                                }
+                            }
                             let r = send_typing(&mut dialer, prepared).await;
                             let _ = reply.send(r.map(|()| TypingOutcome::Sent));
                         });
@@ -513,6 +591,22 @@ impl Task {
                 let r = self.client.history_op(req, &mut |_| {}).await;
                 let _ = reply.send(r);
             }
+            Command::SetDirect { mode, reply } => {
+                let _ = reply.send(self.client.set_direct(mode).await);
+            }
+            Command::PathInfo { contact, reply } => {
+                let r = self
+                    .client
+                    .contact_named(&contact)
+                    .map(|c| match &self.paths {
+                        Some(p) => p.info(&c.identity_key),
+                        None => PathInfo {
+                            direct: false,
+                            rtt_ms: None,
+                        },
+                    });
+                let _ = reply.send(r);
+            }
             Command::Shutdown(_) => {}
         }
         self.history_soon();
@@ -562,6 +656,12 @@ impl Task {
             if let Some(f) = self.cycle.take().as_mut().and_then(Cycle::take_flight) {
                 f.abort();
             }
+        }
+        if self.direct.has_pending() {
+            self.settle_direct().await;
+        }
+        if let Some(p) = &self.paths {
+            p.close_all();
         }
         if self.home.is_some() {
             if let Err(e) = self.settle().await {

@@ -437,8 +437,16 @@ impl Client {
                     contact,
                     entry,
                     shown,
-                } => (contact, false, Some(Event::Message(shown)), Some(entry)),
+                } => {
+                    self.direct_news.note_heard(contact.identity_key);
+                    (contact, false, Some(Event::Message(shown)), Some(entry))
+                }
+                Verdict::PathOffer { contact, offer } => {
+                    self.direct_news.note_offer(contact.clone(), offer);
+                    (contact, false, None, None)
+                }
                 Verdict::Receipts { contact, batch } => {
+                    self.direct_news.note_heard(contact.identity_key);
                     // Applied before the session step is saved: if we stop
                     // in between, the envelope comes again and applying it
                     // again changes nothing.

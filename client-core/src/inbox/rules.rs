@@ -51,6 +51,15 @@ pub(crate) enum Verdict {
     /// A contact is typing: store the session and the id; show it if it
     /// came ephemeral (a stored one is stale); never answered.
     Typing(Contact),
+    /// A contact offers a direct path (`crate::direct`): store the session
+    /// and the id; the running client dials; never shown or answered with
+    /// a receipt.
+    PathOffer {
+        /// From whom.
+        contact: Contact,
+        /// Their candidates.
+        offer: pb::PathOffer,
+    },
 }
 
 /// Decide what an opened message means. `known` is the sender if they are
@@ -113,6 +122,7 @@ pub(crate) fn decide(
         }
         (Some(Body::Receipts(batch)), Some(contact)) => Verdict::Receipts { contact, batch },
         (Some(Body::Typing(_)), Some(c)) => Verdict::Typing(c),
+        (Some(Body::PathOffer(offer)), Some(contact)) => Verdict::PathOffer { contact, offer },
         _ => drop("a message that is neither text nor introduction"),
     }
 }
@@ -236,6 +246,25 @@ mod tests {
         let v = decide(opened(typing.clone()), Some(contact()), false, 0, 0);
         assert_eq!(v, Verdict::Typing(contact()));
         let v = decide(opened(typing), None, false, 0, 0);
+        assert!(matches!(v, Verdict::Drop { quiet: false, .. }));
+    }
+
+    #[test]
+    fn path_offers_count_only_from_contacts() {
+        let offer = pb::PathOffer {
+            candidates: vec!["192.0.2.1:1".into()],
+            ..Default::default()
+        };
+        let body = Some(Body::PathOffer(offer.clone()));
+        let v = decide(opened(body.clone()), Some(contact()), false, 0, 0);
+        assert_eq!(
+            v,
+            Verdict::PathOffer {
+                contact: contact(),
+                offer
+            }
+        );
+        let v = decide(opened(body), None, false, 0, 0);
         assert!(matches!(v, Verdict::Drop { quiet: false, .. }));
     }
 

@@ -68,7 +68,15 @@ pub(crate) async fn call<B: RpcBackend>(
         CONTACTS => {
             let NoParams {} = params(raw)?;
             let contacts = backend.contacts().await.map_err(client_err)?;
-            encode(&contacts.iter().map(ContactInfo::from).collect::<Vec<_>>())
+            let mut infos = Vec::with_capacity(contacts.len());
+            for c in &contacts {
+                let mut info = ContactInfo::from(c);
+                let path = backend.path_info(&c.name).await.map_err(client_err)?;
+                info.direct = path.direct;
+                info.rtt_ms = path.rtt_ms;
+                infos.push(info);
+            }
+            encode(&infos)
         }
         HISTORY => {
             let p: HistoryParams = params(raw)?;
@@ -111,6 +119,9 @@ pub(crate) async fn call<B: RpcBackend>(
         }
         SETTINGS => {
             let p: SettingsParams = params(raw)?;
+            if let Some(mode) = p.direct {
+                backend.set_direct(mode).await.map_err(client_err)?;
+            }
             let settings = backend
                 .settings(p.read_receipts)
                 .await
@@ -121,6 +132,15 @@ pub(crate) async fn call<B: RpcBackend>(
             let req: crate::history::request::HistoryRequest = params(raw)?;
             let result = backend.history_op(req).await.map_err(client_err)?;
             encode(&result)
+        }
+        PATH => {
+            let p: PathParams = params(raw)?;
+            let path = backend.path_info(&p.contact).await.map_err(client_err)?;
+            encode(&PathResult {
+                contact: p.contact,
+                direct: path.direct,
+                rtt_ms: path.rtt_ms,
+            })
         }
         TRUST => {
             let req: crate::trust::TrustRequest = params(raw)?;

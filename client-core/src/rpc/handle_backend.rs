@@ -75,6 +75,14 @@ impl RpcBackend for ClientHandle {
     async fn settings(&self, read_receipts: Option<bool>) -> Result<Settings, ClientError> {
         ClientHandle::settings(self, read_receipts).await
     }
+
+    async fn set_direct(&self, mode: crate::settings::DirectMode) -> Result<Settings, ClientError> {
+        ClientHandle::set_direct(self, mode).await
+    }
+
+    async fn path_info(&self, contact: &str) -> Result<crate::direct::PathInfo, ClientError> {
+        ClientHandle::path_info(self, contact).await
+    }
 }
 
 impl EventFeed for EventStream {

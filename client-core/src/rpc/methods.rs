@@ -46,6 +46,9 @@ pub const TRUST: &str = "trust";
 /// [`crate::history::request::HistoryRequest`], the result a
 /// [`crate::history::request::HistoryResult`].
 pub const HISTORY_OP: &str = "history_op";
+/// `path`: whether a direct path to a contact is open ([`PathParams`],
+/// [`PathResult`]).
+pub const PATH: &str = "path";
 /// `subscribe`: receive `event` notifications on this connection.
 pub const SUBSCRIBE: &str = "subscribe";
 /// `unsubscribe`: stop them.
@@ -145,6 +148,12 @@ pub struct ContactInfo {
     pub name: String,
     /// Their relay URL.
     pub relay: String,
+    /// A direct path to them is open.
+    #[serde(default)]
+    pub direct: bool,
+    /// Its round-trip time, when open.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
 }
 
 impl From<&Contact> for ContactInfo {
@@ -153,8 +162,29 @@ impl From<&Contact> for ContactInfo {
             identity_key: hex::encode(c.identity_key),
             name: c.name.clone(),
             relay: c.relay_url.clone(),
+            direct: false,
+            rtt_ms: None,
         }
     }
+}
+
+/// Params of `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathParams {
+    /// Contact name.
+    pub contact: String,
+}
+
+/// Result of `path`, as `tern status CONTACT --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathResult {
+    /// Contact name.
+    pub contact: String,
+    /// A direct path is open.
+    pub direct: bool,
+    /// Its round-trip time, when open.
+    pub rtt_ms: Option<u64>,
 }
 
 /// Result of `accept`.
@@ -428,6 +458,9 @@ pub struct SettingsParams {
     /// Turn read receipts on or off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_receipts: Option<bool>,
+    /// Set with whom direct paths open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<crate::settings::DirectMode>,
 }
 
 /// Result of `subscribe` and `unsubscribe`.
@@ -512,6 +545,16 @@ pub enum EventParams {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
     },
+    /// A direct path to a contact opened or closed.
+    Path {
+        /// Contact name.
+        contact: String,
+        /// `open` or `closed`.
+        state: crate::event::PathState,
+        /// Round-trip time when it opened.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<u64>,
+    },
 }
 
 /// Where a sent message stands, in a `delivery` event.
@@ -580,6 +623,15 @@ impl EventParams {
             Event::Typing { from, group } => Some(EventParams::Typing {
                 from: from.clone(),
                 group: group.clone(),
+            }),
+            Event::Path {
+                contact,
+                state,
+                rtt_ms,
+            } => Some(EventParams::Path {
+                contact: contact.clone(),
+                state: *state,
+                rtt_ms: *rtt_ms,
             }),
         }
     }

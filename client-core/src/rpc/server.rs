@@ -143,6 +143,28 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
         let _ = req;
         async { Err(ClientError::History("this backend keeps no history".into())) }
     }
+    /// Set with whom direct paths open.
+    fn set_direct(
+        &self,
+        mode: crate::settings::DirectMode,
+    ) -> impl Future<Output = Result<Settings, ClientError>> + Send {
+        let _ = mode;
+        async { Err(ClientError::Store("this backend keeps no settings".into())) }
+    }
+    /// Whether a direct path to `contact` is open (a backend without
+    /// direct paths: never).
+    fn path_info(
+        &self,
+        contact: &str,
+    ) -> impl Future<Output = Result<crate::direct::PathInfo, ClientError>> + Send {
+        let _ = contact;
+        async {
+            Ok(crate::direct::PathInfo {
+                direct: false,
+                rtt_ms: None,
+            })
+        }
+    }
 }
 
 /// A receiver of client events for one subscribed connection.

@@ -146,7 +146,8 @@ async fn rpc_methods_answer_with_the_cli_shapes() {
     let contacts = c.call(CONTACTS, Value::Null).await.unwrap();
     assert_eq!(
         contacts,
-        json!([{ "name": "bob", "relay": "tern://relay.test:4433/#2", "identity_key": hex::encode([2u8; 32]) }])
+        json!([{ "name": "bob", "relay": "tern://relay.test:4433/#2", "identity_key": hex::encode([2u8; 32]),
+                 "direct": false, "rtt_ms": null }])
     );
 
     let history: Vec<HistoryEntry> = c
