@@ -5,8 +5,8 @@
 //! K=64 on two cores (docs/decisions.md): that pool grows a thread per
 //! concurrent call, and each call is a task allocation and a wake-up. Here
 //! a few long-lived threads drain one queue, so under load a thread takes
-//! the next batch without sleeping, and the only wake-up per batch is the
-//! answer's.
+//! the next batch without sleeping; a batch queued to an idle pool wakes
+//! one thread, and the answer wakes the stream.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,7 +46,7 @@ impl Inner {
 /// mutex, as before, cost two: the thread blocked in `recv` held the mutex,
 /// so handing it a job also woke the other thread, blocked on the mutex,
 /// just to block again in `recv`; the relay's futex calls per fan-out
-/// delivery fell from 3.8 to FUTEX_AFTER with this, docs/performance.md.)
+/// delivery fell from 3.8 to 3.0 with this, docs/performance.md.)
 pub struct StoreWorkers {
     inner: Arc<Inner>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
