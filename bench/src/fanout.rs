@@ -8,25 +8,29 @@
 //! 1. storage: with no member subscribed, `store` group messages; the growth
 //!    of the relay's data directory (and of its envelope log alone) per
 //!    message is what the relay keeps per group message;
-//! 2. latency: every member subscribes (and acks what it gets); then
-//!    `sends` messages one after another, each timed from the send until
-//!    the last of the M mailboxes has it in hand (members ack as the
-//!    client does: 64 at a time, or after 20 ms of quiet);
+//! 2. latency: every member subscribes (and acks what it gets, as the
+//!    client does: 64 at a time, or after 20 ms of quiet); each message is
+//!    timed from the send until the last of the M mailboxes has it in
+//!    hand: `sends` messages back to back (each sent once the previous is
+//!    everywhere, so its acks arrive during the next fan-out), then `sends`
+//!    to a group at rest (each sent once every member acked the previous
+//!    one, plus [`SPACING`]), with the CPU each side spends per delivery;
 //! 3. throughput: `burst` messages from `senders` concurrent sender
 //!    connections, as fast as their durable answers allow; group messages
 //!    per second from the first send to the last member's last envelope.
 
+use crate::proc::{self, Sample};
 use crate::relay::BenchRelay;
 use crate::report::{Latency, Row};
 use crate::traffic::{self, Recipient};
 use anyhow::{anyhow, Context};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_client::groups::envelope::seal_group;
 use tern_client::layers;
-use tern_client::transport::{Dialer, OutgoingMany};
+use tern_client::transport::{Dialer, MessageStream, OutgoingMany};
 use tern_crypto::{new_envelope_key, GroupSender};
 use tern_protocol::pb::relay_frame::Frame;
 use tokio::sync::Notify;
@@ -43,7 +47,7 @@ pub struct FanoutPlan {
     pub members: usize,
     /// Messages stored before anyone subscribes (phase 1).
     pub store: usize,
-    /// Messages timed one at a time (phase 2).
+    /// Messages timed one at a time in each half of phase 2.
     pub sends: usize,
     /// Messages sent back to back (phase 3).
     pub burst: usize,
@@ -53,10 +57,81 @@ pub struct FanoutPlan {
     pub timeout: Duration,
 }
 
+/// How long a spaced latency send waits after every member has acked
+/// everything before it, for the relay to take those acks.
+const SPACING: Duration = Duration::from_millis(20);
+
+/// Send one group message; the time to its durable answer, in ns.
+async fn timed_send(
+    stream: &mut MessageStream,
+    m: &OutgoingMany,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<u64> {
+    let t0 = Instant::now();
+    let results = tokio::time::timeout_at(deadline, stream.send_many(m))
+        .await
+        .map_err(|_| anyhow!("timed out sending"))??;
+    if results.iter().any(|r| r.is_err()) {
+        return Err(anyhow!("a target was refused"));
+    }
+    Ok(t0.elapsed().as_nanos() as u64)
+}
+
 /// Arrivals per message index, and a wake-up when one completes.
 struct Arrivals {
     counts: Vec<AtomicU32>,
+    /// When the first member got each message, in ns after `base`.
+    first: Vec<AtomicU64>,
+    base: Instant,
     done: Notify,
+    /// Envelopes the members have acknowledged.
+    acked: AtomicU64,
+}
+
+impl Arrivals {
+    /// One member got message `i`.
+    fn arrived(&self, i: usize, need: u32) {
+        let Some(c) = self.counts.get(i) else { return };
+        let n = c.fetch_add(1, Relaxed) + 1;
+        if n == 1 {
+            if let Some(f) = self.first.get(i) {
+                f.store(self.base.elapsed().as_nanos() as u64, Relaxed);
+            }
+        }
+        if n == need {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// From `t0` to the first member holding message `i`.
+    fn first_after(&self, i: usize, t0: Instant) -> u64 {
+        let at = self.first.get(i).map_or(0, |f| f.load(Relaxed));
+        at.saturating_sub(t0.duration_since(self.base).as_nanos() as u64)
+    }
+}
+
+/// CPU per delivery in µs over a phase: the relay's (its threads
+/// in-process, the child's when spawned; NaN for a relay not ours) and the
+/// load generator's (the rest of this process).
+fn cpu_per_delivery(
+    relay: &BenchRelay,
+    before: (&Sample, &Sample),
+    after: (&Sample, &Sample),
+    deliveries: usize,
+) -> (f64, f64) {
+    let n = deliveries.max(1) as f64 / 1e6;
+    let (relay_cpu, bench_cpu) = if relay.is_child() {
+        (
+            after.0.cpu_total - before.0.cpu_total,
+            after.1.cpu_total - before.1.cpu_total,
+        )
+    } else if relay.data_dir().is_some() {
+        let r = after.1.cpu_relay - before.1.cpu_relay;
+        (r, after.1.cpu_total - before.1.cpu_total - r)
+    } else {
+        (f64::NAN, after.1.cpu_total - before.1.cpu_total)
+    };
+    (relay_cpu / n, bench_cpu / n)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -107,7 +182,7 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
     // One group session; every message a short text, encrypted once.
     let mut sender = GroupSender::new();
     let env_key = new_envelope_key();
-    let total = plan.store + plan.sends + plan.burst;
+    let total = plan.store + 2 * plan.sends + plan.burst;
     let payloads: Vec<Vec<u8>> = (0..total)
         .map(|i| {
             let c = layers::content(
@@ -158,7 +233,10 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
     // Members subscribe and ack everything they get.
     let arrivals = Arc::new(Arrivals {
         counts: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        first: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        base: Instant::now(),
         done: Notify::new(),
+        acked: AtomicU64::new(0),
     });
     let need = plan.members as u32;
     let mut tasks = tokio::task::JoinSet::new();
@@ -181,9 +259,11 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
                     Ok(Ok(Some(f))) => f,
                     Ok(_) => break,
                     Err(_) => {
+                        let n = acks.len() as u64;
                         if s.ack(std::mem::take(&mut acks)).await.is_err() {
                             break;
                         }
+                        arrivals.acked.fetch_add(n, Relaxed);
                         continue;
                     }
                 };
@@ -192,16 +272,16 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
                         .message_id
                         .get(..8)
                         .and_then(|b| <[u8; 8]>::try_from(b).ok());
-                    if let Some(c) =
-                        i.and_then(|b| arrivals.counts.get(u64::from_be_bytes(b) as usize))
-                    {
-                        if c.fetch_add(1, Relaxed) + 1 == need {
-                            arrivals.done.notify_waiters();
-                        }
+                    if let Some(b) = i {
+                        arrivals.arrived(u64::from_be_bytes(b) as usize, need);
                     }
                     acks.push(e.seq);
-                    if acks.len() >= ACK_BATCH && s.ack(std::mem::take(&mut acks)).await.is_err() {
-                        break;
+                    if acks.len() >= ACK_BATCH {
+                        let n = acks.len() as u64;
+                        if s.ack(std::mem::take(&mut acks)).await.is_err() {
+                            break;
+                        }
+                        arrivals.acked.fetch_add(n, Relaxed);
                     }
                 }
             }
@@ -227,24 +307,60 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
             .map_err(bound("draining"))?;
     }
 
-    // Phase 2: latency, one at a time.
-    let mut latency = Latency::new();
+    // Phase 2: latency, one message at a time, each timed from the send to
+    // the last member holding it; also timed: the durable answer (send to
+    // `SendMany` results) and the first member's arrival.
+    // 2a, back to back: each message is sent as soon as the previous one
+    // is everywhere, so the members' acks of the previous message (sent
+    // after 20 ms of quiet, one per member, since a message takes longer
+    // than that to reach 1,000) reach the relay while it fans out this one.
+    let mut b2b = Latency::new();
+    let mut acked = Latency::new();
+    let mut first_in = Latency::new();
     for i in plan.store..plan.store + plan.sends {
         let t0 = Instant::now();
-        let results = tokio::time::timeout_at(deadline, stream.send_many(&send(i)))
+        acked.record(timed_send(&mut stream, &send(i), deadline).await?);
+        tokio::time::timeout_at(deadline, wait_all(i))
             .await
-            .map_err(bound("sending"))??;
-        if results.iter().any(|r| r.is_err()) {
-            return Err(anyhow!("a target was refused"));
-        }
+            .map_err(bound("delivering"))?;
+        b2b.record(t0.elapsed().as_nanos() as u64);
+    }
+    // 2b, spaced: each message goes to a group at rest, as a real group's
+    // messages do (seconds apart): sent once every member has acked
+    // everything before it and SPACING has passed for the relay to take
+    // those acks. The CPU figures are this phase's: every delivery here
+    // costs a push and its own ack, as it does for a group at rest.
+    let mut latency = Latency::new();
+    let before = (relay.sample(), proc::sample());
+    let first_spaced = plan.store + plan.sends;
+    for i in first_spaced..first_spaced + plan.sends {
+        let owed = (i * plan.members) as u64;
+        tokio::time::timeout_at(deadline, async {
+            while arrivals.acked.load(Relaxed) < owed {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .map_err(bound("waiting for acks"))?;
+        tokio::time::sleep(SPACING).await;
+        let t0 = Instant::now();
+        acked.record(timed_send(&mut stream, &send(i), deadline).await?);
         tokio::time::timeout_at(deadline, wait_all(i))
             .await
             .map_err(bound("delivering"))?;
         latency.record(t0.elapsed().as_nanos() as u64);
+        first_in.record(arrivals.first_after(i, t0));
     }
+    let after = (relay.sample(), proc::sample());
+    let (relay_us, bench_us) = cpu_per_delivery(
+        relay,
+        (&before.0, &before.1),
+        (&after.0, &after.1),
+        plan.sends * plan.members,
+    );
 
     // Phase 3: throughput from several sender connections.
-    let first = plan.store + plan.sends;
+    let first = plan.store + 2 * plan.sends;
     let senders = plan.senders.max(1);
     let t0 = Instant::now();
     let mut sends = tokio::task::JoinSet::new();
@@ -284,6 +400,12 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
         ("payload B", payload_len as f64),
     ];
     values.extend(latency.columns());
+    values.push(("b2b p50 ms", b2b.ms(0.5)));
+    values.push(("b2b p99 ms", b2b.ms(0.99)));
+    values.push(("ack p50 ms", acked.ms(0.5)));
+    values.push(("1st p50 ms", first_in.ms(0.5)));
+    values.push(("relay µs/dlv", relay_us));
+    values.push(("bench µs/dlv", bench_us));
     values.push(("disk B/msg", disk_per));
     values.push(("log B/msg", log_per));
     values.push(("target B/msg", (2 * payload_len + 32 * plan.members) as f64));

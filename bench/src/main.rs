@@ -178,7 +178,8 @@ struct FanoutArgs {
     /// Group messages stored before members subscribe (disk per message).
     #[arg(long, default_value_t = 50)]
     store: usize,
-    /// Group messages timed one at a time (latency).
+    /// Group messages timed one at a time (latency), back to back and again
+    /// to a group at rest.
     #[arg(long, default_value_t = 200)]
     sends: usize,
     /// Group messages sent back to back (throughput).
@@ -621,9 +622,13 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     ),
                     format!(
                         "latency: {} sends one at a time, from SendMany to the last member holding it \
-                         (members subscribed, acking as the client does: 64 at a time or after 20 ms of quiet); group msgs/s: {} sends from {} connections, \
-                         first send to the last member's last envelope",
-                        a.sends, a.burst, a.senders
+                         (members subscribed, acking as the client does: 64 at a time or after 20 ms of quiet); \
+                         p50/p99: each send to a group at rest (every member has acked the previous message, then 20 ms); \
+                         b2b: {} more, each sent as soon as the previous one is everywhere (its acks still arriving); \
+                         ack = send to the durable SendMany answer; 1st = to the first member holding it; \
+                         µs/dlv = CPU per delivery over the at-rest sends (relay: its threads; bench: the rest); \
+                         group msgs/s: {} sends from {} connections, first send to the last member's last envelope",
+                        a.sends, a.sends, a.burst, a.senders
                     ),
                 ],
                 rows: Vec::new(),

@@ -13,8 +13,8 @@ const TICKS_PER_SEC: f64 = 100.0;
 pub struct Sample {
     /// User + system CPU of the whole process, in seconds.
     pub cpu_total: f64,
-    /// User + system CPU of threads named like the relay runtime's (and
-    /// sled's own threads), in seconds. Threads that exited are not counted.
+    /// User + system CPU of the in-process relay's threads (its runtime,
+    /// store pool, store and sled threads), in seconds. Threads that exited are not counted.
     pub cpu_relay: f64,
     /// Resident set size, in bytes.
     pub rss: u64,
@@ -58,6 +58,15 @@ pub fn sample_pid(pid: u32) -> Sample {
     s
 }
 
+/// Whether a thread of this process is the in-process relay's: its
+/// runtime, its store pool and store threads (`tern-store-N`,
+/// `tern-group-commit`, `tern-log-reclaim`) and sled's.
+fn is_relay_thread(comm: &str) -> bool {
+    [RELAY_THREAD, "tern-store", "tern-group", "tern-log", "sled"]
+        .iter()
+        .any(|p| comm.starts_with(p))
+}
+
 /// This process's counters now. Missing files (not Linux) read as zero.
 pub fn sample() -> Sample {
     let mut s = sample_root(Path::new("/proc/self"));
@@ -65,7 +74,7 @@ pub fn sample() -> Sample {
         for task in tasks.flatten() {
             let path = task.path();
             let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if comm.starts_with(RELAY_THREAD) || comm.starts_with("sled") {
+            if is_relay_thread(&comm) {
                 if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
                     s.cpu_relay += stat_cpu(&stat).unwrap_or(0.0);
                 }

@@ -249,7 +249,7 @@ impl BenchRelay {
                 "relay not started by tern-bench (--relay): no relay CPU, RSS or disk figures"
             }
             _ => {
-                "relay in-process: relay CPU = its runtime's and sled's threads; \
+                "relay in-process: relay CPU = its runtime's, store pool's and sled's threads; \
                  RSS = whole process (relay + load generator)"
             }
         }

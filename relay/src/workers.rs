@@ -5,38 +5,79 @@
 //! K=64 on two cores (docs/decisions.md): that pool grows a thread per
 //! concurrent call, and each call is a task allocation and a wake-up. Here
 //! a few long-lived threads drain one queue, so under load a thread takes
-//! the next batch without sleeping, and the only wake-up per batch is the
-//! answer's.
+//! the next batch without sleeping; a batch queued to an idle pool wakes
+//! one thread, and the answer wakes the stream.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// The queue and who is asleep on it.
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Threads waiting on the condition variable.
+    idle: usize,
+    /// Of those, how many were already woken for queued jobs: a burst of
+    /// jobs wakes at most the idle threads, once each.
+    waking: usize,
+    /// Taking jobs; false once the pool is stopped.
+    open: bool,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> Option<MutexGuard<'_, Queue>> {
+        self.queue.lock().ok()
+    }
+}
+
 /// The pool; jobs run in the order they were queued, several at a time.
+///
+/// One queue under a mutex, and a condition variable that wakes a sleeping
+/// thread only when one is asleep and not already being woken: a job
+/// queued while the threads are busy costs no system call, and one queued
+/// to an idle pool costs one wake-up. (A shared `mpsc::Receiver` behind a
+/// mutex, as before, cost two: the thread blocked in `recv` held the mutex,
+/// so handing it a job also woke the other thread, blocked on the mutex,
+/// just to block again in `recv`; the relay's futex calls per fan-out
+/// delivery fell from 3.8 to 3.0 with this, docs/performance.md.)
 pub struct StoreWorkers {
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    inner: Arc<Inner>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl StoreWorkers {
     /// A pool of `threads` threads (at least one).
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut handles = Vec::new();
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                idle: 0,
+                waking: 0,
+                open: true,
+            }),
+            ready: Condvar::new(),
+        });
+        let pool = Self {
+            inner: Arc::clone(&inner),
+            threads: Mutex::new(Vec::new()),
+        };
         for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
+            let inner = Arc::clone(&inner);
             let handle = std::thread::Builder::new()
                 .name(format!("tern-store-{i}"))
-                .spawn(move || work(&rx))?;
-            handles.push(handle);
+                .spawn(move || work(&inner))?;
+            if let Ok(mut t) = pool.threads.lock() {
+                t.push(handle);
+            }
         }
-        Ok(Self {
-            queue: Mutex::new(Some(tx)),
-            threads: Mutex::new(handles),
-        })
+        Ok(pool)
     }
 
     /// One thread per core, at most four: store work is short and the
@@ -57,11 +98,16 @@ impl StoreWorkers {
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        if let Ok(queue) = self.queue.lock() {
-            if let Some(q) = queue.as_ref() {
-                // A send fails only once every thread is gone; the dropped
-                // job then drops `tx`, which answers the caller.
-                let _ = q.send(job);
+        // A stopped pool drops the job, and with it `tx`, which answers
+        // the caller.
+        if let Some(mut q) = self.inner.lock() {
+            if q.open {
+                q.jobs.push_back(job);
+                if q.idle > q.waking {
+                    q.waking += 1;
+                    drop(q);
+                    self.inner.ready.notify_one();
+                }
             }
         }
         rx
@@ -69,9 +115,10 @@ impl StoreWorkers {
 
     /// Stop taking jobs, let the queued ones finish and join the threads.
     pub fn stop(&self) {
-        if let Ok(mut queue) = self.queue.lock() {
-            queue.take();
+        if let Some(mut q) = self.inner.lock() {
+            q.open = false;
         }
+        self.inner.ready.notify_all();
         let handles = self
             .threads
             .lock()
@@ -91,16 +138,33 @@ impl Drop for StoreWorkers {
     }
 }
 
-/// One pool thread: take jobs until the queue closes. A job that panics is
-/// answered by its dropped sender; the thread goes on.
-fn work(rx: &Mutex<mpsc::Receiver<Job>>) {
+/// One pool thread: take jobs until the pool is stopped and its queue is
+/// empty. A job that panics is answered by its dropped sender; the thread
+/// goes on.
+fn work(inner: &Inner) {
+    let Some(mut q) = inner.lock() else { return };
     loop {
-        let job = match rx.lock() {
-            Ok(rx) => rx.recv(),
+        if let Some(job) = q.jobs.pop_front() {
+            drop(q);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            q = match inner.lock() {
+                Some(q) => q,
+                None => return,
+            };
+            continue;
+        }
+        if !q.open {
+            return;
+        }
+        q.idle += 1;
+        q = match inner.ready.wait(q) {
+            Ok(q) => q,
             Err(_) => return,
         };
-        let Ok(job) = job else { return };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        // Woken for a job, by `stop`, or spuriously: either way this
+        // thread looks at the queue before it sleeps again.
+        q.idle -= 1;
+        q.waking = q.waking.saturating_sub(1);
     }
 }
 
@@ -119,6 +183,44 @@ mod tests {
         for (i, rx) in answers.into_iter().enumerate() {
             assert_eq!(rx.await.unwrap(), i * 10);
         }
+    }
+
+    #[tokio::test]
+    async fn every_job_runs_when_many_are_queued_at_once_and_stop_drains_the_queue() {
+        let pool = Arc::new(StoreWorkers::new(2).unwrap());
+        // Queued from several threads at once, onto a pool whose threads
+        // may be asleep, busy or being woken.
+        let queuers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    (0..500u64)
+                        .map(|i| (t * 1000 + i, pool.run(move || t * 1000 + i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for q in queuers {
+            answers.extend(q.join().unwrap());
+        }
+        // Jobs still queued when the pool is stopped are run, not dropped.
+        let slow: Vec<_> = (0..8u64)
+            .map(|i| {
+                pool.run(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    i
+                })
+            })
+            .collect();
+        pool.stop();
+        for (want, rx) in answers {
+            assert_eq!(rx.await.unwrap(), want);
+        }
+        for (i, rx) in slow.into_iter().enumerate() {
+            assert_eq!(rx.await.unwrap(), i as u64);
+        }
+        assert!(pool.run(|| 1).await.is_err(), "stopped: no more jobs");
     }
 
     #[tokio::test]
