@@ -221,7 +221,9 @@ pub(crate) async fn init_linked(
                 "restored {} message(s) from history ({} conversation(s))",
                 done.restored, done.conversations
             )),
-            Err(e) => eprintln!("tern: history not restored yet ({e}); run `tern history --restore`"),
+            Err(e) => {
+                eprintln!("tern: history not restored yet ({e}); run `tern history --restore`")
+            }
         }
     }
     client.close().await;

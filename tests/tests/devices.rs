@@ -373,10 +373,7 @@ fn a_device_linked_with_history_on_restores_the_conversations() {
     let (a1, b) = contacts(dir.path(), &ra, &rb);
     ok(&a1, &["settings", "history", "30"]);
     ok(&b, &["send", "alice", "before the laptop"]);
-    assert_eq!(
-        received(&a1),
-        [("bob".into(), "before the laptop".into())]
-    );
+    assert_eq!(received(&a1), [("bob".into(), "before the laptop".into())]);
     ok(&a1, &["send", "bob", "my answer"]);
 
     // The laptop joins on the same home relay, where the account's
