@@ -48,6 +48,7 @@ pub const TERN_ENV: &[&str] = &[
     "TERN_NEW_PASSPHRASE",
     "TERN_INVITE_EXPIRES_DAYS",
     "TERN_RECOVERY_PHRASE",
+    "TERN_LINK_CONFIRM",
     // both: the tracing filter
     "TERN_LOG",
 ];

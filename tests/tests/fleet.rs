@@ -41,6 +41,7 @@ fn two_relays(dir: &Path, cluster: &RedisCluster, replicas: u32) -> (RelayProces
 
 #[test]
 fn alice_on_relay_a_and_bob_on_relay_b_talk_both_ways_and_redis_holds_no_plaintext() {
+    let _turn = tern_tests::redis_cluster::CLUSTER_TURN.blocking_lock();
     let cluster = RedisCluster::six();
     let dir = tempfile::tempdir().unwrap();
     let (ra, rb) = two_relays(dir.path(), &cluster, 1);
@@ -260,6 +261,7 @@ async fn send_through(dialer: &mut Dialer, url: &RelayUrl, to: &Mailbox, payload
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_on_one_relay_is_pushed_what_arrives_through_the_other() {
+    let _turn = tern_tests::redis_cluster::CLUSTER_TURN.lock().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::six)
         .await
         .unwrap();
@@ -355,6 +357,7 @@ async fn produce(url: &RelayUrl, to: &Mailbox, mut until: impl FnMut(usize) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_primary_killed_under_load_loses_no_acknowledged_message() {
+    let _turn = tern_tests::redis_cluster::CLUSTER_TURN.lock().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::six)
         .await
         .unwrap();
