@@ -284,6 +284,25 @@ pub fn received(home: &Path) -> Vec<(String, String)> {
 /// The last lines a relay wrote to stderr (its logs).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
+/// JSON lines a `tern ... --json` command printed, parsed.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Alice at the relay `alice_relay` and Bob at `bob_relay` (homes `alice`
+/// and `bob` under `dir`), Bob having accepted Alice's invite; Alice has
+/// not received his hello yet.
+pub fn alice_and_bob(dir: &Path, alice_relay: &str, bob_relay: &str) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("alice"), dir.join("bob"));
+    ok(&a, &["init", "--relay", alice_relay, "--name", "alice"]);
+    ok(&b, &["init", "--relay", bob_relay, "--name", "bob"]);
+    let code = ok(&a, &["invite"]);
+    ok(&b, &["accept", code.trim(), "--name", "alice"]);
+    (a, b)
+}
+
 /// A `tern-relay run` child process on `127.0.0.1`, killed (SIGKILL) and
 /// reaped when dropped so a failing test leaves nothing behind. It can be
 /// killed and restarted on the same port and data directory, as clients

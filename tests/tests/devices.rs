@@ -13,24 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::Duration;
-use tern_tests::process::{ok, received, tern_cmd, RelayProcess};
+use tern_tests::process::{alice_and_bob, json_lines, ok, received, tern_cmd, RelayProcess};
 
 /// How long a `tern device link` may take to print its next line.
 const LINE_DEADLINE: Duration = Duration::from_secs(60);
 
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 /// Alice on relay `ra`, Bob on `rb`, contacts of each other.
 fn contacts(dir: &Path, ra: &RelayProcess, rb: &RelayProcess) -> (PathBuf, PathBuf) {
-    let (a, b) = (dir.join("alice"), dir.join("bob"));
-    ok(&a, &["init", "--relay", ra.url(), "--name", "alice"]);
-    ok(&b, &["init", "--relay", rb.url(), "--name", "bob"]);
-    let code = ok(&a, &["invite"]);
-    ok(&b, &["accept", code.trim(), "--name", "alice"]);
+    let (a, b) = alice_and_bob(dir, ra.url(), rb.url());
     assert!(ok(&a, &["recv", "--json"]).contains("\"contact\""));
     (a, b)
 }

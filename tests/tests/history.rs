@@ -21,25 +21,15 @@ use tern_crypto::{DeviceAccount, HistoryKey};
 use tern_protocol::history::history_signed_bytes;
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::ErrorCode;
-use tern_tests::process::{ok, run_bounded, tern_cmd, RelayProcess};
+use tern_tests::process::{alice_and_bob, json_lines, ok, run_bounded, tern_cmd, RelayProcess};
 use tern_tests::{befriend, connect, disk_contains, TestRelay, TestUser};
 
 /// How long a listening client or the relay may take to show something.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 /// Alice on one relay, Bob on another, contacts of each other.
 fn contacts(dir: &Path, ra: &RelayProcess, rb: &RelayProcess) -> (PathBuf, PathBuf) {
-    let (a, b) = (dir.join("alice"), dir.join("bob"));
-    ok(&a, &["init", "--relay", ra.url(), "--name", "alice"]);
-    ok(&b, &["init", "--relay", rb.url(), "--name", "bob"]);
-    let code = ok(&a, &["invite"]);
-    ok(&b, &["accept", code.trim(), "--name", "alice"]);
+    let (a, b) = alice_and_bob(dir, ra.url(), rb.url());
     assert!(ok(&a, &["recv", "--json"]).contains("\"contact\""));
     (a, b)
 }

@@ -10,13 +10,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tern_tests::listen::Listen;
-use tern_tests::process::{ok, RelayProcess};
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
+use tern_tests::process::{alice_and_bob, json_lines, ok, RelayProcess};
 
 fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["type"] == kind).collect()
@@ -24,11 +18,7 @@ fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// Alice on one relay, Bob on another, contacts of each other.
 fn contacts(dir: &Path, ra: &RelayProcess, rb: &RelayProcess) -> (PathBuf, PathBuf) {
-    let (a, b) = (dir.join("alice"), dir.join("bob"));
-    ok(&a, &["init", "--relay", ra.url(), "--name", "alice"]);
-    ok(&b, &["init", "--relay", rb.url(), "--name", "bob"]);
-    let code = ok(&a, &["invite"]);
-    ok(&b, &["accept", code.trim(), "--name", "alice"]);
+    let (a, b) = alice_and_bob(dir, ra.url(), rb.url());
     assert_eq!(
         json_lines(&ok(&a, &["recv", "--json"])),
         [serde_json::json!({"type": "contact", "name": "bob"})]
