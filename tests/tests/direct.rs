@@ -5,6 +5,7 @@
 //! observer counts every envelope it is handed), and when one side goes
 //! away in the middle of a burst, whatever the path did not ack goes
 //! through the relay: the other side, back again, has every message once.
+//! A group of two goes over the path like a pair of contacts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -13,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_client::event::PathState;
-use tern_client::{Client, ClientHandle, Event, EventStream, SendOutcome};
+
+use tern_client::{Client, ClientHandle, Event, EventStream, GroupCall, SendOutcome};
 use tern_relay::store::MailboxId;
 use tern_relay::{ConnectionObserver, Limits, Observer};
 use tern_tests::{befriend, TestRelay, TestUser, DEADLINE};
@@ -174,6 +176,48 @@ async fn a_direct_path_carries_a_thousand_messages_and_the_relay_takes_over_when
     );
     let info = bob.path_info("alice").await.unwrap();
     assert!(info.direct && info.rtt_ms.is_some());
+
+    // A group of two goes over the path too: its update, bob's card and
+    // 20 messages, none of them handed to the relay.
+    let before = sends.count();
+    alice
+        .group(GroupCall::Create {
+            name: "pair".into(),
+            contacts: vec!["bob".into()],
+        })
+        .await
+        .unwrap();
+    for i in 0..20 {
+        alice
+            .group(GroupCall::Send {
+                name: "pair".into(),
+                text: format!("pair {i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let mut in_group = HashSet::new();
+    while in_group.len() < 20 {
+        match next_matching(
+            &mut bob_events,
+            "the group's messages",
+            wait,
+            |e| matches!(e, Event::Message(m) if m.group.is_some()),
+        )
+        .await
+        {
+            Event::Message(m) => {
+                assert_eq!(m.group.as_deref(), Some("pair"));
+                assert!(in_group.insert(m.text.clone()), "{} shown twice", m.text);
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(
+        sends.count(),
+        before,
+        "the relay was handed a two-person group's envelopes while the path was up"
+    );
 
     // Bob goes away while alice sends 300 more: what the path did not ack
     // goes through the relay.

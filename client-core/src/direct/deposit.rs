@@ -5,9 +5,14 @@
 //! before ([`crate::outbox::deposit_all`]). So the outbox stays the one
 //! source of truth: an item is retired on a direct ack or a relay's
 //! answer, never before.
+//!
+//! Group messages go through the relay (one upload for every member),
+//! except in a group of two: there the one other member's target goes over
+//! the path to it when one is open ([`group_direct`]).
 
 use super::link::DirectItem;
 use super::Paths;
+use crate::groups::GroupOutboxItem;
 use crate::outbox::{deposit_all as relay_deposit_all, Deposit};
 use crate::store::{ContactId, OutboxItem};
 use crate::transport::{Dialer, Stored};
@@ -96,4 +101,38 @@ async fn send_direct(paths: &Paths, contact: &ContactId, items: &[OutboxItem]) -
         }
     }
     acked
+}
+
+/// For a group message `now` (this round's targets of `item`): one flag
+/// per target of `now`, true where the path acked it; empty when nothing
+/// went direct. Only in a group of two: the message has one target left
+/// in all and no member waiting for a card, and a path is open to that
+/// target's member (whose mailbox it is).
+pub(crate) async fn group_direct(
+    paths: &Paths,
+    item: &GroupOutboxItem,
+    now: &GroupOutboxItem,
+) -> Vec<bool> {
+    let ([target], [_], []) = (
+        now.targets.as_slice(),
+        item.targets.as_slice(),
+        item.pending.as_slice(),
+    ) else {
+        return Vec::new();
+    };
+    if paths.get(&target.member).is_none() {
+        return Vec::new();
+    }
+    let one = OutboxItem {
+        position: now.position,
+        message_id: now.message_id,
+        contact: target.member,
+        message_key: None,
+        relay_url: target.relay_url.clone(),
+        mailbox_id: target.mailbox_id,
+        token: target.token,
+        payload: now.payload.clone(),
+        copy: false,
+    };
+    send_direct(paths, &target.member, std::slice::from_ref(&one)).await
 }

@@ -12,12 +12,23 @@ use tern_protocol::pb::{content::Body, GroupOpKind};
 
 impl Client {
     /// Create a group named `name` with the contacts named in `contacts`;
-    /// we are its first admin. Returns its name.
+    /// we are its first admin. Returns what the outbox flush said.
     pub async fn group_create(
         &mut self,
         name: &str,
         contacts: &[String],
     ) -> Result<OutboxReport, ClientError> {
+        self.queue_create(name, contacts).await?;
+        self.flush_outbox().await
+    }
+
+    /// Create the group and queue what tells its members (on disk, not yet
+    /// delivered). Only our card's send token needs the home relay now.
+    pub(crate) async fn queue_create(
+        &mut self,
+        name: &str,
+        contacts: &[String],
+    ) -> Result<(), ClientError> {
         if self
             .group_named(name)
             .is_ok_and(|r| self.group_state(&r).is_member(&self.account.identity_key()))
@@ -57,7 +68,7 @@ impl Client {
         r.card_wanted = true;
         self.put_group(&r)?;
         self.publish_group_cards().await?;
-        self.flush_outbox().await
+        Ok(())
     }
 
     /// Add the contact `contact` to group `name` (as an admin if `admin`).

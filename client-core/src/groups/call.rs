@@ -75,9 +75,6 @@ pub(crate) enum Queued {
         /// The message id, for a send.
         id: Option<String>,
     },
-    /// Run it whole ([`Client::group_call`]): creating mints a token on the
-    /// home relay.
-    Inline(GroupCall),
 }
 
 impl Client {
@@ -85,7 +82,10 @@ impl Client {
     /// durable when this returns.
     pub(crate) async fn group_queue(&mut self, call: GroupCall) -> Result<Queued, ClientError> {
         let queued = match call {
-            GroupCall::Create { .. } => return Ok(Queued::Inline(call)),
+            GroupCall::Create { name, contacts } => {
+                self.queue_create(&name, &contacts).await?;
+                Queued::Flush { id: None }
+            }
             GroupCall::Add {
                 name,
                 contact,

@@ -23,7 +23,7 @@ mod typing;
 
 pub use call::GroupCall;
 pub(crate) use call::Queued;
-pub(crate) use outbox::{deposit_groups, GroupDeposit};
+pub(crate) use outbox::{deposit_groups, GroupDeposit, GroupOutboxItem};
 
 use crate::client::Client;
 use crate::error::ClientError;

@@ -219,7 +219,8 @@ impl Client {
         if plans.is_empty() {
             return Ok(());
         }
-        deposit_groups(&mut self.dialer, &mut plans).await;
+        self.store.flush().await?;
+        deposit_groups(&mut self.dialer, &mut plans, None).await;
         self.settle_group_round(plans, report)?;
         Ok(())
     }
@@ -437,12 +438,53 @@ pub(crate) struct GroupDeposit {
 }
 
 /// Deposit a round of the group outbox (network only, no client: the
-/// running client runs it beside receiving), item after item.
-pub(crate) async fn deposit_groups(dialer: &mut Dialer, plans: &mut [GroupDeposit]) {
+/// running client runs it beside receiving), item after item. With
+/// `paths` (a running client), a group of two goes over the path to the
+/// other member when one is open (`direct::deposit::group_direct`); what
+/// the path does not ack goes through the relay.
+pub(crate) async fn deposit_groups(
+    dialer: &mut Dialer,
+    plans: &mut [GroupDeposit],
+    paths: Option<&crate::direct::Paths>,
+) {
     for p in plans.iter_mut() {
-        if !p.now.targets.is_empty() {
-            p.results = deposit_many(dialer, &p.now).await;
+        if p.now.targets.is_empty() {
+            continue;
         }
+        let direct = match paths {
+            Some(paths) => crate::direct::deposit::group_direct(paths, &p.item, &p.now).await,
+            None => Vec::new(),
+        };
+        p.results = if direct.is_empty() {
+            deposit_many(dialer, &p.now).await
+        } else {
+            // Targets the path acked are stored; the rest go to relays.
+            let rest = GroupOutboxItem {
+                targets: (p.now.targets.iter().zip(&direct))
+                    .filter(|(_, acked)| !**acked)
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+                ..p.now.clone()
+            };
+            let mut relayed = if rest.targets.is_empty() {
+                Vec::new()
+            } else {
+                deposit_many(dialer, &rest).await
+            }
+            .into_iter();
+            direct
+                .iter()
+                .map(|acked| match acked {
+                    true => Ok(Stored),
+                    false => relayed.next().unwrap_or_else(|| {
+                        Err(WireError::new(
+                            tern_protocol::ErrorCode::Internal,
+                            "not sent",
+                        ))
+                    }),
+                })
+                .collect()
+        };
     }
 }
 

@@ -140,12 +140,24 @@ impl Task {
             Ok((plan, mut groups)) => {
                 let mut dialer = self.client.dialer.clone();
                 let paths = self.paths.clone();
+                let db = self.client.store.db().clone();
                 cycle.flight = Some(tokio::spawn(async move {
-                    let pairwise = match paths {
-                        Some(p) => crate::direct::deposit::deposit_all(&p, &mut dialer, plan).await,
+                    // Nothing leaves before what made it is on disk: a
+                    // receipt sealed under a fresh ratchet key that reached
+                    // the peer while the key died with a crash would make
+                    // everything the peer sends next undecryptable.
+                    if let Err(e) = db.flush_async().await {
+                        warn!("flushing the store before a deposit: {e}");
+                        return Round {
+                            pairwise: Vec::new(),
+                            groups: Vec::new(),
+                        };
+                    }
+                    let pairwise = match &paths {
+                        Some(p) => crate::direct::deposit::deposit_all(p, &mut dialer, plan).await,
                         None => deposit_all(&mut dialer, plan).await,
                     };
-                    deposit_groups(&mut dialer, &mut groups).await;
+                    deposit_groups(&mut dialer, &mut groups, paths.as_ref()).await;
                     Round { pairwise, groups }
                 }));
             }

@@ -554,7 +554,8 @@ impl Task {
             }
             Command::Group { call, reply } => {
                 // The network part goes with the flush cycles (deposits run
-                // beside receiving); only creating a group runs whole.
+                // beside receiving, and over direct paths where open); only
+                // creating a group asks the home relay for a token first.
                 match self.client.group_queue(call).await {
                     Ok(Queued::Done(v)) => {
                         let _ = reply.send(Ok(v));
@@ -566,13 +567,6 @@ impl Task {
                     Ok(Queued::Flush { id }) => {
                         self.client.group_news = false;
                         self.request_flush(vec![Waiter::Group { id, reply }]);
-                    }
-                    Ok(Queued::Inline(call)) => {
-                        let _ = reply.send(self.client.group_call(call).await);
-                        self.client.group_news = false;
-                        if self.client.outbox_len().unwrap_or(0) > 0 {
-                            self.request_flush(Vec::new());
-                        }
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));

@@ -207,6 +207,8 @@ impl Client {
         let mut backoff = round_backoff();
         for round in 0..=OUTBOX_RETRY_ROUNDS {
             let plan = self.plan_round()?;
+            // Durable before it leaves (see `Task::launch_round`).
+            self.store.flush().await?;
             let deposits = deposit_all(&mut self.dialer, plan).await;
             let wait = self.settle_round(deposits, &mut flushed)?;
             match rules::retry_pause(wait, round, !flushed.report.queued.is_empty()) {
@@ -235,12 +237,14 @@ impl Client {
     ) -> Result<(Vec<crate::event::Event>, OutboxReport), ClientError> {
         let plan = self.plan_round()?;
         let mut groups = self.plan_group_round()?;
+        // Durable before it leaves (see `Task::launch_round`).
+        self.store.flush().await?;
         let mut dialer = self.dialer.clone();
         // The group outbox after the pairwise one: keys before the messages
         // they open.
         let flight = tokio::spawn(async move {
             let deposits = deposit_all(&mut dialer, plan).await;
-            crate::groups::deposit_groups(&mut dialer, &mut groups).await;
+            crate::groups::deposit_groups(&mut dialer, &mut groups, None).await;
             (deposits, groups)
         });
         let received = self.receive(wait).await;
