@@ -267,6 +267,10 @@ impl Client {
             copies.push(self.contact_copy(&c)?);
         }
         let rest = fill_bundle(&mut bundle, copies, BUNDLE_BUDGET);
+        // Groups in what room is left; the rest follow through Olm.
+        let room = BUNDLE_BUDGET.saturating_sub(bundle.encoded_len() + 16);
+        let (groups, more_groups) = self.link_groups(room)?;
+        bundle.groups = groups.into();
         let payload = link_key(&offer.secret).encrypt(BUNDLE_AAD, &bundle.encode_to_vec());
         let token = new
             .token
@@ -278,6 +282,13 @@ impl Client {
         // Contacts that did not fit follow through the Olm channel.
         if !rest.is_empty() {
             self.send_contacts_to(&new, rest)?;
+        }
+        if !more_groups.is_empty() {
+            if let Some(t) = super::Target::of_device(&new) {
+                for u in more_groups {
+                    self.send_control_to_device(&t, pb::content::Body::GroupUpdate(u))?;
+                }
+            }
         }
         self.store.flush().await?;
         let _ = self.flush_outbox().await;

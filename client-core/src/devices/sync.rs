@@ -110,6 +110,10 @@ impl Client {
                         self.apply_own_list(&signed)?;
                     }
                 }
+                Some(body @ (Body::GroupUpdate(_) | Body::GroupKey(_))) => {
+                    // Our groups, kept on every device (groups/devices.rs).
+                    self.group_control(*sender, body)?;
+                }
                 Some(Body::DeviceSync(s)) => {
                     if let Some(sent) = s.sent {
                         self.store_sent_copy(&sent)?;
