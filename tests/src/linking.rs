@@ -39,7 +39,7 @@ impl Lines {
     }
 
     /// Its next line (panics after [`LINE_DEADLINE`]).
-    pub fn next(&mut self) -> String {
+    pub fn next_line(&mut self) -> String {
         self.rx
             .recv_timeout(LINE_DEADLINE)
             .unwrap_or_else(|e| panic!("no line from tern device link: {e}"))
@@ -67,7 +67,7 @@ impl Drop for Lines {
 /// `existing`, both confirming with --yes; returns the new device's id.
 pub fn link(existing: &Path, new: &Path, relay: &RelayProcess, name: &str) -> String {
     let mut offer = Lines::spawn(existing, &["device", "link", "--yes", "--timeout", "120"]);
-    let code = offer.next();
+    let code = offer.next_line();
     assert!(code.starts_with("ternlink1"), "{code}");
     let joined = ok(
         new,
@@ -82,11 +82,11 @@ pub fn link(existing: &Path, new: &Path, relay: &RelayProcess, name: &str) -> St
             relay.url(),
         ],
     );
-    let check = offer.next();
+    let check = offer.next_line();
     assert!(check.starts_with("check code: "), "{check}");
     assert_eq!(check.len(), "check code: ".len() + 6);
     assert!(joined.contains(&check), "both sides show {check}: {joined}");
-    let linked = offer.next();
+    let linked = offer.next_line();
     offer.finish();
     assert!(
         joined

@@ -8,11 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::mpsc;
-use std::time::Duration;
 use tern_tests::linking::{link, listen, Lines};
 use tern_tests::process::{alice_and_bob, json_lines, ok, received, RelayProcess};
 
@@ -87,6 +83,46 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
 }
 
 #[test]
+fn what_one_device_read_is_read_on_the_other_and_receipts_reach_both() {
+    let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, b) = contacts(dir.path(), &ra, &rb);
+    let a2 = dir.path().join("alice-laptop");
+    link(&a1, &a2, &rb, "laptop");
+    assert!(received(&b).is_empty());
+    ok(&b, &["send", "alice", "read me once"]);
+
+    // The phone shows it: read there. The laptop gets the message and the
+    // phone's read state together, and shows it as read already (so it
+    // sends no read receipt of its own).
+    let at_phone = json_lines(&ok(&a1, &["recv", "--json"]));
+    let m = at_phone
+        .iter()
+        .find(|e| e["text"] == "read me once")
+        .unwrap();
+    assert!(m.get("read").is_none(), "{m}");
+    let at_laptop = json_lines(&ok(&a2, &["recv", "--json"]));
+    let m = at_laptop
+        .iter()
+        .find(|e| e["text"] == "read me once")
+        .unwrap_or_else(|| panic!("{at_laptop:?}"));
+    assert_eq!(m["read"], true, "{m}");
+
+    // The laptop writes; Bob reads it; the phone, which did not send it,
+    // has its status from Bob's receipts too.
+    let sent: Value =
+        serde_json::from_str(ok(&a2, &["send", "bob", "from the laptop", "--json"]).trim())
+            .unwrap();
+    let id = sent["id"].as_str().unwrap();
+    assert_eq!(received(&b), [("alice".into(), "from the laptop".into())]);
+    for home in [&a1, &a2] {
+        assert!(received(home).is_empty());
+        let status = json_lines(&ok(home, &["status", id, "--json"]));
+        assert_eq!(status[0]["status"], "read", "{home:?}: {status:?}");
+    }
+}
+
+#[test]
 fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +189,7 @@ fn a_link_code_is_refused_when_damaged_and_without_a_terminal_needs_yes() {
     // Without --yes and without a terminal, the new device refuses and
     // keeps nothing; the offer times out.
     let mut offer = Lines::spawn(&a1, &["device", "link", "--timeout", "5"]);
-    let code = offer.next();
+    let code = offer.next_line();
     let new = dir.path().join("new2");
     let out = tern_tests::process::tern(&new, &["init", "--link", &code]);
     assert!(!out.status.success());

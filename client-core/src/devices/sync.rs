@@ -121,6 +121,12 @@ impl Client {
                     if let Some(c) = s.contact {
                         self.add_contact_copy(&c)?;
                     }
+                    let read: Vec<[u8; 16]> = s
+                        .read
+                        .iter()
+                        .filter_map(|b| <[u8; 16]>::try_from(&b[..]).ok())
+                        .collect();
+                    self.take_read_sync(&read)?;
                 }
                 _ => debug!("dropping a message from our own device that is not a sync"),
             }
@@ -176,8 +182,14 @@ impl Client {
             stored_at_ms: now_ms(),
             status: Status::Sent,
         };
-        self.store
-            .put_message(&message_key(&peer, sent.sent_at_ms, &id), &entry)
+        let key = message_key(&peer, sent.sent_at_ms, &id);
+        self.store.put_message(&key, &entry)?;
+        // Receipts for it reach every device of ours (the contact sends
+        // them to all): this one keeps its status too.
+        if self.store.receipt_record(&id)?.is_none() {
+            self.track_sent(&id, &key, &[peer])?;
+        }
+        Ok(())
     }
 
     /// A contact another of our devices added, unless we have it.

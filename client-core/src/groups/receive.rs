@@ -229,6 +229,7 @@ impl Client {
                     sent_at_ms: opened.sent_at_ms,
                     received_at_ms: env.received_at_ms,
                     group: Some(st.name.clone()),
+                    read: false,
                 })));
             }
         }

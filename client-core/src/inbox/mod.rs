@@ -77,7 +77,17 @@ impl Intake {
     ) -> Result<(), ClientError> {
         client.store.flush().await?;
         let read = read_ids(&self.shown);
-        for e in self.shown.drain(..) {
+        for mut e in self.shown.drain(..) {
+            // Read already on another of our devices (its DeviceSync came
+            // in this batch or before).
+            if let Event::Message(m) = &mut e {
+                if let Some(id) = hex::decode(&m.id)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                {
+                    m.read = client.store.was_shown(&id)?;
+                }
+            }
             on_event(e);
         }
         if !self.acks.is_empty() {
@@ -86,11 +96,12 @@ impl Intake {
         // What was stored is owed delivered receipts, what was shown read
         // ones: one batch per peer into the outbox. A failure here costs
         // receipts, never messages, so it does not end the connection.
+        // Our other devices learn what was read here (queued with them).
         match client
             .note_shown(&read)
-            .and_then(|_| client.queue_receipts())
+            .and_then(|synced| Ok(client.queue_receipts()? > 0 || synced))
         {
-            Ok(n) => self.receipts_queued |= n > 0,
+            Ok(queued) => self.receipts_queued |= queued,
             Err(e) => warn!("queueing receipts: {e}"),
         }
         Ok(())
