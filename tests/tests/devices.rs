@@ -28,6 +28,9 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
     let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
     let dir = tempfile::tempdir().unwrap();
     let (a1, b) = contacts(dir.path(), &ra, &rb);
+    // The safety number covers the accounts' root keys.
+    let safety = ok(&a1, &["verify", "bob"]);
+    assert_eq!(ok(&b, &["verify", "alice"]), safety);
     let a2 = dir.path().join("alice-laptop");
     let id = link(&a1, &a2, &rb, "laptop");
 
@@ -50,6 +53,11 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
     for home in [&a1, &a2] {
         assert_eq!(received(home), [("bob".into(), "to both of you".into())]);
     }
+    // Linking changed no safety number: the same on both of Alice's
+    // devices and on Bob's, as before.
+    assert_eq!(ok(&a2, &["verify", "bob"]), safety);
+    assert_eq!(ok(&a1, &["verify", "bob"]), safety);
+    assert_eq!(ok(&b, &["verify", "alice"]), safety);
 
     // What the laptop sends reaches Bob and shows on the first device as
     // sent by Alice; and the other way round.

@@ -49,6 +49,16 @@ impl Client {
                 return Ok(());
             }
         };
+        // A contact the user verified: only lists under the root key the
+        // safety number covered.
+        let verified_root = self.contact_state(&c.identity_key)?.verified_root;
+        if verified_root.is_some_and(|r| r != list.root_key) {
+            warn!(
+                "dropping a device list of {} under another root key than the verified one",
+                c.name
+            );
+            return Ok(());
+        }
         self.forget_removed(held.as_ref(), &list)?;
         self.put_peer_list(&c.identity_key, &list)?;
         if held.is_none() {
