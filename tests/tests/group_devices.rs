@@ -3,7 +3,8 @@
 //! (also from a member who is not his contact and knows his second device
 //! only from his member card's signed list), what one device sends to the
 //! group shows on the other as sent by us, and a device linked after the
-//! group was made reads and writes in it.
+//! group was made reads and writes in it (and gets its receipts); a removed
+//! device gets nothing new.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -92,7 +93,7 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
     befriend(&alice, "alice", &bob);
     befriend(&alice, "alice", &carol);
     let bob2 = dir.path().join("bob-laptop");
-    link(&bob, &bob2, &r1, "laptop");
+    let laptop_id = link(&bob, &bob2, &r1, "laptop");
     // Alice takes Bob's new list before the group is made.
     assert!(group_texts(&recv(&alice)).is_empty());
 
@@ -134,6 +135,26 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
         "{:?}",
         group_history(&bob2)
     );
+
+    // Bob removes his laptop. Alice learns it from his list, Carol from
+    // his new card; what either writes next reaches his phone only.
+    ok(&bob, &["device", "remove", &laptop_id]);
+    assert!(group_texts(&recv(&bob)).is_empty());
+    for home in [&alice, &carol] {
+        assert!(group_texts(&recv(home)).is_empty());
+    }
+    ok(&alice, &["group", "send", "team", "after the laptop left"]);
+    ok(&carol, &["group", "send", "team", "carol after it left"]);
+    let at_bob = group_texts(&recv(&bob));
+    assert!(
+        at_bob.contains(&said("alice", "after the laptop left")),
+        "{at_bob:?}"
+    );
+    assert!(
+        at_bob.contains(&said("carol", "carol after it left")),
+        "{at_bob:?}"
+    );
+    assert!(group_texts(&recv(&bob2)).is_empty());
 }
 
 #[test]
@@ -170,9 +191,17 @@ fn a_device_linked_after_the_group_was_made_reads_and_writes_in_it() {
     }
     // The laptop writes: Bob reads it from Alice, and Alice's first device
     // shows it as sent by her.
-    ok(&laptop, &["group", "send", "team", "from the laptop"]);
+    let sent = ok(&laptop, &["group", "send", "team", "from the laptop"]);
+    let id = sent
+        .trim()
+        .strip_prefix("sent ")
+        .unwrap_or_else(|| panic!("{sent}"));
     assert_eq!(group_texts(&recv(&bob)), [said("alice", "from the laptop")]);
     assert!(group_texts(&recv(&alice)).is_empty());
+    // Bob's receipts reach the laptop, which sent it.
+    assert!(group_texts(&recv(&laptop)).is_empty());
+    let status = json_lines(&ok(&laptop, &["status", id, "--json"]));
+    assert_eq!(status[0]["status"], "read", "{status:?}");
     assert!(group_history(&alice).contains(&("alice".into(), "from the laptop".into(), true)));
     // And the other way round.
     ok(&alice, &["group", "send", "team", "from the phone"]);

@@ -378,11 +378,13 @@ impl Client {
             // Receipts from a group member who is not a contact (for a
             // group message we sent them): applied, never shown as text.
             let mut event = None;
-            if !self.store.seen(&id)? && self.is_fellow_member(&sender)? {
-                if let Some(Body::Receipts(batch)) = &opened.body {
-                    let name = self.peer_name(&sender)?;
-                    event = self.apply_receipts(&sender, &name, batch)?;
-                }
+            let member = match self.store.seen(&id)? {
+                true => None,
+                false => self.fellow_member(&sender)?,
+            };
+            if let (Some(member), Some(Body::Receipts(batch))) = (member, &opened.body) {
+                let name = self.peer_name(&member)?;
+                event = self.apply_receipts(&member, &name, batch)?;
             }
             self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(event);
