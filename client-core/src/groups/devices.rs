@@ -47,13 +47,13 @@ impl Client {
         card: Option<&pb::GroupMemberCard>,
         m: &[u8; 32],
     ) -> Result<Option<DeviceList>, ClientError> {
-        let held = if self.store.contact(m)?.is_some() {
-            self.peer_list(m)?
-        } else {
-            None
-        };
+        // Lists are held for contacts only.
+        let held = self.peer_list(m)?;
         let carried = card
             .and_then(|c| c.device_list.as_ref().map(|l| (&c.root_key, l)))
+            // A list of the member device alone adds nothing: not verified
+            // (most members have one device; a send checks every card).
+            .filter(|(_, l)| names_others(l, m))
             .and_then(|(root, l)| match accept_first(root, l, m) {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -93,13 +93,14 @@ impl Client {
             .find(|k| st.is_member(k)))
     }
 
-    /// The member `device` speaks for in `st`: itself if a member, one of
-    /// our own devices' member, else the member whose verified device list
-    /// names it. `None`: it gets nothing and what it sends is dropped.
+    /// The member `device` speaks for in `st` (of record `r`): itself if a
+    /// member, one of our own devices' member, else the member whose
+    /// verified device list names it (only then are the cards read).
+    /// `None`: it gets nothing and what it sends is dropped.
     pub(crate) fn member_of_device(
         &self,
+        r: &GroupRecord,
         st: &State,
-        cards: &Cards,
         device: &[u8; 32],
     ) -> Result<Option<[u8; 32]>, ClientError> {
         if st.is_member(device) {
@@ -108,6 +109,7 @@ impl Client {
         if self.own_device_keys()?.contains(device) {
             return self.my_member(st);
         }
+        let cards = r.cards_by_member(st);
         for m in st.members.keys() {
             if let Some(list) = self.member_list(cards.get(m), m)? {
                 if list.device(device).is_some() {
@@ -265,4 +267,11 @@ pub(crate) fn shared_beyond(r: &GroupRecord, now: &[[u8; 32]]) -> bool {
     r.outbound
         .as_ref()
         .is_some_and(|o| o.shared_with.iter().any(|k| !now.contains(k)))
+}
+
+/// Whether the (unverified) list `signed` names a device other than `m`.
+fn names_others(signed: &pb::DeviceSignedList, m: &[u8; 32]) -> bool {
+    pb::DeviceList::decode(&signed.list[..])
+        .map(|l| l.devices.iter().any(|d| d.identity_key[..] != m[..]))
+        .unwrap_or(false)
 }

@@ -151,7 +151,7 @@ impl Client {
             if st.is_member(id) {
                 return Ok(Some(*id));
             }
-            if let Some(m) = self.member_of_device(&st, &r.cards_by_member(&st), id)? {
+            if let Some(m) = self.member_of_device(&r, &st, id)? {
                 return Ok(Some(m));
             }
         }

@@ -108,9 +108,7 @@ impl Client {
             return Ok(());
         };
         let st = self.group_state(&r);
-        let cards = r.cards_by_member(&st);
-        if self.member_of_device(&st, &cards, &sender)?.is_none() || self.my_member(&st)?.is_none()
-        {
+        if self.member_of_device(&r, &st, &sender)?.is_none() || self.my_member(&st)?.is_none() {
             debug!("ignoring a group key from a device of no member");
             return Ok(());
         }
@@ -164,8 +162,7 @@ impl Client {
                     return Ok(None);
                 }
                 let st = self.group_state(&r);
-                let cards = r.cards_by_member(&st);
-                let author = self.member_of_device(&st, &cards, &u.sender)?;
+                let author = self.member_of_device(&r, &st, &u.sender)?;
                 if author.is_none() || self.my_member(&st)?.is_none() {
                     debug!("dropping a group message from or to a non-member");
                     self.store.mark_seen(&opened.id)?;
