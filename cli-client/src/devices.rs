@@ -1,9 +1,12 @@
 //! `tern device ...` and `tern init --link`: linking a new device, and
 //! listing, renaming and removing the account's devices. List, rename and
 //! remove are trust operations ([`tern_client::trust`]), so they go through
-//! a running `tern listen` when there is one; `device link` runs on the
-//! store directly and, while a `tern listen` holds it, refuses with a clear
-//! message (not forwarded yet: it waits minutes for the other device).
+//! a running `tern listen` when there is one. So does `device link`: the
+//! running client registers the link mailbox and makes the code
+//! (`TrustRequest::LinkOffer`), this command waits for the new device and
+//! asks for confirmation itself (the running client keeps receiving
+//! meanwhile), then the running client adds the device
+//! (`TrustRequest::LinkAdd`).
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -11,8 +14,9 @@ use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
-use tern_client::devices::link::DEFAULT_LINK_TIMEOUT;
+use tern_client::devices::link::{LinkOffer, OfferMailbox, DEFAULT_LINK_TIMEOUT};
 use tern_client::devices::manage::DeviceInfo;
+use tern_client::transport::Dialer;
 use tern_client::trust::{TrustRequest, TrustResult};
 use tern_client::Client;
 use tern_protocol::url::RelayUrl;
@@ -76,15 +80,15 @@ fn out(line: &str) {
     let _ = o.flush();
 }
 
-/// Refuse while a running client holds the store.
-async fn not_running(home: &Path) -> Result<()> {
+/// Whether a running client (`tern listen`) serves this home.
+async fn running(home: &Path) -> Result<bool> {
     #[cfg(unix)]
     if tern_client::rpc::RpcClient::connect(home).await?.is_some() {
-        anyhow::bail!(
-            "`tern listen` is running for this home: stop it to run `tern device` (not forwarded yet)"
-        );
+        return Ok(true);
     }
-    Ok(())
+    #[cfg(not(unix))]
+    let _ = home;
+    Ok(false)
 }
 
 /// Run `tern device ...`.
@@ -95,7 +99,9 @@ pub(crate) async fn run(
 ) -> Result<()> {
     let req = match command {
         DeviceCommand::Link { qr, timeout, yes } => {
-            not_running(home).await?;
+            if running(home).await? {
+                return link_beside_listen(home, qr, timeout, yes).await;
+            }
             return link(open()?, qr, timeout, yes).await;
         }
         DeviceCommand::List { json } => {
@@ -134,15 +140,11 @@ fn devices_of(r: TrustResult) -> Result<Vec<DeviceInfo>> {
     }
 }
 
-/// `tern device link`: offer, wait, show the check code, confirm, add.
-async fn link(mut client: Client, qr: bool, timeout: Option<u64>, yes: bool) -> Result<()> {
-    let wait = timeout
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_LINK_TIMEOUT);
-    let mut offer = client.link_offer().await?;
-    out(&offer.code);
+/// Print the link code (and its QR code), and what to do with it.
+fn show_code(code: &str, qr: bool, wait: Duration) -> Result<()> {
+    out(code);
     if qr {
-        let qr = qrcode::QrCode::new(offer.code.as_bytes()).context("drawing the QR code")?;
+        let qr = qrcode::QrCode::new(code.as_bytes()).context("drawing the QR code")?;
         out(&qr
             .render::<qrcode::render::unicode::Dense1x2>()
             .quiet_zone(true)
@@ -152,6 +154,54 @@ async fn link(mut client: Client, qr: bool, timeout: Option<u64>, yes: bool) -> 
         "on the new device: tern --home DIR init --link CODE (waiting up to {} s)",
         wait.as_secs()
     );
+    Ok(())
+}
+
+/// `tern device link` beside a running `tern listen`: it offers and adds;
+/// the waiting and the confirmation are here, on a connection of ours to
+/// the link mailbox.
+async fn link_beside_listen(home: &Path, qr: bool, timeout: Option<u64>, yes: bool) -> Result<()> {
+    let wait = timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LINK_TIMEOUT);
+    let no_client = || anyhow::bail!("`tern listen` stopped during the link");
+    let TrustResult::LinkOffer { code, auth } =
+        crate::trust_op(home, no_client, TrustRequest::LinkOffer).await?
+    else {
+        anyhow::bail!("unexpected answer to a link offer");
+    };
+    let auth: [u8; 32] = hex::decode(&auth)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("a damaged link offer")?;
+    let mailbox = OfferMailbox { code, auth };
+    show_code(&mailbox.code, qr, wait)?;
+    let mut dialer = Dialer::default();
+    let mut offer = LinkOffer::listen(&mut dialer, &mailbox).await?;
+    let request = offer.wait(wait).await;
+    offer.close().await;
+    let request = request?;
+    out(&format!("check code: {}", request.check_code));
+    if !confirmed(yes)? {
+        anyhow::bail!("link refused: the new device was not added");
+    }
+    let req = TrustRequest::LinkAdd {
+        code: mailbox.code.clone(),
+        device: hex::encode(request.device_entry()),
+    };
+    let added = devices_of(crate::trust_op(home, no_client, req).await?)?;
+    let added = added.first().context("no device added")?;
+    out(&format!("linked device {} ({})", added.id, added.name));
+    Ok(())
+}
+
+/// `tern device link`: offer, wait, show the check code, confirm, add.
+async fn link(mut client: Client, qr: bool, timeout: Option<u64>, yes: bool) -> Result<()> {
+    let wait = timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LINK_TIMEOUT);
+    let mut offer = client.link_offer().await?;
+    show_code(&offer.code, qr, wait)?;
     let request = client.link_wait(&mut offer, wait).await?;
     out(&format!("check code: {}", request.check_code));
     if !confirmed(yes)? {

@@ -516,6 +516,9 @@ fn print_event(e: &Event, as_json: bool) {
             if let Some(g) = &m.group {
                 v["group"] = json!(g);
             }
+            if m.read {
+                v["read"] = json!(true);
+            }
             vec![v.to_string()]
         }
         (Event::Message(m), false) => vec![match &m.group {

@@ -25,6 +25,10 @@ pub struct ContactState {
     /// Tokens we gave them before a rotation, until they are revoked.
     #[serde(default)]
     pub retiring: Vec<crate::rotation::RetiringToken>,
+    /// The account root key the user verified (the safety number covers
+    /// it): a device list of the contact must be signed by it.
+    #[serde(default)]
+    pub verified_root: Option<[u8; 32]>,
 }
 
 impl ContactState {

@@ -122,6 +122,10 @@ pub struct ReceivedMessage {
     /// The group's name, for a group message (`from` is then its author).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Already read on another of our devices (`DeviceSync.read`): no read
+    /// receipt goes out for it from this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
 }
 
 /// What became of the outbox.

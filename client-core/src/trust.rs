@@ -70,6 +70,17 @@ pub enum TrustRequest {
         /// Its id or a unique prefix.
         id: String,
     },
+    /// Offer a link for `tern device link` beside a running client: the
+    /// link mailbox and its code; the CLI waits for the new device itself.
+    LinkOffer,
+    /// Add the device that answered a link offered by this device, once
+    /// the user confirmed the check code (`tern device link`).
+    LinkAdd {
+        /// The link code.
+        code: String,
+        /// The new device's `DeviceEntry`, encoded, hex.
+        device: String,
+    },
 }
 
 impl TrustRequest {
@@ -80,6 +91,7 @@ impl TrustRequest {
             TrustRequest::Rotate { .. }
                 | TrustRequest::DeviceRename { .. }
                 | TrustRequest::DeviceRemove { .. }
+                | TrustRequest::LinkAdd { .. }
         )
     }
 }
@@ -144,10 +156,19 @@ pub enum TrustResult {
         /// (name, verified), in name order.
         contacts: Vec<(String, bool)>,
     },
-    /// The account's devices (after a rename or removal: the new list).
+    /// The account's devices (after a rename or removal: the new list;
+    /// after a link: the device added).
     Devices {
         /// In the list's order.
         devices: Vec<crate::devices::manage::DeviceInfo>,
+    },
+    /// A link offered: its code and the secret of the throwaway key that
+    /// owns its mailbox (hex; over the local socket only).
+    LinkOffer {
+        /// The link code.
+        code: String,
+        /// The mailbox key's secret, hex.
+        auth: String,
     },
 }
 
@@ -214,6 +235,20 @@ impl Client {
                 self.remove_device_queued(&id).await?;
                 TrustResult::Devices {
                     devices: self.devices()?,
+                }
+            }
+            TrustRequest::LinkOffer => {
+                let m = self.link_offer_mailbox().await?;
+                TrustResult::LinkOffer {
+                    code: m.code.clone(),
+                    auth: hex::encode(m.auth),
+                }
+            }
+            TrustRequest::LinkAdd { code, device } => {
+                let entry = hex::decode(device.trim())
+                    .map_err(|_| ClientError::Device("a damaged device entry".into()))?;
+                TrustResult::Devices {
+                    devices: vec![self.link_add(&code, &entry).await?],
                 }
             }
         })

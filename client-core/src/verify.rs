@@ -26,13 +26,26 @@ use tern_crypto::safety;
 
 impl Client {
     /// The 60-digit safety number with the contact named `name`: the same
-    /// on both sides ([`tern_crypto::safety`]).
+    /// on both sides ([`tern_crypto::safety`]). It is computed over the two
+    /// accounts' root keys, so it is the same on every device of either
+    /// account and linking or removing a device does not change it; with a
+    /// contact that never sent a signed device list (a client from before
+    /// device lists), over the two identity keys as before.
     pub fn safety_number(&self, name: &str) -> Result<String, ClientError> {
         let contact = self.contact_named(name)?;
-        Ok(safety::safety_number(
-            &self.account.identity_key(),
-            &contact.identity_key,
-        ))
+        let (ours, theirs) = self.safety_keys(&contact)?;
+        Ok(safety::safety_number(&ours, &theirs))
+    }
+
+    /// The keys the safety number with `contact` covers: both root keys,
+    /// else both identity keys (of this device and the device we met).
+    fn safety_keys(&self, contact: &Contact) -> Result<([u8; 32], [u8; 32]), ClientError> {
+        let theirs = self.peer_list(&contact.identity_key)?.map(|l| l.root_key);
+        let ours = self.load_own()?.map(|o| o.list.root_key);
+        Ok(match (ours, theirs) {
+            (Some(o), Some(t)) => (o, t),
+            _ => (self.account.identity_key(), contact.identity_key),
+        })
     }
 
     /// Mark the contact named `name` verified (with the identity key it has
@@ -41,6 +54,12 @@ impl Client {
         let contact = self.contact_named(name)?;
         let mut state = self.contact_state(&contact.identity_key)?;
         state.verified_key = verified.then_some(contact.identity_key);
+        // The root key the safety number covered: its lists only, from now.
+        state.verified_root = if verified {
+            self.peer_list(&contact.identity_key)?.map(|l| l.root_key)
+        } else {
+            None
+        };
         if verified {
             state.changed_from = None;
         }

@@ -454,6 +454,7 @@ fn main() {
                 address: Some(address()),
                 fallback_key: vec![9; 32].into(),
                 version: 1,
+                ..Default::default()
             },
             |m| creator.sign(m),
         );

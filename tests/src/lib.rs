@@ -28,6 +28,7 @@ use tern_relay::{
 };
 
 pub mod hostile;
+pub mod linking;
 pub mod listen;
 pub mod process;
 pub mod redis_cluster;

@@ -2,131 +2,23 @@
 //! (`tern-relay run` children): a linked device (on another relay) receives
 //! what contacts send, what either device sends shows on the other as sent
 //! by us, both sides of a link print the same check code, and a removed
-//! device gets nothing new while what it still sends is dropped. In
+//! device gets nothing new while what it still sends is dropped, read
+//! state and receipts reach every device, the safety number stays when a
+//! device is linked, and linking works beside a running `tern listen`. In
 //! process, with the library: a device no list of the account names is
 //! dropped by the contact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::mpsc;
-use std::time::Duration;
-use tern_tests::process::{alice_and_bob, json_lines, ok, received, tern_cmd, RelayProcess};
-
-/// How long a `tern device link` may take to print its next line.
-const LINE_DEADLINE: Duration = Duration::from_secs(60);
+use tern_tests::linking::{link, listen, Lines};
+use tern_tests::process::{alice_and_bob, json_lines, ok, received, RelayProcess};
 
 /// Alice on relay `ra`, Bob on `rb`, contacts of each other.
 fn contacts(dir: &Path, ra: &RelayProcess, rb: &RelayProcess) -> (PathBuf, PathBuf) {
     let (a, b) = alice_and_bob(dir, ra.url(), rb.url());
     assert!(ok(&a, &["recv", "--json"]).contains("\"contact\""));
     (a, b)
-}
-
-/// The lines a child prints, one at a time, with a deadline each.
-struct Lines {
-    child: Child,
-    rx: mpsc::Receiver<String>,
-}
-
-impl Lines {
-    fn spawn(home: &Path, args: &[&str]) -> Self {
-        let mut child = tern_cmd(home, args).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, rx }
-    }
-
-    fn next(&mut self) -> String {
-        self.rx
-            .recv_timeout(LINE_DEADLINE)
-            .unwrap_or_else(|e| panic!("no line from tern device link: {e}"))
-    }
-
-    fn finish(mut self) {
-        let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        assert!(status.success(), "tern device link failed: {err}");
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Link a new device in `new` (its home relay `relay`) to the account in
-/// `existing`, both confirming with --yes; returns the new device's id.
-fn link(existing: &Path, new: &Path, relay: &RelayProcess, name: &str) -> String {
-    let mut offer = Lines::spawn(existing, &["device", "link", "--yes", "--timeout", "120"]);
-    let code = offer.next();
-    assert!(code.starts_with("ternlink1"), "{code}");
-    let joined = ok(
-        new,
-        &[
-            "init",
-            "--link",
-            &code,
-            "--yes",
-            "--name",
-            name,
-            "--relay",
-            relay.url(),
-        ],
-    );
-    let check = offer.next();
-    assert!(check.starts_with("check code: "), "{check}");
-    assert_eq!(check.len(), "check code: ".len() + 6);
-    assert!(joined.contains(&check), "both sides show {check}: {joined}");
-    let linked = offer.next();
-    offer.finish();
-    assert!(joined.contains("account alice linked"), "{joined}");
-    linked
-        .strip_prefix("linked device ")
-        .and_then(|r| r.split(' ').next())
-        .unwrap_or_else(|| panic!("{linked}"))
-        .to_string()
-}
-
-/// A `tern listen --json` child, once it serves its socket.
-fn listen(home: &Path) -> Lines {
-    let l = Lines::spawn(home, &["listen", "--json"]);
-    let deadline = std::time::Instant::now() + LINE_DEADLINE;
-    while std::os::unix::net::UnixStream::connect(home.join("tern.sock")).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "listen never served its socket"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    l
-}
-
-impl Lines {
-    /// Ctrl-C, as a person stops it.
-    fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-    }
 }
 
 fn history(home: &Path, contact: &str) -> Vec<Value> {
@@ -138,6 +30,9 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
     let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
     let dir = tempfile::tempdir().unwrap();
     let (a1, b) = contacts(dir.path(), &ra, &rb);
+    // The safety number covers the accounts' root keys.
+    let safety = ok(&a1, &["verify", "bob"]);
+    assert_eq!(ok(&b, &["verify", "alice"]), safety);
     let a2 = dir.path().join("alice-laptop");
     let id = link(&a1, &a2, &rb, "laptop");
 
@@ -160,6 +55,11 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
     for home in [&a1, &a2] {
         assert_eq!(received(home), [("bob".into(), "to both of you".into())]);
     }
+    // Linking changed no safety number: the same on both of Alice's
+    // devices and on Bob's, as before.
+    assert_eq!(ok(&a2, &["verify", "bob"]), safety);
+    assert_eq!(ok(&a1, &["verify", "bob"]), safety);
+    assert_eq!(ok(&b, &["verify", "alice"]), safety);
 
     // What the laptop sends reaches Bob and shows on the first device as
     // sent by Alice; and the other way round.
@@ -193,6 +93,71 @@ fn a_linked_device_receives_and_both_show_what_either_sent() {
 }
 
 #[test]
+fn what_one_device_read_is_read_on_the_other_and_receipts_reach_both() {
+    let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, b) = contacts(dir.path(), &ra, &rb);
+    let a2 = dir.path().join("alice-laptop");
+    link(&a1, &a2, &rb, "laptop");
+    assert!(received(&b).is_empty());
+    ok(&b, &["send", "alice", "read me once"]);
+
+    // The phone shows it: read there. The laptop gets the message and the
+    // phone's read state together, and shows it as read already (so it
+    // sends no read receipt of its own).
+    let at_phone = json_lines(&ok(&a1, &["recv", "--json"]));
+    let m = at_phone
+        .iter()
+        .find(|e| e["text"] == "read me once")
+        .unwrap();
+    assert!(m.get("read").is_none(), "{m}");
+    let at_laptop = json_lines(&ok(&a2, &["recv", "--json"]));
+    let m = at_laptop
+        .iter()
+        .find(|e| e["text"] == "read me once")
+        .unwrap_or_else(|| panic!("{at_laptop:?}"));
+    assert_eq!(m["read"], true, "{m}");
+
+    // The laptop writes; Bob reads it; the phone, which did not send it,
+    // has its status from Bob's receipts too.
+    let sent: Value =
+        serde_json::from_str(ok(&a2, &["send", "bob", "from the laptop", "--json"]).trim())
+            .unwrap();
+    let id = sent["id"].as_str().unwrap();
+    assert_eq!(received(&b), [("alice".into(), "from the laptop".into())]);
+    for home in [&a1, &a2] {
+        assert!(received(home).is_empty());
+        let status = json_lines(&ok(home, &["status", id, "--json"]));
+        assert_eq!(status[0]["status"], "read", "{home:?}: {status:?}");
+    }
+}
+
+#[test]
+fn a_device_links_beside_a_running_listen() {
+    let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, b) = contacts(dir.path(), &ra, &rb);
+    // `tern device link` goes through the running client, which keeps the
+    // store; the wait for the new device and the check code are the
+    // command's own.
+    let running = listen(&a1);
+    let a2 = dir.path().join("alice-laptop");
+    let id = link(&a1, &a2, &rb, "laptop");
+    let list = json_lines(&ok(&a1, &["device", "list", "--json"]));
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().any(|d| d["id"] == id.as_str()));
+    running.interrupt();
+    assert!(ok(&a2, &["contacts"]).contains("bob"));
+
+    // Bob takes the new list, then reaches both devices.
+    assert!(received(&b).is_empty());
+    ok(&b, &["send", "alice", "to both of you"]);
+    for home in [&a1, &a2] {
+        assert_eq!(received(home), [("bob".into(), "to both of you".into())]);
+    }
+}
+
+#[test]
 fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     let (ra, rb) = (RelayProcess::start(), RelayProcess::start());
     let dir = tempfile::tempdir().unwrap();
@@ -204,8 +169,7 @@ fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     assert_eq!(received(&a2), [("bob".into(), "before".into())]);
     assert_eq!(received(&a1), [("bob".into(), "before".into())]);
 
-    // Renaming and removing go through a running `tern listen`; linking
-    // beside one is refused with a clear message.
+    // Renaming and removing go through a running `tern listen`.
     let listen = listen(&a1);
     let renamed = ok(&a1, &["device", "rename", &id[..6], "old laptop"]);
     assert!(renamed.contains("renamed"), "{renamed}");
@@ -218,9 +182,6 @@ fn a_removed_device_gets_nothing_new_and_what_it_sends_is_dropped() {
     assert!(!tern_tests::process::tern(&a1, &["device", "remove", &me])
         .status
         .success());
-    let busy = tern_tests::process::tern(&a1, &["device", "link", "--yes"]);
-    assert!(!busy.status.success());
-    assert!(String::from_utf8_lossy(&busy.stderr).contains("tern listen"));
     listen.interrupt();
 
     // Bob takes the new list, then writes: only the first device gets it.
@@ -259,7 +220,7 @@ fn a_link_code_is_refused_when_damaged_and_without_a_terminal_needs_yes() {
     // Without --yes and without a terminal, the new device refuses and
     // keeps nothing; the offer times out.
     let mut offer = Lines::spawn(&a1, &["device", "link", "--timeout", "5"]);
-    let code = offer.next();
+    let code = offer.next_line();
     let new = dir.path().join("new2");
     let out = tern_tests::process::tern(&new, &["init", "--link", &code]);
     assert!(!out.status.success());

@@ -345,6 +345,7 @@ async fn listen_and_recv_print_arrivals() {
             sent_at_ms: 1_700_000_000_000,
             received_at_ms: 1_700_000_000_000,
             group: None,
+            read: false,
         }));
         let _ = backend
             .events

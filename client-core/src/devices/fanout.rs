@@ -20,6 +20,10 @@ use tern_crypto::PairSession;
 use tern_protocol::pb::{self, content::Body};
 use tracing::debug;
 
+/// Read ids per `DeviceSync` (18 bytes each with framing: well within one
+/// envelope).
+const READ_PER_SYNC: usize = 1000;
+
 /// Whether `content` goes to every device of a contact (texts and our
 /// device list) or only to the device we met (introductions, token
 /// rotations, receipts and group control, which are per device).
@@ -158,6 +162,21 @@ impl Client {
             ..Default::default()
         });
         self.sync_to_own(body).map(|_| ())
+    }
+
+    /// Ids of messages read on this device, for our other devices (one
+    /// `DeviceSync` each, at most [`READ_PER_SYNC`] ids). Returns how many
+    /// were queued.
+    pub(crate) fn sync_read(&self, ids: &[[u8; 16]]) -> Result<usize, ClientError> {
+        let mut n = 0;
+        for chunk in ids.chunks(READ_PER_SYNC) {
+            let body = Body::DeviceSync(pb::DeviceSync {
+                read: chunk.iter().map(|id| id.to_vec().into()).collect(),
+                ..Default::default()
+            });
+            n += self.sync_to_own(body)?;
+        }
+        Ok(n)
     }
 
     /// Contact `c` (new on this device), for our other devices.

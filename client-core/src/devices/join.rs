@@ -132,7 +132,10 @@ impl Client {
             root_secret: *root.to_bytes(),
             device_id: pending.device_id,
             list,
-        })
+        })?;
+        // The account's groups, once this device knows its own list (it
+        // acts for the member device of its account).
+        self.take_link_groups(&b.groups)
     }
 
     /// Give up a home that [`Client::link_join`] created: its store and

@@ -20,15 +20,18 @@ use super::list::Device;
 use crate::client::{now_ms, random16, Client};
 use crate::error::ClientError;
 use crate::inbox::subscribed;
+use crate::layers::key32;
+use crate::transport::Dialer;
 use crate::transport::{MessageStream, Outgoing, RelayLink};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use tern_crypto::{RootKey, StoreKey};
-use tern_protocol::link::encode_link_code;
+use tern_protocol::link::{decode_link_code, encode_link_code};
 use tern_protocol::pb::{self, relay_frame::Frame};
 use tern_protocol::url::RelayUrl;
 use tracing::debug;
+use zeroize::Zeroize;
 
 /// How long a link waits for the other side by default.
 pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(600);
@@ -80,11 +83,31 @@ fn fill_bundle(
     rest
 }
 
+/// A link's mailbox, registered but not listened on yet: its code, and
+/// the throwaway key that owns the mailbox. A running client makes it for
+/// a `tern device link` beside it, which then listens itself
+/// ([`LinkOffer::listen`]): the wait for the new device (minutes) never
+/// holds the running client.
+#[derive(Clone)]
+pub struct OfferMailbox {
+    /// The code to give the new device.
+    pub code: String,
+    /// The secret of the Ed25519 key that owns the link mailbox.
+    pub auth: [u8; 32],
+}
+
+impl Drop for OfferMailbox {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.auth);
+    }
+}
+
 /// A link being offered by the existing device.
 pub struct LinkOffer {
     /// The code to give the new device.
     pub code: String,
     secret: [u8; 32],
+    existing: [u8; 32],
     link: RelayLink,
     stream: MessageStream,
 }
@@ -97,6 +120,66 @@ pub struct LinkRequest {
     /// What the new device calls itself.
     pub device_name: String,
     device: Device,
+}
+
+impl LinkRequest {
+    /// The new device's list entry, encoded (`DeviceEntry`), for a running
+    /// client to add ([`Client::link_add`]).
+    pub fn device_entry(&self) -> Vec<u8> {
+        self.device.to_pb().encode_to_vec()
+    }
+}
+
+impl LinkOffer {
+    /// Listen on the link mailbox `m` (on `dialer`, which need not be a
+    /// client's: the CLI listens beside a running `tern listen`).
+    pub async fn listen(dialer: &mut Dialer, m: &OfferMailbox) -> Result<Self, ClientError> {
+        let bad = |_| ClientError::Device("a damaged link code".into());
+        let code = decode_link_code(&m.code).map_err(bad)?;
+        let url: RelayUrl = code.relay_url.parse()?;
+        let (Ok(mailbox), Some(secret), Some(existing)) = (
+            <[u8; 16]>::try_from(&code.mailbox_id[..]),
+            key32(&code.secret),
+            key32(&code.identity_key),
+        ) else {
+            return Err(ClientError::Device("a damaged link code".into()));
+        };
+        let auth = RootKey::from_bytes(&m.auth);
+        let link = dialer
+            .connect_authenticated(&url, &mailbox, |x| auth.sign(x))
+            .await?;
+        let (link, stream) = subscribed(link).await?;
+        Ok(Self {
+            code: m.code.clone(),
+            secret,
+            existing,
+            link,
+            stream,
+        })
+    }
+
+    /// Wait (at most `timeout`) for the new device's hello.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<LinkRequest, ClientError> {
+        let key = link_key(&self.secret);
+        let deadline = Instant::now() + timeout;
+        let device = wait_for(&mut self.stream, deadline, |payload| {
+            let plain = key.decrypt(HELLO_AAD, payload).ok()?;
+            let hello = pb::LinkHello::decode(&plain[..]).ok()?;
+            Device::from_pb(&hello.device?).ok()
+        })
+        .await?;
+        Ok(LinkRequest {
+            check_code: check_code(&self.secret, &self.existing, &device.identity_key),
+            device_name: device.name.clone(),
+            device,
+        })
+    }
+
+    /// Stop listening on the link mailbox.
+    pub async fn close(mut self) {
+        self.stream.finish(Duration::from_secs(1)).await;
+        self.link.close();
+    }
 }
 
 /// Wait for the first envelope on `stream` that `open` accepts (acking
@@ -159,6 +242,13 @@ impl Client {
     /// Offer a link: a mailbox for this link only on our relay, and the
     /// code that reaches it.
     pub async fn link_offer(&mut self) -> Result<LinkOffer, ClientError> {
+        let m = self.link_offer_mailbox().await?;
+        LinkOffer::listen(&mut self.dialer, &m).await
+    }
+
+    /// Register a mailbox for a link only (with a throwaway key), mint a
+    /// token for it, and make the code that reaches it.
+    pub async fn link_offer_mailbox(&mut self) -> Result<OfferMailbox, ClientError> {
         let url: RelayUrl = self.profile.relay_url.parse()?;
         let auth = RootKey::generate();
         let link = self.dialer.connect(&url).await?;
@@ -169,7 +259,7 @@ impl Client {
             .connect_authenticated(&url, &mailbox, |m| auth.sign(m))
             .await?;
         let token = link.create_token().await?;
-        let (link, stream) = subscribed(link).await?;
+        link.close();
         let mut secret = [0u8; 32];
         secret[..16].copy_from_slice(&random16());
         secret[16..].copy_from_slice(&random16());
@@ -180,11 +270,10 @@ impl Client {
             secret: secret.to_vec().into(),
             identity_key: self.account.identity_key().to_vec().into(),
         });
-        Ok(LinkOffer {
+        secret.zeroize();
+        Ok(OfferMailbox {
             code,
-            secret,
-            link,
-            stream,
+            auth: *auth.to_bytes(),
         })
     }
 
@@ -194,34 +283,54 @@ impl Client {
         offer: &mut LinkOffer,
         timeout: Duration,
     ) -> Result<LinkRequest, ClientError> {
-        let key = link_key(&offer.secret);
-        let deadline = Instant::now() + timeout;
-        let device = wait_for(&mut offer.stream, deadline, |payload| {
-            let plain = key.decrypt(HELLO_AAD, payload).ok()?;
-            let hello = pb::LinkHello::decode(&plain[..]).ok()?;
-            Device::from_pb(&hello.device?).ok()
-        })
-        .await?;
-        Ok(LinkRequest {
-            check_code: check_code(
-                &offer.secret,
-                &self.account.identity_key(),
-                &device.identity_key,
-            ),
-            device_name: device.name.clone(),
-            device,
-        })
+        offer.wait(timeout).await
     }
 
     /// The user confirmed: add the device to the list, send it everything
     /// it needs, and tell every contact and our other devices.
     pub async fn link_accept(
         &mut self,
-        mut offer: LinkOffer,
+        offer: LinkOffer,
         request: LinkRequest,
     ) -> Result<super::manage::DeviceInfo, ClientError> {
-        offer.stream.finish(Duration::from_secs(1)).await;
-        offer.link.close();
+        let secret = offer.secret;
+        offer.close().await;
+        self.link_device(&secret, request).await
+    }
+
+    /// Add the device whose encoded `DeviceEntry` a `tern device link`
+    /// beside this running client received for the link `code` (one this
+    /// device offered), after the user confirmed the check code there.
+    pub async fn link_add(
+        &mut self,
+        code: &str,
+        entry: &[u8],
+    ) -> Result<super::manage::DeviceInfo, ClientError> {
+        let bad = || ClientError::Device("a damaged link code or device".into());
+        let code = decode_link_code(code).map_err(|_| bad())?;
+        let secret = key32(&code.secret).ok_or_else(bad)?;
+        if key32(&code.identity_key) != Some(self.account.identity_key()) {
+            return Err(ClientError::Device(
+                "that link code was offered by another device".into(),
+            ));
+        }
+        let entry = pb::DeviceEntry::decode(entry).map_err(|_| bad())?;
+        let device = Device::from_pb(&entry).map_err(|_| bad())?;
+        let request = LinkRequest {
+            check_code: check_code(&secret, &self.account.identity_key(), &device.identity_key),
+            device_name: device.name.clone(),
+            device,
+        };
+        self.link_device(&secret, request).await
+    }
+
+    /// Sign the next list naming `request`'s device, send it the bundle
+    /// (under the link key of `secret`), and tell everyone.
+    async fn link_device(
+        &mut self,
+        secret: &[u8; 32],
+        request: LinkRequest,
+    ) -> Result<super::manage::DeviceInfo, ClientError> {
         let mut own = self.own_devices()?;
         let me = self.account.identity_key();
         let mut devices = own.list.devices.clone();
@@ -267,7 +376,11 @@ impl Client {
             copies.push(self.contact_copy(&c)?);
         }
         let rest = fill_bundle(&mut bundle, copies, BUNDLE_BUDGET);
-        let payload = link_key(&offer.secret).encrypt(BUNDLE_AAD, &bundle.encode_to_vec());
+        // Groups in what room is left; the rest follow through Olm.
+        let room = BUNDLE_BUDGET.saturating_sub(bundle.encoded_len() + 16);
+        let (groups, more_groups) = self.link_groups(room)?;
+        bundle.groups = groups.into();
+        let payload = link_key(secret).encrypt(BUNDLE_AAD, &bundle.encode_to_vec());
         let token = new
             .token
             .ok_or_else(|| ClientError::Device("the new device gave no token".into()))?;
@@ -278,6 +391,13 @@ impl Client {
         // Contacts that did not fit follow through the Olm channel.
         if !rest.is_empty() {
             self.send_contacts_to(&new, rest)?;
+        }
+        if !more_groups.is_empty() {
+            if let Some(t) = super::Target::of_device(&new) {
+                for u in more_groups {
+                    self.send_control_to_device(&t, pb::content::Body::GroupUpdate(u))?;
+                }
+            }
         }
         self.store.flush().await?;
         let _ = self.flush_outbox().await;

@@ -139,9 +139,16 @@ impl Client {
         self.store.get_in(&tree, OWN_TREE, OWN_KEY)
     }
 
+    /// Store our record; if the list changed, our group cards are made
+    /// again to name it (groups/devices.rs).
     pub(crate) fn put_own(&self, own: &OwnDevices) -> Result<(), ClientError> {
+        let old = self.load_own()?.map(|o| o.list.version);
         let tree = self.store.tree(OWN_TREE)?;
-        self.store.put_in(&tree, OWN_TREE, OWN_KEY, own)
+        self.store.put_in(&tree, OWN_TREE, OWN_KEY, own)?;
+        if old.is_some_and(|v| v != own.list.version) {
+            self.own_list_changed()?;
+        }
+        Ok(())
     }
 
     /// This device as a list entry (its fallback key made if need be).

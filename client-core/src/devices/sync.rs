@@ -49,6 +49,16 @@ impl Client {
                 return Ok(());
             }
         };
+        // A contact the user verified: only lists under the root key the
+        // safety number covered.
+        let verified_root = self.contact_state(&c.identity_key)?.verified_root;
+        if verified_root.is_some_and(|r| r != list.root_key) {
+            warn!(
+                "dropping a device list of {} under another root key than the verified one",
+                c.name
+            );
+            return Ok(());
+        }
         self.forget_removed(held.as_ref(), &list)?;
         self.put_peer_list(&c.identity_key, &list)?;
         if held.is_none() {
@@ -110,6 +120,10 @@ impl Client {
                         self.apply_own_list(&signed)?;
                     }
                 }
+                Some(body @ (Body::GroupUpdate(_) | Body::GroupKey(_))) => {
+                    // Our groups, kept on every device (groups/devices.rs).
+                    self.group_control(*sender, body)?;
+                }
                 Some(Body::DeviceSync(s)) => {
                     if let Some(sent) = s.sent {
                         self.store_sent_copy(&sent)?;
@@ -117,6 +131,12 @@ impl Client {
                     if let Some(c) = s.contact {
                         self.add_contact_copy(&c)?;
                     }
+                    let read: Vec<[u8; 16]> = s
+                        .read
+                        .iter()
+                        .filter_map(|b| <[u8; 16]>::try_from(&b[..]).ok())
+                        .collect();
+                    self.take_read_sync(&read)?;
                 }
                 _ => debug!("dropping a message from our own device that is not a sync"),
             }
@@ -172,8 +192,14 @@ impl Client {
             stored_at_ms: now_ms(),
             status: Status::Sent,
         };
-        self.store
-            .put_message(&message_key(&peer, sent.sent_at_ms, &id), &entry)
+        let key = message_key(&peer, sent.sent_at_ms, &id);
+        self.store.put_message(&key, &entry)?;
+        // Receipts for it reach every device of ours (the contact sends
+        // them to all): this one keeps its status too.
+        if self.store.receipt_record(&id)?.is_none() {
+            self.track_sent(&id, &key, &[peer])?;
+        }
+        Ok(())
     }
 
     /// A contact another of our devices added, unless we have it.

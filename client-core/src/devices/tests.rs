@@ -183,3 +183,52 @@ fn a_contacts_first_list_is_answered_with_ours_once() {
         .unwrap();
     assert_eq!(ann.store.outbox().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_safety_number_covers_the_root_keys_and_a_verified_root_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ann = Client::offline_for_tests(dir.path());
+    ann.profile.relay_url = format!("tern://127.0.0.1:4433?fp={}", "ab".repeat(32));
+    let own = ann.own_devices().unwrap();
+    let bob = bob();
+    ann.store.put_contact(&bob).unwrap();
+    // No list from Bob yet: the identity keys, as before device lists.
+    assert_eq!(
+        ann.safety_number("bob").unwrap(),
+        tern_crypto::safety::safety_number(&ann.account.identity_key(), &bob.identity_key)
+    );
+    let root = RootKey::generate();
+    let v1 = sign_list(&root, 1, vec![device(1)]);
+    ann.apply_peer_list(&bob, &[1; 32], &v1.signed()).unwrap();
+    let by_roots = tern_crypto::safety::safety_number(&own.root().public(), &root.public());
+    assert_eq!(ann.safety_number("bob").unwrap(), by_roots);
+    // Bob links a device: a new list under the same root, same number.
+    let v2 = sign_list(&root, 2, vec![device(1), device(2)]);
+    ann.apply_peer_list(&bob, &[1; 32], &v2.signed()).unwrap();
+    assert_eq!(
+        ann.peer_list(&bob.identity_key).unwrap().unwrap().version,
+        2
+    );
+    assert_eq!(ann.safety_number("bob").unwrap(), by_roots);
+    ann.set_verified("bob", true).await.unwrap();
+    assert_eq!(
+        ann.contact_state(&bob.identity_key).unwrap().verified_root,
+        Some(root.public())
+    );
+
+    // A list under another root key is refused, even as a first list (the
+    // held one lost, as for a contact copied without its list).
+    let other = RootKey::generate();
+    let forged = sign_list(&other, 9, vec![device(1), device(5)]);
+    ann.apply_peer_list(&bob, &[1; 32], &forged.signed())
+        .unwrap();
+    assert_eq!(
+        ann.peer_list(&bob.identity_key).unwrap().unwrap().version,
+        2
+    );
+    ann.store.tree(super::PEERS_TREE).unwrap().clear().unwrap();
+    ann.apply_peer_list(&bob, &[1; 32], &forged.signed())
+        .unwrap();
+    assert!(ann.peer_list(&bob.identity_key).unwrap().is_none());
+    assert_eq!(kind(ann.resolve_sender(&[5; 32]).unwrap()), "unknown");
+}

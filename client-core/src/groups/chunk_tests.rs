@@ -58,6 +58,7 @@ fn big_group(admin: &DeviceAccount) -> GroupRecord {
             )),
             fallback_key: [6; 32].to_vec().into(),
             version: 1,
+            ..Default::default()
         };
         cards.push(state::sign_card(&card, |x| admin.sign(x)));
     }

@@ -38,7 +38,9 @@ impl Client {
         body: Body,
     ) -> Result<bool, ClientError> {
         let (contact, session) = match self.store.contact(id)? {
-            Some(c) => match self.load_session(id)? {
+            // A contact copied from another of our devices may have no
+            // session yet: one is started from its listed fallback key.
+            Some(c) => match self.contact_session(&c)? {
                 Some(s) => (c, s),
                 None => return Ok(false),
             },
@@ -76,10 +78,13 @@ impl Client {
                 debug!("member not reachable yet; it hears from an admin later");
             }
         }
+        // Our own other devices keep the group too.
+        self.send_updates_to_own(&updates)?;
         Ok(())
     }
 
-    /// Queue `updates` for member `id`, in order; whether it is reachable.
+    /// Queue `updates` for member `id` (and its other devices), in order;
+    /// whether the member's own device is reachable.
     pub(crate) fn send_updates_to(
         &mut self,
         st: &super::state::State,
@@ -87,6 +92,7 @@ impl Client {
         id: &[u8; 32],
         updates: &[pb::GroupUpdate],
     ) -> Result<bool, ClientError> {
+        self.send_updates_to_extra(cards, id, updates)?;
         for u in updates {
             if !self.send_control_to(st, cards, id, Body::GroupUpdate(u.clone()))? {
                 return Ok(false);
@@ -131,6 +137,7 @@ impl Client {
                     debug!("member not reachable yet; it hears from an admin later");
                 }
             }
+            self.send_updates_to_own(&news)?;
         }
         Ok(())
     }
@@ -189,8 +196,10 @@ impl Client {
         Ok(true)
     }
 
-    /// Our card for group `id`, with a token minted for it.
+    /// Our card for group `id`, with a token minted for it and our
+    /// account's root key and device list (if we have one).
     pub(crate) fn own_card(&mut self, id: &[u8; 16], token: &[u8; 32]) -> pb::GroupMemberCard {
+        let own = self.load_own().ok().flatten();
         pb::GroupMemberCard {
             group_id: id.to_vec().into(),
             identity_key: self.account.identity_key().to_vec().into(),
@@ -202,6 +211,12 @@ impl Client {
             )),
             fallback_key: self.account.group_fallback_key().to_vec().into(),
             version: now_ms(),
+            root_key: own
+                .as_ref()
+                .map(|o| o.list.root_key.to_vec())
+                .unwrap_or_default()
+                .into(),
+            device_list: own.map(|o| o.list.signed()),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod admin;
 mod call;
 mod control;
+mod devices;
 pub mod envelope;
 mod outbox;
 mod peers;
@@ -358,14 +359,13 @@ impl Client {
     /// The group named `name` (one we are in first), or
     /// [`ClientError::UnknownGroup`].
     pub(crate) fn group_named(&self, name: &str) -> Result<GroupRecord, ClientError> {
-        let me = self.account.identity_key();
         let mut found: Option<GroupRecord> = None;
         for r in self.group_records()?.into_iter().filter(|r| !r.unconfirmed) {
             let st = self.group_state(&r);
             if st.name != name {
                 continue;
             }
-            if st.is_member(&me) {
+            if self.my_member(&st)?.is_some() {
                 return Ok(r);
             }
             found.get_or_insert(r);
@@ -379,7 +379,7 @@ impl Client {
         st: &state::State,
         id: &[u8; 32],
     ) -> Result<String, ClientError> {
-        if id == &self.account.identity_key() {
+        if self.own_device_keys()?.contains(id) {
             return Ok(self.profile.name.clone());
         }
         if let Some(c) = self.store.contact(id)? {
@@ -393,8 +393,11 @@ impl Client {
     }
 
     fn group_info(&self, r: &GroupRecord) -> Result<GroupInfo, ClientError> {
-        let me = self.account.identity_key();
         let st = self.group_state(r);
+        // Us: this device, or the member device of our account.
+        let me = self
+            .my_member(&st)?
+            .unwrap_or_else(|| self.account.identity_key());
         let cards = r.cards_by_member(&st);
         let mut members = Vec::new();
         for (id, m) in &st.members {

@@ -45,6 +45,10 @@ pub(crate) struct Target {
     pub mailbox_id: [u8; 16],
     /// A token for it.
     pub token: [u8; 32],
+    /// Another device of the member (or of our own account) than the
+    /// member's own: a quiet copy, no status of its own.
+    #[serde(default)]
+    pub device: Option<[u8; 32]>,
 }
 
 /// A group message waiting for (some of) its relays.
@@ -95,19 +99,29 @@ impl Client {
         text: &str,
     ) -> Result<String, ClientError> {
         let mut r = self.group_named(name)?;
+        // This device, which signs the message; `my_member` is the member
+        // it acts for (itself, or another device of our account).
         let me = self.account.identity_key();
         let st = self.group_state(&r);
-        if !st.is_member(&me) {
+        let Some(my_member) = self.my_member(&st)? else {
             return Err(ClientError::GroupRefused(format!(
                 "you are not a member of {name:?}"
             )));
-        }
-        let others: Vec<[u8; 32]> = st.members.keys().filter(|k| **k != me).copied().collect();
-        // A member our session was shared with has gone: start anew.
-        let rotate = match &r.outbound {
-            Some(o) => o.shared_with.iter().any(|m| !st.is_member(m)),
-            None => true,
         };
+        let others: Vec<[u8; 32]> = st
+            .members
+            .keys()
+            .filter(|k| **k != my_member)
+            .copied()
+            .collect();
+        let cards = r.cards_by_member(&st);
+        // The members' other devices and our own other devices.
+        let extra = self.extra_group_devices(&st, &cards, &my_member)?;
+        let mut reached: Vec<[u8; 32]> = others.clone();
+        reached.extend(extra.iter().map(|e| e.target.identity_key));
+        // A member or device our session was shared with has gone: start
+        // anew.
+        let rotate = r.outbound.is_none() || super::devices::shared_beyond(&r, &reached);
         if rotate {
             r.outbound = Some(Outbound {
                 pickle: GroupSender::new().to_encrypted_pickle(&self.key),
@@ -120,7 +134,6 @@ impl Client {
             return Err(ClientError::Store("no group session".into()));
         };
         let mut sender = GroupSender::from_encrypted_pickle(&out.pickle, &self.key)?;
-        let cards = r.cards_by_member(&st);
         // The key, at the current index, to whoever lacks it.
         for m in &others {
             if out.shared_with.contains(m) {
@@ -133,6 +146,20 @@ impl Client {
             });
             if self.send_control_to(&st, &cards, m, key)? {
                 out.shared_with.push(*m);
+            }
+        }
+        for e in &extra {
+            let d = e.target.identity_key;
+            if out.shared_with.contains(&d) {
+                continue;
+            }
+            let key = Body::GroupKey(pb::GroupKey {
+                group_id: r.id.to_vec().into(),
+                session_key: sender.session_key().into(),
+                envelope_key: out.envelope_key.to_vec().into(),
+            });
+            if self.send_control_to_device(&e.target, key)? {
+                out.shared_with.push(d);
             }
         }
         let msg_id = random16();
@@ -164,6 +191,7 @@ impl Client {
                         relay_url: c.relay_url,
                         mailbox_id: c.mailbox_id,
                         token: c.send_token,
+                        device: None,
                     });
                     status.insert(hex::encode(m), Status::Queued);
                 }
@@ -173,6 +201,18 @@ impl Client {
                     pending.push(*m);
                 }
             }
+        }
+        for e in extra
+            .iter()
+            .filter(|e| out.shared_with.contains(&e.target.identity_key))
+        {
+            targets.push(Target {
+                member: e.member,
+                relay_url: e.target.relay_url.clone(),
+                mailbox_id: e.target.mailbox_id,
+                token: e.target.token,
+                device: Some(e.target.identity_key),
+            });
         }
         let key = message_key(&r.id, at, &msg_id);
         // Status per member for `tern status`: every member is a recipient.
@@ -242,7 +282,7 @@ impl Client {
                 .targets
                 .iter()
                 .cloned()
-                .partition(|t| pairwise.contains(&t.member));
+                .partition(|t| pairwise.contains(&t.device.unwrap_or(t.member)));
             plans.push(GroupDeposit {
                 key,
                 now: GroupOutboxItem {
@@ -322,6 +362,7 @@ impl Client {
                 relay_url: c.relay_url,
                 mailbox_id: c.mailbox_id,
                 token: c.send_token,
+                device: None,
             });
             shared.push(m);
             changed = true;
@@ -377,6 +418,14 @@ impl Client {
             let mut entry = self.group_message_at(&item.message_key)?;
             for (t, res) in now.targets.iter().zip(results) {
                 let member = hex::encode(t.member);
+                if t.device.is_some() {
+                    // Another device's copy: retried, never reported.
+                    match decide(Some(res)) {
+                        Decision::Retire | Decision::Fail(_) => {}
+                        Decision::Keep { .. } | Decision::HeldBack => left.push(t.clone()),
+                    }
+                    continue;
+                }
                 match decide(Some(res)) {
                     Decision::Retire => {
                         set_status(&mut entry, &member, Status::Sent);

@@ -33,8 +33,10 @@ impl Client {
     }
 
     /// How to reach `id` and the session to seal with: as a contact, else
-    /// as a member of a group we are both in whose card we hold. `None` if
-    /// neither (or a contact without a session).
+    /// as a member of a group we are both in whose card we hold, else as
+    /// another device of a contact or member, on its account's signed
+    /// list (a group message sent from it is owed receipts). `None` if
+    /// none of these (or a contact without a session).
     pub(crate) fn reach_peer(
         &self,
         id: &ContactId,
@@ -42,17 +44,38 @@ impl Client {
         if let Some(c) = self.store.contact(id)? {
             return Ok(self.load_session(id)?.map(|s| (c, s)));
         }
-        let me = self.account.identity_key();
+        let mut lists = Vec::new();
         for r in self.group_records()? {
             let st = self.group_state(&r);
-            if !st.is_member(&me) || !st.is_member(id) {
+            if self.my_member(&st)?.is_none() {
                 continue;
             }
-            let Some(card) = self.member_card(&r, &st, id) else {
+            if st.is_member(id) {
+                // Only its card is checked, not the whole set.
+                let Some(card) = self.member_card(&r, &st, id) else {
+                    continue;
+                };
+                if let Some(found) = self.reach_card(&st, &card)? {
+                    return Ok(Some(found));
+                }
+                continue;
+            }
+            let cards = r.cards_by_member(&st);
+            for m in st.members.keys() {
+                if let Some(l) = self.member_list(cards.get(m), m)? {
+                    lists.push((st.members[m].name.clone(), l));
+                }
+            }
+        }
+        for (name, list) in lists {
+            let Some(d) = list.device(id) else {
                 continue;
             };
-            if let Some(found) = self.reach_card(&st, &card)? {
-                return Ok(Some(found));
+            let Some(t) = crate::devices::Target::of_device(d) else {
+                continue;
+            };
+            if let Some(s) = self.session_for(&t)? {
+                return Ok(Some((device_contact(&name, d), s)));
             }
         }
         Ok(None)
@@ -116,16 +139,38 @@ impl Client {
         Ok(names)
     }
 
-    /// Whether `id` is a member of a group we are in (receipts from such a
-    /// peer count even when it is not a contact).
-    pub(crate) fn is_fellow_member(&self, id: &ContactId) -> Result<bool, ClientError> {
-        let me = self.account.identity_key();
+    /// The member of a group we are in that device `id` is (itself, or a
+    /// member whose signed device list names it): receipts from such a
+    /// peer count, as that member's, even when it is not a contact.
+    pub(crate) fn fellow_member(&self, id: &ContactId) -> Result<Option<ContactId>, ClientError> {
         for r in self.group_records()? {
             let st = self.group_state(&r);
-            if st.is_member(&me) && st.is_member(id) {
-                return Ok(true);
+            if self.my_member(&st)?.is_none() {
+                continue;
+            }
+            if st.is_member(id) {
+                return Ok(Some(*id));
+            }
+            if let Some(m) = self.member_of_device(&r, &st, id)? {
+                return Ok(Some(m));
             }
         }
-        Ok(false)
+        Ok(None)
+    }
+}
+
+/// A listed device of a member's account, addressed as the outbox
+/// addresses a contact.
+fn device_contact(name: &str, d: &crate::devices::list::Device) -> Contact {
+    Contact {
+        name: name.to_string(),
+        identity_key: d.identity_key,
+        signing_key: d.signing_key,
+        seal_key: d.seal_key,
+        relay_url: d.relay_url.clone(),
+        mailbox_id: d.mailbox_id,
+        send_token: d.token.unwrap_or_default(),
+        token_given: None,
+        added_at_ms: 0,
     }
 }

@@ -35,18 +35,20 @@ impl Client {
         let Ok(id) = <[u8; 16]>::try_from(&u.group_id[..]) else {
             return Ok(());
         };
+        // This device; it may be a member itself or act for the member
+        // device of its account (groups/devices.rs).
         let me = self.account.identity_key();
         let known = self.group_record(&id)?;
         let is_new = known.is_none();
         let mut r = known.unwrap_or_else(|| GroupRecord::empty(id));
         let before = self.group_state(&r);
-        let was_member = before.is_member(&me);
+        let was_member = self.my_member(&before)?.is_some();
         let mut ops = r.ops();
         let old_ops: BTreeSet<Vec<u8>> = ops.iter().map(|o| o.signature.to_vec()).collect();
         let ops_changed = state_merge(&id, &mut ops, u.ops);
         r.set_ops(&ops);
         let st = self.group_state(&r);
-        let now_member = st.is_member(&me);
+        let now_member = self.my_member(&st)?.is_some();
         if !now_member && (is_new || r.unconfirmed) {
             // Perhaps one of several updates carrying a large state, before
             // the one that adds us: kept, not shown, until we are a member.
@@ -63,7 +65,7 @@ impl Client {
         let mut cards = r.signed_cards();
         let cards_changed = super::state::merge_cards(&id, &st, &mut cards, u.cards);
         r.set_cards(&cards);
-        if now_member && !r.cards_by_member(&st).contains_key(&me) {
+        if st.is_member(&me) && !r.cards_by_member(&st).contains_key(&me) {
             r.card_wanted = true;
         }
         if was_member && !now_member {
@@ -106,8 +108,8 @@ impl Client {
             return Ok(());
         };
         let st = self.group_state(&r);
-        if !st.is_member(&sender) || !st.is_member(&self.account.identity_key()) {
-            debug!("ignoring a group key from a non-member");
+        if self.member_of_device(&r, &st, &sender)?.is_none() || self.my_member(&st)?.is_none() {
+            debug!("ignoring a group key from a device of no member");
             return Ok(());
         }
         let (Ok(receiver), Ok(envelope_key)) = (
@@ -137,7 +139,6 @@ impl Client {
         &mut self,
         env: &pb::Envelope,
     ) -> Result<Option<Event>, ClientError> {
-        let me = self.account.identity_key();
         for r in self.group_records()? {
             for inbound in r.inbound.iter().rev() {
                 let Some(u) = envelope::unwrap(&inbound.envelope_key, &env.payload) else {
@@ -161,18 +162,24 @@ impl Client {
                     return Ok(None);
                 }
                 let st = self.group_state(&r);
-                if !st.is_member(&u.sender) || !st.is_member(&me) {
+                let author = self.member_of_device(&r, &st, &u.sender)?;
+                if author.is_none() || self.my_member(&st)?.is_none() {
                     debug!("dropping a group message from or to a non-member");
                     self.store.mark_seen(&opened.id)?;
                     return Ok(None);
                 }
+                // Sent by another device of our own account: shown as ours.
+                let mine = self.own_device_keys()?.contains(&u.sender);
                 let t = match opened.body {
                     Some(Body::Text(t)) => t,
                     Some(Body::Typing(_)) => {
                         // Shown only as it happens (a stored one is stale);
                         // never stored, never answered.
                         self.store.mark_seen(&opened.id)?;
-                        let from = self.member_name(&st, &u.sender)?;
+                        let (Some(a), false) = (author, mine) else {
+                            return Ok(None);
+                        };
+                        let from = self.member_name(&st, &a)?;
                         return Ok(env.ephemeral.then(|| Event::Typing {
                             from,
                             group: Some(st.name.clone()),
@@ -183,14 +190,17 @@ impl Client {
                         return Ok(None);
                     }
                 };
-                let from = self.member_name(&st, &u.sender)?;
+                let from = match author {
+                    Some(a) if !mine => self.member_name(&st, &a)?,
+                    _ => self.profile.name.clone(),
+                };
                 let now = now_ms();
                 let entry = GroupMessage {
                     id: hex::encode(opened.id),
                     group: r.id,
                     author: u.sender,
                     from: from.clone(),
-                    outgoing: false,
+                    outgoing: mine,
                     text: t.body.clone(),
                     sent_at_ms: opened.sent_at_ms,
                     stored_at_ms: now,
@@ -202,6 +212,10 @@ impl Client {
                 self.store.note_history(true, &key)?;
                 self.put_group_message(&key, &entry)?;
                 self.store.mark_seen(&opened.id)?;
+                if mine {
+                    // Our own copy: no receipt, nothing to show as new.
+                    return Ok(None);
+                }
                 // Its author is owed a delivered receipt (and a read one
                 // once it is shown).
                 self.note_stored(&u.sender, &opened.id)?;
@@ -212,6 +226,7 @@ impl Client {
                     sent_at_ms: opened.sent_at_ms,
                     received_at_ms: env.received_at_ms,
                     group: Some(st.name.clone()),
+                    read: false,
                 })));
             }
         }

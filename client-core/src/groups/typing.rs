@@ -32,11 +32,21 @@ impl Client {
         let mut r: GroupRecord = self.group_named(name)?;
         let me = self.account.identity_key();
         let st = self.group_state(&r);
-        if !st.is_member(&me) {
+        let Some(my_member) = self.my_member(&st)? else {
             return Err(ClientError::GroupRefused(format!(
                 "you are not a member of {name:?}"
             )));
-        }
+        };
+        // Cards verified once for the whole group.
+        let cards = r.cards_by_member(&st);
+        let extra = self.extra_group_devices(&st, &cards, &my_member)?;
+        let mut reached: Vec<[u8; 32]> = st
+            .members
+            .keys()
+            .filter(|k| **k != my_member)
+            .copied()
+            .collect();
+        reached.extend(extra.iter().map(|e| e.target.identity_key));
         let now = now_ms();
         let wait = typing_wait(r.typing_sent_at_ms, now);
         if !wait.is_zero() {
@@ -46,7 +56,7 @@ impl Client {
         let usable = r
             .outbound
             .clone()
-            .filter(|o| o.shared_with.iter().all(|m| st.is_member(m)));
+            .filter(|o| o.shared_with.iter().all(|m| reached.contains(m)));
         let Some(mut out) = usable else {
             return Err(ClientError::GroupRefused(format!(
                 "send a message to {name:?} first: typing goes to members who hold your group key"
@@ -58,8 +68,16 @@ impl Client {
         let payload = envelope::seal_group(&mut sender, &out.envelope_key, &r.id, &me, &content);
         out.pickle = sender.to_encrypted_pickle(&self.key);
         let mut by_relay: BTreeMap<String, Vec<Mailbox>> = BTreeMap::new();
-        // Cards verified once for the whole group.
-        let cards = r.cards_by_member(&st);
+        // Other devices (members' and ours) that hold the key.
+        for e in extra
+            .iter()
+            .filter(|e| out.shared_with.contains(&e.target.identity_key))
+        {
+            by_relay
+                .entry(e.target.relay_url.clone())
+                .or_default()
+                .push((e.target.mailbox_id, e.target.token));
+        }
         for m in out.shared_with.iter().filter(|m| st.is_member(m)) {
             let reach = match cards.get(m) {
                 Some(card) => super::control::card_contact(&st, card),

@@ -125,10 +125,10 @@ impl Task {
         match self
             .client
             .note_shown(&read)
-            .and_then(|_| self.client.queue_receipts())
+            .and_then(|synced| Ok(self.client.queue_receipts()? > 0 || synced))
         {
-            Ok(n) if n > 0 => self.receipts_soon(),
-            Ok(_) => {}
+            Ok(true) => self.receipts_soon(),
+            Ok(false) => {}
             Err(e) => warn!("queueing receipts: {e}"),
         }
         self.act_on_direct_news();

@@ -77,7 +77,17 @@ impl Intake {
     ) -> Result<(), ClientError> {
         client.store.flush().await?;
         let read = read_ids(&self.shown);
-        for e in self.shown.drain(..) {
+        for mut e in self.shown.drain(..) {
+            // Read already on another of our devices (its DeviceSync came
+            // in this batch or before).
+            if let Event::Message(m) = &mut e {
+                if let Some(id) = hex::decode(&m.id)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                {
+                    m.read = client.store.was_shown(&id)?;
+                }
+            }
             on_event(e);
         }
         if !self.acks.is_empty() {
@@ -86,11 +96,12 @@ impl Intake {
         // What was stored is owed delivered receipts, what was shown read
         // ones: one batch per peer into the outbox. A failure here costs
         // receipts, never messages, so it does not end the connection.
+        // Our other devices learn what was read here (queued with them).
         match client
             .note_shown(&read)
-            .and_then(|_| client.queue_receipts())
+            .and_then(|synced| Ok(client.queue_receipts()? > 0 || synced))
         {
-            Ok(n) => self.receipts_queued |= n > 0,
+            Ok(queued) => self.receipts_queued |= queued,
             Err(e) => warn!("queueing receipts: {e}"),
         }
         Ok(())
@@ -367,11 +378,13 @@ impl Client {
             // Receipts from a group member who is not a contact (for a
             // group message we sent them): applied, never shown as text.
             let mut event = None;
-            if !self.store.seen(&id)? && self.is_fellow_member(&sender)? {
-                if let Some(Body::Receipts(batch)) = &opened.body {
-                    let name = self.peer_name(&sender)?;
-                    event = self.apply_receipts(&sender, &name, batch)?;
-                }
+            let member = match self.store.seen(&id)? {
+                true => None,
+                false => self.fellow_member(&sender)?,
+            };
+            if let (Some(member), Some(Body::Receipts(batch))) = (member, &opened.body) {
+                let name = self.peer_name(&member)?;
+                event = self.apply_receipts(&member, &name, batch)?;
             }
             self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(event);

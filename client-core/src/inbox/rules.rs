@@ -113,6 +113,7 @@ pub(crate) fn decide(
                 sent_at_ms: opened.sent_at_ms,
                 received_at_ms,
                 group: None,
+                read: false,
             };
             Verdict::Text {
                 contact: c,

@@ -128,23 +128,41 @@ impl Client {
     /// Messages were shown to the user (by id, with their sender when
     /// known): each is read from now on, and a read receipt waits if read
     /// receipts are on. A message whose sender is not given is found by its
-    /// waiting delivered receipt. Returns whether any receipt now waits.
+    /// waiting delivered receipt. Messages read on another of our devices
+    /// first (`DeviceSync.read`) get no read receipt from this one. The ids
+    /// read here for the first time go to our other devices. Returns
+    /// whether any receipt, or that read state, now waits in the outbox.
     pub fn note_shown(&self, shown: &[([u8; 16], Option<ContactId>)]) -> Result<bool, ClientError> {
         let send_read = self.store.settings()?.read_receipts;
         let mut waiting = false;
+        let mut fresh = Vec::new();
         for (id, peer) in shown {
             let pending = self.store.pending_receipt(id)?;
             let Some(peer) = peer.or(pending.map(|p| p.peer)) else {
                 continue;
             };
             let first = self.store.mark_shown(id)?;
+            if first {
+                fresh.push(*id);
+            }
             if first && send_read {
                 self.store
                     .put_pending_receipt(id, &PendingReceipt { peer, read: true })?;
             }
             waiting |= (first && send_read) || pending.is_some();
         }
-        Ok(waiting)
+        let synced = !fresh.is_empty() && self.sync_read(&fresh)? > 0;
+        Ok(waiting || synced)
+    }
+
+    /// Messages read on another of our devices: read here too, so no read
+    /// receipt goes out from this device and they are not shown as unread.
+    /// A read receipt already waiting here stays (it says the same).
+    pub(crate) fn take_read_sync(&self, ids: &[[u8; 16]]) -> Result<(), ClientError> {
+        for id in ids {
+            self.store.mark_shown(id)?;
+        }
+        Ok(())
     }
 
     /// Incoming messages of a conversation that `tern history` shows: those
@@ -193,7 +211,10 @@ impl Client {
         limit: usize,
     ) -> Result<(Vec<GroupMessage>, bool), ClientError> {
         let messages = self.group_history(name, limit)?;
-        let queued = self.note_group_history_shown(&messages)? && self.queue_receipts()? > 0;
+        let queued = self.note_group_history_shown(&messages)?;
+        if queued {
+            self.queue_receipts()?;
+        }
         Ok((messages, queued))
     }
 
@@ -207,7 +228,10 @@ impl Client {
         limit: usize,
     ) -> Result<(Vec<StoredMessage>, bool), ClientError> {
         let messages = self.history(name, limit)?;
-        let queued = self.note_history_shown(&messages)? && self.queue_receipts()? > 0;
+        let queued = self.note_history_shown(&messages)?;
+        if queued {
+            self.queue_receipts()?;
+        }
         Ok((messages, queued))
     }
 

@@ -194,3 +194,26 @@ fn status_of_an_unknown_id_says_so() {
         ));
     }
 }
+
+#[test]
+fn a_message_read_on_another_of_our_devices_gets_no_read_receipt_from_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ann = offline_client(dir.path());
+    let bob = [2; 32];
+    let (synced, fresh) = ([5; 16], [6; 16]);
+    // Our other device read `synced` first (its DeviceSync.read came in
+    // before the message reached this device).
+    ann.take_read_sync(&[synced]).unwrap();
+    for id in [synced, fresh] {
+        ann.note_stored(&bob, &id).unwrap();
+    }
+    ann.note_shown(&[(synced, Some(bob)), (fresh, Some(bob))])
+        .unwrap();
+    let pending = |id: &[u8; 16]| ann.store.pending_receipt(id).unwrap().map(|p| p.read);
+    // Delivered is still owed from this device; read only for the one
+    // read here first.
+    assert_eq!(pending(&synced), Some(false));
+    assert_eq!(pending(&fresh), Some(true));
+    // And history here does not count it as read again.
+    assert!(ann.store.was_shown(&synced).unwrap());
+}

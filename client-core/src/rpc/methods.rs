@@ -484,6 +484,9 @@ pub enum EventParams {
         group: Option<String>,
         /// Message id, hex.
         id: String,
+        /// Already read on another of our devices.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        read: bool,
         /// When our home relay accepted it.
         received_at: String,
         /// When the sender wrote it.
@@ -575,6 +578,7 @@ impl From<&ReceivedMessage> for EventParams {
             from: m.from.clone(),
             group: m.group.clone(),
             id: m.id.clone(),
+            read: m.read,
             received_at: rfc3339_ms(m.received_at_ms),
             sent_at: rfc3339_ms(m.sent_at_ms),
             text: m.text.clone(),
@@ -694,6 +698,7 @@ mod tests {
             sent_at_ms: 1_700_000_000_123,
             received_at_ms: 1_700_000_000_456,
             group: None,
+            read: false,
         };
         let cli = json!({
             "type": "message", "id": m.id, "from": m.from, "text": m.text,

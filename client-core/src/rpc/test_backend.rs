@@ -71,6 +71,7 @@ impl TestBackend {
             sent_at_ms: 1_700_000_000_000 + n,
             received_at_ms: 1_700_000_000_500 + n,
             group: None,
+            read: false,
         }));
     }
 }
