@@ -8,30 +8,31 @@ use crate::clock::Clock;
 use crate::conn_state::ConnState;
 use crate::core::{Accepted, RelayCore};
 use crate::store::MailboxStore;
+use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
 
 /// Run one batch of store work through the core, in order, one outcome per
-/// operation. Blocks: sends and acks touch the disk.
+/// operation. Blocks: sends and acks touch the disk. Consecutive sends go
+/// to the core together ([`RelayCore::send_batch`]), so an engine across a
+/// network stores them in a few round trips rather than two per send.
 pub fn run_store<S: MailboxStore, C: Clock>(
     core: &RelayCore<S, C>,
     state: &ConnState,
     ops: Vec<StoreOp>,
 ) -> Vec<StoreOutcome> {
     let mut out = Vec::with_capacity(ops.len());
+    let mut sends: Vec<pb::Send> = Vec::new();
     for op in ops {
+        let op = match op {
+            StoreOp::Send(s) => {
+                sends.push(s);
+                continue;
+            }
+            other => other,
+        };
+        run_sends(core, &mut sends, &mut out);
         out.push(match op {
-            StoreOp::Send(s) => match core.send(&s) {
-                Ok(accepted) => StoreOutcome::Sent {
-                    request_id: s.request_id,
-                    accepted,
-                    ephemeral: matches!(accepted, Accepted::Ephemeral { .. })
-                        .then(|| core.ephemeral_envelope(&s)),
-                },
-                Err(error) => StoreOutcome::SendRefused {
-                    request_id: s.request_id,
-                    error,
-                },
-            },
+            StoreOp::Send(_) => continue,
             StoreOp::SendMany(s) => match core.send_many(&s) {
                 Ok(sent) => StoreOutcome::SentMany {
                     request_id: s.request_id,
@@ -56,5 +57,32 @@ pub fn run_store<S: MailboxStore, C: Clock>(
             }
         });
     }
+    run_sends(core, &mut sends, &mut out);
     out
+}
+
+/// Store the sends gathered so far as one batch and add their outcomes.
+fn run_sends<S: MailboxStore, C: Clock>(
+    core: &RelayCore<S, C>,
+    sends: &mut Vec<pb::Send>,
+    out: &mut Vec<StoreOutcome>,
+) {
+    if sends.is_empty() {
+        return;
+    }
+    let results = core.send_batch(sends);
+    for (s, result) in sends.drain(..).zip(results) {
+        out.push(match result {
+            Ok(accepted) => StoreOutcome::Sent {
+                request_id: s.request_id,
+                accepted,
+                ephemeral: matches!(accepted, Accepted::Ephemeral { .. })
+                    .then(|| core.ephemeral_envelope(&s)),
+            },
+            Err(error) => StoreOutcome::SendRefused {
+                request_id: s.request_id,
+                error,
+            },
+        });
+    }
 }

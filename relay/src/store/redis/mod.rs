@@ -18,10 +18,15 @@
 //! [`MailboxStore::durable`] resolves at once: a write is durable when its
 //! call returns.
 //!
+//! A stream's batch of sends is two calls ([`MailboxStore::tokens`],
+//! [`MailboxStore::append_batch`]), each sent as one pipeline per primary
+//! ([`batch`]), with one `WAIT` per pipeline when replicas are asked for.
+//!
 //! The trait is synchronous and called from the relay's store threads; the
 //! engine runs its Redis I/O on a small runtime of its own and blocks only
 //! the calling thread. Cross-relay wake-ups are [`wake`].
 
+mod batch;
 mod check;
 mod engine;
 pub mod keys;
