@@ -23,39 +23,35 @@ pub fn run_store<S: MailboxStore, C: Clock>(
     let mut out = Vec::with_capacity(ops.len());
     let mut sends: Vec<pb::Send> = Vec::new();
     for op in ops {
-        let op = match op {
-            StoreOp::Send(s) => {
-                sends.push(s);
-                continue;
+        match op {
+            StoreOp::Send(s) => sends.push(s),
+            StoreOp::SendMany(s) => {
+                run_sends(core, &mut sends, &mut out);
+                out.push(match core.send_many(&s) {
+                    Ok(sent) => StoreOutcome::SentMany {
+                        request_id: s.request_id,
+                        ephemeral: (!sent.ephemeral.is_empty())
+                            .then(|| core.ephemeral_envelope_many(&s)),
+                        sent,
+                    },
+                    Err(error) => StoreOutcome::SendManyRefused {
+                        request_id: s.request_id,
+                        error,
+                    },
+                });
             }
-            other => other,
-        };
-        run_sends(core, &mut sends, &mut out);
-        out.push(match op {
-            StoreOp::Send(_) => continue,
-            StoreOp::SendMany(s) => match core.send_many(&s) {
-                Ok(sent) => StoreOutcome::SentMany {
-                    request_id: s.request_id,
-                    ephemeral: (!sent.ephemeral.is_empty())
-                        .then(|| core.ephemeral_envelope_many(&s)),
-                    sent,
-                },
-                Err(error) => StoreOutcome::SendManyRefused {
-                    request_id: s.request_id,
-                    error,
-                },
-            },
             StoreOp::Ack(seqs) => {
+                run_sends(core, &mut sends, &mut out);
                 let applied = match state.auth.lock() {
                     Ok(auth) => core.ack(&auth, &seqs),
                     Err(_) => Err(WireError::new(ErrorCode::Internal, "internal relay error")),
                 };
-                match applied {
+                out.push(match applied {
                     Ok(_) => StoreOutcome::Acked { seqs },
                     Err(e) => StoreOutcome::AckRefused(e),
-                }
+                });
             }
-        });
+        }
     }
     run_sends(core, &mut sends, &mut out);
     out
