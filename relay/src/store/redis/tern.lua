@@ -46,22 +46,23 @@ end
 -- the mailbox's earliest expiry); {2, seq}: duplicate; {3, n, b}: over quota.
 local function tern_append(keys, args)
   local m, e, x, d = keys[1], keys[2], keys[3], keys[4]
-  if redis.call('EXISTS', m) == 0 then
+  -- One read of the record answers "does it exist" too: s is set at
+  -- creation. One write updates its three counters.
+  local held = redis.call('HMGET', m, 's', 'n', 'b')
+  if not held[1] then
     return {0}
   end
   local dup = redis.call('HGET', d, args[1])
   if dup then
     return {2, tonumber(dup)}
   end
-  local held = redis.call('HMGET', m, 'n', 'b')
-  local n, b = tonumber(held[1]), tonumber(held[2])
+  local seq, n, b = tonumber(held[1]), tonumber(held[2]), tonumber(held[3])
   local size = tonumber(args[4])
   if n >= tonumber(args[5]) or b + size > tonumber(args[6]) then
     return {3, n, b}
   end
-  local seq = redis.call('HINCRBY', m, 's', 1) - 1
-  redis.call('HINCRBY', m, 'n', 1)
-  redis.call('HINCRBY', m, 'b', size)
+  redis.call('HSET', m, 's', string.format('%d', seq + 1), 'n', string.format('%d', n + 1),
+    'b', string.format('%d', b + size))
   redis.call('ZADD', e, seq, seq .. ':' .. args[2])
   local first = redis.call('ZRANGE', x, 0, 0, 'WITHSCORES')
   local earliest = 0
