@@ -7,7 +7,7 @@
 //! primary, instead of two round trips per send (docs/decisions.md).
 //! The embedded engine's defaults do the calls one by one, as before.
 
-use super::{fixed, store_error, storage_unavailable, Accepted, RelayCore, TokenCheck, TOKEN_LEN};
+use super::{fixed, storage_unavailable, store_error, Accepted, RelayCore, TokenCheck, TOKEN_LEN};
 use crate::clock::Clock;
 use crate::store::{BatchAppend, MailboxId, MailboxStore, MessageId, TokenHash};
 use tern_protocol::pb;

@@ -117,9 +117,7 @@ fn relay_a_killed_under_load_alice_moves_to_relay_b_and_nothing_is_lost_or_shown
         let (bob, stop, count) = (bob.clone(), Arc::clone(&stop), Arc::clone(&count));
         std::thread::spawn(move || bob_sends(&bob, &stop, &count))
     };
-    shown.extend(listening.until("messages before the kill", |l| {
-        texts(l).len() >= BEFORE
-    }));
+    shown.extend(listening.until("messages before the kill", |l| texts(l).len() >= BEFORE));
 
     // Relay A dies without a word, with Bob's sends in flight.
     relay_a.kill();
@@ -156,9 +154,7 @@ fn relay_a_killed_under_load_alice_moves_to_relay_b_and_nothing_is_lost_or_shown
                 .filter(|t| !seen.contains(*t))
                 .collect::<Vec<_>>()
         );
-        shown.extend(listening.until("the remaining messages", |l| {
-            !texts(l).is_empty()
-        }));
+        shown.extend(listening.until("the remaining messages", |l| !texts(l).is_empty()));
     }
     let all = texts(&shown);
     let mut times: HashMap<&str, usize> = HashMap::new();

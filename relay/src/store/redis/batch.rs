@@ -135,9 +135,15 @@ fn not_run(e: &StoreError) -> bool {
     let StoreError::Unavailable(msg) = e else {
         return false;
     };
-    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "Function not found"]
-        .iter()
-        .any(|m| msg.contains(m))
+    [
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "Function not found",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
 }
 
 /// One command of a batch: the key that routes it, and the command.
@@ -187,7 +193,8 @@ impl Inner {
             let task = tokio::spawn(async move { inner.pipeline(what, first, group, write).await });
             tasks.push((members, task));
         }
-        let mut out: Vec<Option<Result<Value, StoreError>>> = (0..cmds.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<Value, StoreError>>> =
+            (0..cmds.len()).map(|_| None).collect();
         for (members, task) in tasks {
             let replies = task
                 .await

@@ -10,8 +10,8 @@ use super::reply::{self, store_error};
 use super::wake::Wakeups;
 use crate::hub::Fleet;
 use crate::store::{
-    Appended, BatchAppend, Durable, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota, StoreError,
-    StoredEnvelope, Swept, TokenHash, TokenRecord,
+    Appended, BatchAppend, Durable, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota,
+    StoreError, StoredEnvelope, Swept, TokenHash, TokenRecord,
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
