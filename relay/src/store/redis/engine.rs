@@ -582,35 +582,73 @@ impl MailboxStore for RedisStore {
         if let Err(e) = self.writable() {
             return vec![Err(e); items.len()];
         }
-        let mut cmds = Vec::with_capacity(items.len());
-        let mut expiry = Vec::with_capacity(items.len());
-        for i in items {
-            let k = MailboxKeys::of(&i.mailbox);
-            let packed = keys::pack(
-                &i.env.message_id,
-                i.env.now_ms,
-                i.env.expires_ms,
-                i.env.payload,
-            );
-            let cmd = append_cmd(
-                &k,
-                &i.env.message_id,
-                &packed,
-                i.env.payload.len(),
-                i.env.expires_ms,
-                i.quota,
-            );
-            cmds.push(Keyed { key: k.record, cmd });
-            expiry.push((i.mailbox, i.env.expires_ms));
+        // One `tern_append_many` call per mailbox, its items in order.
+        let mut groups: Vec<(MailboxId, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<MailboxId, usize> =
+            std::collections::HashMap::new();
+        for (at, i) in items.iter().enumerate() {
+            let g = *group_of.entry(i.mailbox).or_insert_with(|| {
+                groups.push((i.mailbox, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(at);
         }
-        let n = cmds.len();
+        let mut cmds = Vec::with_capacity(groups.len());
+        for (mailbox, members) in &groups {
+            let k = MailboxKeys::of(mailbox);
+            let mut cmd = fcall("tern_append_many", &k.envelope_keys());
+            for &at in members {
+                let i = &items[at];
+                let packed = keys::pack(
+                    &i.env.message_id,
+                    i.env.now_ms,
+                    i.env.expires_ms,
+                    i.env.payload,
+                );
+                cmd.arg(&i.env.message_id[..])
+                    .arg(packed)
+                    .arg(i.env.expires_ms)
+                    .arg(i.env.payload.len())
+                    .arg(i.quota.max_envelopes)
+                    .arg(i.quota.max_bytes);
+            }
+            cmds.push(Keyed { key: k.record, cmd });
+        }
+        let expiry: Vec<(MailboxId, u64)> = items
+            .iter()
+            .map(|i| (i.mailbox, i.env.expires_ms))
+            .collect();
+        let n = items.len();
         let run = self.run(move |inner| async move {
+            // One reply per item, in item order, from its mailbox's call.
+            let mut replies: Vec<Result<Value, StoreError>> = (0..n)
+                .map(|_| Err(StoreError::Corrupt("redis: no append result")))
+                .collect();
+            let per_group = inner.batch("append", cmds, true).await;
+            for ((_, members), r) in groups.into_iter().zip(per_group) {
+                match r.and_then(reply::array) {
+                    Ok(values) if values.len() == members.len() => {
+                        for (at, v) in members.into_iter().zip(values) {
+                            replies[at] = Ok(v);
+                        }
+                    }
+                    Ok(_) => {
+                        for at in members {
+                            replies[at] = Err(StoreError::Corrupt("redis: append reply"));
+                        }
+                    }
+                    Err(e) => {
+                        for at in members {
+                            replies[at] = Err(e.clone());
+                        }
+                    }
+                }
+            }
             let mut out: Vec<Result<Appended, StoreError>> = Vec::with_capacity(n);
             // Envelopes that became their mailbox's earliest to expire:
             // the expiry index learns them, in one more batch.
             let mut index = Vec::new();
             let mut index_of = Vec::new();
-            let replies = inner.batch("append", cmds, true).await;
             for (i, (r, (mailbox, expires))) in replies.into_iter().zip(expiry).enumerate() {
                 match r.and_then(append_reply) {
                     Ok((appended, earliest)) => {
