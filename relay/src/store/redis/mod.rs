@@ -13,7 +13,8 @@
 //! Durability: at start every primary must have `appendonly yes` and
 //! `appendfsync always` (unless the operator allows otherwise), so a reply
 //! means the write is in the primary's fsynced AOF; with `replicas = N`
-//! each write goes down one connection in a pipeline with `WAIT N`, and
+//! each write (or batch of writes to one primary) goes down one connection
+//! in a pipeline with `WAIT N`, and
 //! concurrent writes share the replicas' acknowledgements. So
 //! [`MailboxStore::durable`] resolves at once: a write is durable when its
 //! call returns.
