@@ -107,8 +107,11 @@ pub fn tokens_answers_each_hash_in_order<S: MailboxStore>(s: &S) {
     assert!(s.revoke_token(&[3; 32], &boxes[2]).unwrap());
     let mut hashes: Vec<[u8; 32]> = (1..=12u8).rev().map(|n| [n; 32]).collect();
     hashes.insert(4, [99; 32]);
+    // The same token more than once, as a sender's batch carries it.
+    hashes.insert(7, [3; 32]);
+    hashes.push([12; 32]);
     let got = s.tokens(&hashes);
-    assert_eq!(got.len(), 13);
+    assert_eq!(got.len(), 15);
     for (h, r) in hashes.iter().zip(got) {
         let want = (h[0] != 99).then(|| TokenRecord {
             mailbox: boxes[usize::from(h[0]) - 1],

@@ -479,7 +479,21 @@ impl MailboxStore for RedisStore {
     }
 
     fn tokens(&self, hashes: &[TokenHash]) -> Vec<Result<Option<TokenRecord>, StoreError>> {
-        let cmds = hashes
+        // A batch from one sender usually carries one token many times:
+        // each distinct token is read once.
+        let mut distinct: Vec<TokenHash> = Vec::new();
+        let mut index: std::collections::HashMap<TokenHash, usize> =
+            std::collections::HashMap::new();
+        let at: Vec<usize> = hashes
+            .iter()
+            .map(|h| {
+                *index.entry(*h).or_insert_with(|| {
+                    distinct.push(*h);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let cmds = distinct
             .iter()
             .map(|h| {
                 let key = keys::token_key(h);
@@ -488,7 +502,6 @@ impl MailboxStore for RedisStore {
                 Keyed { key, cmd }
             })
             .collect::<Vec<_>>();
-        let n = cmds.len();
         let run = self.run(move |inner| async move {
             Ok(inner
                 .batch("read token", cmds, false)
@@ -497,7 +510,18 @@ impl MailboxStore for RedisStore {
                 .map(|r| r.and_then(token_record))
                 .collect::<Vec<_>>())
         });
-        run.unwrap_or_else(|e| vec![Err(e); n])
+        match run {
+            Ok(records) => at
+                .into_iter()
+                .map(|i| {
+                    records
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Err(StoreError::Corrupt("redis: no token reply")))
+                })
+                .collect(),
+            Err(e) => vec![Err(e); hashes.len()],
+        }
     }
 
     fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError> {
