@@ -12,6 +12,7 @@ use crate::entropy::{Entropy, OsEntropy};
 use crate::rate::Rates;
 use crate::store::{
     Durable, MailboxId, MailboxStore, MessageId, NewEnvelope, Quota, StoreError, Swept, TokenHash,
+    TokenRecord,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -138,6 +139,12 @@ pub struct ControlAnswer {
     /// True if the response must wait for [`RelayCore::durable`]; if that
     /// fails, answer [`storage_unavailable`] instead.
     pub needs_durability: bool,
+}
+
+/// The answer to a send whose token is unknown, malformed or another
+/// mailbox's.
+fn invalid_token() -> WireError {
+    WireError::new(ErrorCode::TokenInvalid, "send token is not valid")
 }
 
 /// What a request that wrote to the store is answered when its write did
@@ -445,13 +452,23 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         mailbox: &MailboxId,
         token: &[u8],
     ) -> Result<TokenCheck, WireError> {
-        let invalid = || WireError::new(ErrorCode::TokenInvalid, "send token is not valid");
         if token.len() != TOKEN_LEN {
-            return Err(invalid());
+            return Err(invalid_token());
         }
         let hash = token_hash(token);
-        let record = self.store.token(&hash).map_err(store_error)?;
-        let Some(record) = record else {
+        self.judge_token(mailbox, hash, self.store.token(&hash))
+    }
+
+    /// The rest of [`Self::check_token`], once the token's record was
+    /// looked up (alone, or with a batch's others).
+    pub(crate) fn judge_token(
+        &self,
+        mailbox: &MailboxId,
+        hash: TokenHash,
+        record: Result<Option<TokenRecord>, StoreError>,
+    ) -> Result<TokenCheck, WireError> {
+        let invalid = invalid_token;
+        let Some(record) = record.map_err(store_error)? else {
             return Err(invalid());
         };
         if !bool::from(record.mailbox.ct_eq(mailbox)) {
@@ -466,46 +483,12 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     }
 
     /// Check and apply one send. For a stored envelope the caller must await
-    /// [`Self::durable`] before telling the sender it succeeded.
+    /// [`Self::durable`] before telling the sender it succeeded. The same as
+    /// a batch of one ([`Self::send_batch`]).
     pub fn send(&self, s: &pb::Send) -> Result<Accepted, WireError> {
-        let mailbox: MailboxId = fixed(&s.mailbox_id, "mailbox_id")?;
-        let message_id: MessageId = fixed(&s.message_id, "message_id")?;
-        if s.payload.len() > self.limits.max_envelope_bytes {
-            return Err(WireError::new(
-                ErrorCode::EnvelopeTooLarge,
-                format!(
-                    "envelope of {} bytes exceeds the maximum of {}",
-                    s.payload.len(),
-                    self.limits.max_envelope_bytes
-                ),
-            ));
-        }
-        let revoked = matches!(
-            self.check_token(&mailbox, &s.token)?,
-            TokenCheck::Revoked(_)
-        );
-        if s.ephemeral {
-            return Ok(if revoked {
-                Accepted::Discarded { ephemeral: true }
-            } else {
-                Accepted::Ephemeral { mailbox }
-            });
-        }
-        // A full disk refuses a blocked sender's send as it would anyone's.
-        self.check_disk()?;
-        if revoked {
-            return Ok(Accepted::Discarded { ephemeral: false });
-        }
-        let (env, quota) = self.stamp(message_id, &s.payload);
-        let appended = self
-            .store
-            .append(&mailbox, env, quota)
-            .map_err(store_error)?;
-        Ok(Accepted::Stored {
-            mailbox,
-            seq: appended.seq,
-            duplicate: appended.duplicate,
-        })
+        self.send_batch(std::slice::from_ref(s))
+            .pop()
+            .unwrap_or_else(|| Err(storage_unavailable()))
     }
 
     /// Resolves once every write so far is durable.
@@ -570,6 +553,9 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 #[path = "core_fanout.rs"]
 mod fanout;
 pub use fanout::SentMany;
+
+#[path = "core_batch.rs"]
+mod batch;
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

@@ -508,3 +508,85 @@ fn any_connection_learns_the_address_it_comes_from_and_nothing_is_written() {
     );
     assert_eq!(error_code(&resp), Some(ErrorCode::Unsupported));
 }
+
+/// A batch of sends is answered, and stores, exactly as the same sends one
+/// by one: every kind of refusal, ephemeral and revoked sends, duplicates
+/// and two mailboxes, in order.
+#[test]
+fn a_batch_of_sends_is_answered_as_the_sends_one_by_one() {
+    let run = |batched: bool| {
+        let h = harness(Limits {
+            max_envelope_bytes: 100,
+            ..Limits::default()
+        });
+        let (mut ca, a) = login(&h, &SigningKey::from_bytes(&[1; 32]), &[1; 32]);
+        let (mut cb, b) = login(&h, &SigningKey::from_bytes(&[2; 32]), &[2; 32]);
+        let (ta, tb, revoked) = (token(&h, &mut ca), token(&h, &mut cb), token(&h, &mut ca));
+        let resp = h.control(
+            &mut ca,
+            &[1; 32],
+            req(Request::RevokeToken(pb::RevokeToken {
+                token: revoked.clone().into(),
+            })),
+        );
+        assert_eq!(error_code(&resp), None);
+        let mut eph = send(&b, &tb, 6, b"passing");
+        eph.ephemeral = true;
+        let mut bad_id = send(&a, &ta, 9, b"x");
+        bad_id.message_id = vec![1; 3].into();
+        let sends = vec![
+            send(&a, &ta, 1, b"first"),
+            send(&b, &tb, 2, b"to b"),
+            send(&a, &ta[..5], 3, b"short token"),
+            send(&a, &tb, 4, b"b's token"),
+            send(&a, &ta, 5, &[0; 101]),
+            eph,
+            send(&a, &revoked, 7, b"blocked"),
+            send(&a, &ta, 1, b"first again"),
+            bad_id,
+            send(&a, &ta, 8, b"second"),
+        ];
+        let answers: Vec<_> = if batched {
+            h.core.send_batch(&sends)
+        } else {
+            sends.iter().map(|s| h.core.send(s)).collect()
+        };
+        let held = |m: &MailboxId| -> Vec<(u64, Vec<u8>)> {
+            h.store
+                .fetch(m, 0, 100)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.seq, e.payload))
+                .collect()
+        };
+        (answers, held(&a), held(&b))
+    };
+    let (batched, one_by_one) = (run(true), run(false));
+    assert_eq!(batched, one_by_one);
+    let codes: Vec<_> = batched
+        .0
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.code))
+        .collect();
+    use ErrorCode::*;
+    assert_eq!(
+        codes,
+        [
+            None,
+            None,
+            Some(TokenInvalid),
+            Some(TokenInvalid),
+            Some(EnvelopeTooLarge),
+            None,
+            None,
+            None,
+            Some(Malformed),
+            None
+        ]
+    );
+    assert_eq!(
+        batched.1,
+        [(1, b"first".to_vec()), (2, b"second".to_vec())],
+        "a's mailbox: the repeat of message 1 stored nothing"
+    );
+}

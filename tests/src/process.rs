@@ -376,6 +376,12 @@ impl RelayProcess {
     /// mailboxes in the Redis Cluster at `seeds`, writes acknowledged once
     /// `replicas` replicas hold them.
     pub fn start_on_redis(data: &Path, seeds: &str, replicas: u32) -> Self {
+        Self::start_on_redis_at(data, 0, seeds, replicas)
+    }
+
+    /// [`Self::start_on_redis`] on `port` (0: one the system picks), for a
+    /// fleet URL written before its relays start.
+    pub fn start_on_redis_at(data: &Path, port: u16, seeds: &str, replicas: u32) -> Self {
         std::fs::create_dir_all(data).unwrap();
         let config = data.join("relay.toml");
         std::fs::write(
@@ -384,10 +390,16 @@ impl RelayProcess {
         )
         .unwrap();
         let config = config.to_str().unwrap().to_string();
-        Self::start_with(
-            data,
-            &["--config", &config, "--store", "redis", "--redis", seeds],
-        )
+        let extra: Vec<String> = ["--config", &config, "--store", "redis", "--redis", seeds]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Self::launch(data, port, &extra).unwrap_or_else(|Exited(why)| {
+            panic!(
+                "tern-relay run --data {} {extra:?} failed: {why}",
+                data.display()
+            )
+        })
     }
 
     fn launch(data: &Path, port: u16, extra: &[String]) -> Result<Self, Exited> {

@@ -28,6 +28,10 @@ use super::{
 mod fanout;
 pub use fanout::*;
 
+#[path = "conformance_batch.rs"]
+mod batch;
+pub use batch::*;
+
 /// A quota nothing in the suite reaches.
 const ROOMY: Quota = Quota {
     max_envelopes: 1_000_000,
@@ -517,6 +521,10 @@ macro_rules! mailbox_store_conformance {
             append_many_copies_are_fetched_and_acked_independently,
             append_many_copies_expire,
             append_many_is_durable_and_refused_when_closed,
+            append_batch_answers_each_item_in_order,
+            append_batch_refuses_items_on_their_own,
+            append_batch_expires_and_is_refused_when_closed,
+            tokens_answers_each_hash_in_order,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {

@@ -148,6 +148,17 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// One append of a batch ([`MailboxStore::append_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchAppend<'a> {
+    /// The mailbox to append to.
+    pub mailbox: MailboxId,
+    /// The envelope.
+    pub env: NewEnvelope<'a>,
+    /// The mailbox's quota, checked atomically with the append.
+    pub quota: Quota,
+}
+
 /// How much the sweeper removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -215,6 +226,24 @@ pub trait MailboxStore: Send + Sync + 'static {
         targets: &[(MailboxId, Quota)],
         env: NewEnvelope<'_>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError>;
+    /// Look several tokens up, one result per hash, in order, as
+    /// [`Self::token`] would one by one (which is what this default does);
+    /// an engine across a network sends the lookups together.
+    fn tokens(&self, hashes: &[TokenHash]) -> Vec<Result<Option<TokenRecord>, StoreError>> {
+        hashes.iter().map(|h| self.token(h)).collect()
+    }
+    /// Append each item as [`Self::append`] would, one result per item in
+    /// order; items for the same mailbox get increasing sequence numbers in
+    /// item order, and one refused item leaves the others stored. One
+    /// [`Self::durable`] wait after it covers every item. This default
+    /// appends them one by one; an engine across a network sends them
+    /// together (the Redis engine: one pipeline per primary).
+    fn append_batch(&self, items: &[BatchAppend<'_>]) -> Vec<Result<Appended, StoreError>> {
+        items
+            .iter()
+            .map(|i| self.append(&i.mailbox, i.env, i.quota))
+            .collect()
+    }
     /// Up to `limit` envelopes with sequence numbers above `after_seq`, in order.
     fn fetch(
         &self,

@@ -2,6 +2,7 @@
 //! bridge the store threads call through, and the function calls that
 //! every [`MailboxStore`] operation becomes.
 
+use super::batch::{Keyed, SlotMap};
 use super::check;
 use super::keys::{self, MailboxKeys};
 use super::options::RedisOptions;
@@ -9,8 +10,8 @@ use super::reply::{self, store_error};
 use super::wake::Wakeups;
 use crate::hub::Fleet;
 use crate::store::{
-    Appended, Durable, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota, StoreError,
-    StoredEnvelope, Swept, TokenHash, TokenRecord,
+    Appended, BatchAppend, Durable, MailboxId, MailboxRecord, MailboxStore, NewEnvelope, Quota,
+    StoreError, StoredEnvelope, Swept, TokenHash, TokenRecord,
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -36,6 +37,8 @@ pub(super) struct Inner {
     next: AtomicUsize,
     options: RedisOptions,
     closed: AtomicBool,
+    /// Which primary serves which slot, to group a batch's commands.
+    slots: SlotMap,
 }
 
 impl RedisStore {
@@ -106,6 +109,7 @@ impl RedisStore {
                 next: AtomicUsize::new(0),
                 options,
                 closed: AtomicBool::new(false),
+                slots: SlotMap::unknown(),
             }),
             runtime: Mutex::new(Some(runtime)),
             handle,
@@ -160,7 +164,21 @@ impl Drop for RedisStore {
 }
 
 impl Inner {
-    fn conn(&self) -> Result<ClusterConnection, StoreError> {
+    pub(super) fn slots(&self) -> &SlotMap {
+        &self.slots
+    }
+
+    /// Replicas each write must reach.
+    pub(super) fn replicas(&self) -> u32 {
+        self.options.replicas
+    }
+
+    /// How long a `WAIT` waits, in ms.
+    pub(super) fn wait_timeout_ms(&self) -> u64 {
+        self.options.wait_timeout.as_millis() as u64
+    }
+
+    pub(super) fn conn(&self) -> Result<ClusterConnection, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.conns
             .get(i % self.conns.len().max(1))
@@ -169,7 +187,7 @@ impl Inner {
     }
 
     /// Run one command, routed by its key.
-    async fn query(&self, what: &str, cmd: Cmd) -> Result<Value, StoreError> {
+    pub(super) async fn query(&self, what: &str, cmd: Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn()?;
         let v = cmd
             .query_async::<Value>(&mut conn)
@@ -182,7 +200,7 @@ impl Inner {
     /// one pipeline with `WAIT`, so the write is acknowledged only once
     /// that many replicas hold it. A function the primary does not know
     /// (a node that joined empty) is loaded and the write tried again.
-    async fn write(&self, what: &str, key: &str, cmd: Cmd) -> Result<Value, StoreError> {
+    pub(super) async fn write(&self, what: &str, key: &str, cmd: Cmd) -> Result<Value, StoreError> {
         match self.write_once(what, key, cmd.clone()).await {
             Err(StoreError::Unavailable(e)) if e.contains("Function not found") => {
                 check::load_library(&mut self.conn()?).await?;
@@ -229,42 +247,15 @@ impl Inner {
         quota: Quota,
     ) -> Result<Appended, StoreError> {
         let k = MailboxKeys::of(&mailbox);
-        let mut cmd = fcall("tern_append", &k.envelope_keys());
-        cmd.arg(&message_id[..])
-            .arg(packed.as_slice())
-            .arg(expires_ms)
-            .arg(payload_len)
-            .arg(quota.max_envelopes)
-            .arg(quota.max_bytes);
-        let items = reply::array(self.write("append", &k.record, cmd).await?)?;
-        match reply::int_at(&items, 0)? {
-            0 => Err(StoreError::UnknownMailbox),
-            1 => {
-                let seq = reply::int_at(&items, 1)? as u64;
-                if reply::int_at(&items, 2)? == 1 && expires_ms != u64::MAX {
-                    // The mailbox's earliest expiry moved earlier: tell the
-                    // sweeper (not atomic with the append; see decisions.md).
-                    let mut z = redis::cmd("ZADD");
-                    z.arg(keys::sweep_key(&mailbox))
-                        .arg("LT")
-                        .arg(expires_ms)
-                        .arg(&mailbox[..]);
-                    self.query("index expiry", z).await?;
-                }
-                Ok(Appended {
-                    seq,
-                    duplicate: false,
-                })
-            }
-            2 => Ok(Appended {
-                seq: reply::int_at(&items, 1)? as u64,
-                duplicate: true,
-            }),
-            _ => Err(StoreError::QuotaExceeded {
-                envelopes: reply::int_at(&items, 1)? as u64,
-                bytes: reply::int_at(&items, 2)? as u64,
-            }),
+        let cmd = append_cmd(&k, &message_id, &packed, payload_len, expires_ms, quota);
+        let (appended, earliest) = append_reply(self.write("append", &k.record, cmd).await?)?;
+        if earliest && expires_ms != u64::MAX {
+            // The mailbox's earliest expiry moved earlier: tell the
+            // sweeper (not atomic with the append; see decisions.md).
+            self.query("index expiry", index_cmd(&mailbox, expires_ms))
+                .await?;
         }
+        Ok(appended)
     }
 
     /// Sweep one bucket of the expiry index.
@@ -310,6 +301,73 @@ impl Inner {
         }
         Ok(removed)
     }
+}
+
+/// `tern_append` of one envelope (packed by [`keys::pack`]).
+fn append_cmd(
+    k: &MailboxKeys,
+    message_id: &[u8; 16],
+    packed: &[u8],
+    payload_len: usize,
+    expires_ms: u64,
+    quota: Quota,
+) -> Cmd {
+    let mut cmd = fcall("tern_append", &k.envelope_keys());
+    cmd.arg(&message_id[..])
+        .arg(packed)
+        .arg(expires_ms)
+        .arg(payload_len)
+        .arg(quota.max_envelopes)
+        .arg(quota.max_bytes);
+    cmd
+}
+
+/// What `tern_append` answered, and whether the envelope is now its
+/// mailbox's earliest to expire (so the expiry index must learn it).
+fn append_reply(v: Value) -> Result<(Appended, bool), StoreError> {
+    let items = reply::array(v)?;
+    match reply::int_at(&items, 0)? {
+        0 => Err(StoreError::UnknownMailbox),
+        1 => Ok((
+            Appended {
+                seq: reply::int_at(&items, 1)? as u64,
+                duplicate: false,
+            },
+            reply::int_at(&items, 2)? == 1,
+        )),
+        2 => Ok((
+            Appended {
+                seq: reply::int_at(&items, 1)? as u64,
+                duplicate: true,
+            },
+            false,
+        )),
+        _ => Err(StoreError::QuotaExceeded {
+            envelopes: reply::int_at(&items, 1)? as u64,
+            bytes: reply::int_at(&items, 2)? as u64,
+        }),
+    }
+}
+
+/// `ZADD sweep:{bN} LT expires mailbox`: the expiry index learns a
+/// mailbox's earlier expiry.
+fn index_cmd(mailbox: &MailboxId, expires_ms: u64) -> Cmd {
+    let mut z = redis::cmd("ZADD");
+    z.arg(keys::sweep_key(mailbox))
+        .arg("LT")
+        .arg(expires_ms)
+        .arg(&mailbox[..]);
+    z
+}
+
+/// A token record as stored, read.
+fn token_record(v: Value) -> Result<Option<TokenRecord>, StoreError> {
+    let Some(raw) = reply::bytes(v)? else {
+        return Ok(None);
+    };
+    let (mailbox, revoked) =
+        keys::parse_token(&raw).ok_or(StoreError::Corrupt("redis: token record"))?;
+    Ok(Some(TokenRecord { mailbox, revoked }))
 }
 
 /// `FCALL name numkeys keys...`, arguments to follow.
@@ -416,13 +474,54 @@ impl MailboxStore for RedisStore {
         self.run(move |inner| async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(keys::token_key(&hash));
-            let Some(raw) = reply::bytes(inner.query("read token", cmd).await?)? else {
-                return Ok(None);
-            };
-            let (mailbox, revoked) =
-                keys::parse_token(&raw).ok_or(StoreError::Corrupt("redis: token record"))?;
-            Ok(Some(TokenRecord { mailbox, revoked }))
+            token_record(inner.query("read token", cmd).await?)
         })
+    }
+
+    fn tokens(&self, hashes: &[TokenHash]) -> Vec<Result<Option<TokenRecord>, StoreError>> {
+        // A batch from one sender usually carries one token many times:
+        // each distinct token is read once.
+        let mut distinct: Vec<TokenHash> = Vec::new();
+        let mut index: std::collections::HashMap<TokenHash, usize> =
+            std::collections::HashMap::new();
+        let at: Vec<usize> = hashes
+            .iter()
+            .map(|h| {
+                *index.entry(*h).or_insert_with(|| {
+                    distinct.push(*h);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let cmds = distinct
+            .iter()
+            .map(|h| {
+                let key = keys::token_key(h);
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(&key);
+                Keyed { key, cmd }
+            })
+            .collect::<Vec<_>>();
+        let run = self.run(move |inner| async move {
+            Ok(inner
+                .batch("read token", cmds, false)
+                .await
+                .into_iter()
+                .map(|r| r.and_then(token_record))
+                .collect::<Vec<_>>())
+        });
+        match run {
+            Ok(records) => at
+                .into_iter()
+                .map(|i| {
+                    records
+                        .get(i)
+                        .cloned()
+                        .unwrap_or(Err(StoreError::Corrupt("redis: no token reply")))
+                })
+                .collect(),
+            Err(e) => vec![Err(e); hashes.len()],
+        }
     }
 
     fn revoke_token(&self, hash: &TokenHash, mailbox: &MailboxId) -> Result<bool, StoreError> {
@@ -501,6 +600,105 @@ impl MailboxStore for RedisStore {
             }
             Ok(out)
         })
+    }
+
+    fn append_batch(&self, items: &[BatchAppend<'_>]) -> Vec<Result<Appended, StoreError>> {
+        if let Err(e) = self.writable() {
+            return vec![Err(e); items.len()];
+        }
+        // One `tern_append_many` call per mailbox, its items in order.
+        let mut groups: Vec<(MailboxId, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<MailboxId, usize> =
+            std::collections::HashMap::new();
+        for (at, i) in items.iter().enumerate() {
+            let g = *group_of.entry(i.mailbox).or_insert_with(|| {
+                groups.push((i.mailbox, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(at);
+        }
+        let mut cmds = Vec::with_capacity(groups.len());
+        for (mailbox, members) in &groups {
+            let k = MailboxKeys::of(mailbox);
+            let mut cmd = fcall("tern_append_many", &k.envelope_keys());
+            for &at in members {
+                let i = &items[at];
+                let packed = keys::pack(
+                    &i.env.message_id,
+                    i.env.now_ms,
+                    i.env.expires_ms,
+                    i.env.payload,
+                );
+                cmd.arg(&i.env.message_id[..])
+                    .arg(packed)
+                    .arg(i.env.expires_ms)
+                    .arg(i.env.payload.len())
+                    .arg(i.quota.max_envelopes)
+                    .arg(i.quota.max_bytes);
+            }
+            cmds.push(Keyed { key: k.record, cmd });
+        }
+        let expiry: Vec<(MailboxId, u64)> = items
+            .iter()
+            .map(|i| (i.mailbox, i.env.expires_ms))
+            .collect();
+        let n = items.len();
+        let run = self.run(move |inner| async move {
+            // One reply per item, in item order, from its mailbox's call.
+            let mut replies: Vec<Result<Value, StoreError>> = (0..n)
+                .map(|_| Err(StoreError::Corrupt("redis: no append result")))
+                .collect();
+            let per_group = inner.batch("append", cmds, true).await;
+            for ((_, members), r) in groups.into_iter().zip(per_group) {
+                match r.and_then(reply::array) {
+                    Ok(values) if values.len() == members.len() => {
+                        for (at, v) in members.into_iter().zip(values) {
+                            replies[at] = Ok(v);
+                        }
+                    }
+                    Ok(_) => {
+                        for at in members {
+                            replies[at] = Err(StoreError::Corrupt("redis: append reply"));
+                        }
+                    }
+                    Err(e) => {
+                        for at in members {
+                            replies[at] = Err(e.clone());
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<Result<Appended, StoreError>> = Vec::with_capacity(n);
+            // Envelopes that became their mailbox's earliest to expire:
+            // the expiry index learns them, in one more batch.
+            let mut index = Vec::new();
+            let mut index_of = Vec::new();
+            for (i, (r, (mailbox, expires))) in replies.into_iter().zip(expiry).enumerate() {
+                match r.and_then(append_reply) {
+                    Ok((appended, earliest)) => {
+                        if earliest && expires != u64::MAX {
+                            index.push(Keyed {
+                                key: keys::sweep_key(&mailbox),
+                                cmd: index_cmd(&mailbox, expires),
+                            });
+                            index_of.push(i);
+                        }
+                        out.push(Ok(appended));
+                    }
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            if !index.is_empty() {
+                let indexed = inner.batch("index expiry", index, false).await;
+                for (i, r) in index_of.into_iter().zip(indexed) {
+                    if let (Err(e), Some(slot)) = (r, out.get_mut(i)) {
+                        *slot = Err(e);
+                    }
+                }
+            }
+            Ok(out)
+        });
+        run.unwrap_or_else(|e| vec![Err(e); n])
     }
 
     fn fetch(

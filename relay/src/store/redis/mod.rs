@@ -13,15 +13,21 @@
 //! Durability: at start every primary must have `appendonly yes` and
 //! `appendfsync always` (unless the operator allows otherwise), so a reply
 //! means the write is in the primary's fsynced AOF; with `replicas = N`
-//! each write goes down one connection in a pipeline with `WAIT N`, and
+//! each write (or batch of writes to one primary) goes down one connection
+//! in a pipeline with `WAIT N`, and
 //! concurrent writes share the replicas' acknowledgements. So
 //! [`MailboxStore::durable`] resolves at once: a write is durable when its
 //! call returns.
+//!
+//! A stream's batch of sends is two calls ([`MailboxStore::tokens`],
+//! [`MailboxStore::append_batch`]), each sent as one pipeline per primary
+//! ([`batch`]), with one `WAIT` per pipeline when replicas are asked for.
 //!
 //! The trait is synchronous and called from the relay's store threads; the
 //! engine runs its Redis I/O on a small runtime of its own and blocks only
 //! the calling thread. Cross-relay wake-ups are [`wake`].
 
+mod batch;
 mod check;
 mod engine;
 pub mod keys;

@@ -12,11 +12,13 @@
 --   d:{H}  hash: message id -> seq, for de-duplication while held
 --   k:{H}  set: hashes of the live send tokens
 
-local function drop_seq(m, e, x, d, seq)
+-- Remove seq's envelope; its payload size, or nil if it was not held.
+-- The caller uncounts what it removed (once per call, not per envelope).
+local function drop_seq(e, x, d, seq)
   local found = redis.call('ZRANGE', e, seq, seq, 'BYSCORE')
   local member = found[1]
   if not member then
-    return false
+    return nil
   end
   redis.call('ZREMRANGEBYSCORE', e, seq, seq)
   redis.call('ZREM', x, seq)
@@ -25,10 +27,24 @@ local function drop_seq(m, e, x, d, seq)
   if redis.call('HGET', d, mid) == tostring(seq) then
     redis.call('HDEL', d, mid)
   end
-  local size = #member - at - 32
-  redis.call('HINCRBY', m, 'n', -1)
-  redis.call('HINCRBY', m, 'b', -size)
-  return true
+  return #member - at - 32
+end
+
+-- Remove the envelopes of `seqs` from a mailbox; how many were held.
+local function drop_seqs(m, e, x, d, seqs)
+  local count, bytes = 0, 0
+  for _, seq in ipairs(seqs) do
+    local size = drop_seq(e, x, d, seq)
+    if size then
+      count = count + 1
+      bytes = bytes + size
+    end
+  end
+  if count > 0 then
+    redis.call('HINCRBY', m, 'n', -count)
+    redis.call('HINCRBY', m, 'b', -bytes)
+  end
+  return count
 end
 
 -- keys: m ; args: owner key, created ms. 1 created, 0 taken.
@@ -46,22 +62,23 @@ end
 -- the mailbox's earliest expiry); {2, seq}: duplicate; {3, n, b}: over quota.
 local function tern_append(keys, args)
   local m, e, x, d = keys[1], keys[2], keys[3], keys[4]
-  if redis.call('EXISTS', m) == 0 then
+  -- One read of the record answers "does it exist" too: s is set at
+  -- creation. One write updates its three counters.
+  local held = redis.call('HMGET', m, 's', 'n', 'b')
+  if not held[1] then
     return {0}
   end
   local dup = redis.call('HGET', d, args[1])
   if dup then
     return {2, tonumber(dup)}
   end
-  local held = redis.call('HMGET', m, 'n', 'b')
-  local n, b = tonumber(held[1]), tonumber(held[2])
+  local seq, n, b = tonumber(held[1]), tonumber(held[2]), tonumber(held[3])
   local size = tonumber(args[4])
   if n >= tonumber(args[5]) or b + size > tonumber(args[6]) then
     return {3, n, b}
   end
-  local seq = redis.call('HINCRBY', m, 's', 1) - 1
-  redis.call('HINCRBY', m, 'n', 1)
-  redis.call('HINCRBY', m, 'b', size)
+  redis.call('HSET', m, 's', string.format('%d', seq + 1), 'n', string.format('%d', n + 1),
+    'b', string.format('%d', b + size))
   redis.call('ZADD', e, seq, seq .. ':' .. args[2])
   local first = redis.call('ZRANGE', x, 0, 0, 'WITHSCORES')
   local earliest = 0
@@ -73,18 +90,64 @@ local function tern_append(keys, args)
   return {1, seq, earliest}
 end
 
+-- keys: m e x d ; args: six per envelope: message id, packed envelope,
+-- expires ms, payload bytes, max envelopes, max bytes. One reply per
+-- envelope, in order, each as tern_append's; envelopes stored in order
+-- (a repeat of an earlier one is its duplicate). A stream's batch of
+-- sends to one mailbox is one call: the record is read and written once.
+local function tern_append_many(keys, args)
+  local m, e, x, d = keys[1], keys[2], keys[3], keys[4]
+  local count = math.floor(#args / 6)
+  local out = {}
+  local held = redis.call('HMGET', m, 's', 'n', 'b')
+  if not held[1] then
+    for i = 1, count do
+      out[i] = {0}
+    end
+    return out
+  end
+  local seq, n, b = tonumber(held[1]), tonumber(held[2]), tonumber(held[3])
+  local first = redis.call('ZRANGE', x, 0, 0, 'WITHSCORES')
+  local earliest = nil
+  if first[2] then
+    earliest = tonumber(first[2])
+  end
+  local stored = false
+  for i = 1, count do
+    local j = (i - 1) * 6
+    local mid, expires, size = args[j + 1], tonumber(args[j + 3]), tonumber(args[j + 4])
+    local dup = redis.call('HGET', d, mid)
+    if dup then
+      out[i] = {2, tonumber(dup)}
+    elseif n >= tonumber(args[j + 5]) or b + size > tonumber(args[j + 6]) then
+      out[i] = {3, n, b}
+    else
+      redis.call('ZADD', e, seq, seq .. ':' .. args[j + 2])
+      redis.call('ZADD', x, args[j + 3], seq)
+      redis.call('HSET', d, mid, seq)
+      local now_earliest = 0
+      if not earliest or expires < earliest then
+        now_earliest = 1
+        earliest = expires
+      end
+      out[i] = {1, seq, now_earliest}
+      seq, n, b = seq + 1, n + 1, b + size
+      stored = true
+    end
+  end
+  if stored then
+    redis.call('HSET', m, 's', string.format('%d', seq), 'n', string.format('%d', n),
+      'b', string.format('%d', b))
+  end
+  return out
+end
+
 -- keys: m e x d ; args: seqs. How many were held.
 local function tern_ack(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     return 0
   end
-  local count = 0
-  for _, seq in ipairs(args) do
-    if drop_seq(keys[1], keys[2], keys[3], keys[4], seq) then
-      count = count + 1
-    end
-  end
-  return count
+  return drop_seqs(keys[1], keys[2], keys[3], keys[4], args)
 end
 
 -- keys: m e x d ; args: now ms. {removed, next expiry or -1}.
@@ -92,11 +155,7 @@ local function tern_sweep(keys, args)
   local removed = 0
   if redis.call('EXISTS', keys[1]) == 1 then
     local due = redis.call('ZRANGE', keys[3], '-inf', args[1], 'BYSCORE')
-    for _, seq in ipairs(due) do
-      if drop_seq(keys[1], keys[2], keys[3], keys[4], seq) then
-        removed = removed + 1
-      end
-    end
+    removed = drop_seqs(keys[1], keys[2], keys[3], keys[4], due)
   end
   local first = redis.call('ZRANGE', keys[3], 0, 0, 'WITHSCORES')
   if first[2] then
@@ -132,6 +191,7 @@ end
 
 redis.register_function('tern_create', tern_create)
 redis.register_function('tern_append', tern_append)
+redis.register_function('tern_append_many', tern_append_many)
 redis.register_function('tern_ack', tern_ack)
 redis.register_function('tern_sweep', tern_sweep)
 redis.register_function('tern_add_token', tern_add_token)
