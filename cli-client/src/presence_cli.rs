@@ -44,7 +44,13 @@ pub fn sharing_request(args: &[String]) -> Result<PresenceRequest> {
 /// `tern settings push URL|off` as a request.
 pub fn push_request(value: Option<&str>) -> PresenceRequest {
     PresenceRequest::Push {
-        set: value.map(|v| if v == "off" { String::new() } else { v.to_string() }),
+        set: value.map(|v| {
+            if v == "off" {
+                String::new()
+            } else {
+                v.to_string()
+            }
+        }),
     }
 }
 
@@ -90,7 +96,9 @@ pub fn print(result: &PresenceResult, which: &str, json: bool) {
             "last-seen" => println!("last-seen {}", crate::on_off(*last_seen)),
             _ => match (push, push_dropped) {
                 (Some(url), _) => println!("push {url}"),
-                (None, true) => println!("push off (the relay dropped the endpoint: it failed too long)"),
+                (None, true) => {
+                    println!("push off (the relay dropped the endpoint: it failed too long)")
+                }
                 (None, false) => println!("push off"),
             },
         },

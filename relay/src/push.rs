@@ -156,9 +156,9 @@ impl Push {
             let Some(e) = endpoints.get_mut(mailbox) else {
                 return;
             };
-            if e.last_sent_ms.is_some_and(|t| {
-                now < t.saturating_add(self.inner.config.window_ms)
-            }) {
+            if e.last_sent_ms
+                .is_some_and(|t| now < t.saturating_add(self.inner.config.window_ms))
+            {
                 return;
             }
             e.last_sent_ms = Some(now);
@@ -185,7 +185,10 @@ impl Push {
 
     /// One wake-up with its retries; an endpoint failing too long is dropped.
     async fn deliver(&self, mailbox: MailboxId) {
-        let Some(url) = lock(&self.inner.endpoints).get(&mailbox).map(|e| e.url.clone()) else {
+        let Some(url) = lock(&self.inner.endpoints)
+            .get(&mailbox)
+            .map(|e| e.url.clone())
+        else {
             return;
         };
         let c = &self.inner.config;
@@ -225,5 +228,81 @@ impl Push {
     /// Registered endpoints (for metrics and tests).
     pub fn endpoints(&self) -> usize {
         lock(&self.inner.endpoints).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn push(config: PushConfig) -> (Push, mpsc::Receiver<MailboxId>, ManualClock) {
+        let clock = ManualClock::new(1_000_000);
+        let (p, rx) = Push::new(config, Arc::new(clock.clone()));
+        (p, rx, clock)
+    }
+
+    fn local() -> PushConfig {
+        PushConfig {
+            allowed_prefixes: vec!["http://127.0.0.1:".into()],
+            ..PushConfig::default()
+        }
+    }
+
+    #[test]
+    fn only_endpoints_the_operator_allows_and_one_wake_up_per_window() {
+        let (p, mut rx, clock) = push(local());
+        for refused in [
+            "http://10.0.0.1/x",
+            "file:///etc/passwd",
+            "http://127.0.0.1.evil/",
+        ] {
+            let e = p.register([1; 16], refused).expect_err(refused);
+            assert_eq!(e.code, ErrorCode::PushEndpointRefused);
+        }
+        let (off, _rx, _) = push(PushConfig::default());
+        assert!(
+            off.register([1; 16], "http://127.0.0.1:9/x").is_err(),
+            "off by default"
+        );
+        p.register([1; 16], "http://127.0.0.1:9/up")
+            .expect("allowed");
+        p.wake(&[2; 16]);
+        assert!(rx.try_recv().is_err(), "no endpoint, no wake-up");
+        p.wake(&[1; 16]);
+        p.wake(&[1; 16]);
+        assert_eq!(rx.try_recv().ok(), Some([1; 16]));
+        assert!(rx.try_recv().is_err(), "coalesced within the window");
+        clock.advance(p.inner.config.window_ms);
+        p.wake(&[1; 16]);
+        assert_eq!(rx.try_recv().ok(), Some([1; 16]), "the next window");
+        p.register([1; 16], "").expect("off");
+        clock.advance(p.inner.config.window_ms);
+        p.wake(&[1; 16]);
+        assert!(rx.try_recv().is_err(), "removed");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_failing_too_long_is_dropped_and_its_device_told_once() {
+        // A port nothing listens on: every POST fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let (p, rx, _clock) = push(PushConfig {
+            retries: 0,
+            drop_after_ms: 0,
+            ..local()
+        });
+        p.register([1; 16], &format!("http://127.0.0.1:{port}/up"))
+            .expect("allowed");
+        tokio::spawn(p.clone().run(rx));
+        p.wake(&[1; 16]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while p.endpoints() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never dropped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(p.take_dropped(&[1; 16]), "told");
+        assert!(!p.take_dropped(&[1; 16]), "once");
     }
 }

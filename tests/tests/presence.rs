@@ -69,7 +69,10 @@ fn presence_flips_with_the_grace_period_for_granted_contacts_only() {
         ok(&a, &["settings", "presence", "contacts", "bob"]).trim(),
         "presence contacts bob"
     );
-    assert_eq!(ok(&a, &["settings", "presence"]).trim(), "presence contacts bob");
+    assert_eq!(
+        ok(&a, &["settings", "presence"]).trim(),
+        "presence contacts bob"
+    );
     let bob = Listen::start(&b);
     let alice = Listen::start(&a);
     bob.until("alice online", |l| {
@@ -153,7 +156,10 @@ fn a_revoked_capability_stops_a_listening_contacts_updates() {
     });
     drop(carol);
     let p = presence_of(&b, "alice");
-    assert_eq!(p["online"], true, "bob's last word stays the stale one: {p}");
+    assert_eq!(
+        p["online"], true,
+        "bob's last word stays the stale one: {p}"
+    );
     drop(bob);
     let p = presence_of(&b, "alice");
     assert!(p["online"].is_null(), "the relay answers bob nothing: {p}");
@@ -244,7 +250,10 @@ fn wake_ups_go_once_per_window_and_carry_nothing() {
     ok(&a, &["recv"]);
     // Endpoints the operator does not allow are refused.
     let refused = tern(&b, &["settings", "push", "http://192.0.2.1/x"]);
-    assert!(!refused.status.success(), "an endpoint outside the allowed prefixes");
+    assert!(
+        !refused.status.success(),
+        "an endpoint outside the allowed prefixes"
+    );
     assert_eq!(ok(&b, &["settings", "push"]).trim(), "push off");
     let bob_url = format!("{url}/up/bob-device");
     let carol_url = format!("{url}/up/carol-device");

@@ -46,7 +46,10 @@ pub fn answer<S: MailboxStore, C: Clock>(
                 .push
                 .register(mailbox, &r.url)
                 .map(|()| Response::PushRegistered(pb::PushRegistered {})),
-            _ => Err(WireError::new(ErrorCode::Unsupported, "not a presence request")),
+            _ => Err(WireError::new(
+                ErrorCode::Unsupported,
+                "not a presence request",
+            )),
         },
     };
     pb::ControlResponse {

@@ -46,7 +46,11 @@ fn online_at_the_first_beat_and_offline_only_after_the_grace_period() {
     let (p, clock) = table();
     publish(&p, [1; 16], &[7], false);
     let sub = p.subscribe(&[cap(7)]).expect("subscribed");
-    assert_eq!(updates(&p, &sub), [(0, false, 0)], "first state: never seen");
+    assert_eq!(
+        updates(&p, &sub),
+        [(0, false, 0)],
+        "first state: never seen"
+    );
     p.heartbeat([1; 16]);
     assert_eq!(updates(&p, &sub), [(0, true, 0)]);
     let beat_at = clock.now_ms();
@@ -124,7 +128,11 @@ fn another_mailboxs_hash_is_not_taken_over() {
     publish(&p, [2; 16], &[7], false);
     let sub = p.subscribe(&[cap(7)]).expect("subscribed");
     p.heartbeat([2; 16]);
-    assert_eq!(updates(&p, &sub), [(0, false, 0)], "still the first owner's");
+    assert_eq!(
+        updates(&p, &sub),
+        [(0, false, 0)],
+        "still the first owner's"
+    );
 }
 
 #[test]
