@@ -32,6 +32,8 @@ pub(super) struct PresenceRuntime {
     states: HashMap<[u8; 32], DeviceState>,
     /// What was last told per contact (identity key): (online, last seen).
     told: HashMap<[u8; 32], (Option<bool>, u64)>,
+    /// Contacts when the capability set was last reconciled.
+    contacts_seen: Option<usize>,
 }
 
 impl Default for PresenceRuntime {
@@ -48,6 +50,7 @@ impl Default for PresenceRuntime {
             generation: None,
             states: HashMap::new(),
             told: HashMap::new(),
+            contacts_seen: None,
         }
     }
 }
@@ -66,6 +69,7 @@ impl Task {
         if let Some(o) = self.presence.owner.take() {
             o.abort();
         }
+        self.presence.contacts_seen = self.client.store.contacts().map(|c| c.len()).ok();
         let (hashes, queued) = match self.client.presence_reconcile().await {
             Ok(r) => r,
             Err(e) => {
@@ -90,6 +94,22 @@ impl Task {
         };
         let news = self.presence.owner_tx.clone();
         self.presence.owner = Some(tokio::spawn(owner::run(link, plan, news)));
+    }
+
+    /// A contact came or went (or was blocked, if `force`): grant or
+    /// revoke, and tell the relay on the home connection if it is up.
+    pub(super) async fn presence_refresh(&mut self, force: bool) {
+        let count = self.client.store.contacts().map(|c| c.len()).ok();
+        if !force && count == self.presence.contacts_seen {
+            return;
+        }
+        self.presence.contacts_seen = count;
+        let link = self.home_link_clone();
+        match self.client.publish_presence(link.as_ref()).await {
+            Ok(true) => self.request_flush(Vec::new()),
+            Ok(false) => {}
+            Err(e) => warn!("presence not refreshed: {e}"),
+        }
     }
 
     /// The home connection went down: its heartbeats stop with it.

@@ -473,8 +473,9 @@ impl Task {
         }
         self.history_soon();
         self.act_on_direct_news();
-        // A new grant: watch it too.
+        // A new grant: watch it too; a new contact: grant it.
         self.presence_rewatch();
+        self.presence_refresh(false).await;
         Ok(())
     }
 
@@ -513,6 +514,7 @@ impl Task {
                     self.request_flush(Vec::new());
                 }
                 let _ = reply.send(r);
+                self.presence_refresh(true).await;
             }
             Command::Contacts(reply) => {
                 let _ = reply.send(self.client.contacts());
@@ -531,6 +533,7 @@ impl Task {
             }
             Command::Block { contact, reply } => {
                 let _ = reply.send(self.client.block(&contact).await);
+                self.presence_refresh(true).await;
             }
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
