@@ -268,3 +268,29 @@ impl Client {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_is_online_when_any_device_is_and_last_seen_is_the_latest() {
+        assert_eq!(combine(&[]), (None, 0), "no device heard from: unknown");
+        assert_eq!(
+            combine(&[(false, 60_000), (false, 120_000)]),
+            (Some(false), 120_000)
+        );
+        assert_eq!(combine(&[(false, 60_000), (true, 0)]).0, Some(true));
+    }
+
+    #[test]
+    fn sharing_reads_from_settings_json_and_defaults_to_every_contact() {
+        let s: crate::settings::Settings = serde_json::from_str("{}").unwrap();
+        assert_eq!(s.presence, PresenceSharing::On);
+        assert!(s.last_seen);
+        let s: crate::settings::Settings =
+            serde_json::from_str(r#"{"presence":{"contacts":["ab"]},"last_seen":false}"#).unwrap();
+        assert_eq!(s.presence, PresenceSharing::Contacts(vec!["ab".into()]));
+        assert!(!s.last_seen);
+    }
+}
