@@ -26,7 +26,7 @@ use tracing::debug;
 pub(crate) fn fans_out(content: &pb::Content) -> bool {
     matches!(
         content.body,
-        Some(Body::Text(_) | Body::DeviceListUpdate(_) | Body::PresenceGrant(_))
+        Some(Body::Text(_) | Body::DeviceListUpdate(_))
     )
 }
 

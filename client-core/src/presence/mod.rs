@@ -156,7 +156,11 @@ impl Client {
                 capability: capability.to_vec().into(),
             });
             let content = layers::content(random16(), now_ms(), body);
-            self.enqueue(c, session, &content, None)?;
+            // Quiet items, like fan-out copies: a grant is settled when
+            // the relay takes it and never reported as a message sent.
+            let target = crate::devices::Target::of_contact(c);
+            self.enqueue_to(&target, session, &content, None, true)?;
+            self.copy_to_other_devices(c, &content)?;
             let record = serde_json::to_vec(&Given { capability })
                 .map_err(|e| ClientError::Store(e.to_string()))?;
             given.insert(c.identity_key, record)?;
