@@ -68,7 +68,9 @@ pub fn capability_hash(capability: &[u8]) -> TokenHash {
 /// One device's presence.
 #[derive(Debug, Default)]
 struct Device {
-    caps: HashSet<TokenHash>,
+    /// Its published capability hashes (a boxed slice: this is most of
+    /// the table's memory at scale, and it changes only on publish).
+    caps: Box<[TokenHash]>,
     online: bool,
     last_beat_ms: u64,
     hide_last_seen: bool,
@@ -122,14 +124,70 @@ struct Watcher {
     watch: Arc<Watch>,
 }
 
+/// A capability's watchers: nearly always one (the contact it was given
+/// to), kept inline so the common case allocates nothing.
+#[derive(Default)]
+enum Watchers {
+    #[default]
+    None,
+    One(Watcher),
+    Many(Vec<Watcher>),
+}
+
+impl Watchers {
+    fn push(&mut self, w: Watcher) {
+        *self = match std::mem::take(self) {
+            Watchers::None => Watchers::One(w),
+            Watchers::One(first) => Watchers::Many(vec![first, w]),
+            Watchers::Many(mut v) => {
+                v.push(w);
+                Watchers::Many(v)
+            }
+        };
+    }
+
+    fn remove_sub(&mut self, sub: u64) {
+        *self = match std::mem::take(self) {
+            Watchers::One(w) if w.sub == sub => Watchers::None,
+            Watchers::Many(mut v) => {
+                v.retain(|w| w.sub != sub);
+                match v.len() {
+                    0 => Watchers::None,
+                    1 => v.pop().map_or(Watchers::None, Watchers::One),
+                    _ => Watchers::Many(v),
+                }
+            }
+            other => other,
+        };
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Watcher> {
+        match self {
+            Watchers::None => [].iter(),
+            Watchers::One(w) => std::slice::from_ref(w).iter(),
+            Watchers::Many(v) => v.iter(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Watchers::None)
+    }
+}
+
+/// One capability hash: its owner if published, and its watchers (an
+/// owner may publish after a watcher subscribed, e.g. after a relay
+/// restart). One map for both, so each hash is stored once.
+#[derive(Default)]
+struct Cap {
+    owner: Option<MailboxId>,
+    watchers: Watchers,
+}
+
 #[derive(Default)]
 struct Table {
     devices: HashMap<MailboxId, Device>,
-    /// Published capability hash → its device.
-    caps: HashMap<TokenHash, MailboxId>,
-    /// Watchers by capability hash, published or not (an owner may publish
-    /// after a watcher subscribed, e.g. after a relay restart).
-    watchers: HashMap<TokenHash, Vec<Watcher>>,
+    /// Capability hashes, published or watched; gone when neither.
+    caps: HashMap<TokenHash, Cap>,
     /// When online devices fall due for an offline check (lazy: stale
     /// entries are skipped when popped).
     due: BinaryHeap<Reverse<(u64, MailboxId)>>,
@@ -141,8 +199,13 @@ impl Table {
         let Some(d) = self.devices.get(mailbox) else {
             return;
         };
-        for cap in &d.caps {
-            for w in self.watchers.get(cap).into_iter().flatten() {
+        for cap in d.caps.iter() {
+            for w in self
+                .caps
+                .get(cap)
+                .into_iter()
+                .flat_map(|c| c.watchers.iter())
+            {
                 w.watch.mark(w.index);
             }
         }
@@ -169,10 +232,10 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut t = self.presence.table();
         for h in &self.hashes {
-            if let Some(list) = t.watchers.get_mut(h) {
-                list.retain(|w| w.sub != self.id);
-                if list.is_empty() {
-                    t.watchers.remove(h);
+            if let Some(cap) = t.caps.get_mut(h) {
+                cap.watchers.remove_sub(self.id);
+                if cap.watchers.is_empty() && cap.owner.is_none() {
+                    t.caps.remove(h);
                 }
             }
         }
@@ -221,17 +284,27 @@ impl Presence {
         }
         let mut t = self.table();
         // A hash another mailbox already published stays theirs.
-        new.retain(|h| t.caps.get(h).is_none_or(|m| *m == mailbox));
+        new.retain(|h| {
+            t.caps
+                .get(h)
+                .and_then(|c| c.owner)
+                .is_none_or(|m| m == mailbox)
+        });
         let old = {
             let d = t.devices.entry(mailbox).or_default();
             d.hide_last_seen = p.hide_last_seen;
-            std::mem::replace(&mut d.caps, new.clone())
+            std::mem::replace(&mut d.caps, new.iter().copied().collect())
         };
-        for h in old.difference(&new) {
-            t.caps.remove(h);
+        for h in old.iter().filter(|h| !new.contains(*h)) {
+            if let Some(cap) = t.caps.get_mut(h) {
+                cap.owner = None;
+                if cap.watchers.is_empty() {
+                    t.caps.remove(h);
+                }
+            }
         }
         for h in &new {
-            t.caps.insert(*h, mailbox);
+            t.caps.entry(*h).or_default().owner = Some(mailbox);
         }
         // Everyone watching learns the state under the new rules (last
         // seen may have been hidden or shown).
@@ -316,12 +389,13 @@ impl Presence {
         t.next_sub += 1;
         for (i, h) in hashes.iter().enumerate() {
             let index = i as u32;
-            t.watchers.entry(*h).or_default().push(Watcher {
+            let cap = t.caps.entry(*h).or_default();
+            cap.watchers.push(Watcher {
                 sub: id,
                 index,
                 watch: Arc::clone(&watch),
             });
-            if t.caps.contains_key(h) {
+            if cap.owner.is_some() {
                 watch.mark(index);
             }
         }
@@ -339,8 +413,8 @@ impl Presence {
     pub fn state(&self, sub: &Subscription, index: u32) -> Option<pb::PresenceUpdate> {
         let h = sub.hashes.get(index as usize)?;
         let t = self.table();
-        let mailbox = t.caps.get(h)?;
-        Some(t.devices.get(mailbox)?.update(index))
+        let mailbox = t.caps.get(h)?.owner?;
+        Some(t.devices.get(&mailbox)?.update(index))
     }
 
     /// Devices with a presence entry (for metrics and tests).

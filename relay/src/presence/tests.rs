@@ -140,7 +140,7 @@ fn ending_a_subscription_forgets_its_watchers_and_malformed_input_is_refused() {
     let (p, _clock) = table();
     let sub = p.subscribe(&[cap(7)]).expect("subscribed");
     drop(sub);
-    assert!(p.table().watchers.is_empty());
+    assert!(p.table().caps.is_empty());
     assert!(p.subscribe(&[bytes::Bytes::from_static(b"short")]).is_err());
     let bad = pb::PresencePublish {
         capability_hashes: vec![bytes::Bytes::from_static(b"x")],
