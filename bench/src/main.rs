@@ -19,6 +19,7 @@ mod history;
 mod hold;
 mod idle;
 mod pairs;
+mod presence;
 mod proc;
 mod progress;
 mod relay;
@@ -125,6 +126,12 @@ enum Workload {
     /// with history on, then restored onto fresh devices of the account
     /// (from a backup); restore time per run and relay bytes per message.
     HistoryRestore(HistoryRestoreArgs),
+    /// Presence: N devices on their own authenticated connections, each
+    /// granting and watching 50 contacts; relay RSS over the same idle
+    /// connections without presence, relay CPU idle and at 1% of devices
+    /// changing state per second, and change-to-watcher latency p50/p99.
+    /// Use --spawn-relay for figures of the relay alone.
+    Presence(PresenceArgs),
     /// Run a relay with the bench configuration (used by --spawn-relay).
     #[command(hide = true)]
     Serve {
@@ -135,6 +142,25 @@ enum Workload {
         #[arg(long)]
         defaults: bool,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+struct PresenceArgs {
+    /// Devices, each on its own authenticated connection.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Share of devices changing state per second.
+    #[arg(long, default_value_t = 0.01)]
+    churn: f64,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 40)]
+    seconds: u64,
+    /// Seconds to settle before each measurement.
+    #[arg(long, default_value_t = 5)]
+    hold: u64,
+    /// Bound on opening the connections, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -787,6 +813,40 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
             let rows = history::run(&relay, plan).await;
             relay.shutdown().await;
             report.rows.extend(rows?);
+            report
+        }
+        Workload::Presence(a) => {
+            let mut report = Report {
+                workload: "presence".into(),
+                mode: None,
+                params: json!({
+                    "devices": a.devices, "contacts": presence::CONTACTS, "churn": a.churn,
+                    "seconds": a.seconds, "runs": runs,
+                }),
+                notes: vec![format!(
+                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; watching is multiplexed: 1,000 capabilities (20 devices' worth) per presence stream, 12 streams per unauthenticated connection; baseline = the same authenticated connections before presence",
+                    presence::CONTACTS,
+                    tern_relay::presence::PresenceConfig::default().grace_ms / 1000
+                )],
+                rows: Vec::new(),
+            };
+            for _ in 0..runs {
+                let relay = start_relay().await?;
+                set_note(&mut report, relay.describe());
+                let plan = presence::PresencePlan {
+                    devices: a.devices,
+                    churn: a.churn,
+                    seconds: a.seconds,
+                    hold: Duration::from_secs(a.hold),
+                    grace: Duration::from_millis(
+                        tern_relay::presence::PresenceConfig::default().grace_ms,
+                    ),
+                    timeout: Duration::from_secs(a.timeout),
+                };
+                let row = presence::run(&relay, plan, format!("{} devices", a.devices)).await;
+                relay.shutdown().await;
+                report.rows.push(row?);
+            }
             report
         }
         Workload::Serve { .. } => return Err(anyhow!("serve runs without a load generator")),

@@ -194,6 +194,18 @@ fn print_event(
             state,
             rtt_ms,
         } => line(out, crate::path_line(contact, *state, *rtt_ms)),
+        EventParams::Presence {
+            contact,
+            online,
+            last_seen,
+        } => line(
+            out,
+            match (online, last_seen) {
+                (true, _) => format!("{contact} online"),
+                (false, Some(t)) => format!("{contact} offline, last seen {t}"),
+                (false, None) => format!("{contact} offline"),
+            },
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod devices;
 mod forward;
 pub(crate) mod groups;
 mod history_cli;
+mod presence_cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -197,6 +198,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Contacts' presence: online, or offline and when last seen (as far
+    /// as they share it).
+    Presence {
+        /// Only this contact.
+        contact: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or change settings.
     Settings {
         #[command(subcommand)]
@@ -314,7 +324,7 @@ enum BackupCommand {
 }
 
 /// One setting of `tern settings`.
-#[derive(Subcommand, Clone, Copy, Debug)]
+#[derive(Subcommand, Clone, Debug)]
 enum Setting {
     /// Keep history on the relay, encrypted, for DAYS days (1-90), so a new
     /// device can restore it; 0 turns it off and deletes it all at the
@@ -337,6 +347,27 @@ enum Setting {
     Direct {
         /// on, off or verified.
         value: Option<DirectArg>,
+    },
+    /// Share presence (online, last seen) with every contact (on, the
+    /// default), nobody (off), or only the contacts named (contacts NAME...).
+    /// Without a value, print the current one.
+    Presence {
+        /// on | off | contacts NAME...
+        #[arg(num_args = 0.., value_name = "on|off|contacts NAME...")]
+        value: Vec<String>,
+    },
+    /// Let contacts who see your presence see when you were last online
+    /// (on, the default; rounded to the minute), or only online/offline (off).
+    LastSeen {
+        /// on or off.
+        value: Option<OnOff>,
+    },
+    /// Register a push endpoint (UnifiedPush-style URL) the home relay POSTs
+    /// an empty wake-up to when mail waits and this device is not
+    /// connected; off removes it. Without a value, print the current one.
+    Push {
+        /// URL or off.
+        value: Option<String>,
     },
 }
 
@@ -591,6 +622,21 @@ fn print_event(e: &Event, as_json: bool) {
             },
             false,
         ) => vec![path_line(contact, *state, *rtt_ms)],
+        (
+            Event::Presence {
+                contact,
+                online,
+                last_seen_ms,
+            },
+            json,
+        ) => vec![presence_cli::presence_line(
+            &tern_client::presence::ContactPresence {
+                contact: contact.clone(),
+                online: Some(*online),
+                last_seen_ms: *last_seen_ms,
+            },
+            json,
+        )],
         (Event::Lagged { missed }, _) => {
             eprintln!(
                 "tern: fell behind; {missed} event(s) not shown (they are in `tern history`)"
@@ -703,6 +749,11 @@ fn forwardable(command: &Command) -> Option<forward::Forward> {
         | Command::Backup { .. }
         | Command::Settings {
             setting: Setting::History { .. },
+        }
+        // Presence hands itself to a running client (`presence_cli::op`).
+        | Command::Presence { .. }
+        | Command::Settings {
+            setting: Setting::Presence { .. } | Setting::LastSeen { .. } | Setting::Push { .. },
         }
         | Command::History { remote: true, .. }
         | Command::History { restore: true, .. }
@@ -1021,6 +1072,34 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(server) = &server {
                 server.shutdown().await;
             }
+        }
+        Command::Presence { contact, json } => {
+            let req = tern_client::presence::request::PresenceRequest::Query { contact };
+            let result = presence_cli::op(&home, || open(&home), req).await?;
+            presence_cli::print(&result, "presence", json);
+        }
+        Command::Settings {
+            setting: Setting::Presence { value },
+        } => {
+            let req = presence_cli::sharing_request(&value)?;
+            let result = presence_cli::op(&home, || open(&home), req).await?;
+            presence_cli::print(&result, "presence", false);
+        }
+        Command::Settings {
+            setting: Setting::LastSeen { value },
+        } => {
+            let req = tern_client::presence::request::PresenceRequest::LastSeen {
+                set: value.map(|v| v == OnOff::On),
+            };
+            let result = presence_cli::op(&home, || open(&home), req).await?;
+            presence_cli::print(&result, "last-seen", false);
+        }
+        Command::Settings {
+            setting: Setting::Push { value },
+        } => {
+            let req = presence_cli::push_request(value.as_deref());
+            let result = presence_cli::op(&home, || open(&home), req).await?;
+            presence_cli::print(&result, "push", false);
         }
         Command::History { restore: true, .. } => {
             history_cli::restore(&home, || open(&home)).await?;

@@ -76,6 +76,17 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rtt_ms: Option<u64>,
     },
+    /// A contact's presence changed (any of their devices online makes
+    /// them online; `crate::presence`).
+    Presence {
+        /// The contact's name.
+        contact: String,
+        /// Online now.
+        online: bool,
+        /// Offline: when last online (ms since the epoch, to the minute),
+        /// unless they hide it.
+        last_seen_ms: Option<u64>,
+    },
 }
 
 /// Whether a direct path is up.

@@ -33,6 +33,7 @@ pub mod inbox;
 pub mod invites;
 pub mod layers;
 pub mod outbox;
+pub mod presence;
 pub mod receipts;
 pub mod settings;
 pub mod spacing;

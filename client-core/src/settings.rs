@@ -22,6 +22,17 @@ pub struct Settings {
     /// on by default): a direct path shows each side the other's IP
     /// address (docs/threat-model.md).
     pub direct: DirectMode,
+    /// With whom presence is shared (`tern settings presence`; every
+    /// contact by default). See [`crate::presence`].
+    pub presence: crate::presence::PresenceSharing,
+    /// Watchers see when we were last online (`tern settings last-seen`;
+    /// on by default), rounded to the minute.
+    pub last_seen: bool,
+    /// The push endpoint registered with the home relay (`tern settings
+    /// push URL|off`), if any.
+    pub push: Option<String>,
+    /// The relay dropped the endpoint after it failed for too long.
+    pub push_dropped: bool,
 }
 
 impl Default for Settings {
@@ -30,6 +41,10 @@ impl Default for Settings {
             read_receipts: true,
             history_days: 0,
             direct: DirectMode::On,
+            presence: crate::presence::PresenceSharing::On,
+            last_seen: true,
+            push: None,
+            push_dropped: false,
         }
     }
 }

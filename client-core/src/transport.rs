@@ -320,7 +320,8 @@ async fn dial(
     })
 }
 
-/// One connection to one relay.
+/// One connection to one relay. Clones share the connection.
+#[derive(Clone)]
 pub struct RelayLink {
     conn: quinn::Connection,
     relay: String,

@@ -41,6 +41,12 @@ pub const AUTH_SIGNATURE_CONTEXT: &[u8] = b"tern/1 auth";
 pub const STREAM_CONTROL: u8 = 1;
 /// First byte of the message stream: sends, pushes and acks as frames.
 pub const STREAM_MESSAGES: u8 = 2;
+/// First byte of a presence stream: one `PresenceSubscribe`, then
+/// `PresenceUpdate`s (docs/protocol.md §17). Never on an authenticated
+/// connection.
+pub const STREAM_PRESENCE: u8 = 3;
+/// Length of a presence capability in bytes.
+pub const PRESENCE_CAPABILITY_LEN: usize = 32;
 
 /// Length of a mailbox id in bytes.
 pub const MAILBOX_ID_LEN: usize = 16;

@@ -33,6 +33,8 @@ pub struct RelayConfig {
     pub store: StoreKind,
     /// The Redis Cluster engine's settings (with `store = "redis"`).
     pub redis: RedisConfig,
+    /// Presence and push wake-ups (docs/operations.md, "Presence and push").
+    pub presence: crate::presence::PresenceConfig,
     /// Who is told what the relay sees per connection (tests and audits);
     /// none by default, and never part of a config file.
     #[serde(skip)]
@@ -275,6 +277,7 @@ impl Default for RelayConfig {
             rates: RateConfig::default(),
             store: StoreKind::default(),
             redis: RedisConfig::default(),
+            presence: crate::presence::PresenceConfig::default(),
             observer: Default::default(),
         }
     }

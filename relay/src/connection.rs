@@ -31,7 +31,7 @@ use tern_protocol::{ErrorCode, WireError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 
-use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES};
+use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES, STREAM_PRESENCE};
 
 /// How long a new stream may take to say what kind it is.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +65,10 @@ pub struct Shared<S, C> {
     pub push_budget: Arc<PushBudget>,
     /// History blobs ([`crate::history`]).
     pub history: crate::history::HistoryService,
+    /// Who is online, and who may know ([`crate::presence`]).
+    pub presence: Arc<crate::presence::Presence>,
+    /// Push endpoints and wake-ups ([`crate::push`]).
+    pub push: crate::push::Push,
 }
 
 /// Largest an envelope frame's fields other than the payload make it: the
@@ -131,6 +135,12 @@ async fn stream<S: MailboxStore, C: Clock>(
     match kind[0] {
         STREAM_CONTROL => control(shared, state, id, exporter, send, recv).await,
         STREAM_MESSAGES => messages(shared, state, id, send, recv).await,
+        STREAM_PRESENCE => {
+            let authenticated = state.mailbox().is_some();
+            let max = shared.core.limits().max_frame_bytes;
+            let presence = Arc::clone(&shared.presence);
+            crate::presence::stream::serve(presence, authenticated, max, send, recv).await
+        }
         _ => {
             let frame = pb::RelayFrame::error(WireError::new(
                 ErrorCode::Unsupported,
@@ -180,6 +190,10 @@ async fn control<S: MailboxStore, C: Clock>(
     }
     let response = match read {
         Ok(Some(body)) => match decode_message::<pb::ControlRequest>(&body) {
+            Ok(req) if crate::presence::control::is_presence(&req) => {
+                // Presence and push live in memory: answered here.
+                crate::presence::control::answer(&shared, state.mailbox(), req)
+            }
             Ok(req) if tern_protocol::history::is_history(&req) => {
                 // History requests go to their own store, off the async
                 // workers; they are durable when answered.

@@ -285,6 +285,11 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             Some(Request::HistoryPut(_))
             | Some(Request::HistoryPage(_))
             | Some(Request::HistoryDelete(_))
+            // Presence and push live in memory (crate::presence), answered
+            // by the connection driver.
+            | Some(Request::PresencePublish(_))
+            | Some(Request::PresenceHeartbeat(_))
+            | Some(Request::PushRegister(_))
             | None => Err(WireError::new(
                 ErrorCode::Unsupported,
                 "unknown or empty request",

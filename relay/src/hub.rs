@@ -56,7 +56,13 @@ pub struct Hub {
     max_per_mailbox: usize,
     /// The other relays of a fleet, if any.
     fleet: OnceLock<Arc<dyn Fleet>>,
+    /// Told of a store for a mailbox with no subscriber here (push
+    /// wake-ups, [`crate::push`]); must not block.
+    idle: OnceLock<IdleStore>,
 }
+
+/// What [`Hub::on_idle_store`] calls.
+type IdleStore = Box<dyn Fn(&MailboxId) + Send + Sync>;
 
 /// One device's subscription; unsubscribes when dropped.
 pub struct Subscription {
@@ -132,7 +138,11 @@ impl Hub {
     /// Tell the mailbox's subscribers, here and on the fleet's other
     /// relays, that something new is durably stored.
     pub fn stored(&self, mailbox: &MailboxId) {
-        self.stored_elsewhere(mailbox);
+        if !self.wake_local(mailbox) {
+            if let Some(idle) = self.idle.get() {
+                idle(mailbox);
+            }
+        }
         if let Some(f) = self.fleet.get() {
             f.stored(mailbox);
         }
@@ -141,11 +151,25 @@ impl Hub {
     /// Wake this relay's subscribers of `mailbox` only: another relay
     /// stored something for it.
     pub fn stored_elsewhere(&self, mailbox: &MailboxId) {
-        if let Ok(subs) = self.subs.lock() {
-            for s in subs.get(mailbox).into_iter().flatten() {
-                s.wake.notify_one();
-            }
+        self.wake_local(mailbox);
+    }
+
+    /// Wake this relay's subscribers of `mailbox`; false if it has none.
+    fn wake_local(&self, mailbox: &MailboxId) -> bool {
+        let Ok(subs) = self.subs.lock() else {
+            return true;
+        };
+        let list = subs.get(mailbox);
+        for s in list.into_iter().flatten() {
+            s.wake.notify_one();
         }
+        list.is_some_and(|l| !l.is_empty())
+    }
+
+    /// Call `f` whenever something is stored here for a mailbox with no
+    /// subscriber on this relay. Once per hub.
+    pub fn on_idle_store(&self, f: impl Fn(&MailboxId) + Send + Sync + 'static) {
+        let _ = self.idle.set(Box::new(f));
     }
 
     /// Hand an ephemeral envelope to connected subscribers; true if any took it.

@@ -19,6 +19,8 @@ pub mod entropy;
 pub mod history;
 pub mod hub;
 pub mod observer;
+pub mod presence;
+pub mod push;
 pub mod rate;
 pub mod server;
 pub mod store;

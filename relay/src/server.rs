@@ -191,6 +191,18 @@ impl<S: MailboxStore> RunningRelay<S> {
             Arc::clone(&clock),
             crate::history::HistoryLimits::from_limits(&config.limits),
         );
+        let presence = Arc::new(crate::presence::Presence::new(
+            Arc::clone(&clock),
+            config.presence.clone(),
+        ));
+        let (push, push_queue) =
+            crate::push::Push::new(config.presence.push.clone(), Arc::clone(&clock));
+        tokio::spawn(push.clone().run(push_queue));
+        {
+            let push = push.clone();
+            hub.on_idle_store(move |mailbox| push.wake(mailbox));
+        }
+        tokio::spawn(crate::presence::run_ticks(Arc::downgrade(&presence)));
         let core = RelayCore::new(Arc::clone(&store), clock, config.limits.clone(), rates);
         let shared = Arc::new(Shared {
             core,
@@ -203,6 +215,8 @@ impl<S: MailboxStore> RunningRelay<S> {
             workers,
             observer: config.observer.clone(),
             history,
+            presence,
+            push,
         });
 
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)

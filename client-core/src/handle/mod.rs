@@ -11,6 +11,7 @@
 
 mod direct;
 mod flush;
+mod presence;
 mod task;
 
 use crate::client::Client;
@@ -170,6 +171,14 @@ impl ClientHandle {
     }
 
     /// Run a history operation ([`crate::history`]) in the running client.
+    pub async fn presence_op(
+        &self,
+        req: crate::presence::request::PresenceRequest,
+    ) -> Result<crate::presence::request::PresenceResult, ClientError> {
+        self.ask(|reply| Command::PresenceOp { req, reply }).await
+    }
+
+    /// A history operation ([`crate::history`]) in the running client.
     pub async fn history_op(
         &self,
         req: crate::history::request::HistoryRequest,

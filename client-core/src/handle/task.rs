@@ -88,6 +88,10 @@ pub(super) enum Command {
         req: crate::trust::TrustRequest,
         reply: Reply<crate::trust::TrustResult>,
     },
+    PresenceOp {
+        req: crate::presence::request::PresenceRequest,
+        reply: Reply<crate::presence::request::PresenceResult>,
+    },
     HistoryOp {
         req: crate::history::request::HistoryRequest,
         reply: Reply<crate::history::request::HistoryResult>,
@@ -124,6 +128,8 @@ enum Wake {
     History,
     Direct(Option<Inbound>),
     DirectSettle,
+    Seen(Option<crate::presence::watch::Seen>),
+    OwnerNews(Option<crate::presence::owner::OwnerNews>),
 }
 
 /// How long queued history entries wait for more before they go up, so a
@@ -164,6 +170,8 @@ pub(super) struct Task {
     pub(super) paths: Option<Paths>,
     pub(super) direct_rx: Option<mpsc::Receiver<Inbound>>,
     pub(super) direct: DirectIntake,
+    /// Presence: heartbeats, watchers, states (`super::presence`).
+    pub(super) presence: super::presence::PresenceRuntime,
 }
 
 async fn next_inbound(rx: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
@@ -228,6 +236,7 @@ impl Task {
             paths,
             direct_rx,
             direct: DirectIntake::default(),
+            presence: Default::default(),
         }
     }
 
@@ -237,6 +246,7 @@ impl Task {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.presence_rewatch();
         let done = loop {
             // Direct arrivals are acked only once durable: due ones are
             // settled however busy the client is with commands.
@@ -278,6 +288,8 @@ impl Task {
                 _ = sleep_until_some(top_up_at), if top_up_at.is_some() => Wake::TopUp,
                 _ = sleep_until_some(history_due), if history_due.is_some() => Wake::History,
                 _ = sleep_until_some(direct_settle), if direct_settle.is_some() => Wake::DirectSettle,
+                s = self.presence.seen_rx.recv() => Wake::Seen(s),
+                n = self.presence.owner_rx.recv() => Wake::OwnerNews(n),
             };
             match wake {
                 Wake::Command(Some(Command::Shutdown(done))) => break Some(done),
@@ -292,6 +304,9 @@ impl Task {
                 Wake::Reconnect => {}
                 Wake::Connected(c) => {
                     self.on_connected(c);
+                    if let Some(link) = self.home_link_clone() {
+                        self.presence_connected(link).await;
+                    }
                     // History queued while offline goes up soon.
                     self.history_soon();
                 }
@@ -309,6 +324,10 @@ impl Task {
                 Wake::Direct(Some(i)) => self.on_direct(i).await,
                 Wake::Direct(None) => self.direct_rx = None,
                 Wake::DirectSettle => self.settle_direct().await,
+                Wake::Seen(Some(s)) => self.on_seen(s),
+                Wake::OwnerNews(Some(n)) => self.on_owner_news(n),
+                // The runtime holds a sender of each: never closed.
+                Wake::Seen(None) | Wake::OwnerNews(None) => {}
             }
         };
         self.stop().await;
@@ -395,6 +414,7 @@ impl Task {
             home.link.close();
             self.emit(Event::Connection { connected: false });
         }
+        self.presence_lost();
         self.retry_later(&e);
     }
 
@@ -453,7 +473,15 @@ impl Task {
         }
         self.history_soon();
         self.act_on_direct_news();
+        // A new grant: watch it too; a new contact: grant it.
+        self.presence_rewatch();
+        self.presence_refresh(false).await;
         Ok(())
+    }
+
+    /// A clone of the home link, if connected.
+    pub(super) fn home_link_clone(&self) -> Option<RelayLink> {
+        self.home.as_ref().map(|h| h.link.clone())
     }
 
     /// Flush queued receipts after a random delay (the send spacing's
@@ -486,6 +514,7 @@ impl Task {
                     self.request_flush(Vec::new());
                 }
                 let _ = reply.send(r);
+                self.presence_refresh(true).await;
             }
             Command::Contacts(reply) => {
                 let _ = reply.send(self.client.contacts());
@@ -504,6 +533,7 @@ impl Task {
             }
             Command::Block { contact, reply } => {
                 let _ = reply.send(self.client.block(&contact).await);
+                self.presence_refresh(true).await;
             }
             Command::FlushOutbox(reply) => self.request_flush(vec![Waiter::Report(reply)]),
             Command::Profile(reply) => {
@@ -579,6 +609,10 @@ impl Task {
                 if rotate && r.is_ok() {
                     self.request_flush(Vec::new());
                 }
+                let _ = reply.send(r);
+            }
+            Command::PresenceOp { req, reply } => {
+                let r = self.presence_command(req).await;
                 let _ = reply.send(r);
             }
             Command::HistoryOp { req, reply } => {

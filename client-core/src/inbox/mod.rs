@@ -355,6 +355,13 @@ impl Client {
             self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
             return Ok(None);
         }
+        if let (Some(Body::PresenceGrant(g)), Some(c)) = (&opened.body, &known) {
+            if !self.store.seen(&id)? && !self.contact_state(&c.identity_key)?.blocked {
+                self.accept_presence_grant(&c.identity_key, &sender, g)?;
+            }
+            self.commit_no_entry(&sender, &session, account, keep_new, &id)?;
+            return Ok(None);
+        }
         if other_device && matches!(opened.body, Some(Body::Hello(_) | Body::TokenRotation(_))) {
             warn!("dropping a hello or token rotation from a contact's other device");
             self.commit_no_entry(&sender, &session, account, keep_new, &id)?;

@@ -128,6 +128,11 @@ pub(crate) async fn call<B: RpcBackend>(
                 .map_err(client_err)?;
             encode(&settings)
         }
+        PRESENCE_OP => {
+            let req: crate::presence::request::PresenceRequest = params(raw)?;
+            let result = backend.presence_op(req).await.map_err(client_err)?;
+            encode(&result)
+        }
         HISTORY_OP => {
             let req: crate::history::request::HistoryRequest = params(raw)?;
             let result = backend.history_op(req).await.map_err(client_err)?;

@@ -63,6 +63,12 @@ impl RpcBackend for ClientHandle {
     ) -> Result<crate::history::request::HistoryResult, ClientError> {
         ClientHandle::history_op(self, req).await
     }
+    async fn presence_op(
+        &self,
+        req: crate::presence::request::PresenceRequest,
+    ) -> Result<crate::presence::request::PresenceResult, ClientError> {
+        ClientHandle::presence_op(self, req).await
+    }
     fn subscribe(&self) -> EventStream {
         ClientHandle::subscribe(self)
     }

@@ -46,6 +46,10 @@ pub const TRUST: &str = "trust";
 /// [`crate::history::request::HistoryRequest`], the result a
 /// [`crate::history::request::HistoryResult`].
 pub const HISTORY_OP: &str = "history_op";
+/// `presence_op`: `tern presence`, `tern settings presence|last-seen|push`;
+/// params are a [`crate::presence::request::PresenceRequest`], the result
+/// a [`crate::presence::request::PresenceResult`].
+pub const PRESENCE_OP: &str = "presence_op";
 /// `path`: whether a direct path to a contact is open ([`PathParams`],
 /// [`PathResult`]).
 pub const PATH: &str = "path";
@@ -558,6 +562,16 @@ pub enum EventParams {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rtt_ms: Option<u64>,
     },
+    /// A contact's presence changed.
+    Presence {
+        /// Contact name.
+        contact: String,
+        /// Online now.
+        online: bool,
+        /// When last online (RFC 3339), or null when online, hidden or
+        /// unknown.
+        last_seen: Option<String>,
+    },
 }
 
 /// Where a sent message stands, in a `delivery` event.
@@ -636,6 +650,15 @@ impl EventParams {
                 contact: contact.clone(),
                 state: *state,
                 rtt_ms: *rtt_ms,
+            }),
+            Event::Presence {
+                contact,
+                online,
+                last_seen_ms,
+            } => Some(EventParams::Presence {
+                contact: contact.clone(),
+                online: *online,
+                last_seen: last_seen_ms.map(rfc3339_ms),
             }),
         }
     }

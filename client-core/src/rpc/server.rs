@@ -143,6 +143,15 @@ pub trait RpcBackend: Clone + Send + Sync + 'static {
         let _ = req;
         async { Err(ClientError::History("this backend keeps no history".into())) }
     }
+    /// A presence command ([`crate::presence`]).
+    fn presence_op(
+        &self,
+        req: crate::presence::request::PresenceRequest,
+    ) -> impl Future<Output = Result<crate::presence::request::PresenceResult, ClientError>> + Send
+    {
+        let _ = req;
+        async { Err(ClientError::Store("this backend keeps no presence".into())) }
+    }
     /// Set with whom direct paths open.
     fn set_direct(
         &self,

@@ -1,0 +1,358 @@
+//! Presence at scale: N devices, each on its own authenticated QUIC
+//! connection, each granting 50 contacts (the next 50 devices) a capability
+//! and watching its own 50 contacts. Measured on the relay (run it as a
+//! child, `--spawn-relay`, for figures of the relay alone): RSS with the
+//! idle connections alone (the baseline), RSS with presence on top
+//! (published capabilities, subscriptions, heartbeats), CPU idle and at a
+//! churn of `churn` (1% by default) of devices changing state per second,
+//! and the time from a state change to its watchers seeing it: from the
+//! beat for online, from last beat + grace for offline.
+//!
+//! Watching is multiplexed: each presence stream carries up to 1,000
+//! capabilities (20 simulated devices' 50 each), on a few unauthenticated
+//! connections, so the load generator does not open another N
+//! connections; the relay's per-capability state is the same either way.
+
+use crate::progress::Progress;
+use crate::relay::BenchRelay;
+use crate::report::{Latency, Row};
+use crate::traffic;
+use anyhow::anyhow;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tern_client::presence::{capability_hash, owner, watch};
+use tern_client::transport::{Dialer, RelayLink};
+use tokio::sync::Semaphore;
+
+/// Contacts each device grants and watches.
+pub const CONTACTS: usize = 50;
+/// Capabilities per presence stream (the relay's default most).
+const CAPS_PER_STREAM: usize = 1_000;
+/// Presence streams per watcher connection (the relay allows 16 streams).
+const STREAMS_PER_CONN: usize = 12;
+
+/// One run's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PresencePlan {
+    /// Devices.
+    pub devices: usize,
+    /// Share of devices changing state per second.
+    pub churn: f64,
+    /// Seconds of churn.
+    pub seconds: u64,
+    /// Seconds to hold before each measurement.
+    pub hold: Duration,
+    /// The relay's grace period (it must match the relay's config).
+    pub grace: Duration,
+    /// Bound on opening the connections.
+    pub timeout: Duration,
+}
+
+/// The capability device `owner` gives its `k`-th contact.
+fn cap(owner: usize, k: usize) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"tern-bench presence");
+    h.update((owner as u64).to_be_bytes());
+    h.update((k as u64).to_be_bytes());
+    h.finalize().into()
+}
+
+/// What watchers compare against: per owner, whether it should now be
+/// online, and since when (ns after `epoch`) that is visible.
+struct Expect {
+    online: Vec<AtomicBool>,
+    since_ns: Vec<AtomicU64>,
+    /// When each owner's latest beat left (ns after `epoch`).
+    last_beat_ns: Vec<AtomicU64>,
+    grace_ns: u64,
+    epoch: Instant,
+    measuring: AtomicBool,
+}
+
+impl Expect {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// One beat for `owner`, noting when it left.
+    async fn beat(&self, owner: usize, link: &RelayLink) {
+        self.last_beat_ns[owner].store(self.now_ns(), Relaxed);
+        let _ = owner::heartbeat(link).await;
+    }
+
+    fn set(&self, owner: usize, online: bool, at: Instant) {
+        let ns = at.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.since_ns[owner].store(ns, Relaxed);
+        self.online[owner].store(online, Relaxed);
+    }
+}
+
+/// Open `n` authenticated connections, 256 per client socket.
+async fn open(relay: &BenchRelay, n: usize, timeout: Duration) -> anyhow::Result<Vec<RelayLink>> {
+    let progress = Progress::new(n as u64, "connected");
+    progress.set_prefix("presence open".to_string());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    let mut remaining = n;
+    while remaining > 0 {
+        let k = remaining.min(256);
+        remaining -= k;
+        let (url, gate, count) = (relay.url.clone(), Arc::clone(&gate), progress.count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut dialer = Dialer::default();
+            let mut enrolling = tokio::task::JoinSet::new();
+            for _ in 0..k {
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout_at(deadline, Arc::clone(&gate).acquire_owned()).await
+                else {
+                    continue;
+                };
+                if let Ok(Ok(link)) = tokio::time::timeout_at(deadline, dialer.connect(&url)).await
+                {
+                    let count = count.clone();
+                    enrolling.spawn(async move {
+                        let r = tokio::time::timeout_at(deadline, traffic::enroll(link)).await;
+                        drop(permit);
+                        count.fetch_add(1, Relaxed);
+                        r
+                    });
+                }
+            }
+            let mut links = Vec::new();
+            while let Some(done) = enrolling.join_next().await {
+                if let Ok(Ok(Ok(r))) = done {
+                    links.push(r.link);
+                }
+            }
+            (dialer, links)
+        }));
+    }
+    let mut links = Vec::new();
+    for t in tasks {
+        let (dialer, l) = t.await.map_err(|e| anyhow!("connect task: {e}"))?;
+        // The endpoints live as long as their connections' clones.
+        std::mem::forget(dialer);
+        links.extend(l);
+    }
+    progress.finish();
+    if links.len() < n {
+        return Err(anyhow!("only {} of {n} devices connected", links.len()));
+    }
+    Ok(links)
+}
+
+/// Beat for `owner` every grace/3 while `beating`; stops with `stop`.
+async fn beat_loop(
+    expect: Arc<Expect>,
+    i: usize,
+    link: RelayLink,
+    beating: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    phase: Duration,
+) {
+    tokio::time::sleep(phase).await;
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Relaxed) {
+        tick.tick().await;
+        if beating.load(Relaxed) {
+            expect.beat(i, &link).await;
+        }
+    }
+}
+
+/// Run once against `relay` (a child process for relay figures).
+pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyhow::Result<Row> {
+    let n = plan.devices.max(CONTACTS + 1);
+    let links = open(relay, n, plan.timeout).await?;
+    tokio::time::sleep(plan.hold).await;
+    let baseline = relay.sample();
+
+    // Publish: device i grants its k-th contact, device (i + k + 1) % n.
+    let gate = Arc::new(Semaphore::new(256));
+    let mut pubs = tokio::task::JoinSet::new();
+    for (i, link) in links.iter().enumerate() {
+        let hashes: Vec<[u8; 32]> = (0..CONTACTS).map(|k| capability_hash(&cap(i, k))).collect();
+        let (link, gate) = (link.clone(), Arc::clone(&gate));
+        pubs.spawn(async move {
+            let _p = gate.acquire_owned().await;
+            owner::publish(&link, &hashes, false).await
+        });
+    }
+    while let Some(r) = pubs.join_next().await {
+        r.map_err(|e| anyhow!("publish task: {e}"))??;
+    }
+
+    // Watch: device j holds cap(i, k) for i = j - k - 1; streams of 1,000.
+    let mut held: Vec<([u8; 32], usize)> = Vec::with_capacity(n * CONTACTS);
+    for j in 0..n {
+        for k in 0..CONTACTS {
+            let i = (j + n - k - 1) % n;
+            held.push((cap(i, k), i));
+        }
+    }
+    let expect = Arc::new(Expect {
+        online: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        since_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        last_beat_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        grace_ns: plan.grace.as_nanos() as u64,
+        epoch: Instant::now(),
+        measuring: AtomicBool::new(false),
+    });
+    let on_lat = Arc::new(Mutex::new(Latency::new()));
+    let off_lat = Arc::new(Mutex::new(Latency::new()));
+    let updates = Arc::new(AtomicU64::new(0));
+    let mut watchers = tokio::task::JoinSet::new();
+    let mut watcher_dialers = Vec::new();
+    for conn_chunk in held.chunks(CAPS_PER_STREAM * STREAMS_PER_CONN) {
+        let mut dialer = Dialer::default();
+        let link = dialer.connect_unlinked(&relay.url).await?;
+        watcher_dialers.push(dialer);
+        for chunk in conn_chunk.chunks(CAPS_PER_STREAM) {
+            let caps: Vec<[u8; 32]> = chunk.iter().map(|(c, _)| *c).collect();
+            let owners: Vec<usize> = chunk.iter().map(|(_, o)| *o).collect();
+            let (_send, mut recv) = watch::subscribe(&link, &caps).await?;
+            let (expect, on_lat, off_lat, updates) = (
+                Arc::clone(&expect),
+                Arc::clone(&on_lat),
+                Arc::clone(&off_lat),
+                Arc::clone(&updates),
+            );
+            watchers.spawn(async move {
+                let _keep = _send;
+                while let Ok(Some(u)) = watch::next_update(&mut recv).await {
+                    updates.fetch_add(1, Relaxed);
+                    let Some(&o) = owners.get(u.index as usize) else {
+                        continue;
+                    };
+                    if !expect.measuring.load(Relaxed) || expect.online[o].load(Relaxed) != u.online
+                    {
+                        continue;
+                    }
+                    let now = expect.now_ns();
+                    // Offline is due a grace period after the last beat
+                    // left (the relay got it a little later: this errs
+                    // long).
+                    let since = if u.online {
+                        expect.since_ns[o].load(Relaxed)
+                    } else {
+                        expect.last_beat_ns[o].load(Relaxed) + expect.grace_ns
+                    };
+                    let lat = if u.online {
+                        on_lat.as_ref()
+                    } else {
+                        off_lat.as_ref()
+                    };
+                    if let Ok(mut l) = lat.lock() {
+                        l.record(now.saturating_sub(since));
+                    }
+                }
+            });
+        }
+    }
+
+    // Everyone online, beating every grace/3 (spread over the interval).
+    let every = plan.grace / 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    // A fifth start offline: the pool churn brings back.
+    let starts_online = |i: usize| i % 5 != 0;
+    let beating: Vec<Arc<AtomicBool>> = (0..n)
+        .map(|i| Arc::new(AtomicBool::new(starts_online(i))))
+        .collect();
+    let mut offline: std::collections::VecDeque<usize> =
+        (0..n).filter(|i| !starts_online(*i)).collect();
+    let mut beats = tokio::task::JoinSet::new();
+    for (i, link) in links.iter().enumerate() {
+        let phase = every.mul_f64(i as f64 / n as f64);
+        beats.spawn(beat_loop(
+            Arc::clone(&expect),
+            i,
+            link.clone(),
+            Arc::clone(&beating[i]),
+            Arc::clone(&stop),
+            every,
+            phase,
+        ));
+        expect.set(i, starts_online(i), Instant::now());
+    }
+    tokio::time::sleep(every + plan.hold).await;
+    let idle_start = relay.sample();
+    let idle_at = Instant::now();
+    tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
+    let idle_end = relay.sample();
+    let idle = crate::proc::usage(&idle_start, &idle_end, idle_at.elapsed());
+
+    // Churn: every 100 ms, a tenth of the per-second share flips.
+    expect.measuring.store(true, Relaxed);
+    let per_tick = ((n as f64 * plan.churn) / 10.0).round().max(1.0) as usize;
+    let mut next = 0usize;
+    let churn_start = relay.sample();
+    let churn_at = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut flips = 0u64;
+    while churn_at.elapsed() < Duration::from_secs(plan.seconds) {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            flips += 1;
+            if flips % 2 == 0 {
+                // An online device goes quiet: offline once the grace has
+                // run from its last beat. Walk with a large stride so
+                // flips spread over the ring.
+                let mut i = next % n;
+                while !beating[i].load(Relaxed) {
+                    next += 1;
+                    i = next % n;
+                }
+                next += 7919;
+                beating[i].store(false, Relaxed);
+                expect.set(i, false, Instant::now());
+                offline.push_back(i);
+            } else if let Some(i) = offline.pop_front() {
+                let link = links[i].clone();
+                let b = Arc::clone(&beating[i]);
+                let e = Arc::clone(&expect);
+                tokio::spawn(async move {
+                    e.set(i, true, Instant::now());
+                    e.beat(i, &link).await;
+                    b.store(true, Relaxed);
+                });
+            }
+        }
+    }
+    let churn_end = relay.sample();
+    let churn = crate::proc::usage(&churn_start, &churn_end, churn_at.elapsed());
+    // Let the last offline flips come due.
+    tokio::time::sleep(plan.grace + Duration::from_secs(2)).await;
+    stop.store(true, Relaxed);
+    watchers.abort_all();
+    beats.abort_all();
+    for l in &links {
+        l.close();
+    }
+    let rss_mib = |s: &crate::proc::Sample| s.rss as f64 / (1 << 20) as f64;
+    let (on, off) = (
+        on_lat.lock().map_err(|_| anyhow!("poisoned"))?,
+        off_lat.lock().map_err(|_| anyhow!("poisoned"))?,
+    );
+    Ok(Row {
+        label,
+        values: vec![
+            ("devices", n as f64),
+            ("watched caps", (n * CONTACTS) as f64),
+            ("baseline rss MiB", rss_mib(&baseline)),
+            ("presence rss MiB", rss_mib(&idle_end)),
+            ("over baseline MiB", rss_mib(&idle_end) - rss_mib(&baseline)),
+            ("idle relay cores", idle.relay_cores),
+            ("churn relay cores", churn.relay_cores),
+            ("flips", flips as f64),
+            ("updates", updates.load(Relaxed) as f64),
+            ("online p50 ms", on.ms(0.5)),
+            ("online p99 ms", on.ms(0.99)),
+            ("offline p50 ms", off.ms(0.5)),
+            ("offline p99 ms", off.ms(0.99)),
+        ],
+    })
+}

@@ -1,0 +1,443 @@
+//! Presence (docs/protocol.md §17): which devices are online, told only to
+//! holders of a capability their owner published. Everything here lives in
+//! memory: an owner publishes its capability hashes again on every
+//! connection, and heartbeats are only meaningful while they come.
+//!
+//! The table is a plain struct over an injected [`Clock`]: heartbeats mark
+//! a device online at once; [`Presence::tick`] marks it offline once no
+//! heartbeat came for the grace period. A change marks the watching
+//! subscriptions dirty and wakes them; each subscription's stream then
+//! reads the current states it owes ([`Watch::take`]). So the relay's work
+//! is proportional to changes, never to subscribers times time, and a
+//! watcher that falls behind gets the latest state rather than a backlog.
+//!
+//! What the relay learns: which capability hashes belong to which mailbox,
+//! when a mailbox's owner beats, and that some unauthenticated connection
+//! presented a capability. It never learns which mailbox the watcher owns:
+//! subscriptions are refused on authenticated connections.
+
+pub mod control;
+pub mod stream;
+
+use crate::clock::Clock;
+use crate::store::{MailboxId, TokenHash};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tern_protocol::{pb, ErrorCode, WireError, PRESENCE_CAPABILITY_LEN};
+use tokio::sync::Notify;
+
+/// "Last seen" is told rounded down to this (one minute), so watchers do
+/// not learn exactly when a device dropped off.
+pub const LAST_SEEN_ROUNDING_MS: u64 = 60_000;
+
+/// The relay's presence and push settings (`[presence]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A device counts offline once no heartbeat came for this long, in
+    /// milliseconds, so a flaky link does not make it flicker.
+    pub grace_ms: u64,
+    /// Most capability hashes one mailbox publishes.
+    pub max_capabilities: usize,
+    /// Most capabilities one subscription presents.
+    pub max_per_subscription: usize,
+    /// Push wake-ups for devices that are not connected.
+    pub push: crate::push::PushConfig,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 30_000,
+            max_capabilities: 1_000,
+            max_per_subscription: 1_000,
+            push: crate::push::PushConfig::default(),
+        }
+    }
+}
+
+/// SHA-256 of a presence capability, the form the relay keeps it in.
+pub fn capability_hash(capability: &[u8]) -> TokenHash {
+    Sha256::digest(capability).into()
+}
+
+/// One device's presence.
+#[derive(Debug, Default)]
+struct Device {
+    /// Its published capability hashes (a boxed slice: this is most of
+    /// the table's memory at scale, and it changes only on publish).
+    caps: Box<[TokenHash]>,
+    online: bool,
+    last_beat_ms: u64,
+    hide_last_seen: bool,
+}
+
+impl Device {
+    fn update(&self, index: u32) -> pb::PresenceUpdate {
+        let last_seen_ms = if self.online || self.hide_last_seen || self.last_beat_ms == 0 {
+            0
+        } else {
+            self.last_beat_ms / LAST_SEEN_ROUNDING_MS * LAST_SEEN_ROUNDING_MS
+        };
+        pb::PresenceUpdate {
+            index,
+            online: self.online,
+            last_seen_ms,
+        }
+    }
+}
+
+/// One subscription's shared half: the indexes whose state changed, and
+/// the wake-up for its stream.
+#[derive(Default)]
+pub struct Watch {
+    dirty: Mutex<Vec<u32>>,
+    /// Woken when [`Watch::take`] has something.
+    pub notify: Notify,
+}
+
+impl Watch {
+    fn mark(&self, index: u32) {
+        let mut d = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        if !d.contains(&index) {
+            d.push(index);
+        }
+        drop(d);
+        self.notify.notify_one();
+    }
+
+    /// The indexes marked since the last call.
+    pub fn take(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Who watches one capability: a subscription and the capability's index
+/// in it.
+struct Watcher {
+    sub: u64,
+    index: u32,
+    watch: Arc<Watch>,
+}
+
+/// A capability's watchers: nearly always one (the contact it was given
+/// to), kept inline so the common case allocates nothing.
+#[derive(Default)]
+enum Watchers {
+    #[default]
+    None,
+    One(Watcher),
+    Many(Vec<Watcher>),
+}
+
+impl Watchers {
+    fn push(&mut self, w: Watcher) {
+        *self = match std::mem::take(self) {
+            Watchers::None => Watchers::One(w),
+            Watchers::One(first) => Watchers::Many(vec![first, w]),
+            Watchers::Many(mut v) => {
+                v.push(w);
+                Watchers::Many(v)
+            }
+        };
+    }
+
+    fn remove_sub(&mut self, sub: u64) {
+        *self = match std::mem::take(self) {
+            Watchers::One(w) if w.sub == sub => Watchers::None,
+            Watchers::Many(mut v) => {
+                v.retain(|w| w.sub != sub);
+                match v.len() {
+                    0 => Watchers::None,
+                    1 => v.pop().map_or(Watchers::None, Watchers::One),
+                    _ => Watchers::Many(v),
+                }
+            }
+            other => other,
+        };
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Watcher> {
+        match self {
+            Watchers::None => [].iter(),
+            Watchers::One(w) => std::slice::from_ref(w).iter(),
+            Watchers::Many(v) => v.iter(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Watchers::None)
+    }
+}
+
+/// One capability hash: its owner if published, and its watchers (an
+/// owner may publish after a watcher subscribed, e.g. after a relay
+/// restart). One map for both, so each hash is stored once.
+#[derive(Default)]
+struct Cap {
+    owner: Option<MailboxId>,
+    watchers: Watchers,
+}
+
+#[derive(Default)]
+struct Table {
+    devices: HashMap<MailboxId, Device>,
+    /// Capability hashes, published or watched; gone when neither.
+    caps: HashMap<TokenHash, Cap>,
+    /// When online devices fall due for an offline check (lazy: stale
+    /// entries are skipped when popped).
+    due: BinaryHeap<Reverse<(u64, MailboxId)>>,
+    next_sub: u64,
+}
+
+impl Table {
+    fn changed(&self, mailbox: &MailboxId) {
+        let Some(d) = self.devices.get(mailbox) else {
+            return;
+        };
+        for cap in d.caps.iter() {
+            for w in self
+                .caps
+                .get(cap)
+                .into_iter()
+                .flat_map(|c| c.watchers.iter())
+            {
+                w.watch.mark(w.index);
+            }
+        }
+    }
+}
+
+/// The relay's presence table.
+pub struct Presence {
+    table: Mutex<Table>,
+    clock: Arc<dyn Clock>,
+    config: PresenceConfig,
+}
+
+/// A subscription's capabilities, dropped from the table when it ends.
+pub struct Subscription {
+    presence: Arc<Presence>,
+    id: u64,
+    hashes: Vec<TokenHash>,
+    /// What changed, for the stream to send.
+    pub watch: Arc<Watch>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut t = self.presence.table();
+        for h in &self.hashes {
+            if let Some(cap) = t.caps.get_mut(h) {
+                cap.watchers.remove_sub(self.id);
+                if cap.watchers.is_empty() && cap.owner.is_none() {
+                    t.caps.remove(h);
+                }
+            }
+        }
+    }
+}
+
+impl Presence {
+    /// An empty table reading time from `clock`.
+    pub fn new(clock: Arc<dyn Clock>, config: PresenceConfig) -> Self {
+        Self {
+            table: Mutex::new(Table::default()),
+            clock,
+            config,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &PresenceConfig {
+        &self.config
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `mailbox`'s owner replaces its capability set. Watchers of a
+    /// capability left out hear nothing more; watchers of a new one get
+    /// the current state.
+    pub fn publish(&self, mailbox: MailboxId, p: &pb::PresencePublish) -> Result<(), WireError> {
+        if p.capability_hashes.len() > self.config.max_capabilities {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} capabilities (at most {})",
+                    p.capability_hashes.len(),
+                    self.config.max_capabilities
+                ),
+            ));
+        }
+        let mut new = HashSet::with_capacity(p.capability_hashes.len());
+        for h in &p.capability_hashes {
+            let h: TokenHash = h[..].try_into().map_err(|_| {
+                WireError::new(ErrorCode::Malformed, "a capability hash is 32 bytes")
+            })?;
+            new.insert(h);
+        }
+        let mut t = self.table();
+        // A hash another mailbox already published stays theirs.
+        new.retain(|h| {
+            t.caps
+                .get(h)
+                .and_then(|c| c.owner)
+                .is_none_or(|m| m == mailbox)
+        });
+        let old = {
+            let d = t.devices.entry(mailbox).or_default();
+            d.hide_last_seen = p.hide_last_seen;
+            std::mem::replace(&mut d.caps, new.iter().copied().collect())
+        };
+        for h in old.iter().filter(|h| !new.contains(*h)) {
+            if let Some(cap) = t.caps.get_mut(h) {
+                cap.owner = None;
+                if cap.watchers.is_empty() {
+                    t.caps.remove(h);
+                }
+            }
+        }
+        for h in &new {
+            t.caps.entry(*h).or_default().owner = Some(mailbox);
+        }
+        // Everyone watching learns the state under the new rules (last
+        // seen may have been hidden or shown).
+        t.changed(&mailbox);
+        Ok(())
+    }
+
+    /// A heartbeat from `mailbox`'s authenticated owner.
+    pub fn heartbeat(&self, mailbox: MailboxId) {
+        let now = self.clock.now_ms();
+        let grace = self.config.grace_ms;
+        let mut t = self.table();
+        let d = t.devices.entry(mailbox).or_default();
+        d.last_beat_ms = now;
+        let came_online = !d.online;
+        d.online = true;
+        t.due.push(Reverse((now.saturating_add(grace), mailbox)));
+        if came_online {
+            t.changed(&mailbox);
+        }
+    }
+
+    /// Mark offline every device whose grace period ran out; returns how
+    /// many went offline. Called a few times a grace period.
+    pub fn tick(&self) -> usize {
+        let now = self.clock.now_ms();
+        let grace = self.config.grace_ms;
+        let mut t = self.table();
+        let mut went = Vec::new();
+        while let Some(Reverse((at, mailbox))) = t.due.peek().copied() {
+            if at > now {
+                break;
+            }
+            t.due.pop();
+            if let Some(d) = t.devices.get_mut(&mailbox) {
+                if d.online && d.last_beat_ms.saturating_add(grace) <= now {
+                    d.online = false;
+                    went.push(mailbox);
+                }
+            }
+        }
+        for m in &went {
+            t.changed(m);
+            // A device with nothing published and nobody to tell is
+            // forgotten once offline.
+            if t.devices.get(m).is_some_and(|d| d.caps.is_empty()) {
+                t.devices.remove(m);
+            }
+        }
+        went.len()
+    }
+
+    /// Start watching the holders of `capabilities`; unknown ones are
+    /// watched too (in case their owner publishes later) but tell nothing.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        capabilities: &[bytes::Bytes],
+    ) -> Result<Subscription, WireError> {
+        if capabilities.len() > self.config.max_per_subscription {
+            return Err(WireError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} capabilities (at most {})",
+                    capabilities.len(),
+                    self.config.max_per_subscription
+                ),
+            ));
+        }
+        if capabilities
+            .iter()
+            .any(|c| c.len() != PRESENCE_CAPABILITY_LEN)
+        {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                "a presence capability is 32 bytes",
+            ));
+        }
+        let hashes: Vec<TokenHash> = capabilities.iter().map(|c| capability_hash(c)).collect();
+        let watch = Arc::new(Watch::default());
+        let mut t = self.table();
+        let id = t.next_sub;
+        t.next_sub += 1;
+        for (i, h) in hashes.iter().enumerate() {
+            let index = i as u32;
+            let cap = t.caps.entry(*h).or_default();
+            cap.watchers.push(Watcher {
+                sub: id,
+                index,
+                watch: Arc::clone(&watch),
+            });
+            if cap.owner.is_some() {
+                watch.mark(index);
+            }
+        }
+        drop(t);
+        Ok(Subscription {
+            presence: Arc::clone(self),
+            id,
+            hashes,
+            watch,
+        })
+    }
+
+    /// The current state behind `sub`'s capability at `index`, if it is
+    /// still published.
+    pub fn state(&self, sub: &Subscription, index: u32) -> Option<pb::PresenceUpdate> {
+        let h = sub.hashes.get(index as usize)?;
+        let t = self.table();
+        let mailbox = t.caps.get(h)?.owner?;
+        Some(t.devices.get(&mailbox)?.update(index))
+    }
+
+    /// Devices with a presence entry (for metrics and tests).
+    pub fn devices(&self) -> usize {
+        self.table().devices.len()
+    }
+}
+
+/// Mark devices offline as their grace runs out, a few times a grace
+/// period, until the table is dropped.
+pub async fn run_ticks(presence: std::sync::Weak<Presence>) {
+    let every = match presence.upgrade() {
+        Some(p) => Duration::from_millis((p.config.grace_ms / 8).clamp(10, 50)),
+        None => return,
+    };
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(p) = presence.upgrade() else { return };
+        p.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests;
