@@ -569,7 +569,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 
 #[path = "core_fanout.rs"]
 mod fanout;
-pub use fanout::SentMany;
+pub use fanout::{Handoff, SentMany};
 
 #[cfg(test)]
 #[path = "core_tests.rs"]
