@@ -17,7 +17,8 @@ use crate::outbox::Outbox;
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
 use crate::stream::{
-    run_store, MessageStream, Output, PushBudget, PushLimits, StoreOp, StoreOutcome, Ticket,
+    run_store, try_store_now, MessageStream, Output, PushBudget, PushLimits, StoreOp, StoreOutcome,
+    Ticket,
 };
 use crate::workers::StoreWorkers;
 use quinn::{RecvStream, SendStream};
@@ -502,6 +503,14 @@ fn run_output<S: MailboxStore, C: Clock>(
                         o.sent(id, mailbox);
                     }
                 }
+            }
+            // An ack the store can apply at once is, here: a store
+            // thread's wake-up and the answer's hop back cost more than it.
+            if let Some(outcomes) = try_store_now(&shared.core, state, &ops) {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(outcomes);
+                work.store = Some(rx);
+                return;
             }
             let (core, state) = (Arc::clone(shared), Arc::clone(state));
             work.store = Some(

@@ -21,7 +21,7 @@ mod budget;
 mod push;
 mod replies;
 
-pub use apply::run_store;
+pub use apply::{run_store, try_store_now};
 pub use budget::{PushBudget, PushLimits};
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
 pub use replies::{Ticket, Wake, Woken, REPLY_BATCH};
