@@ -9,7 +9,8 @@
 //!    of the relay's data directory (and of its envelope log alone) per
 //!    message is what the relay keeps per group message;
 //! 2. latency: every member subscribes (and acks what it gets, as the
-//!    client does: 64 at a time, or after 20 ms of quiet); each message is
+//!    client does: 64 at a time, or after 20 ms of quiet; [`member`]
+//!    reads its stream without the client library's reader task); each message is
 //!    timed from the send until the last of the M mailboxes has it in
 //!    hand: `sends` messages back to back (each sent once the previous is
 //!    everywhere, so its acks arrive during the next fan-out), then `sends`
@@ -19,6 +20,7 @@
 //!    connections, as fast as their durable answers allow; group messages
 //!    per second from the first send to the last member's last envelope.
 
+use crate::member;
 use crate::proc::{self, Sample};
 use crate::relay::BenchRelay;
 use crate::report::{Latency, Row};
@@ -32,13 +34,7 @@ use tern_client::groups::envelope::seal_group;
 use tern_client::layers;
 use tern_client::transport::{Dialer, MessageStream, OutgoingMany};
 use tern_crypto::{new_envelope_key, GroupSender};
-use tern_protocol::pb::relay_frame::Frame;
 use tokio::sync::Notify;
-
-/// Members acknowledge after this many envelopes...
-const ACK_BATCH: usize = 64;
-/// ...or once the relay has been quiet this long (as the client does).
-const ACK_IDLE: Duration = Duration::from_millis(20);
 
 /// One run's settings.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +52,13 @@ pub struct FanoutPlan {
     /// Bound on the whole run.
     pub timeout: Duration,
 }
+
+/// Member connections per client UDP socket. A real member has a socket
+/// of its own; at 250 a socket, a fan-out's burst of pushes overflowed the
+/// sockets' default receive buffers (the kernel dropped ~5,000 datagrams a
+/// run, `/proc/<pid>/net/udp`), and QUIC's retransmissions then set the
+/// last member's time.
+const MEMBERS_PER_SOCKET: usize = 50;
 
 /// How long a spaced latency send waits after every member has acked
 /// everything before it, for the relay to take those acks.
@@ -163,12 +166,12 @@ fn message_id(i: usize) -> [u8; 16] {
 pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow::Result<Row> {
     let deadline = tokio::time::Instant::now() + plan.timeout;
     let bound = |what: &'static str| move |_| anyhow!("timed out {what}");
-    // Members: 250 connections per client socket.
+    // Members: MEMBERS_PER_SOCKET connections per client socket.
     let mut members: Vec<Recipient> = Vec::with_capacity(plan.members);
     let mut dialers = Vec::new();
     while members.len() < plan.members {
         let mut dialer = Dialer::default();
-        for _ in 0..(plan.members - members.len()).min(250) {
+        for _ in 0..(plan.members - members.len()).min(MEMBERS_PER_SOCKET) {
             let r =
                 tokio::time::timeout_at(deadline, traffic::new_recipient(&mut dialer, &relay.url))
                     .await
@@ -242,49 +245,21 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
     let mut tasks = tokio::task::JoinSet::new();
     for m in members {
         let arrivals = Arc::clone(&arrivals);
-        let mut s = m.link.messages().await?;
-        s.subscribe(256).await?;
+        let member = member::subscribe(&m.link, 256).await?;
         tasks.spawn(async move {
             let _keep = m.link;
-            // Acks as the client sends them: a batch of 64, or once the
-            // relay has been quiet for 20 ms.
-            let mut acks = Vec::new();
-            loop {
-                let next = if acks.is_empty() {
-                    Ok(s.next().await)
-                } else {
-                    tokio::time::timeout(ACK_IDLE, s.next()).await
-                };
-                let frame = match next {
-                    Ok(Ok(Some(f))) => f,
-                    Ok(_) => break,
-                    Err(_) => {
-                        let n = acks.len() as u64;
-                        if s.ack(std::mem::take(&mut acks)).await.is_err() {
-                            break;
-                        }
-                        arrivals.acked.fetch_add(n, Relaxed);
-                        continue;
-                    }
-                };
-                if let Frame::Envelope(e) = frame {
-                    let i = e
-                        .message_id
-                        .get(..8)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok());
-                    if let Some(b) = i {
-                        arrivals.arrived(u64::from_be_bytes(b) as usize, need);
-                    }
-                    acks.push(e.seq);
-                    if acks.len() >= ACK_BATCH {
-                        let n = acks.len() as u64;
-                        if s.ack(std::mem::take(&mut acks)).await.is_err() {
-                            break;
-                        }
-                        arrivals.acked.fetch_add(n, Relaxed);
-                    }
+            let got = |message_id: &[u8]| {
+                let i = message_id
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok());
+                if let Some(b) = i {
+                    arrivals.arrived(u64::from_be_bytes(b) as usize, need);
                 }
-            }
+            };
+            let acked = |n: u64| {
+                arrivals.acked.fetch_add(n, Relaxed);
+            };
+            let _ = member.run(got, acked).await;
         });
     }
     let all_in = |i: usize| arrivals.counts[i].load(Relaxed) >= need;

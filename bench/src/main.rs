@@ -18,6 +18,7 @@ mod flood;
 mod history;
 mod hold;
 mod idle;
+mod member;
 mod pairs;
 mod presence;
 mod proc;

@@ -5,26 +5,28 @@
 //! feeds message-stream frames to the [`MessageStream`] machine, runs what
 //! the machine asks for (store work off the async workers, on the
 //! [`StoreWorkers`] pool, one job per batch; durability waits; hub calls), and writes
-//! frames back, coalesced. The stream's rules live in [`crate::stream`].
+//! frames back, coalesced, from the same task ([`Outbox`]). The stream's
+//! rules live in [`crate::stream`].
 
 use crate::clock::Clock;
 use crate::conn_state::ConnState;
 use crate::core::{storage_unavailable, ConnAuth, RelayCore};
 use crate::hub::{Hub, Subscription};
 use crate::observer::Observer;
+use crate::outbox::Outbox;
 use crate::rate::ConnectionSlots;
 use crate::store::{Durable, MailboxId, MailboxStore};
 use crate::stream::{
-    run_store, MessageStream, Output, PushBudget, PushLimits, StoreOp, StoreOutcome, Ticket,
+    run_store, try_store_now, MessageStream, Output, PushBudget, PushLimits, StoreOp, StoreOutcome,
+    Ticket,
 };
 use crate::workers::StoreWorkers;
-use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tern_protocol::frame::{decode_message, encode_frame_into, FrameError};
+use tern_protocol::frame::{decode_message, FrameError};
 use tern_protocol::io::{read_frame, write_frame, FrameReader, ReadFrameError};
 use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
@@ -35,16 +37,9 @@ use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES, STREAM_PRESENCE};
 
 /// How long a new stream may take to say what kind it is.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued for one stream's writer (their bytes are bounded by the
-/// stream's push bound: replies are small).
-const WRITE_QUEUE: usize = 256;
-/// How long a finished stream's writer may take to hand its last frames
-/// to a peer that is not reading them.
+/// How long a finished stream may take to hand its last frames to a peer
+/// that is not reading them.
 const WRITER_DRAIN: Duration = Duration::from_secs(10);
-/// Most frames coalesced into one write on a stream...
-const WRITE_BATCH: usize = 256;
-/// ...and most bytes, so a batch of large envelopes stays small.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Most frames handed to the machine from what one read brought, before
 /// its outputs are run.
 const READ_BURST: usize = 256;
@@ -254,40 +249,6 @@ async fn control<S: MailboxStore, C: Clock>(
     let _ = send.finish();
 }
 
-/// Write frames as they come, coalescing those queued while a write is
-/// under way into the next one; finish the stream when the queue closes.
-/// Each frame comes with its push bytes (0 for a reply); once a write has
-/// been taken by QUIC they are reported on `written`, freeing that room.
-async fn write_frames(
-    mut send: SendStream,
-    mut out: mpsc::Receiver<(pb::RelayFrame, usize)>,
-    written: mpsc::UnboundedSender<usize>,
-) {
-    let mut buf = BytesMut::new();
-    while let Some((frame, mut pushed)) = out.recv().await {
-        encode_frame_into(&frame, &mut buf);
-        for _ in 1..WRITE_BATCH {
-            if buf.len() >= WRITE_BATCH_BYTES {
-                break;
-            }
-            match out.try_recv() {
-                Ok((frame, n)) => {
-                    encode_frame_into(&frame, &mut buf);
-                    pushed += n;
-                }
-                Err(_) => break,
-            }
-        }
-        if send.write_chunk(buf.split().freeze()).await.is_err() {
-            return;
-        }
-        if pushed > 0 {
-            let _ = written.send(pushed);
-        }
-    }
-    let _ = send.finish();
-}
-
 /// The result of a future that is ready now, without waiting: used to take
 /// every frame one read brought before running the machine's outputs.
 fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
@@ -334,18 +295,6 @@ async fn notified(wake: Option<&Arc<tokio::sync::Notify>>) {
     }
 }
 
-/// A frame for the writer, with the bytes it counts against the push
-/// bounds until written.
-fn with_push_bytes(f: pb::RelayFrame) -> (pb::RelayFrame, usize) {
-    use prost::Message;
-    let n = if MessageStream::is_push(&f) {
-        f.encoded_len()
-    } else {
-        0
-    };
-    (f, n)
-}
-
 /// Resolves when a newer subscription replaced this one; pending if there
 /// is no subscription or it was never replaced.
 async fn replaced_by_newer(rx: Option<&mut oneshot::Receiver<()>>) {
@@ -388,9 +337,7 @@ async fn messages<S: MailboxStore, C: Clock>(
     send: SendStream,
     recv: RecvStream,
 ) {
-    let (out_tx, out_rx) = mpsc::channel::<(pb::RelayFrame, usize)>(WRITE_QUEUE);
-    let (written_tx, mut written_rx) = mpsc::unbounded_channel::<usize>();
-    let mut writer = tokio::spawn(write_frames(send, out_rx, written_tx));
+    let mut outbox = Outbox::new(send);
     let limits = shared.core.limits();
     let mut machine =
         MessageStream::new(Arc::clone(&state), limits.push_window).with_limits(PushLimits {
@@ -400,25 +347,20 @@ async fn messages<S: MailboxStore, C: Clock>(
         });
     let mut frames = FrameReader::new(recv, shared.core.limits().max_frame_bytes);
     let mut work = Work::default();
+    let mut peer_gone = false;
     'drive: loop {
         while let Some(output) = machine.poll() {
             run_output(&shared, &state, id, &mut work, output);
         }
-        // Hand the writer what may leave, as far as its queue has room.
-        let mut writer_full = false;
-        while machine.has_transmit() {
-            match out_tx.try_reserve() {
-                Ok(permit) => {
-                    if let Some(f) = machine.poll_transmit() {
-                        permit.send(with_push_bytes(f));
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    writer_full = true;
-                    break;
-                }
-                // The peer stopped reading: nothing more can be said.
-                Err(mpsc::error::TrySendError::Closed(())) => break 'drive,
+        // Write what may leave, as far as QUIC takes it now; room freed
+        // in the push bounds may let the machine fetch again.
+        match outbox.flush(&mut machine) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            // The peer stopped reading: nothing more can be said.
+            Err(_) => {
+                peer_gone = true;
+                break;
             }
         }
         if work.closing && !machine.has_transmit() {
@@ -475,45 +417,48 @@ async fn messages<S: MailboxStore, C: Clock>(
                 let fetched = fetched.unwrap_or_else(|| Err(storage_unavailable()));
                 machine.handle_fetched(Instant::now(), fetched);
             }
-            _ = notified(wake), if wake.is_some() => machine.handle_wake(),
+            _ = notified(wake), if wake.is_some() => {
+                // Envelopes handed over with the wake-ups, then a plain
+                // wake-up if one came without (or one did not fit).
+                let (handed, plain) = work
+                    .sub
+                    .as_ref()
+                    .map_or((Vec::new(), true), |s| s.handed.take());
+                for env in handed {
+                    machine.handle_handed(env);
+                }
+                if plain {
+                    machine.handle_wake();
+                }
+            }
             _ = replaced_by_newer(replaced), if sub_present => {
                 work.sub = None;
                 machine.handle_replaced();
             }
-            Some(n) = written_rx.recv(), if machine.awaiting_written() => {
-                machine.handle_written(n);
-                while let Ok(n) = written_rx.try_recv() {
-                    machine.handle_written(n);
+            w = outbox.writable(), if outbox.blocked() => match w {
+                Ok(()) => outbox.written(&mut machine),
+                Err(_) => {
+                    peer_gone = true;
+                    break 'drive;
                 }
-            }
+            },
             Some(env) = recv_ephemeral(ephemeral), if machine.wants_ephemeral() => {
                 machine.handle_ephemeral(env);
             }
             _ = sleep_until(timeout), if timeout.is_some() => {
                 machine.handle_timeout(Instant::now());
             }
-            permit = out_tx.reserve(), if writer_full => {
-                match (permit, machine.poll_transmit()) {
-                    (Ok(permit), Some(f)) => permit.send(with_push_bytes(f)),
-                    (Ok(_), None) => {}
-                    (Err(_), _) => break 'drive,
-                }
-            }
             // Nothing under way and nothing to wait for: the machine has
             // no way forward, so end rather than hang.
             else => break,
         }
     }
-    drop(out_tx);
     wake_owed(&shared, &mut machine, &mut work).await;
     // A peer that stopped reading (a replaced subscription's, say) would
-    // keep the writer, and what it holds, forever: it gets a while, then
-    // the stream is given up.
-    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    // keep what is left unwritten forever: it gets a while, then the
+    // stream is given up.
+    if !peer_gone {
+        outbox.finish(WRITER_DRAIN).await;
     }
 }
 
@@ -573,6 +518,14 @@ fn run_output<S: MailboxStore, C: Clock>(
                     }
                 }
             }
+            // An ack the store can apply at once is, here: a store
+            // thread's wake-up and the answer's hop back cost more than it.
+            if let Some(outcomes) = try_store_now(&shared.core, state, &ops) {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(outcomes);
+                work.store = Some(rx);
+                return;
+            }
             let (core, state) = (Arc::clone(shared), Arc::clone(state));
             work.store = Some(
                 shared
@@ -583,6 +536,7 @@ fn run_output<S: MailboxStore, C: Clock>(
         // Begun here, after the writes of every result it covers.
         Output::AwaitDurable(ticket) => work.durable = Some((ticket, shared.core.durable())),
         Output::Notify(mailbox) => shared.hub.stored(&mailbox),
+        Output::Hand { mailbox, envelope } => shared.hub.stored_with(&mailbox, &envelope),
         Output::Ephemeral { mailbox, envelope } => {
             shared.hub.ephemeral(&mailbox, envelope);
         }

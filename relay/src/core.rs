@@ -513,6 +513,25 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         self.store.ack(&mailbox, seqs).map_err(store_error)
     }
 
+    /// [`Self::ack`] if the store can apply it at once without waiting
+    /// ([`MailboxStore::try_ack_now`]); `None`: run [`Self::ack`] on a
+    /// store thread.
+    pub fn try_ack_now(&self, conn: &ConnAuth, seqs: &[u64]) -> Option<Result<u64, WireError>> {
+        let mailbox = match self.owner(conn) {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        if seqs.len() > tern_protocol::limits::MAX_ACK_SEQS {
+            return Some(Err(WireError::new(
+                ErrorCode::Malformed,
+                "too many sequence numbers in one ack",
+            )));
+        }
+        self.store
+            .try_ack_now(&mailbox, seqs)
+            .map(|r| r.map_err(store_error))
+    }
+
     /// Up to `limit` envelopes of `mailbox` after `after_seq`, in order, as
     /// they are pushed. The caller is the mailbox's authenticated
     /// subscription; this may block on the disk.
@@ -557,7 +576,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
 
 #[path = "core_fanout.rs"]
 mod fanout;
-pub use fanout::SentMany;
+pub use fanout::{Handoff, SentMany};
 
 #[path = "core_batch.rs"]
 mod batch;

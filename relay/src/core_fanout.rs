@@ -28,6 +28,23 @@ pub struct SentMany {
     /// stored and dropped; the send's answer waits for durability all the
     /// same. Always 0 for an ephemeral send (answered at once anyway).
     pub discarded: usize,
+    /// For a stored send, the envelope as each mailbox's subscription
+    /// would fetch it, to hand over with the wake-up instead
+    /// ([`crate::hub::Hub::stored_with`]).
+    pub handoff: Option<Handoff>,
+}
+
+/// The envelope a stored multi-recipient send hands its woken subscribers,
+/// so a subscription that has pushed everything before it need not read
+/// it back from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handoff {
+    /// For each of [`SentMany::stored`], in order, its sequence number in
+    /// that mailbox, or `None` where the mailbox already held the message
+    /// (a re-send: nothing new to hand over, only a wake-up).
+    pub seqs: Vec<Option<u64>>,
+    /// The envelope with `seq` 0; the payload is shared, not copied.
+    pub envelope: pb::Envelope,
 }
 
 impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
@@ -92,6 +109,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                 stored: Vec::new(),
                 ephemeral: valid,
                 discarded: 0,
+                handoff: None,
             });
         }
         let (env, quota) = self.stamp(message_id, &s.payload);
@@ -101,8 +119,16 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
         } else {
             self.store.append_many(&targets, env).map_err(store_error)?
         };
+        let envelope = pb::Envelope {
+            seq: 0,
+            message_id: s.message_id.clone(),
+            received_at_ms: env.now_ms,
+            payload: s.payload.clone(),
+            ephemeral: false,
+        };
         let mut appended = appended.into_iter();
         let mut stored = Vec::with_capacity(targets.len());
+        let mut seqs = Vec::with_capacity(targets.len());
         let results = checked
             .into_iter()
             .map(|r| {
@@ -114,8 +140,9 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
                         // Stored, or already held: the answer is the same, as
                         // for a `Send`, so a re-send does not tell the sender
                         // whether this member has acked yet (threat-model.md).
-                        Some(Ok(_)) => {
+                        Some(Ok(a)) => {
                             stored.push(mailbox);
+                            seqs.push((!a.duplicate).then_some(a.seq));
                             Ok(false)
                         }
                         Some(Err(e)) => Err(store_error(e)),
@@ -127,6 +154,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             .collect();
         Ok(SentMany {
             results,
+            handoff: (!stored.is_empty()).then_some(Handoff { seqs, envelope }),
             stored,
             ephemeral: Vec::new(),
             discarded,

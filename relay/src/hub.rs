@@ -1,6 +1,9 @@
 //! Who is connected: subscriptions by mailbox. A durable send wakes the
 //! mailbox's subscribers, which then read the store themselves, so a wake-up
-//! that races a reconnect loses nothing. Ephemeral envelopes are handed over
+//! that races a reconnect loses nothing. A durable multi-recipient send
+//! also hands each subscriber the envelope as stored ([`Hub::stored_with`]),
+//! so one that has pushed everything before it pushes it without reading
+//! it back; any other reads the store as after a plain wake-up. Ephemeral envelopes are handed over
 //! directly and dropped when nobody is there or a subscriber is backed up.
 //! A mailbox holds a bounded number of subscriptions: the newest replaces
 //! the oldest, which is told so and finishes its stream, so one abuser
@@ -21,10 +24,59 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Ephemeral envelopes buffered per subscriber before newer ones are dropped.
 const EPHEMERAL_BUFFER: usize = 64;
+/// Stored envelopes handed over per subscriber and not yet taken; past
+/// this, a hand-over is a plain wake-up (the store has it). The stream
+/// takes them on every wake-up, so few ever wait here.
+const HANDED_BUFFER: usize = 8;
+
+/// What wake-ups brought one subscription since it last looked.
+#[derive(Default)]
+pub struct Handed {
+    inner: Mutex<HandedInner>,
+}
+
+#[derive(Default)]
+struct HandedInner {
+    envelopes: Vec<pb::Envelope>,
+    /// A wake-up came without an envelope, or one did not fit.
+    plain: bool,
+}
+
+impl Handed {
+    /// Take what arrived: the envelopes handed over, and whether a plain
+    /// wake-up came too (the store may hold more than those).
+    pub fn take(&self) -> (Vec<pb::Envelope>, bool) {
+        match self.inner.lock() {
+            Ok(mut h) => (
+                std::mem::take(&mut h.envelopes),
+                std::mem::replace(&mut h.plain, false),
+            ),
+            // Poisoned: read the store.
+            Err(_) => (Vec::new(), true),
+        }
+    }
+
+    fn plain(&self) {
+        if let Ok(mut h) = self.inner.lock() {
+            h.plain = true;
+        }
+    }
+
+    fn hand(&self, env: &pb::Envelope) {
+        if let Ok(mut h) = self.inner.lock() {
+            if h.envelopes.len() < HANDED_BUFFER {
+                h.envelopes.push(env.clone());
+            } else {
+                h.plain = true;
+            }
+        }
+    }
+}
 
 struct Subscriber {
     id: u64,
     wake: Arc<Notify>,
+    handed: Arc<Handed>,
     ephemeral: mpsc::Sender<pb::Envelope>,
     /// Told when a newer subscription replaces this one.
     replaced: oneshot::Sender<()>,
@@ -69,8 +121,11 @@ pub struct Subscription {
     hub: Arc<Hub>,
     mailbox: MailboxId,
     id: u64,
-    /// Notified when new envelopes are stored for the mailbox.
+    /// Notified when new envelopes are stored for the mailbox; what the
+    /// wake-ups brought is in [`Self::handed`].
     pub wake: Arc<Notify>,
+    /// Envelopes handed over with wake-ups, and whether a plain one came.
+    pub handed: Arc<Handed>,
     /// Ephemeral envelopes for the mailbox.
     pub ephemeral: mpsc::Receiver<pb::Envelope>,
     /// Resolves when a newer subscription to the mailbox replaced this one
@@ -105,6 +160,7 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>, mailbox: MailboxId) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
+        let handed = Arc::new(Handed::default());
         let (tx, rx) = mpsc::channel(EPHEMERAL_BUFFER);
         let (replaced_tx, replaced) = oneshot::channel();
         if let Ok(mut subs) = self.subs.lock() {
@@ -121,6 +177,7 @@ impl Hub {
             list.push(Subscriber {
                 id,
                 wake: Arc::clone(&wake),
+                handed: Arc::clone(&handed),
                 ephemeral: tx,
                 replaced: replaced_tx,
             });
@@ -130,6 +187,7 @@ impl Hub {
             mailbox,
             id,
             wake,
+            handed,
             ephemeral: rx,
             replaced,
         }
@@ -139,6 +197,30 @@ impl Hub {
     /// relays, that something new is durably stored.
     pub fn stored(&self, mailbox: &MailboxId) {
         if !self.wake_local(mailbox) {
+            if let Some(idle) = self.idle.get() {
+                idle(mailbox);
+            }
+        }
+        if let Some(f) = self.fleet.get() {
+            f.stored(mailbox);
+        }
+    }
+
+    /// As [`Self::stored`], handing this relay's subscribers `env`, the
+    /// envelope as stored for `mailbox` (with its sequence number there).
+    pub fn stored_with(&self, mailbox: &MailboxId, env: &pb::Envelope) {
+        let woke = match self.subs.lock() {
+            Ok(subs) => {
+                let list = subs.get(mailbox);
+                for s in list.into_iter().flatten() {
+                    s.handed.hand(env);
+                    s.wake.notify_one();
+                }
+                list.is_some_and(|l| !l.is_empty())
+            }
+            Err(_) => true,
+        };
+        if !woke {
             if let Some(idle) = self.idle.get() {
                 idle(mailbox);
             }
@@ -161,6 +243,7 @@ impl Hub {
         };
         let list = subs.get(mailbox);
         for s in list.into_iter().flatten() {
+            s.handed.plain();
             s.wake.notify_one();
         }
         list.is_some_and(|l| !l.is_empty())

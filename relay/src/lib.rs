@@ -19,6 +19,7 @@ pub mod entropy;
 pub mod history;
 pub mod hub;
 pub mod observer;
+pub mod outbox;
 pub mod presence;
 pub mod push;
 pub mod rate;

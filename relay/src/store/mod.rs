@@ -270,6 +270,14 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn fleet(&self) -> Option<std::sync::Arc<dyn crate::hub::Fleet>> {
         None
     }
+    /// [`Self::ack`], but only if it can be done at once, without waiting
+    /// on a lock another call holds or on the disk or network: then it
+    /// may run on the relay's async workers, sparing a store thread's
+    /// wake-up per ack. `None`: it was not tried, run [`Self::ack`] on a
+    /// store thread. By default never tried.
+    fn try_ack_now(&self, _mailbox: &MailboxId, _seqs: &[u64]) -> Option<Result<u64, StoreError>> {
+        None
+    }
     /// Threads the relay runs store calls on; None: one per core, at most
     /// four. An engine whose calls wait on the network wants more.
     fn store_threads(&self) -> Option<usize> {

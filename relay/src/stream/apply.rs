@@ -11,6 +11,27 @@ use crate::store::MailboxStore;
 use tern_protocol::pb;
 use tern_protocol::{ErrorCode, WireError};
 
+/// A batch that is one ack, applied now if the store can do it without
+/// waiting ([`RelayCore::try_ack_now`]): the driver then need not hand it
+/// to a store thread. `None`: run the batch with [`run_store`].
+pub fn try_store_now<S: MailboxStore, C: Clock>(
+    core: &RelayCore<S, C>,
+    state: &ConnState,
+    ops: &[StoreOp],
+) -> Option<Vec<StoreOutcome>> {
+    let [StoreOp::Ack(seqs)] = ops else {
+        return None;
+    };
+    let applied = match state.auth.lock() {
+        Ok(auth) => core.try_ack_now(&auth, seqs)?,
+        Err(_) => return None,
+    };
+    Some(vec![match applied {
+        Ok(_) => StoreOutcome::Acked { seqs: seqs.clone() },
+        Err(e) => StoreOutcome::AckRefused(e),
+    }])
+}
+
 /// Run one batch of store work through the core, in order, one outcome per
 /// operation. Blocks: sends and acks touch the disk. Consecutive sends go
 /// to the core together ([`RelayCore::send_batch`]), so an engine across a

@@ -67,6 +67,7 @@ fn sent_many(request_id: u64, stored: Vec<MailboxId>) -> StoreOutcome {
             stored,
             ephemeral: Vec::new(),
             discarded: 0,
+            handoff: None,
         },
         ephemeral: None,
     }
@@ -163,6 +164,7 @@ fn mixed_sends_answer_in_order_after_one_wait_and_wake_each_mailbox_once() {
                 stored: Vec::new(),
                 ephemeral: Vec::new(),
                 discarded: 0,
+                handoff: None,
             },
             ephemeral: None,
         },
@@ -225,6 +227,7 @@ fn an_ephemeral_send_many_is_handed_to_each_recipient_without_a_wait() {
             stored: Vec::new(),
             ephemeral: vec![A, C],
             discarded: 0,
+            handoff: None,
         },
         ephemeral: Some(env.clone()),
     }]);

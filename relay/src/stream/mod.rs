@@ -21,10 +21,10 @@ mod budget;
 mod push;
 mod replies;
 
-pub use apply::run_store;
+pub use apply::{run_store, try_store_now};
 pub use budget::{PushBudget, PushLimits};
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
-pub use replies::{Ticket, Wake, REPLY_BATCH};
+pub use replies::{Ticket, Wake, Woken, REPLY_BATCH};
 
 use crate::conn_state::ConnState;
 use crate::core::{Accepted, SentMany};
@@ -145,6 +145,16 @@ pub enum Output {
     AwaitDurable(Ticket),
     /// Durable sends reached this mailbox: wake its subscribers.
     Notify(MailboxId),
+    /// A durable multi-recipient send reached this mailbox: wake its
+    /// subscribers and hand them the envelope as stored, so one that has
+    /// pushed everything before it need not fetch it
+    /// ([`MessageStream::handle_handed`]).
+    Hand {
+        /// The recipient mailbox.
+        mailbox: MailboxId,
+        /// The envelope with its sequence number in that mailbox.
+        envelope: pb::Envelope,
+    },
     /// Pass an ephemeral envelope to the mailbox's subscribers.
     Ephemeral {
         /// The recipient mailbox.
@@ -481,7 +491,11 @@ impl MessageStream {
         if sent.stored.is_empty() && sent.discarded == 0 {
             self.replies.fill_ready(slot, frame);
         } else {
-            self.replies.fill_held(slot, frame, Wake::Many(sent.stored));
+            let wake = match sent.handoff {
+                Some(h) if h.seqs.len() == sent.stored.len() => Wake::Handed(sent.stored, h),
+                _ => Wake::Many(sent.stored),
+            };
+            self.replies.fill_held(slot, frame, wake);
         }
     }
 
@@ -490,8 +504,11 @@ impl MessageStream {
         if let Err(e) = &result {
             tracing::warn!("sends not durable: {e}");
         }
-        for m in self.replies.finish_wait(ticket, result.is_ok()) {
-            self.events.push_back(Output::Notify(m));
+        for w in self.replies.finish_wait(ticket, result.is_ok()) {
+            self.events.push_back(match w {
+                Woken::Plain(m) => Output::Notify(m),
+                Woken::Handed(mailbox, envelope) => Output::Hand { mailbox, envelope },
+            });
         }
     }
 
@@ -520,6 +537,36 @@ impl MessageStream {
     pub fn handle_wake(&mut self) {
         if let Some(p) = &mut self.push {
             p.woken();
+        }
+    }
+
+    /// A stored envelope handed over with a wake-up
+    /// ([`Output::Hand`] on some stream). Pushed as it is when it is the
+    /// next one this subscription would fetch and there is room for it in
+    /// the window and the push bounds; one already pushed is dropped; any
+    /// other is a plain wake-up, and the store is read as usual.
+    pub fn handle_handed(&mut self, env: pb::Envelope) {
+        let seq = env.seq;
+        let Some(p) = &mut self.push else { return };
+        match p.offer(seq) {
+            push::Offer::Pushed => {}
+            push::Offer::Fetch => p.woken(),
+            push::Offer::Take => {
+                let frame = pb::RelayFrame::of(Out::Envelope(env));
+                let len = frame.encoded_len();
+                // Within the same bounds a fetch is held to; over them,
+                // the store is read once there is room.
+                let fits = self.pushes.len() < PUSH_QUEUE
+                    && len <= self.byte_room()
+                    && self.limits.relay.try_reserve(len);
+                let Some(p) = &mut self.push else { return };
+                if fits {
+                    p.took(seq);
+                    self.queue_push(frame, len);
+                } else {
+                    p.woken();
+                }
+            }
         }
     }
 

@@ -29,6 +29,8 @@ struct Pair {
     /// The hub: which peer subscribed to which mailbox.
     subs: HashMap<MailboxId, usize>,
     t0: Instant,
+    /// Store fetches run for subscriptions.
+    fetches: usize,
 }
 
 impl Pair {
@@ -47,6 +49,7 @@ impl Pair {
             peers: Vec::new(),
             subs: HashMap::new(),
             t0: Instant::now(),
+            fetches: 0,
         }
     }
 
@@ -152,12 +155,18 @@ impl Pair {
                     self.peers[p].stream.handle_wake();
                 }
             }
+            Output::Hand { mailbox, envelope } => {
+                if let Some(&p) = self.subs.get(&mailbox) {
+                    self.peers[p].stream.handle_handed(envelope);
+                }
+            }
             Output::Ephemeral { mailbox, envelope } => {
                 if let Some(&p) = self.subs.get(&mailbox) {
                     self.peers[p].stream.handle_ephemeral(envelope);
                 }
             }
             Output::Fetch(f) => {
+                self.fetches += 1;
                 let got = self.core.fetch(&f.mailbox, f.after_seq, f.limit);
                 self.peers[i].stream.handle_fetched(self.t0, got);
             }
@@ -362,6 +371,39 @@ async fn a_send_many_reaches_every_subscriber_once_and_answers_per_target() {
     assert_eq!(got, vec![vec![1, 2], vec![1], vec![1]]);
     let stored = p.core.fetch(&targets[2].0, 0, 10).unwrap();
     assert_eq!(&stored[0].payload[..], b"sealed once");
+}
+
+#[tokio::test]
+async fn a_drained_subscriber_pushes_a_handed_envelope_without_reading_the_store() {
+    let mut p = Pair::new();
+    let (alice, bob) = (p.connect(), p.connect());
+    let target = p.login(bob, 2);
+    p.frame(bob, In::Subscribe(pb::Subscribe { window: 2 }));
+    p.drive().await;
+    assert_eq!(p.take_written(bob), vec![Out::CaughtUp(pb::CaughtUp {})]);
+    let fetches = p.fetches;
+    p.frame(alice, send_many(1, std::slice::from_ref(&target), false));
+    p.drive().await;
+    // Pushed as the store holds it, without a fetch.
+    let stored = p.core.fetch(&target.0, 0, 10).unwrap();
+    assert_eq!(p.take_written(bob), vec![Out::Envelope(stored[0].clone())]);
+    assert_eq!(p.fetches, fetches, "handed over, not fetched");
+    // Two more: the window (2) takes one; the other waits in the store
+    // and is fetched once the acks open the window.
+    p.frame(alice, send_many(2, std::slice::from_ref(&target), false));
+    p.frame(alice, send_many(3, std::slice::from_ref(&target), false));
+    p.drive().await;
+    assert_eq!(pushed(&p.take_written(bob)), vec![2]);
+    p.frame(bob, In::Ack(pb::Ack { seqs: vec![1, 2] }));
+    p.drive().await;
+    assert_eq!(pushed(&p.take_written(bob)), vec![3]);
+    assert_eq!(p.fetches, fetches + 1);
+    // A single send still wakes, and is fetched: nothing is pushed twice.
+    p.frame(bob, In::Ack(pb::Ack { seqs: vec![3] }));
+    p.frame(alice, send(&target.0, &target.1, 4, false));
+    p.frame(alice, send_many(5, std::slice::from_ref(&target), false));
+    p.drive().await;
+    assert_eq!(pushed(&p.take_written(bob)), vec![4, 5]);
 }
 
 #[tokio::test]

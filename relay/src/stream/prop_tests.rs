@@ -191,6 +191,7 @@ impl World {
                             stored: vec![MAILBOX, [8; 16]],
                             ephemeral: Vec::new(),
                             discarded: 0,
+                            handoff: None,
                         },
                         ephemeral: None,
                     }

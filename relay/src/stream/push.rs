@@ -25,6 +25,17 @@ pub struct Fetch {
     pub limit: usize,
 }
 
+/// What to do with a stored envelope handed over with a wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// It is the next one and the window has room: push it now.
+    Take,
+    /// Already pushed (fetched first): drop it.
+    Pushed,
+    /// Not known to be the next one: read the store as for a wake-up.
+    Fetch,
+}
+
 /// One subscription's push state.
 pub struct Push {
     mailbox: MailboxId,
@@ -130,6 +141,34 @@ impl Push {
         }
     }
 
+    /// A stored envelope `seq` was handed over with a wake-up. It may be
+    /// pushed without reading the store only when nothing could come
+    /// before it unseen: the mailbox was drained (`CaughtUp` sent), no
+    /// fetch is under way or due, and it directly follows the last one
+    /// pushed (sequence numbers are assigned one by one per mailbox, so a
+    /// gap means another envelope is stored that was not pushed yet).
+    pub fn offer(&self, seq: u64) -> Offer {
+        if seq <= self.last_seq {
+            Offer::Pushed
+        } else if self.caught_up
+            && !self.dirty
+            && self.fetching.is_none()
+            && self.retry_at.is_none()
+            && seq == self.last_seq + 1
+            && self.in_flight.len() < self.window
+        {
+            Offer::Take
+        } else {
+            Offer::Fetch
+        }
+    }
+
+    /// The envelope `seq`, offered as [`Offer::Take`], was queued to push.
+    pub fn took(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+        self.in_flight.insert(seq);
+    }
+
     /// Something new is stored for the mailbox.
     pub fn woken(&mut self) {
         self.dirty = true;
@@ -152,5 +191,45 @@ impl Push {
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drained(window: usize) -> Push {
+        let mut p = Push::new([1; 16], window);
+        let f = p.poll_fetch(10).unwrap();
+        let env = |seq| pb::Envelope {
+            seq,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        p.fetched(Instant::now(), Ok(vec![env(4), env(5)]), &mut out);
+        assert_eq!(f.limit, window.min(10));
+        p
+    }
+
+    #[test]
+    fn only_the_next_envelope_of_a_drained_mailbox_is_taken() {
+        let mut p = drained(3);
+        assert_eq!(p.offer(5), Offer::Pushed, "already pushed");
+        assert_eq!(p.offer(7), Offer::Fetch, "6 is stored and not pushed");
+        assert_eq!(p.offer(6), Offer::Take);
+        p.took(6);
+        assert_eq!(p.offer(7), Offer::Fetch, "the window (3) is full");
+        p.acked(&[4]);
+        assert_eq!(p.offer(7), Offer::Take);
+        p.woken();
+        assert_eq!(p.offer(8), Offer::Fetch, "a wake-up is owed a fetch first");
+    }
+
+    #[test]
+    fn nothing_is_taken_before_the_mailbox_is_drained_or_while_fetching() {
+        let mut p = Push::new([1; 16], 10);
+        assert_eq!(p.offer(1), Offer::Fetch, "not drained yet");
+        let _ = p.poll_fetch(10);
+        assert_eq!(p.offer(1), Offer::Fetch, "a fetch is under way");
     }
 }

@@ -5,7 +5,7 @@
 //! to `StorageUnavailable` and wake nobody. Everything else (refusals,
 //! errors, ephemeral results) is ready at once, but still leaves in order.
 
-use crate::core::storage_unavailable;
+use crate::core::{storage_unavailable, Handoff};
 use crate::store::MailboxId;
 use std::collections::VecDeque;
 use tern_protocol::pb::{self, relay_frame::Frame as Out};
@@ -24,15 +24,27 @@ pub enum Wake {
     One(MailboxId),
     /// Every mailbox a multi-recipient send reached.
     Many(Vec<MailboxId>),
+    /// Every mailbox a multi-recipient send reached, each handed the
+    /// envelope with its wake-up where it has a sequence number there.
+    Handed(Vec<MailboxId>, Handoff),
 }
 
 impl Wake {
     fn mailboxes(&self) -> &[MailboxId] {
         match self {
             Self::One(m) => std::slice::from_ref(m),
-            Self::Many(v) => v,
+            Self::Many(v) | Self::Handed(v, _) => v,
         }
     }
+}
+
+/// One mailbox to wake once a durability wait ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Woken {
+    /// Wake its subscribers: something new is stored.
+    Plain(MailboxId),
+    /// Wake its subscribers and hand them this stored envelope.
+    Handed(MailboxId, pb::Envelope),
 }
 
 /// Where one frame's answer stands.
@@ -140,8 +152,9 @@ impl Replies {
 
     /// The wait `ticket` ended. Its replies may leave; `durable` says
     /// whether the writes reached the disk. Returns the mailboxes to wake,
-    /// once each, in the order their sends arrived.
-    pub fn finish_wait(&mut self, ticket: Ticket, durable: bool) -> Vec<MailboxId> {
+    /// in the order their sends arrived: once each, except that a mailbox
+    /// handed several envelopes is named with each.
+    pub fn finish_wait(&mut self, ticket: Ticket, durable: bool) -> Vec<Woken> {
         let mut woken = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let covered = match self.syncing.take() {
@@ -159,9 +172,28 @@ impl Replies {
                 continue;
             };
             if durable {
-                for m in wake.mailboxes() {
-                    if seen.insert(*m) {
-                        woken.push(*m);
+                match wake {
+                    Wake::Handed(mailboxes, h) => {
+                        for (m, seq) in mailboxes.into_iter().zip(h.seqs) {
+                            match seq {
+                                // Not marked seen: a plain wake of the
+                                // same mailbox after it may be for more.
+                                Some(seq) => {
+                                    let mut env = h.envelope.clone();
+                                    env.seq = seq;
+                                    woken.push(Woken::Handed(m, env));
+                                }
+                                None if seen.insert(m) => woken.push(Woken::Plain(m)),
+                                None => {}
+                            }
+                        }
+                    }
+                    wake => {
+                        for m in wake.mailboxes() {
+                            if seen.insert(*m) {
+                                woken.push(Woken::Plain(*m));
+                            }
+                        }
                     }
                 }
             } else {

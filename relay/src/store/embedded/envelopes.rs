@@ -485,6 +485,36 @@ impl Inner {
         Ok(gone)
     }
 
+    /// [`Self::ack`] if the mailbox's index shard is free now (an ack only
+    /// edits the index and buffers a removal record; the log's tail lock
+    /// is only ever held to copy a buffer), `None` if it is held (by a
+    /// multi-recipient append, say).
+    pub(super) fn try_ack_now(
+        &self,
+        mailbox: &MailboxId,
+        seqs: &[u64],
+        commit: &GroupCommit,
+    ) -> Option<Result<u64, StoreError>> {
+        let mut shard = match self.index.try_shard(mailbox) {
+            Ok(shard) => shard,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(_)) => return Some(Err(poisoned())),
+        };
+        let Some(st) = shard.get_mut(mailbox) else {
+            return Some(Ok(0));
+        };
+        let gone = match self.remove_held(mailbox, st, seqs.iter().map(|s| (*s, None))) {
+            Ok(gone) => gone,
+            Err(e) => return Some(Err(e)),
+        };
+        if gone > 0 {
+            // As for `ack`: made durable by the next flush.
+            commit.wrote();
+        }
+        drop(shard);
+        Some(Ok(gone))
+    }
+
     /// Remove `seqs` from `st` (each only if its record is at the given
     /// location, when one is given) and log the removal, in records of at
     /// most [`REMOVE_CHUNK`] sequence numbers. Returns how many were held.

@@ -335,6 +335,14 @@ impl Index {
         self.shards[Self::shard_id(mailbox)].lock().ok()
     }
 
+    /// [`Self::shard`] if no one holds it now.
+    pub fn try_shard(
+        &self,
+        mailbox: &MailboxId,
+    ) -> std::sync::TryLockResult<MutexGuard<'_, Shard>> {
+        self.shards[Self::shard_id(mailbox)].try_lock()
+    }
+
     /// The number of the shard holding `mailbox`.
     pub fn shard_id(mailbox: &MailboxId) -> usize {
         usize::from(mailbox[0]) % SHARDS

@@ -346,6 +346,13 @@ impl MailboxStore for EmbeddedStore {
         self.inner.ack(mailbox, seqs, &self.commit)
     }
 
+    fn try_ack_now(&self, mailbox: &MailboxId, seqs: &[u64]) -> Option<Result<u64, StoreError>> {
+        if let Err(e) = self.writable() {
+            return Some(Err(e));
+        }
+        self.inner.try_ack_now(mailbox, seqs, &self.commit)
+    }
+
     fn sweep(&self, now_ms: u64) -> Result<Swept, StoreError> {
         self.writable()?;
         self.inner.sweep(now_ms, &self.commit)

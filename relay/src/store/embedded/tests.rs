@@ -294,6 +294,35 @@ fn close_flushes_and_stops_the_background_threads() {
     );
 }
 
+#[test]
+fn an_ack_is_applied_now_unless_its_shard_is_held() {
+    let (store, _dir) = open_fresh();
+    let m = [21; 16];
+    store.create_mailbox(m, [1; 32], 0).unwrap();
+    for i in 0..3 {
+        put(&store, &m, i, b"x");
+    }
+    assert_eq!(store.try_ack_now(&m, &[1, 9]), Some(Ok(1)));
+    assert_eq!(seqs(&store, &m), vec![2, 3]);
+    {
+        // A multi-recipient append (say) holds the shard: not tried.
+        let _held = store.inner.index.shard(&m).unwrap();
+        assert_eq!(store.try_ack_now(&m, &[2]), None);
+    }
+    assert_eq!(store.try_ack_now(&m, &[2]), Some(Ok(1)));
+    assert_eq!(
+        store.try_ack_now(&[22; 16], &[1]),
+        Some(Ok(0)),
+        "no mailbox"
+    );
+    store.close().unwrap();
+    assert!(matches!(
+        store.try_ack_now(&m, &[3]),
+        Some(Err(StoreError::Unavailable(_)))
+    ));
+    assert_eq!(seqs(&store, &m), vec![3]);
+}
+
 /// A fresh engine in its own temp dir, for the conformance suite.
 fn open_fresh() -> (EmbeddedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
