@@ -256,6 +256,27 @@ fn listening_clients_go_direct_and_fall_back_when_one_is_killed() {
     assert!(!bad.status.success());
 }
 
+/// Presence alone opens a path (issue 18 with issue 16): two listening
+/// contacts who have not written to each other since they met see each
+/// other come online, offer, and the path opens with no message sent.
+#[test]
+fn listening_contacts_open_a_path_when_presence_says_they_are_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_in(&dir.path().join("relay"));
+    let (a, b) = contacts(dir.path(), relay.url(), None, None);
+    let mut alice = Listen::start(None, &a);
+    let mut bob = Listen::start(None, &b);
+    alice.until("bob online", SHOW_DEADLINE, |l| {
+        l.iter()
+            .any(|v| v["type"] == "presence" && v["contact"] == "bob" && v["online"] == true)
+    });
+    alice.until("the path", SHOW_DEADLINE, |l| !paths(l, "open").is_empty());
+    bob.until("the path", SHOW_DEADLINE, |l| !paths(l, "open").is_empty());
+    assert!(texts(&alice.seen).is_empty(), "{:?}", alice.seen);
+    assert!(texts(&bob.seen).is_empty(), "{:?}", bob.seen);
+    assert_eq!(direct_status(&a, "bob")["direct"], true);
+}
+
 /// Unique, short names for this run's namespaces and links.
 fn prefix() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);

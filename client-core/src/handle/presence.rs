@@ -177,6 +177,12 @@ impl Task {
             online: online.unwrap_or(false),
             last_seen_ms: (last != 0).then_some(last),
         });
+        // Online now: a direct path may open (issue 18), as when a message
+        // from them has just arrived.
+        if online == Some(true) {
+            self.client.direct_news.note_heard(contact);
+            self.act_on_direct_news();
+        }
     }
 
     /// News from the owner task about the push endpoint.
