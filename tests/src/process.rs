@@ -291,6 +291,30 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A new account `name` at `relay_url` in `dir/name`; its home.
+pub fn init_account(dir: &Path, relay_url: &str, name: &str) -> PathBuf {
+    let home = dir.join(name);
+    ok(&home, &["init", "--relay", relay_url, "--name", name]);
+    home
+}
+
+/// `tern recv --json`, parsed.
+pub fn recv_json(home: &Path) -> Vec<serde_json::Value> {
+    json_lines(&ok(home, &["recv", "--json"]))
+}
+
+/// `inviter` and `acceptor` become contacts (the acceptor names the
+/// inviter `inviter_name`); the inviter has received the hello.
+pub fn befriend_homes(inviter: &Path, inviter_name: &str, acceptor: &Path) {
+    let code = ok(inviter, &["invite"]);
+    ok(acceptor, &["accept", code.trim(), "--name", inviter_name]);
+    let got = recv_json(inviter);
+    assert!(
+        got.iter().any(|e| e["type"] == "contact"),
+        "no introduction: {got:?}"
+    );
+}
+
 /// Alice at the relay `alice_relay` and Bob at `bob_relay` (homes `alice`
 /// and `bob` under `dir`), Bob having accepted Alice's invite; Alice has
 /// not received his hello yet.

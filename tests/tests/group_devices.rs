@@ -10,26 +10,13 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tern_tests::linking::link;
-use tern_tests::process::{json_lines, ok, RelayProcess};
+use tern_tests::process::{befriend_homes, init_account, json_lines, ok, recv_json, RelayProcess};
 
 /// Rounds of everyone receiving before membership must have settled.
 const SYNC_ROUNDS: usize = 10;
 
 fn init(dir: &Path, relay: &RelayProcess, name: &str) -> PathBuf {
-    let home = dir.join(name);
-    ok(&home, &["init", "--relay", relay.url(), "--name", name]);
-    home
-}
-
-/// `inviter` and `acceptor` become contacts (named by their own names).
-fn befriend(inviter: &Path, inviter_name: &str, acceptor: &Path) {
-    let code = ok(inviter, &["invite"]);
-    ok(acceptor, &["accept", code.trim(), "--name", inviter_name]);
-    assert!(recv(inviter).iter().any(|e| e["type"] == "contact"));
-}
-
-fn recv(home: &Path) -> Vec<Value> {
-    json_lines(&ok(home, &["recv", "--json"]))
+    init_account(dir, relay.url(), name)
 }
 
 /// Everyone receives, round after round, until `done` holds; the group
@@ -38,7 +25,7 @@ fn sync(homes: &[&Path], done: impl Fn() -> bool) -> Vec<Vec<(String, String)>> 
     let mut got = vec![Vec::new(); homes.len()];
     for _ in 0..SYNC_ROUNDS {
         for (i, h) in homes.iter().enumerate() {
-            got[i].extend(group_texts(&recv(h)));
+            got[i].extend(group_texts(&recv_json(h)));
         }
         if done() {
             return got;
@@ -90,12 +77,12 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
     let bob = init(dir.path(), &r2, "bob");
     let carol = init(dir.path(), &r1, "carol");
     // Carol is Alice's contact, not Bob's.
-    befriend(&alice, "alice", &bob);
-    befriend(&alice, "alice", &carol);
+    befriend_homes(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &carol);
     let bob2 = dir.path().join("bob-laptop");
     let laptop_id = link(&bob, &bob2, &r1, "laptop");
     // Alice takes Bob's new list before the group is made.
-    assert!(group_texts(&recv(&alice)).is_empty());
+    assert!(group_texts(&recv_json(&alice)).is_empty());
 
     ok(&alice, &["group", "create", "team", "bob", "carol"]);
     let all = [
@@ -112,7 +99,7 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
     ok(&alice, &["group", "send", "team", "hello team"]);
     for home in [&bob, &bob2, &carol] {
         assert_eq!(
-            group_texts(&recv(home)),
+            group_texts(&recv_json(home)),
             [said("alice", "hello team")],
             "{home:?}"
         );
@@ -120,16 +107,19 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
     // Carol knows Bob's laptop only from his card's signed list.
     ok(&carol, &["group", "send", "team", "from carol"]);
     for home in [&bob, &bob2, &alice] {
-        assert_eq!(group_texts(&recv(home)), [said("carol", "from carol")]);
+        assert_eq!(group_texts(&recv_json(home)), [said("carol", "from carol")]);
     }
 
     // Bob writes from his first device: the others get it from "bob", and
     // his laptop shows it as sent by him (and shows no message).
     ok(&bob, &["group", "send", "team", "from bob's phone"]);
     for home in [&alice, &carol] {
-        assert_eq!(group_texts(&recv(home)), [said("bob", "from bob's phone")]);
+        assert_eq!(
+            group_texts(&recv_json(home)),
+            [said("bob", "from bob's phone")]
+        );
     }
-    assert!(group_texts(&recv(&bob2)).is_empty());
+    assert!(group_texts(&recv_json(&bob2)).is_empty());
     assert!(
         group_history(&bob2).contains(&("bob".into(), "from bob's phone".into(), true)),
         "{:?}",
@@ -139,13 +129,13 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
     // Bob removes his laptop. Alice learns it from his list, Carol from
     // his new card; what either writes next reaches his phone only.
     ok(&bob, &["device", "remove", &laptop_id]);
-    assert!(group_texts(&recv(&bob)).is_empty());
+    assert!(group_texts(&recv_json(&bob)).is_empty());
     for home in [&alice, &carol] {
-        assert!(group_texts(&recv(home)).is_empty());
+        assert!(group_texts(&recv_json(home)).is_empty());
     }
     ok(&alice, &["group", "send", "team", "after the laptop left"]);
     ok(&carol, &["group", "send", "team", "carol after it left"]);
-    let at_bob = group_texts(&recv(&bob));
+    let at_bob = group_texts(&recv_json(&bob));
     assert!(
         at_bob.contains(&said("alice", "after the laptop left")),
         "{at_bob:?}"
@@ -154,7 +144,7 @@ fn a_member_with_two_devices_gets_group_messages_on_both_and_sees_his_own() {
         at_bob.contains(&said("carol", "carol after it left")),
         "{at_bob:?}"
     );
-    assert!(group_texts(&recv(&bob2)).is_empty());
+    assert!(group_texts(&recv_json(&bob2)).is_empty());
 }
 
 #[test]
@@ -163,13 +153,13 @@ fn a_device_linked_after_the_group_was_made_reads_and_writes_in_it() {
     let (r1, r2) = (RelayProcess::start(), RelayProcess::start());
     let alice = init(dir.path(), &r1, "alice");
     let bob = init(dir.path(), &r2, "bob");
-    befriend(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &bob);
     ok(&alice, &["group", "create", "team", "bob"]);
     let both = [alice.as_path(), bob.as_path()];
     sync(&both, || reachable(&alice, 2) && reachable(&bob, 2));
     ok(&alice, &["group", "send", "team", "before the laptop"]);
     assert_eq!(
-        group_texts(&recv(&bob)),
+        group_texts(&recv_json(&bob)),
         [said("alice", "before the laptop")]
     );
 
@@ -187,7 +177,7 @@ fn a_device_linked_after_the_group_was_made_reads_and_writes_in_it() {
     // Bob writes: both of Alice's devices read it.
     ok(&bob, &["group", "send", "team", "hello both"]);
     for home in [&alice, &laptop] {
-        assert_eq!(group_texts(&recv(home)), [said("bob", "hello both")]);
+        assert_eq!(group_texts(&recv_json(home)), [said("bob", "hello both")]);
     }
     // The laptop writes: Bob reads it from Alice, and Alice's first device
     // shows it as sent by her.
@@ -196,17 +186,23 @@ fn a_device_linked_after_the_group_was_made_reads_and_writes_in_it() {
         .trim()
         .strip_prefix("sent ")
         .unwrap_or_else(|| panic!("{sent}"));
-    assert_eq!(group_texts(&recv(&bob)), [said("alice", "from the laptop")]);
-    assert!(group_texts(&recv(&alice)).is_empty());
+    assert_eq!(
+        group_texts(&recv_json(&bob)),
+        [said("alice", "from the laptop")]
+    );
+    assert!(group_texts(&recv_json(&alice)).is_empty());
     // Bob's receipts reach the laptop, which sent it.
-    assert!(group_texts(&recv(&laptop)).is_empty());
+    assert!(group_texts(&recv_json(&laptop)).is_empty());
     let status = json_lines(&ok(&laptop, &["status", id, "--json"]));
     assert_eq!(status[0]["status"], "read", "{status:?}");
     assert!(group_history(&alice).contains(&("alice".into(), "from the laptop".into(), true)));
     // And the other way round.
     ok(&alice, &["group", "send", "team", "from the phone"]);
-    assert_eq!(group_texts(&recv(&bob)), [said("alice", "from the phone")]);
-    assert!(group_texts(&recv(&laptop)).is_empty());
+    assert_eq!(
+        group_texts(&recv_json(&bob)),
+        [said("alice", "from the phone")]
+    );
+    assert!(group_texts(&recv_json(&laptop)).is_empty());
     assert!(
         group_history(&laptop).contains(&("alice".into(), "from the phone".into(), true)),
         "{:?}",

@@ -9,34 +9,13 @@
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use tern_tests::process::{ok, RelayProcess};
+use tern_tests::process::{befriend_homes, init_account, ok, recv_json, RelayProcess};
 
 /// Rounds of everyone receiving before membership must have settled.
 const SYNC_ROUNDS: usize = 10;
 
 fn init(dir: &Path, relay: &RelayProcess, name: &str) -> PathBuf {
-    let home = dir.join(name);
-    ok(&home, &["init", "--relay", relay.url(), "--name", name]);
-    home
-}
-
-/// `inviter` and `acceptor` become contacts (named by their own names).
-fn befriend(inviter: &Path, inviter_name: &str, acceptor: &Path) {
-    let code = ok(inviter, &["invite"]);
-    ok(acceptor, &["accept", code.trim(), "--name", inviter_name]);
-    let got = recv(inviter);
-    assert!(
-        got.iter().any(|e| e["type"] == "contact"),
-        "no introduction: {got:?}"
-    );
-}
-
-/// `tern recv --json`, parsed.
-fn recv(home: &Path) -> Vec<Value> {
-    ok(home, &["recv", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
+    init_account(dir, relay.url(), name)
 }
 
 /// `tern group members GROUP --json`, parsed.
@@ -61,7 +40,7 @@ fn sync(homes: &[&Path], done: impl Fn() -> bool) -> Vec<Vec<Value>> {
     let mut got = vec![Vec::new(); homes.len()];
     for _ in 0..SYNC_ROUNDS {
         for (i, h) in homes.iter().enumerate() {
-            got[i].extend(recv(h).into_iter().filter(|e| e["type"] == "message"));
+            got[i].extend(recv_json(h).into_iter().filter(|e| e["type"] == "message"));
         }
         if done() {
             return got;
@@ -106,8 +85,8 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
     let bob = init(dir.path(), &r1, "bob");
     let carol = init(dir.path(), &r2, "carol");
     // Bob and Carol are not each other's contacts.
-    befriend(&alice, "alice", &bob);
-    befriend(&alice, "alice", &carol);
+    befriend_homes(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &carol);
 
     ok(&alice, &["group", "create", "team", "bob", "carol"]);
     let all = [alice.as_path(), bob.as_path(), carol.as_path()];
@@ -118,14 +97,14 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
 
     // Alice writes; both get it once, with the group's name.
     let id = sent_id(&ok(&alice, &["group", "send", "team", "hello team"]));
-    let at_bob = recv(&bob);
+    let at_bob = recv_json(&bob);
     assert_eq!(
         group_texts(&at_bob, "team"),
         [("alice".to_string(), "hello team".to_string())]
     );
     assert_eq!(at_bob[0]["id"], id.as_str());
     assert_eq!(
-        group_texts(&recv(&carol), "team"),
+        group_texts(&recv_json(&carol), "team"),
         [("alice".to_string(), "hello team".to_string())]
     );
 
@@ -133,15 +112,15 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
     // offline meanwhile: she gets it when she next receives, once.
     ok(&bob, &["group", "send", "team", "from bob"]);
     assert_eq!(
-        group_texts(&recv(&alice), "team"),
+        group_texts(&recv_json(&alice), "team"),
         [("bob".to_string(), "from bob".to_string())]
     );
-    let later = recv(&carol);
+    let later = recv_json(&carol);
     assert_eq!(
         group_texts(&later, "team"),
         [("bob".to_string(), "from bob".to_string())]
     );
-    assert!(group_texts(&recv(&carol), "team").is_empty(), "twice");
+    assert!(group_texts(&recv_json(&carol), "team").is_empty(), "twice");
     let history = ok(&carol, &["history", "--group", "team", "--json"]);
     let texts: Vec<Value> = history
         .lines()
@@ -159,11 +138,11 @@ fn a_group_across_two_relays_with_an_offline_and_a_removed_member() {
     assert!(during.iter().all(|g| g.is_empty()), "{during:?}");
     ok(&alice, &["group", "send", "team", "after removal"]);
     ok(&bob, &["group", "send", "team", "bob after removal"]);
-    let at_bob = group_texts(&recv(&bob), "team");
+    let at_bob = group_texts(&recv_json(&bob), "team");
     assert_eq!(at_bob, [("alice".into(), "after removal".into())]);
-    let at_alice = group_texts(&recv(&alice), "team");
+    let at_alice = group_texts(&recv_json(&alice), "team");
     assert_eq!(at_alice, [("bob".into(), "bob after removal".into())]);
-    let at_carol = recv(&carol);
+    let at_carol = recv_json(&carol);
     assert!(group_texts(&at_carol, "team").is_empty(), "{at_carol:?}");
     let carol_history = ok(&carol, &["history", "--group", "team"]);
     assert!(!carol_history.contains("after removal"), "{carol_history}");
@@ -198,8 +177,8 @@ fn group_receipts_show_status_per_member_including_non_contacts() {
     let bob = init(dir.path(), &r1, "bob");
     let carol = init(dir.path(), &r2, "carol");
     // Bob and Carol are not each other's contacts.
-    befriend(&alice, "alice", &bob);
-    befriend(&alice, "alice", &carol);
+    befriend_homes(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &carol);
     ok(&alice, &["group", "create", "team", "bob", "carol"]);
     let all = [alice.as_path(), bob.as_path(), carol.as_path()];
     sync(&all, || all_reachable(&all, "team", 3));
@@ -213,9 +192,9 @@ fn group_receipts_show_status_per_member_including_non_contacts() {
     );
 
     // Alice reads it; Carol's device stores it, with read receipts off.
-    assert_eq!(group_texts(&recv(&alice), "team").len(), 1);
-    assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
-    let got = recv(&bob);
+    assert_eq!(group_texts(&recv_json(&alice), "team").len(), 1);
+    assert_eq!(group_texts(&recv_json(&carol), "team").len(), 1);
+    let got = recv_json(&bob);
     let mut receipts: Vec<(String, String)> = got
         .iter()
         .filter(|e| e["type"] == "receipt" && e["id"] == id.as_str())
@@ -242,14 +221,14 @@ fn group_receipts_show_status_per_member_including_non_contacts() {
     );
     // Carol sees it again in history: still no read receipt from her.
     ok(&carol, &["history", "--group", "team"]);
-    recv(&bob);
+    recv_json(&bob);
     assert_eq!(
         member_statuses(&bob, &id),
         pairs(&[("alice", "read"), ("carol", "delivered")])
     );
     // Receipts are never answered: nobody gets anything more.
     for h in all {
-        let rest = recv(h);
+        let rest = recv_json(h);
         assert!(
             rest.iter()
                 .all(|e| e["type"] != "receipt" && e["type"] != "message"),
@@ -265,15 +244,15 @@ fn a_member_without_a_card_yet_gets_the_message_once_it_comes() {
     let alice = init(dir.path(), &r1, "alice");
     let bob = init(dir.path(), &r1, "bob");
     let carol = init(dir.path(), &r2, "carol");
-    befriend(&alice, "alice", &bob);
-    befriend(&alice, "alice", &carol);
+    befriend_homes(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &carol);
     ok(&alice, &["group", "create", "team", "bob"]);
     let two = [alice.as_path(), bob.as_path()];
     sync(&two, || all_reachable(&two, "team", 2));
 
     // Alice adds Carol; Bob hears of her before she has published a card.
     ok(&alice, &["group", "add", "team", "carol"]);
-    recv(&bob);
+    recv_json(&bob);
     let at_bob = members(&bob, "team");
     assert_eq!(at_bob.len(), 3, "{at_bob:?}");
     assert!(at_bob.iter().any(|m| m["reachable"] == false), "{at_bob:?}");
@@ -310,10 +289,10 @@ fn two_admins_changing_membership_at_once_converge() {
     let names = ["alice", "bob", "carol", "dave", "erin"];
     let homes: Vec<PathBuf> = names.iter().map(|n| init(dir.path(), &relay, n)).collect();
     let [alice, bob, carol, dave, erin] = [0, 1, 2, 3, 4].map(|i| homes[i].as_path());
-    befriend(alice, "alice", bob);
-    befriend(alice, "alice", carol);
-    befriend(alice, "alice", dave);
-    befriend(bob, "bob", erin);
+    befriend_homes(alice, "alice", bob);
+    befriend_homes(alice, "alice", carol);
+    befriend_homes(alice, "alice", dave);
+    befriend_homes(bob, "bob", erin);
 
     ok(alice, &["group", "create", "g", "carol"]);
     ok(alice, &["group", "add", "g", "bob", "--admin"]);
@@ -408,7 +387,7 @@ mod beside_listen {
     //! Group commands beside a running `tern listen` go through it (its
     //! socket), and it prints group messages with the group's name.
 
-    use super::{ok, recv, sent_id, RelayProcess};
+    use super::{ok, recv_json, sent_id, RelayProcess};
     use std::io::{BufRead, BufReader};
     use std::process::Child;
     use std::sync::mpsc;
@@ -433,7 +412,7 @@ mod beside_listen {
         let relay = RelayProcess::start();
         let alice = super::init(dir.path(), &relay, "alice");
         let bob = super::init(dir.path(), &relay, "bob");
-        super::befriend(&alice, "alice", &bob);
+        super::befriend_homes(&alice, "alice", &bob);
 
         let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -460,7 +439,7 @@ mod beside_listen {
             std::thread::sleep(Duration::from_millis(100));
         }
         let id = sent_id(&ok(&bob, &["group", "send", "duo", "from listen"]));
-        let got = recv(&alice);
+        let got = recv_json(&alice);
         assert!(
             got.iter()
                 .any(|e| e["id"] == id.as_str() && e["group"] == "duo" && e["from"] == "bob"),
@@ -495,7 +474,7 @@ mod listen_flushes_groups {
     //! published her card goes to her once her card reaches the listener,
     //! with no other command.
 
-    use super::{all_reachable, befriend, group_texts, init, members, ok, recv, sync};
+    use super::{all_reachable, befriend_homes, group_texts, init, members, ok, recv_json, sync};
     use super::{RelayProcess, Value};
     use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
@@ -517,8 +496,8 @@ mod listen_flushes_groups {
         let alice = init(dir.path(), &r1, "alice");
         let bob = init(dir.path(), &r1, "bob");
         let carol = init(dir.path(), &r2, "carol");
-        befriend(&alice, "alice", &bob);
-        befriend(&alice, "alice", &carol);
+        befriend_homes(&alice, "alice", &bob);
+        befriend_homes(&alice, "alice", &carol);
         ok(&alice, &["group", "create", "team", "bob"]);
         let two = [alice.as_path(), bob.as_path()];
         sync(&two, || all_reachable(&two, "team", 2));
@@ -556,8 +535,8 @@ mod listen_flushes_groups {
         let mut got = Vec::new();
         while got.is_empty() {
             assert!(Instant::now() < deadline, "the message never reached carol");
-            got = group_texts(&recv(&carol), "team");
-            recv(&alice);
+            got = group_texts(&recv_json(&carol), "team");
+            recv_json(&alice);
         }
         assert_eq!(got, [("bob".to_string(), "waiting for you".to_string())]);
     }
@@ -569,7 +548,9 @@ mod group_typing {
     //! nobody: an offline member never sees it, and the group session it
     //! advanced still carries the next message to her.
 
-    use super::{all_reachable, befriend, group_texts, init, ok, recv, sync, RelayProcess};
+    use super::{
+        all_reachable, befriend_homes, group_texts, init, ok, recv_json, sync, RelayProcess,
+    };
     use serde_json::{json, Value};
     use std::io::{BufRead, BufReader};
     use std::process::Child;
@@ -614,15 +595,15 @@ mod group_typing {
         let alice = init(dir.path(), &r1, "alice");
         let bob = init(dir.path(), &r1, "bob");
         let carol = init(dir.path(), &r2, "carol");
-        befriend(&alice, "alice", &bob);
-        befriend(&alice, "alice", &carol);
+        befriend_homes(&alice, "alice", &bob);
+        befriend_homes(&alice, "alice", &carol);
         ok(&alice, &["group", "create", "team", "bob", "carol"]);
         let all = [alice.as_path(), bob.as_path(), carol.as_path()];
         sync(&all, || all_reachable(&all, "team", 3));
         // Typing goes to members holding Alice's group key: she writes once.
         ok(&alice, &["group", "send", "team", "first"]);
-        assert_eq!(group_texts(&recv(&bob), "team").len(), 1);
-        assert_eq!(group_texts(&recv(&carol), "team").len(), 1);
+        assert_eq!(group_texts(&recv_json(&bob), "team").len(), 1);
+        assert_eq!(group_texts(&recv_json(&carol), "team").len(), 1);
 
         let mut child = tern_cmd(&bob, &["listen", "--json"]).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -656,7 +637,7 @@ mod group_typing {
         // Carol was offline: she gets the messages, never the notice, and
         // the next message still opens.
         ok(&alice, &["group", "send", "team", "after typing"]);
-        let at_carol = recv(&carol);
+        let at_carol = recv_json(&carol);
         assert!(
             at_carol.iter().all(|e| e["type"] != "typing"),
             "{at_carol:?}"
@@ -772,8 +753,8 @@ fn a_member_relay_down_gets_the_message_later_once() {
     let alice = init(dir.path(), &r1, "alice");
     let bob = init(dir.path(), &r1, "bob");
     let carol = init(dir.path(), &r2, "carol");
-    befriend(&alice, "alice", &bob);
-    befriend(&alice, "alice", &carol);
+    befriend_homes(&alice, "alice", &bob);
+    befriend_homes(&alice, "alice", &carol);
     ok(&alice, &["group", "create", "team", "bob", "carol"]);
     let all = [alice.as_path(), bob.as_path(), carol.as_path()];
     sync(&all, || all_reachable(&all, "team", 3));
@@ -786,17 +767,17 @@ fn a_member_relay_down_gets_the_message_later_once() {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["status"], "queued", "{out}");
     assert_eq!(
-        group_texts(&recv(&bob), "team"),
+        group_texts(&recv_json(&bob), "team"),
         [("alice".to_string(), "while r2 is down".to_string())]
     );
     r2.restart();
     // The next `tern recv` delivers what waits (a new process).
-    recv(&alice);
+    recv_json(&alice);
     assert_eq!(
-        group_texts(&recv(&carol), "team"),
+        group_texts(&recv_json(&carol), "team"),
         [("alice".to_string(), "while r2 is down".to_string())]
     );
-    recv(&alice);
-    assert!(group_texts(&recv(&carol), "team").is_empty(), "twice");
-    assert!(group_texts(&recv(&bob), "team").is_empty(), "twice");
+    recv_json(&alice);
+    assert!(group_texts(&recv_json(&carol), "team").is_empty(), "twice");
+    assert!(group_texts(&recv_json(&bob), "team").is_empty(), "twice");
 }
