@@ -88,22 +88,27 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
             .collect()
     }
 
+    /// An envelope of `len` bytes is within the relay's limit.
+    pub(crate) fn check_envelope_size(&self, len: usize) -> Result<(), WireError> {
+        if len > self.limits.max_envelope_bytes {
+            return Err(WireError::new(
+                ErrorCode::EnvelopeTooLarge,
+                format!(
+                    "envelope of {len} bytes exceeds the maximum of {}",
+                    self.limits.max_envelope_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// What a send says about itself, checked before its token is looked
     /// up: its ids, its size, its token's length (an unusable token never
     /// reaches the store), and the token's hash.
     fn check_send(&self, s: &pb::Send) -> Result<(MailboxId, MessageId, TokenHash), WireError> {
         let mailbox: MailboxId = fixed(&s.mailbox_id, "mailbox_id")?;
         let message_id: MessageId = fixed(&s.message_id, "message_id")?;
-        if s.payload.len() > self.limits.max_envelope_bytes {
-            return Err(WireError::new(
-                ErrorCode::EnvelopeTooLarge,
-                format!(
-                    "envelope of {} bytes exceeds the maximum of {}",
-                    s.payload.len(),
-                    self.limits.max_envelope_bytes
-                ),
-            ));
-        }
+        self.check_envelope_size(s.payload.len())?;
         if s.token.len() != TOKEN_LEN {
             return Err(super::invalid_token());
         }

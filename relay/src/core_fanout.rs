@@ -61,16 +61,7 @@ impl<S: MailboxStore, C: Clock> RelayCore<S, C> {
     /// await [`Self::durable`] once before answering.
     pub fn send_many(&self, s: &pb::SendMany) -> Result<SentMany, WireError> {
         let message_id: MessageId = fixed(&s.message_id, "message_id")?;
-        if s.payload.len() > self.limits.max_envelope_bytes {
-            return Err(WireError::new(
-                ErrorCode::EnvelopeTooLarge,
-                format!(
-                    "envelope of {} bytes exceeds the maximum of {}",
-                    s.payload.len(),
-                    self.limits.max_envelope_bytes
-                ),
-            ));
-        }
+        self.check_envelope_size(s.payload.len())?;
         let max = self.limits.max_recipients_per_send;
         if s.targets.is_empty() || s.targets.len() > max {
             return Err(WireError::new(
