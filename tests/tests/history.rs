@@ -11,10 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tern_client::ClientError;
 use tern_crypto::{DeviceAccount, HistoryKey};
@@ -22,6 +19,7 @@ use tern_protocol::history::history_signed_bytes;
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::ErrorCode;
 use tern_tests::process::{alice_and_bob, json_lines, ok, run_bounded, tern_cmd, RelayProcess};
+use tern_tests::listen::Listen;
 use tern_tests::{befriend, connect, disk_contains, TestRelay, TestUser};
 
 /// How long a listening client or the relay may take to show something.
@@ -196,47 +194,6 @@ fn remote_history_pages_restores_once_and_a_backup_brings_the_account_back() {
     assert_eq!(got[0]["text"], "after the move");
     let file = std::fs::read(&late).unwrap();
     assert!(!file.windows(11).any(|w| w == b"hist-secret"));
-}
-
-/// A `tern listen --json` child.
-struct Listen {
-    child: Child,
-    _lines: mpsc::Receiver<String>,
-}
-
-impl Listen {
-    fn start(home: &Path) -> Self {
-        let mut child = tern_cmd(home, &["listen", "--json"]).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let socket = home.join("tern.sock");
-        let deadline = Instant::now() + DEADLINE;
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "listen never served its socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            _lines: lines,
-        }
-    }
-
-    fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        assert!(self.child.wait().unwrap().success());
-    }
 }
 
 #[test]
