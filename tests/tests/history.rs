@@ -18,8 +18,8 @@ use tern_crypto::{DeviceAccount, HistoryKey};
 use tern_protocol::history::history_signed_bytes;
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tern_protocol::ErrorCode;
-use tern_tests::process::{alice_and_bob, json_lines, ok, run_bounded, tern_cmd, RelayProcess};
 use tern_tests::listen::Listen;
+use tern_tests::process::{alice_and_bob, json_lines, ok, run_bounded, tern_cmd, RelayProcess};
 use tern_tests::{befriend, connect, disk_contains, TestRelay, TestUser};
 
 /// How long a listening client or the relay may take to show something.
