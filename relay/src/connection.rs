@@ -464,8 +464,8 @@ async fn messages<S: MailboxStore, C: Clock>(
 
 /// The stream ended, perhaps mid-way (its peer stopped reading): sends it
 /// already handed to the store are in the store whatever became of their
-/// answers, so their recipients are woken once those writes are durable,
-/// as they would have been had the sender stayed.
+/// answers, so their recipients are woken as they would have been had the
+/// sender stayed.
 async fn wake_owed<S: MailboxStore, C: Clock>(
     shared: &Arc<Shared<S, C>>,
     machine: &mut MessageStream,
@@ -476,14 +476,14 @@ async fn wake_owed<S: MailboxStore, C: Clock>(
         work.store = None;
         machine.handle_stored(outcomes.unwrap_or_default());
     }
-    let owed = machine.abandon();
-    if owed.is_empty() {
-        return;
-    }
-    // Begun now, after every write the held results cover.
-    if shared.core.durable().await.is_ok() {
-        for mailbox in &owed {
-            shared.hub.stored(mailbox);
+    for owed in machine.abandon() {
+        match owed {
+            Output::Notify(mailbox) => shared.hub.stored(&mailbox),
+            Output::Hand { mailbox, envelope } => shared.hub.stored_with(&mailbox, &envelope),
+            Output::Ephemeral { mailbox, envelope } => {
+                shared.hub.ephemeral(&mailbox, envelope);
+            }
+            _ => {}
         }
     }
 }

@@ -19,8 +19,8 @@ use tern_protocol::{ErrorCode, WireError};
 pub struct SentMany {
     /// One result per target, in the order of the request's targets.
     pub results: Vec<pb::TargetResult>,
-    /// Mailboxes that hold the envelope (new or already): once durable,
-    /// their subscribers are woken. Empty for an ephemeral send.
+    /// Mailboxes that hold the envelope (new or already): their
+    /// subscribers are woken at once, while the flush runs. Empty for an ephemeral send.
     pub stored: Vec<MailboxId>,
     /// For an ephemeral send, the mailboxes to pass it to.
     pub ephemeral: Vec<MailboxId>,

@@ -1,7 +1,7 @@
-//! Who is connected: subscriptions by mailbox. A durable send wakes the
-//! mailbox's subscribers, which then read the store themselves, so a wake-up
-//! that races a reconnect loses nothing. A durable multi-recipient send
-//! also hands each subscriber the envelope as stored ([`Hub::stored_with`]),
+//! Who is connected: subscriptions by mailbox. A stored send wakes the
+//! mailbox's subscribers (while its flush runs), which then read the store
+//! themselves, so a wake-up that races a reconnect loses nothing. A stored
+//! multi-recipient send also hands each subscriber the envelope as stored ([`Hub::stored_with`]),
 //! so one that has pushed everything before it pushes it without reading
 //! it back; any other reads the store as after a plain wake-up. Ephemeral envelopes are handed over
 //! directly and dropped when nobody is there or a subscriber is backed up.
@@ -11,7 +11,7 @@
 //!
 //! A relay in a fleet (several relays over one shared store) attaches a
 //! [`Fleet`]: the hub tells it which mailboxes have local subscribers, and
-//! every durable store, so other relays' subscribers are woken too; what
+//! every store, so other relays' subscribers are woken too; what
 //! other relays stored comes back through [`Hub::stored_elsewhere`]. The
 //! hub stays the one place that wakes streams.
 

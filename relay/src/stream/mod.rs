@@ -24,7 +24,7 @@ mod replies;
 pub use apply::{run_store, try_store_now};
 pub use budget::{PushBudget, PushLimits};
 pub use push::{Fetch, DRAIN_BATCH, FETCH_RETRY};
-pub use replies::{Ticket, Wake, Woken, REPLY_BATCH};
+pub use replies::{Ticket, REPLY_BATCH};
 
 use crate::conn_state::ConnState;
 use crate::core::{Accepted, SentMany};
@@ -33,7 +33,7 @@ use bytes::Bytes;
 use prost::Message;
 use push::Push;
 use replies::{Replies, SlotId};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_protocol::frame::FrameError;
@@ -143,9 +143,9 @@ pub enum Output {
     /// Begin a durability wait now and hand its result to
     /// [`MessageStream::handle_durable`].
     AwaitDurable(Ticket),
-    /// Durable sends reached this mailbox: wake its subscribers.
+    /// Stored sends reached this mailbox: wake its subscribers.
     Notify(MailboxId),
-    /// A durable multi-recipient send reached this mailbox: wake its
+    /// A stored multi-recipient send reached this mailbox: wake its
     /// subscribers and hand them the envelope as stored, so one that has
     /// pushed everything before it need not fetch it
     /// ([`MessageStream::handle_handed`]).
@@ -391,6 +391,8 @@ impl MessageStream {
         self.store_busy = false;
         let mut outcomes = outcomes.into_iter();
         let slots = std::mem::take(&mut self.batch_slots);
+        // Mailboxes this batch already woke with a plain wake-up.
+        let mut woken = HashSet::new();
         for &(slot, owed) in &slots {
             match outcomes.next() {
                 Some(StoreOutcome::Sent {
@@ -404,7 +406,8 @@ impl MessageStream {
                         // mail, and `duplicate` would tell a re-send whether
                         // the recipient has acked yet (threat-model.md).
                         let frame = pb::RelayFrame::send_result(request_id, Ok((0, false)));
-                        self.replies.fill_held(slot, frame, Wake::One(mailbox));
+                        self.replies.fill_held(slot, frame);
+                        self.wake(mailbox, &mut woken);
                     }
                     Accepted::Ephemeral { mailbox } => {
                         if let Some(envelope) = ephemeral {
@@ -424,7 +427,7 @@ impl MessageStream {
                         if ephemeral {
                             self.replies.fill_ready(slot, frame);
                         } else {
-                            self.replies.fill_held(slot, frame, Wake::Many(Vec::new()));
+                            self.replies.fill_held(slot, frame);
                         }
                     }
                 },
@@ -446,7 +449,7 @@ impl MessageStream {
                     request_id,
                     sent,
                     ephemeral,
-                }) => self.sent_many(slot, request_id, sent, ephemeral),
+                }) => self.sent_many(slot, request_id, sent, ephemeral, &mut woken),
                 Some(StoreOutcome::SendManyRefused { request_id, error }) => {
                     self.replies.fill_ready(
                         slot,
@@ -470,14 +473,16 @@ impl MessageStream {
     }
 
     /// A multi-recipient send came back: if it stored anything, its answer
-    /// waits for one durability wait and then wakes every mailbox it
-    /// reached; an ephemeral one is passed to each recipient at once.
+    /// waits for one durability wait, and every mailbox it reached is woken
+    /// now (handed the envelope where it is new there); an ephemeral one is
+    /// passed to each recipient at once.
     fn sent_many(
         &mut self,
         slot: SlotId,
         request_id: u64,
         sent: SentMany,
         ephemeral: Option<pb::Envelope>,
+        woken: &mut HashSet<MailboxId>,
     ) {
         if let Some(envelope) = ephemeral {
             for mailbox in sent.ephemeral {
@@ -490,12 +495,35 @@ impl MessageStream {
         let frame = pb::RelayFrame::send_many_result(request_id, Ok(sent.results));
         if sent.stored.is_empty() && sent.discarded == 0 {
             self.replies.fill_ready(slot, frame);
-        } else {
-            let wake = match sent.handoff {
-                Some(h) if h.seqs.len() == sent.stored.len() => Wake::Handed(sent.stored, h),
-                _ => Wake::Many(sent.stored),
-            };
-            self.replies.fill_held(slot, frame, wake);
+            return;
+        }
+        self.replies.fill_held(slot, frame);
+        match sent.handoff {
+            Some(h) if h.seqs.len() == sent.stored.len() => {
+                for (mailbox, seq) in sent.stored.into_iter().zip(h.seqs) {
+                    match seq {
+                        // Not marked woken: a plain wake of the same
+                        // mailbox after it may be for more.
+                        Some(seq) => {
+                            let mut envelope = h.envelope.clone();
+                            envelope.seq = seq;
+                            self.events.push_back(Output::Hand { mailbox, envelope });
+                        }
+                        None => self.wake(mailbox, woken),
+                    }
+                }
+            }
+            _ => sent.stored.into_iter().for_each(|m| self.wake(m, woken)),
+        }
+    }
+
+    /// Wake `mailbox`'s subscribers: a write to it is stored. Not waiting
+    /// for the write's flush costs nothing in safety: if the relay dies
+    /// before it, the sender got no answer and sends again, and the
+    /// recipient drops the repeat by message id (protocol.md).
+    fn wake(&mut self, mailbox: MailboxId, woken: &mut HashSet<MailboxId>) {
+        if woken.insert(mailbox) {
+            self.events.push_back(Output::Notify(mailbox));
         }
     }
 
@@ -504,12 +532,7 @@ impl MessageStream {
         if let Err(e) = &result {
             tracing::warn!("sends not durable: {e}");
         }
-        for w in self.replies.finish_wait(ticket, result.is_ok()) {
-            self.events.push_back(match w {
-                Woken::Plain(m) => Output::Notify(m),
-                Woken::Handed(mailbox, envelope) => Output::Hand { mailbox, envelope },
-            });
-        }
+        self.replies.finish_wait(ticket, result.is_ok());
     }
 
     /// A fetch came back at `now`.
@@ -622,6 +645,10 @@ impl MessageStream {
 
     /// The next thing the driver must do, if any.
     pub fn poll(&mut self) -> Option<Output> {
+        // The flush first: recipients woken below are pushed while it runs.
+        if let Some(t) = self.replies.start_wait() {
+            return Some(Output::AwaitDurable(t));
+        }
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
@@ -637,9 +664,6 @@ impl MessageStream {
             self.batch_slots.extend(self.op_slots.drain(..n));
             self.store_busy = true;
             return Some(Output::Store(batch));
-        }
-        if let Some(t) = self.replies.start_wait() {
-            return Some(Output::AwaitDurable(t));
         }
         self.starved = false;
         if self.push.as_ref().is_some_and(Push::wants_fetch) {
@@ -761,14 +785,24 @@ impl MessageStream {
         self.push.as_ref().map(Push::mailbox)
     }
 
-    /// The peer can no longer be answered (its stream died): the mailboxes
-    /// that sends already written to the store still owe a wake-up. The
-    /// driver wakes them once a durability wait begun now has ended, so an
-    /// online recipient hears of them as it would have.
-    pub fn abandon(&mut self) -> Vec<MailboxId> {
+    /// The peer can no longer be answered (its stream died): stop reading
+    /// and pushing, and hand back the wake-ups (and ephemeral envelopes)
+    /// not yet carried out, which the driver must still carry out: what
+    /// the stream stored is in the store whatever became of its answers,
+    /// and an online recipient must hear of it as it would have had the
+    /// sender stayed.
+    pub fn abandon(&mut self) -> Vec<Output> {
         self.reading = false;
         self.stop_push();
-        self.replies.held_mailboxes()
+        self.events
+            .drain(..)
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Notify(_) | Output::Hand { .. } | Output::Ephemeral { .. }
+                )
+            })
+            .collect()
     }
 
     /// Whether a durability wait is under way.

@@ -2,11 +2,12 @@
 //! stored send's `SendResult` is held until a durability wait begun after
 //! its write resolves: one wait covers every reply stored by then (up to
 //! [`REPLY_BATCH`]), and if the flush fails the held results are rewritten
-//! to `StorageUnavailable` and wake nobody. Everything else (refusals,
-//! errors, ephemeral results) is ready at once, but still leaves in order.
+//! to `StorageUnavailable`. Everything else (refusals, errors, ephemeral
+//! results) is ready at once, but still leaves in order. Recipients are
+//! woken when the write is stored, not here (see
+//! [`super::MessageStream::handle_stored`]).
 
-use crate::core::{storage_unavailable, Handoff};
-use crate::store::MailboxId;
+use crate::core::storage_unavailable;
 use std::collections::VecDeque;
 use tern_protocol::pb::{self, relay_frame::Frame as Out};
 
@@ -17,42 +18,12 @@ pub const REPLY_BATCH: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(pub(crate) u64);
 
-/// Whose subscribers a held answer wakes once durable.
-#[derive(Debug)]
-pub enum Wake {
-    /// A send's one mailbox (no allocation on the common path).
-    One(MailboxId),
-    /// Every mailbox a multi-recipient send reached.
-    Many(Vec<MailboxId>),
-    /// Every mailbox a multi-recipient send reached, each handed the
-    /// envelope with its wake-up where it has a sequence number there.
-    Handed(Vec<MailboxId>, Handoff),
-}
-
-impl Wake {
-    fn mailboxes(&self) -> &[MailboxId] {
-        match self {
-            Self::One(m) => std::slice::from_ref(m),
-            Self::Many(v) | Self::Handed(v, _) => v,
-        }
-    }
-}
-
-/// One mailbox to wake once a durability wait ends.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Woken {
-    /// Wake its subscribers: something new is stored.
-    Plain(MailboxId),
-    /// Wake its subscribers and hand them this stored envelope.
-    Handed(MailboxId, pb::Envelope),
-}
-
 /// Where one frame's answer stands.
 enum Slot {
     /// Its store operation has not come back yet.
     Pending,
     /// Stored; leaves after a durability wait begun after the write.
-    Held { frame: pb::RelayFrame, wake: Wake },
+    Held(pb::RelayFrame),
     /// May leave.
     Ready(pb::RelayFrame),
     /// Nothing to say (an ack that was applied).
@@ -122,11 +93,10 @@ impl Replies {
         }
     }
 
-    /// Fill a pending slot with a stored send's result, held for durability;
-    /// once durable, `wake` is told.
-    pub fn fill_held(&mut self, id: SlotId, frame: pb::RelayFrame, wake: Wake) {
+    /// Fill a pending slot with a stored send's result, held for durability.
+    pub fn fill_held(&mut self, id: SlotId, frame: pb::RelayFrame) {
         if let Some(s) = self.slot(id) {
-            *s = Slot::Held { frame, wake };
+            *s = Slot::Held(frame);
             self.unsynced.push_back(id);
         }
     }
@@ -151,52 +121,24 @@ impl Replies {
     }
 
     /// The wait `ticket` ended. Its replies may leave; `durable` says
-    /// whether the writes reached the disk. Returns the mailboxes to wake,
-    /// in the order their sends arrived: once each, except that a mailbox
-    /// handed several envelopes is named with each.
-    pub fn finish_wait(&mut self, ticket: Ticket, durable: bool) -> Vec<Woken> {
-        let mut woken = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+    /// whether the writes reached the disk: if not, each is rewritten to
+    /// say so.
+    pub fn finish_wait(&mut self, ticket: Ticket, durable: bool) {
         let covered = match self.syncing.take() {
             Some((t, covered)) if t == ticket => covered,
             other => {
                 // Not the wait under way: a driver bug, but not a reason to
                 // lose the one that is.
                 self.syncing = other;
-                return woken;
+                return;
             }
         };
         for id in covered {
             let Some(slot) = self.slot(id) else { continue };
-            let Slot::Held { mut frame, wake } = std::mem::replace(slot, Slot::Silent) else {
+            let Slot::Held(mut frame) = std::mem::replace(slot, Slot::Silent) else {
                 continue;
             };
-            if durable {
-                match wake {
-                    Wake::Handed(mailboxes, h) => {
-                        for (m, seq) in mailboxes.into_iter().zip(h.seqs) {
-                            match seq {
-                                // Not marked seen: a plain wake of the
-                                // same mailbox after it may be for more.
-                                Some(seq) => {
-                                    let mut env = h.envelope.clone();
-                                    env.seq = seq;
-                                    woken.push(Woken::Handed(m, env));
-                                }
-                                None if seen.insert(m) => woken.push(Woken::Plain(m)),
-                                None => {}
-                            }
-                        }
-                    }
-                    wake => {
-                        for m in wake.mailboxes() {
-                            if seen.insert(*m) {
-                                woken.push(Woken::Plain(*m));
-                            }
-                        }
-                    }
-                }
-            } else {
+            if !durable {
                 match &mut frame.frame {
                     Some(Out::SendResult(r)) => {
                         r.seq = 0;
@@ -216,24 +158,6 @@ impl Replies {
             }
             *slot = Slot::Ready(frame);
         }
-        woken
-    }
-
-    /// The mailboxes of every result still held for durability, once each:
-    /// what a stream that can no longer answer still owes a wake-up.
-    pub fn held_mailboxes(&self) -> Vec<MailboxId> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for slot in &self.slots {
-            if let Slot::Held { wake, .. } = slot {
-                for m in wake.mailboxes() {
-                    if seen.insert(*m) {
-                        out.push(*m);
-                    }
-                }
-            }
-        }
-        out
     }
 
     /// The next answer that may leave now, if any.

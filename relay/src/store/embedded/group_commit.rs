@@ -67,6 +67,11 @@ impl GroupCommit {
     pub fn wait(self: &Arc<Self>) -> impl std::future::Future<Output = Result<(), StoreError>> {
         let target = self.written.load(Ordering::SeqCst);
         let mut rx = self.durable.subscribe();
+        // The flush starts now, not when the future is first polled: its
+        // caller may have other work first (waking the recipients).
+        if matches!(*rx.borrow(), Ok(done) if done < target) {
+            self.kick();
+        }
         let gc = Arc::clone(self);
         async move {
             loop {
