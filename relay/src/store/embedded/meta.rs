@@ -23,6 +23,7 @@
 //! retrying it could report success over pages the kernel dropped
 //! (docs/decisions.md, "Durable metadata").
 
+use super::token_cache::TokenCache;
 use super::{unavailable, MailboxId, MailboxRecord, StoreError, TokenHash, TokenRecord};
 use ::sled::{Batch, Db, Tree};
 use std::path::Path;
@@ -56,6 +57,8 @@ pub struct Meta {
     /// Held across taking `dirty` and flushing, so a second caller waits for
     /// a flush already under way instead of skipping it.
     flushing: Mutex<()>,
+    /// Token records in use, in front of `tree`.
+    tokens: TokenCache,
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
@@ -129,6 +132,7 @@ impl Meta {
             tree,
             dirty: AtomicBool::new(false),
             flushing: Mutex::new(()),
+            tokens: TokenCache::default(),
         })
     }
 
@@ -186,13 +190,19 @@ impl Meta {
         let mut batch = Batch::default();
         batch.insert(mailbox_key(&mailbox), encode_mailbox(&m));
         batch.insert(token_key(&hash), token_value(&mailbox, false));
-        self.tree.apply_batch(batch).map_err(unavailable)?;
+        self.tokens
+            .change(&hash, || self.tree.apply_batch(batch).map_err(unavailable))?;
         self.dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Look a token up by its hash.
     pub fn token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens.get(hash, || self.load_token(hash))
+    }
+
+    /// Read a token's record from sled.
+    fn load_token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         let Some(v) = self.tree.get(token_key(hash)).map_err(unavailable)? else {
             return Ok(None);
         };
@@ -208,6 +218,15 @@ impl Meta {
 
     /// Revoke a token of `mailbox`. The caller holds the mailbox's shard.
     pub fn revoke_token(
+        &self,
+        hash: &TokenHash,
+        mailbox: &MailboxId,
+    ) -> Result<Revoked, StoreError> {
+        self.tokens
+            .change(hash, || self.write_revocation(hash, mailbox))
+    }
+
+    fn write_revocation(
         &self,
         hash: &TokenHash,
         mailbox: &MailboxId,
@@ -323,6 +342,31 @@ mod tests {
             decode_mailbox(&bytes[..70]),
             Err(StoreError::Corrupt("short integer"))
         );
+    }
+
+    #[test]
+    fn a_token_read_before_its_revocation_is_seen_revoked_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_mailbox([1; 16], [2; 32], 3).unwrap();
+        meta.add_token([5; 32], [1; 16], 10).unwrap();
+        let live = TokenRecord {
+            mailbox: [1; 16],
+            revoked: false,
+        };
+        // Read twice: the second from memory.
+        assert_eq!(meta.token(&[5; 32]).unwrap(), Some(live));
+        assert_eq!(meta.token(&[5; 32]).unwrap(), Some(live));
+        assert_eq!(meta.revoke_token(&[5; 32], &[1; 16]).unwrap(), Revoked::Now);
+        let revoked = TokenRecord {
+            revoked: true,
+            ..live
+        };
+        assert_eq!(meta.token(&[5; 32]).unwrap(), Some(revoked));
+        // A token added after a miss on it is found.
+        assert_eq!(meta.token(&[6; 32]).unwrap(), None);
+        meta.add_token([6; 32], [1; 16], 10).unwrap();
+        assert_eq!(meta.token(&[6; 32]).unwrap(), Some(live));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod record;
 mod shared;
 pub mod signal;
 pub mod status;
+mod token_cache;
 
 #[cfg(test)]
 mod fanout_tests;
