@@ -5,12 +5,14 @@
 # create`, two release relays on them (`--store redis`, bench.toml: rates
 # and per-address caps off), then RUNS runs of
 #   tern-bench online --pairs 64 --messages N --relay B --send-relay A
-# each under the bench lock, printing every run's msgs/s line, `uptime`,
+# each under the bench lock (held from the first CPU reading to the last), printing every run's msgs/s line, `uptime`,
 # and CPU per delivered message (utime+stime over the run, from
 # /proc/PID/stat) for the redis-servers, each relay and tern-bench.
 #
 #   bench/fleet/run.sh [RUNS=3] [MESSAGES=50000]
-# Env: TERN_BENCH_LOCK (default /work/notes/bench.lock), KEEP=1 leaves the
+# Env: REDIS_EXTRA (more redis.conf lines), PERF=DIR (perf profiles of
+# relay A, relay B and one primary; PERF_HZ, PERF_CG), STATS=1 (INFO
+# commandstats summed over the primaries), TERN_BENCH_LOCK (default /work/notes/bench.lock), KEEP=1 leaves the
 # fleet's temp dir. Needs redis-server, redis-cli, flock; run from the
 # workspace root after `cargo build --release -p tern-bench -p tern-relay`.
 set -euo pipefail
@@ -18,7 +20,7 @@ RUNS=${1:-3}
 MESSAGES=${2:-50000}
 LOCK=${TERN_BENCH_LOCK:-/work/notes/bench.lock}
 ROOT=$(pwd)
-RELAY=$ROOT/target/release/tern-relay
+RELAY=${RELAY_BIN:-$ROOT/target/release/tern-relay}
 BENCH=$ROOT/target/release/tern-bench
 DIR=$(mktemp -d /tmp/tern-fleet.XXXXXX)
 PIDS=()
@@ -47,6 +49,7 @@ appendfsync always
 save ""
 zset-max-listpack-value 4096
 logfile $DIR/r$p/redis.log
+${REDIS_EXTRA:-}
 CONF
   redis-server "$DIR/r$p/redis.conf" &
   PIDS+=($!)
@@ -95,7 +98,12 @@ echo "fleet: redis ${PORTS[*]}; relay A ${URL[A]} (pid $PID_A); relay B ${URL[B]
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
+exec 9>"$LOCK"
 for run in $(seq "$RUNS"); do
+  # Under the bench lock from here to the last reading, so the CPU counted
+  # is this run's (idle redis-servers and relays cost little, but a wait
+  # for the lock can be minutes).
+  flock 9
   declare -A T0
   for p in "${REDIS_PIDS[@]}" $PID_A $PID_B; do T0[$p]=$(ticks "$p"); done
   for p in "${PORTS[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
@@ -105,11 +113,11 @@ for run in $(seq "$RUNS"); do
     mkdir -p "$PERF"
     for t in "A $PID_A" "B $PID_B" "redis ${REDIS_PIDS[0]}"; do
       set -- $t
-      perf record -q -F 2000 -g -p "$2" -o "$PERF/perf.$1.data" >/dev/null 2>&1 &
+      perf record -q -F ${PERF_HZ:-2000} ${PERF_CG:--g} -p "$2" -o "$PERF/perf.$1.data" >/dev/null 2>&1 &
       PERFS+=($!)
     done
   fi
-  out=$(flock "$LOCK" bash -c "uptime; /usr/bin/time -f 'bench cpu %U %S' '$BENCH' online --pairs 64 --messages $MESSAGES --relay '${URL[B]}' --send-relay '${URL[A]}' 2>&1; uptime")
+  out=$(bash -c "uptime; /usr/bin/time -f 'bench cpu %U %S' '$BENCH' online --pairs 64 --messages $MESSAGES --relay '${URL[B]}' --send-relay '${URL[A]}' 2>&1; uptime")
   for p in "${PERFS[@]}"; do kill -INT "$p"; wait "$p" || true; done
   echo "== run $run"
   echo "$out" | grep -v '^ *$' | grep -v -E '^(setup|register|connect)' 
@@ -123,6 +131,7 @@ for run in $(seq "$RUNS"); do
   for p in "${REDIS_PIDS[@]}"; do redis=$((redis + $(ticks "$p") - ${T0[$p]})); done
   a=$(( $(ticks $PID_A) - ${T0[$PID_A]} )); b=$(( $(ticks $PID_B) - ${T0[$PID_B]} ))
   bench=$(echo "$out" | awk '/bench cpu/ {print $3 + $4}')
+  flock -u 9
   awk -v r=$redis -v a=$a -v b=$b -v be="$bench" -v hz=$HZ -v n=$MESSAGES 'BEGIN {
     printf "cpu us/msg: redis(3) %.1f  relayA %.1f  relayB %.1f  bench %.1f  total %.1f\n",
       r/hz/n*1e6, a/hz/n*1e6, b/hz/n*1e6, be/n*1e6, (r+a+b)/hz/n*1e6 + be/n*1e6 }'
