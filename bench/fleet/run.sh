@@ -10,7 +10,8 @@
 # /proc/PID/stat) for the redis-servers, each relay and tern-bench.
 #
 #   bench/fleet/run.sh [RUNS=3] [MESSAGES=50000]
-# Env: REDIS_EXTRA (more redis.conf lines), PERF=DIR (perf profiles of
+# Env: REDIS_EXTRA (more redis.conf lines), RELAY_EXTRA (more relay TOML
+# lines, e.g. a [redis] table), PERF=DIR (perf profiles of
 # relay A, relay B and one primary; PERF_HZ, PERF_CG), STATS=1 (INFO
 # commandstats summed over the primaries), TERN_BENCH_LOCK (default /work/notes/bench.lock), KEEP=1 leaves the
 # fleet's temp dir. Needs redis-server, redis-cli, flock; run from the
@@ -80,6 +81,7 @@ sends_per_token_per_sec = 0
 sends_per_token_burst = 0
 frames_per_connection_per_sec = 0
 frames_per_connection_burst = 0
+${RELAY_EXTRA:-}
 CONF
 SEEDS=$(printf 'redis://127.0.0.1:%s,' "${PORTS[@]}"); SEEDS=${SEEDS%,}
 RP=$((base + 100))
