@@ -8,6 +8,13 @@ use std::sync::Arc;
 use tern_relay::store::{MailboxStore, RedisStore};
 use tern_relay::{RelayConfig, RunningRelay, StoreKind, SystemClock};
 
+/// mimalloc rather than glibc's allocator: a relay allocates and frees
+/// small buffers per frame, per store call and per Redis reply, and
+/// glibc's malloc/free were ~30% of a sending relay's samples
+/// (docs/decisions.md, "CPU per message on Redis").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Tern relay: durable mailboxes of end-to-end encrypted envelopes over QUIC.
 #[derive(Parser)]
 #[command(version, about)]

@@ -31,6 +31,9 @@ pub use fanout::*;
 #[path = "conformance_batch.rs"]
 mod batch;
 pub use batch::*;
+#[path = "conformance_order.rs"]
+mod order;
+pub use order::*;
 
 /// A quota nothing in the suite reaches.
 const ROOMY: Quota = Quota {
@@ -525,6 +528,8 @@ macro_rules! mailbox_store_conformance {
             append_batch_refuses_items_on_their_own,
             append_batch_expires_and_is_refused_when_closed,
             tokens_answers_each_hash_in_order,
+            acks_and_sweeps_remove_exactly_what_they_name,
+            sweeps_find_what_an_out_of_order_envelope_hid,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
