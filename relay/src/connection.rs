@@ -479,7 +479,7 @@ async fn wake_owed<S: MailboxStore, C: Clock>(
     for owed in machine.abandon() {
         match owed {
             Output::Notify(mailbox) => shared.hub.stored(&mailbox),
-            Output::Hand { mailbox, envelope } => shared.hub.stored_with(&mailbox, &envelope),
+            Output::Hand { targets, envelope } => shared.hub.stored_with(&targets, &envelope),
             Output::Ephemeral { mailbox, envelope } => {
                 shared.hub.ephemeral(&mailbox, envelope);
             }
@@ -536,7 +536,7 @@ fn run_output<S: MailboxStore, C: Clock>(
         // Begun here, after the writes of every result it covers.
         Output::AwaitDurable(ticket) => work.durable = Some((ticket, shared.core.durable())),
         Output::Notify(mailbox) => shared.hub.stored(&mailbox),
-        Output::Hand { mailbox, envelope } => shared.hub.stored_with(&mailbox, &envelope),
+        Output::Hand { targets, envelope } => shared.hub.stored_with(&targets, &envelope),
         Output::Ephemeral { mailbox, envelope } => {
             shared.hub.ephemeral(&mailbox, envelope);
         }

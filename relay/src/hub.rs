@@ -1,10 +1,11 @@
 //! Who is connected: subscriptions by mailbox. A stored send wakes the
 //! mailbox's subscribers (while its flush runs), which then read the store
 //! themselves, so a wake-up that races a reconnect loses nothing. A stored
-//! multi-recipient send also hands each subscriber the envelope as stored ([`Hub::stored_with`]),
-//! so one that has pushed everything before it pushes it without reading
-//! it back; any other reads the store as after a plain wake-up. Ephemeral envelopes are handed over
-//! directly and dropped when nobody is there or a subscriber is backed up.
+//! multi-recipient send also hands each subscriber the envelope as stored
+//! ([`Hub::stored_with`]), so one that has pushed everything before it
+//! pushes it without reading it back; any other reads the store as after a
+//! plain wake-up. Ephemeral envelopes are handed over directly and dropped
+//! when nobody is there or a subscriber is backed up.
 //! A mailbox holds a bounded number of subscriptions: the newest replaces
 //! the oldest, which is told so and finishes its stream, so one abuser
 //! cannot pile up subscriptions (and what each may hold) on one mailbox.
@@ -206,27 +207,31 @@ impl Hub {
         }
     }
 
-    /// As [`Self::stored`], handing this relay's subscribers `env`, the
-    /// envelope as stored for `mailbox` (with its sequence number there).
-    pub fn stored_with(&self, mailbox: &MailboxId, env: &pb::Envelope) {
-        let woke = match self.subs.lock() {
-            Ok(subs) => {
-                let list = subs.get(mailbox);
-                for s in list.into_iter().flatten() {
-                    s.handed.hand(env);
+    /// As [`Self::stored`] for each of `targets`, handing this relay's
+    /// subscribers of each mailbox `env` as stored there (with that
+    /// sequence number). The subscriptions are looked up under one lock.
+    pub fn stored_with(&self, targets: &[(MailboxId, u64)], env: &pb::Envelope) {
+        let mut idle = Vec::new();
+        // Poisoned: nobody is woken and nobody counted idle, as elsewhere.
+        if let Ok(subs) = self.subs.lock() {
+            for (mailbox, seq) in targets {
+                let Some(list) = subs.get(mailbox).filter(|l| !l.is_empty()) else {
+                    idle.push(*mailbox);
+                    continue;
+                };
+                let mut env = env.clone();
+                env.seq = *seq;
+                for s in list {
+                    s.handed.hand(&env);
                     s.wake.notify_one();
                 }
-                list.is_some_and(|l| !l.is_empty())
-            }
-            Err(_) => true,
-        };
-        if !woke {
-            if let Some(idle) = self.idle.get() {
-                idle(mailbox);
             }
         }
+        if let Some(f) = self.idle.get() {
+            idle.iter().for_each(|m| f(m));
+        }
         if let Some(f) = self.fleet.get() {
-            f.stored(mailbox);
+            targets.iter().for_each(|(m, _)| f.stored(m));
         }
     }
 
@@ -316,6 +321,32 @@ mod tests {
         assert_eq!(hub.subscribers(), 3, "the replaced one was already gone");
         drop((b, c));
         assert_eq!(hub.subscribers(), 1);
+    }
+
+    #[test]
+    fn a_send_hands_each_subscriber_its_own_seq_and_counts_the_rest_idle() {
+        let hub = Arc::new(Hub::with_max_per_mailbox(4));
+        let (a1, a2, b) = (
+            hub.subscribe([1; 16]),
+            hub.subscribe([1; 16]),
+            hub.subscribe([2; 16]),
+        );
+        let idle = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&idle);
+        hub.on_idle_store(move |m| seen.lock().unwrap().push(m[0]));
+        let env = pb::Envelope {
+            message_id: vec![9; 16].into(),
+            ..Default::default()
+        };
+        hub.stored_with(&[([1; 16], 5), ([3; 16], 7), ([2; 16], 11)], &env);
+        let seqs = |s: &Subscription| {
+            let (handed, plain) = s.handed.take();
+            (handed.iter().map(|e| e.seq).collect::<Vec<_>>(), plain)
+        };
+        assert_eq!(seqs(&a1), (vec![5], false));
+        assert_eq!(seqs(&a2), (vec![5], false), "every subscriber of a mailbox");
+        assert_eq!(seqs(&b), (vec![11], false));
+        assert_eq!(*idle.lock().unwrap(), vec![3], "nobody subscribed to 3");
     }
 
     type Deliver = Box<dyn Fn(&MailboxId) + Send + Sync>;

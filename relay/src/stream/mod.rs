@@ -145,14 +145,15 @@ pub enum Output {
     AwaitDurable(Ticket),
     /// Stored sends reached this mailbox: wake its subscribers.
     Notify(MailboxId),
-    /// A stored multi-recipient send reached this mailbox: wake its
-    /// subscribers and hand them the envelope as stored, so one that has
-    /// pushed everything before it need not fetch it
-    /// ([`MessageStream::handle_handed`]).
+    /// A stored multi-recipient send reached these mailboxes: wake their
+    /// subscribers and hand each the envelope as stored there, so one that
+    /// has pushed everything before it need not fetch it
+    /// ([`MessageStream::handle_handed`]). One output for the whole send,
+    /// so the hub is locked once for all its members.
     Hand {
-        /// The recipient mailbox.
-        mailbox: MailboxId,
-        /// The envelope with its sequence number in that mailbox.
+        /// Each recipient mailbox with the envelope's sequence number there.
+        targets: Vec<(MailboxId, u64)>,
+        /// The envelope, with `seq` 0.
         envelope: pb::Envelope,
     },
     /// Pass an ephemeral envelope to the mailbox's subscribers.
@@ -500,17 +501,20 @@ impl MessageStream {
         self.replies.fill_held(slot, frame);
         match sent.handoff {
             Some(h) if h.seqs.len() == sent.stored.len() => {
+                let mut targets = Vec::with_capacity(h.seqs.len());
                 for (mailbox, seq) in sent.stored.into_iter().zip(h.seqs) {
                     match seq {
                         // Not marked woken: a plain wake of the same
                         // mailbox after it may be for more.
-                        Some(seq) => {
-                            let mut envelope = h.envelope.clone();
-                            envelope.seq = seq;
-                            self.events.push_back(Output::Hand { mailbox, envelope });
-                        }
+                        Some(seq) => targets.push((mailbox, seq)),
                         None => self.wake(mailbox, woken),
                     }
+                }
+                if !targets.is_empty() {
+                    self.events.push_back(Output::Hand {
+                        targets,
+                        envelope: h.envelope,
+                    });
                 }
             }
             _ => sent.stored.into_iter().for_each(|m| self.wake(m, woken)),

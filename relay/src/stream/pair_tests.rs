@@ -155,9 +155,13 @@ impl Pair {
                     self.peers[p].stream.handle_wake();
                 }
             }
-            Output::Hand { mailbox, envelope } => {
-                if let Some(&p) = self.subs.get(&mailbox) {
-                    self.peers[p].stream.handle_handed(envelope);
+            Output::Hand { targets, envelope } => {
+                for (mailbox, seq) in targets {
+                    if let Some(&p) = self.subs.get(&mailbox) {
+                        let mut envelope = envelope.clone();
+                        envelope.seq = seq;
+                        self.peers[p].stream.handle_handed(envelope);
+                    }
                 }
             }
             Output::Ephemeral { mailbox, envelope } => {
