@@ -35,6 +35,9 @@ pub(super) enum Watchers {
     #[default]
     None,
     One(Watcher),
+    // A thin pointer keeps this enum, and so every slot, 16 bytes; the
+    // rare capability with several watchers pays the extra allocation.
+    #[allow(clippy::box_collection)]
     Many(Box<Vec<Watcher>>),
 }
 

@@ -186,3 +186,11 @@ fn capability_slots_are_shared_freed_and_reused() {
     assert_eq!(updates(&p, &again), [(0, true, 0)]);
     assert!(p.table().subs.len() <= 2, "subscription numbers reused");
 }
+
+/// What performance.md counts on: a capability's watchers fit in 16 bytes
+/// and its slot in 72.
+#[test]
+fn a_capability_slot_stays_small() {
+    assert_eq!(std::mem::size_of::<caps::Watchers>(), 16);
+    assert!(std::mem::size_of::<caps::Slot>() <= 72);
+}
