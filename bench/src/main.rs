@@ -163,8 +163,8 @@ struct PresenceArgs {
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// How watchers connect: one unauthenticated connection per device
-    /// (a real client), or 1,000 capabilities per stream, 12 streams per
-    /// connection (the first figures).
+    /// (a real client), or 1,000 capabilities per stream, 4 streams per
+    /// connection (as the first figures, which had 12).
     #[arg(long, value_enum, default_value_t = presence::WatchMode::PerDevice)]
     watch: presence::WatchMode,
 }
@@ -836,7 +836,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     tern_relay::presence::PresenceConfig::default().grace_ms / 1000,
                     match a.watch {
                         presence::WatchMode::PerDevice => "watching as a real client: each device also opens an unauthenticated connection carrying one presence stream with its capabilities (load-generator sockets shared, 256 connections each)",
-                        presence::WatchMode::Multiplexed => "watching is multiplexed: 1,000 capabilities (20 devices' worth) per presence stream, 12 streams per unauthenticated connection",
+                        presence::WatchMode::Multiplexed => "watching is multiplexed: 1,000 capabilities (20 devices' worth) per presence stream, 4 streams per unauthenticated connection",
                     }
                 )],
                 rows: Vec::new(),

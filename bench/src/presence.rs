@@ -15,8 +15,8 @@
 //! share a client UDP socket per 256 (a real client's has one of its own;
 //! the relay's state per connection is the same, and what is measured is
 //! the relay). [`WatchMode::Multiplexed`] packs 1,000 capabilities (20
-//! devices' worth) in a presence stream, 12 streams per connection, for
-//! comparison with the first figures.
+//! devices' worth) in a presence stream, 4 streams per connection, for
+//! comparison with the first figures (which had 12 a connection).
 
 use crate::progress::Progress;
 use crate::relay::BenchRelay;
@@ -36,8 +36,9 @@ use tokio::task::JoinSet;
 pub const CONTACTS: usize = 50;
 /// Capabilities per presence stream (the relay's default most).
 const CAPS_PER_STREAM: usize = 1_000;
-/// Presence streams per watcher connection (the relay allows 16 streams).
-const STREAMS_PER_CONN: usize = 12;
+/// Presence streams per watcher connection (a connection that never
+/// authenticates may have 4 open: `limits.max_streams_before_auth`).
+const STREAMS_PER_CONN: usize = 4;
 
 /// Connections per load-generator UDP socket.
 const CONNS_PER_SOCKET: usize = 256;
@@ -48,7 +49,7 @@ pub enum WatchMode {
     /// One unauthenticated connection per device, one presence stream on
     /// it with the device's 50 capabilities (what a real client does).
     PerDevice,
-    /// 1,000 capabilities per presence stream, 12 streams per connection.
+    /// 1,000 capabilities per presence stream, 4 streams per connection.
     Multiplexed,
 }
 
@@ -214,11 +215,12 @@ async fn watch_per_device(
     Ok((watchers, dialers))
 }
 
-/// Watchers multiplexed: streams of 1,000 capabilities, 12 per connection.
+/// Watchers multiplexed: streams of 1,000 capabilities, 4 per connection.
 async fn watch_multiplexed(
     relay: &BenchRelay,
     held: &[([u8; 32], usize)],
     seen: &Seen,
+    timeout: Duration,
 ) -> anyhow::Result<(JoinSet<()>, Vec<Dialer>)> {
     let mut watchers = JoinSet::new();
     let mut dialers = Vec::new();
@@ -229,7 +231,9 @@ async fn watch_multiplexed(
         for chunk in conn_chunk.chunks(CAPS_PER_STREAM) {
             let caps: Vec<[u8; 32]> = chunk.iter().map(|(c, _)| *c).collect();
             let owners: Vec<usize> = chunk.iter().map(|(_, o)| *o).collect();
-            let (send, recv) = watch::subscribe(&link, &caps).await?;
+            let (send, recv) = tokio::time::timeout(timeout, watch::subscribe(&link, &caps))
+                .await
+                .map_err(|_| anyhow!("opening a presence stream timed out"))??;
             seen.spawn(&mut watchers, send, recv, owners);
         }
     }
@@ -357,7 +361,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     };
     let (mut watchers, _watcher_dialers) = match plan.watch {
         WatchMode::PerDevice => watch_per_device(relay, &held, &seen, plan.timeout).await?,
-        WatchMode::Multiplexed => watch_multiplexed(relay, &held, &seen).await?,
+        WatchMode::Multiplexed => watch_multiplexed(relay, &held, &seen, plan.timeout).await?,
     };
     let Seen {
         on_lat,
