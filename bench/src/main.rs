@@ -162,6 +162,11 @@ struct PresenceArgs {
     /// Bound on opening the connections, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// How watchers connect: one unauthenticated connection per device
+    /// (a real client), or 1,000 capabilities per stream, 4 streams per
+    /// connection (as the first figures, which had 12).
+    #[arg(long, value_enum, default_value_t = presence::WatchMode::PerDevice)]
+    watch: presence::WatchMode,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -823,11 +828,16 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 params: json!({
                     "devices": a.devices, "contacts": presence::CONTACTS, "churn": a.churn,
                     "seconds": a.seconds, "runs": runs,
+                    "watch": format!("{:?}", a.watch),
                 }),
                 notes: vec![format!(
-                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; watching is multiplexed: 1,000 capabilities (20 devices' worth) per presence stream, 12 streams per unauthenticated connection; baseline = the same authenticated connections before presence",
+                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; {}; baseline = the same authenticated connections before presence",
                     presence::CONTACTS,
-                    tern_relay::presence::PresenceConfig::default().grace_ms / 1000
+                    tern_relay::presence::PresenceConfig::default().grace_ms / 1000,
+                    match a.watch {
+                        presence::WatchMode::PerDevice => "watching as a real client: each device also opens an unauthenticated connection carrying one presence stream with its capabilities (load-generator sockets shared, 256 connections each)",
+                        presence::WatchMode::Multiplexed => "watching is multiplexed: 1,000 capabilities (20 devices' worth) per presence stream, 4 streams per unauthenticated connection",
+                    }
                 )],
                 rows: Vec::new(),
             };
@@ -843,6 +853,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                         tern_relay::presence::PresenceConfig::default().grace_ms,
                     ),
                     timeout: Duration::from_secs(a.timeout),
+                    watch: a.watch,
                 };
                 let row = presence::run(&relay, plan, format!("{} devices", a.devices)).await;
                 relay.shutdown().await;

@@ -8,10 +8,15 @@
 //! and the time from a state change to its watchers seeing it: from the
 //! beat for online, from last beat + grace for offline.
 //!
-//! Watching is multiplexed: each presence stream carries up to 1,000
-//! capabilities (20 simulated devices' 50 each), on a few unauthenticated
-//! connections, so the load generator does not open another N
-//! connections; the relay's per-capability state is the same either way.
+//! Watching is as a real client does it (`tern_client::presence::watch`):
+//! each device opens a connection of its own that never authenticates and
+//! carries one presence stream with its 50 capabilities, so the relay
+//! holds N more connections. The load generator's watcher connections
+//! share a client UDP socket per 256 (a real client's has one of its own;
+//! the relay's state per connection is the same, and what is measured is
+//! the relay). [`WatchMode::Multiplexed`] packs 1,000 capabilities (20
+//! devices' worth) in a presence stream, 4 streams per connection, for
+//! comparison with the first figures (which had 12 a connection).
 
 use crate::progress::Progress;
 use crate::relay::BenchRelay;
@@ -25,13 +30,28 @@ use std::time::{Duration, Instant};
 use tern_client::presence::{capability_hash, owner, watch};
 use tern_client::transport::{Dialer, RelayLink};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// Contacts each device grants and watches.
 pub const CONTACTS: usize = 50;
 /// Capabilities per presence stream (the relay's default most).
 const CAPS_PER_STREAM: usize = 1_000;
-/// Presence streams per watcher connection (the relay allows 16 streams).
-const STREAMS_PER_CONN: usize = 12;
+/// Presence streams per watcher connection (a connection that never
+/// authenticates may have 4 open: `limits.max_streams_before_auth`).
+const STREAMS_PER_CONN: usize = 4;
+
+/// Connections per load-generator UDP socket.
+const CONNS_PER_SOCKET: usize = 256;
+
+/// How the watchers reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchMode {
+    /// One unauthenticated connection per device, one presence stream on
+    /// it with the device's 50 capabilities (what a real client does).
+    PerDevice,
+    /// 1,000 capabilities per presence stream, 4 streams per connection.
+    Multiplexed,
+}
 
 /// One run's settings.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +68,8 @@ pub struct PresencePlan {
     pub grace: Duration,
     /// Bound on opening the connections.
     pub timeout: Duration,
+    /// How watchers connect.
+    pub watch: WatchMode,
 }
 
 /// The capability device `owner` gives its `k`-th contact.
@@ -89,6 +111,135 @@ impl Expect {
     }
 }
 
+/// What the watchers record, shared by their tasks.
+struct Seen {
+    expect: Arc<Expect>,
+    on_lat: Arc<Mutex<Latency>>,
+    off_lat: Arc<Mutex<Latency>>,
+    updates: Arc<AtomicU64>,
+}
+
+impl Seen {
+    /// Read one presence stream's updates until it ends, timing those
+    /// that show a change under measurement. `owners[i]` is the device
+    /// behind the stream's `i`-th capability.
+    fn spawn(
+        &self,
+        set: &mut JoinSet<()>,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        owners: Vec<usize>,
+    ) {
+        let (expect, on_lat, off_lat, updates) = (
+            Arc::clone(&self.expect),
+            Arc::clone(&self.on_lat),
+            Arc::clone(&self.off_lat),
+            Arc::clone(&self.updates),
+        );
+        set.spawn(async move {
+            let _keep = send;
+            while let Ok(Some(u)) = watch::next_update(&mut recv).await {
+                updates.fetch_add(1, Relaxed);
+                let Some(&o) = owners.get(u.index as usize) else {
+                    continue;
+                };
+                if !expect.measuring.load(Relaxed) || expect.online[o].load(Relaxed) != u.online {
+                    continue;
+                }
+                let now = expect.now_ns();
+                // Offline is due a grace period after the last beat left
+                // (the relay got it a little later: this errs long).
+                let since = if u.online {
+                    expect.since_ns[o].load(Relaxed)
+                } else {
+                    expect.last_beat_ns[o].load(Relaxed) + expect.grace_ns
+                };
+                let lat = if u.online {
+                    on_lat.as_ref()
+                } else {
+                    off_lat.as_ref()
+                };
+                if let Ok(mut l) = lat.lock() {
+                    l.record(now.saturating_sub(since));
+                }
+            }
+        });
+    }
+}
+
+/// Each device's watcher on a connection of its own (`held` holds the
+/// devices' capabilities in order, [`CONTACTS`] each), 256 connections
+/// per load-generator socket, 64 opening at a time.
+async fn watch_per_device(
+    relay: &BenchRelay,
+    held: &[([u8; 32], usize)],
+    seen: &Seen,
+    timeout: Duration,
+) -> anyhow::Result<(JoinSet<()>, Vec<Dialer>)> {
+    let devices = held.len() / CONTACTS;
+    let progress = Progress::new(devices as u64, "watching");
+    progress.set_prefix("presence watch".to_string());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut opening = JoinSet::new();
+    let mut dialers = Vec::new();
+    for socket in held.chunks(CONTACTS * CONNS_PER_SOCKET) {
+        let dialer = Dialer::default();
+        for device in socket.chunks(CONTACTS) {
+            let caps: Vec<[u8; 32]> = device.iter().map(|(c, _)| *c).collect();
+            let owners: Vec<usize> = device.iter().map(|(_, o)| *o).collect();
+            let (mut dialer, url, gate) = (dialer.clone(), relay.url.clone(), Arc::clone(&gate));
+            let count = progress.count.clone();
+            opening.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let open = async {
+                    let link = dialer.connect(&url).await?;
+                    let (send, recv) = watch::subscribe(&link, &caps).await?;
+                    anyhow::Ok((send, recv))
+                };
+                let (send, recv) = tokio::time::timeout_at(deadline, open)
+                    .await
+                    .map_err(|_| anyhow!("opening a watcher timed out"))??;
+                count.fetch_add(1, Relaxed);
+                anyhow::Ok((send, recv, owners))
+            });
+        }
+        dialers.push(dialer);
+    }
+    let mut watchers = JoinSet::new();
+    while let Some(opened) = opening.join_next().await {
+        let (send, recv, owners) = opened.map_err(|e| anyhow!("watch task: {e}"))??;
+        seen.spawn(&mut watchers, send, recv, owners);
+    }
+    progress.finish();
+    Ok((watchers, dialers))
+}
+
+/// Watchers multiplexed: streams of 1,000 capabilities, 4 per connection.
+async fn watch_multiplexed(
+    relay: &BenchRelay,
+    held: &[([u8; 32], usize)],
+    seen: &Seen,
+    timeout: Duration,
+) -> anyhow::Result<(JoinSet<()>, Vec<Dialer>)> {
+    let mut watchers = JoinSet::new();
+    let mut dialers = Vec::new();
+    for conn_chunk in held.chunks(CAPS_PER_STREAM * STREAMS_PER_CONN) {
+        let mut dialer = Dialer::default();
+        let link = dialer.connect_unlinked(&relay.url).await?;
+        dialers.push(dialer);
+        for chunk in conn_chunk.chunks(CAPS_PER_STREAM) {
+            let caps: Vec<[u8; 32]> = chunk.iter().map(|(c, _)| *c).collect();
+            let owners: Vec<usize> = chunk.iter().map(|(_, o)| *o).collect();
+            let (send, recv) = tokio::time::timeout(timeout, watch::subscribe(&link, &caps))
+                .await
+                .map_err(|_| anyhow!("opening a presence stream timed out"))??;
+            seen.spawn(&mut watchers, send, recv, owners);
+        }
+    }
+    Ok((watchers, dialers))
+}
+
 /// Open `n` authenticated connections, 256 per client socket.
 async fn open(relay: &BenchRelay, n: usize, timeout: Duration) -> anyhow::Result<Vec<RelayLink>> {
     let progress = Progress::new(n as u64, "connected");
@@ -98,7 +249,7 @@ async fn open(relay: &BenchRelay, n: usize, timeout: Duration) -> anyhow::Result
     let mut tasks = Vec::new();
     let mut remaining = n;
     while remaining > 0 {
-        let k = remaining.min(256);
+        let k = remaining.min(CONNS_PER_SOCKET);
         remaining -= k;
         let (url, gate, count) = (relay.url.clone(), Arc::clone(&gate), progress.count.clone());
         tasks.push(tokio::spawn(async move {
@@ -202,57 +353,22 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         epoch: Instant::now(),
         measuring: AtomicBool::new(false),
     });
-    let on_lat = Arc::new(Mutex::new(Latency::new()));
-    let off_lat = Arc::new(Mutex::new(Latency::new()));
-    let updates = Arc::new(AtomicU64::new(0));
-    let mut watchers = tokio::task::JoinSet::new();
-    let mut watcher_dialers = Vec::new();
-    for conn_chunk in held.chunks(CAPS_PER_STREAM * STREAMS_PER_CONN) {
-        let mut dialer = Dialer::default();
-        let link = dialer.connect_unlinked(&relay.url).await?;
-        watcher_dialers.push(dialer);
-        for chunk in conn_chunk.chunks(CAPS_PER_STREAM) {
-            let caps: Vec<[u8; 32]> = chunk.iter().map(|(c, _)| *c).collect();
-            let owners: Vec<usize> = chunk.iter().map(|(_, o)| *o).collect();
-            let (_send, mut recv) = watch::subscribe(&link, &caps).await?;
-            let (expect, on_lat, off_lat, updates) = (
-                Arc::clone(&expect),
-                Arc::clone(&on_lat),
-                Arc::clone(&off_lat),
-                Arc::clone(&updates),
-            );
-            watchers.spawn(async move {
-                let _keep = _send;
-                while let Ok(Some(u)) = watch::next_update(&mut recv).await {
-                    updates.fetch_add(1, Relaxed);
-                    let Some(&o) = owners.get(u.index as usize) else {
-                        continue;
-                    };
-                    if !expect.measuring.load(Relaxed) || expect.online[o].load(Relaxed) != u.online
-                    {
-                        continue;
-                    }
-                    let now = expect.now_ns();
-                    // Offline is due a grace period after the last beat
-                    // left (the relay got it a little later: this errs
-                    // long).
-                    let since = if u.online {
-                        expect.since_ns[o].load(Relaxed)
-                    } else {
-                        expect.last_beat_ns[o].load(Relaxed) + expect.grace_ns
-                    };
-                    let lat = if u.online {
-                        on_lat.as_ref()
-                    } else {
-                        off_lat.as_ref()
-                    };
-                    if let Ok(mut l) = lat.lock() {
-                        l.record(now.saturating_sub(since));
-                    }
-                }
-            });
-        }
-    }
+    let seen = Seen {
+        expect: Arc::clone(&expect),
+        on_lat: Arc::new(Mutex::new(Latency::new())),
+        off_lat: Arc::new(Mutex::new(Latency::new())),
+        updates: Arc::new(AtomicU64::new(0)),
+    };
+    let (mut watchers, _watcher_dialers) = match plan.watch {
+        WatchMode::PerDevice => watch_per_device(relay, &held, &seen, plan.timeout).await?,
+        WatchMode::Multiplexed => watch_multiplexed(relay, &held, &seen, plan.timeout).await?,
+    };
+    let Seen {
+        on_lat,
+        off_lat,
+        updates,
+        ..
+    } = seen;
 
     // Everyone online, beating every grace/3 (spread over the interval).
     let every = plan.grace / 3;

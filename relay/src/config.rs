@@ -200,6 +200,13 @@ pub struct Limits {
     pub push_window: u32,
     /// Most bidirectional streams a connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// Most bidirectional streams a connection may have open at once
+    /// until it authenticates, when this rises to `max_concurrent_streams`
+    /// (which also caps it).
+    /// A send, registration or presence connection needs one or two; QUIC
+    /// keeps state per stream a peer may open, so unauthenticated
+    /// connections (one per watched relay per device) stay small.
+    pub max_streams_before_auth: u32,
     /// A connection silent for this long is closed, in seconds.
     pub idle_timeout_secs: u64,
     /// Most send tokens one mailbox may hold.
@@ -283,6 +290,14 @@ impl Default for RelayConfig {
     }
 }
 
+impl Limits {
+    /// Streams a connection may have open before it authenticates.
+    pub fn streams_before_auth(&self) -> u32 {
+        self.max_streams_before_auth
+            .min(self.max_concurrent_streams)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -294,6 +309,7 @@ impl Default for Limits {
             sweep_interval_secs: 60,
             push_window: limits::DEFAULT_PUSH_WINDOW,
             max_concurrent_streams: 16,
+            max_streams_before_auth: 4,
             idle_timeout_secs: 60,
             max_tokens_per_mailbox: 10_000,
             max_recipients_per_send: limits::DEFAULT_MAX_RECIPIENTS_PER_SEND,
@@ -414,6 +430,11 @@ impl RelayConfig {
         {
             return Err(ConfigError::Invalid(
                 "limits.stream_push_bytes must hold a frame of max_frame_bytes, and push_budget_bytes (if not 0) one stream's".into(),
+            ));
+        }
+        if l.max_streams_before_auth < 2 {
+            return Err(ConfigError::Invalid(
+                "limits.max_streams_before_auth must be at least 2".into(),
             ));
         }
         if l.max_concurrent_streams < 2 || l.envelope_ttl_secs == 0 || l.sweep_interval_secs == 0 {

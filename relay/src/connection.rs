@@ -103,17 +103,22 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         // the connection waits before it gets another.
         let limited = state.rate.check_at(Instant::now()).err();
         throttle(limited.as_ref()).await;
-        let (shared, state) = (Arc::clone(&shared), Arc::clone(&state));
+        let (shared, state, conn) = (Arc::clone(&shared), Arc::clone(&state), conn.clone());
         let span = tracing::debug_span!("stream", id = %send.id());
         tokio::spawn(
-            async move { stream(shared, state, id, exporter, send, recv).await }.instrument(span),
+            async move { stream(shared, state, conn, id, exporter, send, recv).await }
+                .instrument(span),
         );
     }
 }
 
+/// Serve one stream by its kind. Each kind's driver is boxed, so a task
+/// holds only the one it runs (a presence stream, one per watcher
+/// connection, does not carry a message stream's state machine).
 async fn stream<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
+    conn: quinn::Connection,
     id: usize,
     exporter: [u8; 32],
     mut send: SendStream,
@@ -128,13 +133,20 @@ async fn stream<S: MailboxStore, C: Clock>(
         }
     }
     match kind[0] {
-        STREAM_CONTROL => control(shared, state, id, exporter, send, recv).await,
-        STREAM_MESSAGES => messages(shared, state, id, send, recv).await,
+        STREAM_CONTROL => Box::pin(control(shared, state, conn, id, exporter, send, recv)).await,
+        STREAM_MESSAGES => Box::pin(messages(shared, state, id, send, recv)).await,
         STREAM_PRESENCE => {
             let authenticated = state.mailbox().is_some();
             let max = shared.core.limits().max_frame_bytes;
             let presence = Arc::clone(&shared.presence);
-            crate::presence::stream::serve(presence, authenticated, max, send, recv).await
+            Box::pin(crate::presence::stream::serve(
+                presence,
+                authenticated,
+                max,
+                send,
+                recv,
+            ))
+            .await
         }
         _ => {
             let frame = pb::RelayFrame::error(WireError::new(
@@ -165,6 +177,7 @@ fn control_error(e: WireError) -> pb::ControlResponse {
 async fn control<S: MailboxStore, C: Clock>(
     shared: Arc<Shared<S, C>>,
     state: Arc<ConnState>,
+    conn: quinn::Connection,
     id: usize,
     exporter: [u8; 32],
     mut send: SendStream,
@@ -238,6 +251,11 @@ async fn control<S: MailboxStore, C: Clock>(
         }
         Err(_) => return,
     };
+    if let Some(pb::control_response::Response::Authenticated(_)) = &response.response {
+        // A device's own connection: it may now have as many streams open
+        // as the relay allows (unauthenticated ones get a few).
+        conn.set_max_concurrent_bi_streams(shared.core.limits().max_concurrent_streams.into());
+    }
     if let (Some(o), Some(pb::control_response::Response::Authenticated(a))) =
         (shared.observer.get(), &response.response)
     {

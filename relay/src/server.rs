@@ -118,7 +118,9 @@ fn relay_url(
 fn transport(config: &RelayConfig) -> quinn::TransportConfig {
     let l = &config.limits;
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(l.max_concurrent_streams.into());
+    // Raised to max_concurrent_streams when the connection authenticates
+    // (connection.rs): quinn keeps state for every stream a peer may open.
+    t.max_concurrent_bidi_streams(l.streams_before_auth().into());
     t.max_concurrent_uni_streams(0u32.into());
     let idle = Duration::from_secs(l.idle_timeout_secs);
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
@@ -390,6 +392,10 @@ async fn accept_loop<S: MailboxStore>(
             }
         }
         let shared = Arc::clone(&shared);
+        // The pending connection and its handshake live on the heap: a
+        // task's memory is sized for its largest state and held for the
+        // connection's life, and serving is smaller than handshaking.
+        let incoming = Box::new(incoming);
         tokio::spawn(async move {
             let slots = Arc::clone(&shared);
             let Some(_slot) = slots.slots.acquire(remote.ip()) else {
@@ -397,7 +403,7 @@ async fn accept_loop<S: MailboxStore>(
                 incoming.refuse();
                 return;
             };
-            match incoming.await {
+            match Box::pin(std::future::IntoFuture::into_future(*incoming)).await {
                 Ok(conn) => {
                     // The peer's address only at debug level: an
                     // operator's info logs must not pair addresses with

@@ -215,3 +215,68 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     }
     relay.shutdown().await;
 }
+
+/// Open streams on `link` and hold them (each says it is a control
+/// stream, then waits) until `want` are open or one cannot be opened
+/// within a second; how many are open.
+async fn hold_streams(
+    link: &tern_client::transport::RelayLink,
+    want: usize,
+    held: &mut Vec<(quinn::SendStream, quinn::RecvStream)>,
+) -> usize {
+    while held.len() < want {
+        let Ok(opened) = tokio::time::timeout(Duration::from_secs(3), link.open_raw_stream()).await
+        else {
+            break;
+        };
+        let (mut send, recv) = opened.unwrap();
+        send.write_all(&[tern_protocol::STREAM_CONTROL])
+            .await
+            .unwrap();
+        held.push((send, recv));
+    }
+    held.len()
+}
+
+/// A connection may hold a few streams open until it authenticates
+/// (`limits.max_streams_before_auth`) and the full number once it has
+/// (`limits.max_concurrent_streams`): docs/protocol.md §1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_its_full_stream_limit_once_authenticated() {
+    let (_dir, relay) = relay(RateConfig::unlimited()).await;
+    let limits = tern_relay::Limits::default();
+    let (before, after) = (
+        limits.max_streams_before_auth as usize,
+        limits.max_concurrent_streams as usize,
+    );
+    assert!(before < after);
+    let mut dialer = Dialer::default();
+
+    // Unauthenticated: `before` streams open, the next one waits.
+    let link = dialer.connect(&relay.url).await.unwrap();
+    let mut held = Vec::new();
+    assert_eq!(hold_streams(&link, after, &mut held).await, before);
+    drop(held);
+
+    // Authenticated: the limit rises to `after`.
+    let device = tern_crypto::DeviceAccount::new();
+    let link = dialer.connect(&relay.url).await.unwrap();
+    let mailbox = tokio::time::timeout(DEADLINE, link.register(device.signing_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(DEADLINE, link.authenticate(&mailbox, |m| device.sign(m)))
+        .await
+        .unwrap()
+        .unwrap();
+    // The register and authenticate streams were open when the limit
+    // rose; quinn announces the credit they free in steps of an eighth of
+    // the limit, so up to that many may still be owed.
+    let mut held = Vec::new();
+    let got = hold_streams(&link, after + 1, &mut held).await;
+    assert!(got > before, "{got} streams after authenticating");
+    assert!(
+        (after - after / 8..=after).contains(&got),
+        "{got} streams after authenticating, limit {after}"
+    );
+}

@@ -16,11 +16,13 @@
 //! presented a capability. It never learns which mailbox the watcher owns:
 //! subscriptions are refused on authenticated connections.
 
+mod caps;
 pub mod control;
 pub mod stream;
 
 use crate::clock::Clock;
 use crate::store::{MailboxId, TokenHash};
+use caps::{Caps, SlotId, Watcher};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
@@ -68,9 +70,9 @@ pub fn capability_hash(capability: &[u8]) -> TokenHash {
 /// One device's presence.
 #[derive(Debug, Default)]
 struct Device {
-    /// Its published capability hashes (a boxed slice: this is most of
-    /// the table's memory at scale, and it changes only on publish).
-    caps: Box<[TokenHash]>,
+    /// Its published capabilities' slots (a boxed slice: it changes only
+    /// on publish).
+    caps: Box<[SlotId]>,
     online: bool,
     last_beat_ms: u64,
     hide_last_seen: bool,
@@ -116,82 +118,17 @@ impl Watch {
     }
 }
 
-/// Who watches one capability: a subscription and the capability's index
-/// in it.
-struct Watcher {
-    sub: u64,
-    index: u32,
-    watch: Arc<Watch>,
-}
-
-/// A capability's watchers: nearly always one (the contact it was given
-/// to), kept inline so the common case allocates nothing.
-#[derive(Default)]
-enum Watchers {
-    #[default]
-    None,
-    One(Watcher),
-    Many(Vec<Watcher>),
-}
-
-impl Watchers {
-    fn push(&mut self, w: Watcher) {
-        *self = match std::mem::take(self) {
-            Watchers::None => Watchers::One(w),
-            Watchers::One(first) => Watchers::Many(vec![first, w]),
-            Watchers::Many(mut v) => {
-                v.push(w);
-                Watchers::Many(v)
-            }
-        };
-    }
-
-    fn remove_sub(&mut self, sub: u64) {
-        *self = match std::mem::take(self) {
-            Watchers::One(w) if w.sub == sub => Watchers::None,
-            Watchers::Many(mut v) => {
-                v.retain(|w| w.sub != sub);
-                match v.len() {
-                    0 => Watchers::None,
-                    1 => v.pop().map_or(Watchers::None, Watchers::One),
-                    _ => Watchers::Many(v),
-                }
-            }
-            other => other,
-        };
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, Watcher> {
-        match self {
-            Watchers::None => [].iter(),
-            Watchers::One(w) => std::slice::from_ref(w).iter(),
-            Watchers::Many(v) => v.iter(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        matches!(self, Watchers::None)
-    }
-}
-
-/// One capability hash: its owner if published, and its watchers (an
-/// owner may publish after a watcher subscribed, e.g. after a relay
-/// restart). One map for both, so each hash is stored once.
-#[derive(Default)]
-struct Cap {
-    owner: Option<MailboxId>,
-    watchers: Watchers,
-}
-
 #[derive(Default)]
 struct Table {
     devices: HashMap<MailboxId, Device>,
-    /// Capability hashes, published or watched; gone when neither.
-    caps: HashMap<TokenHash, Cap>,
+    /// Capability hashes, published or watched; freed when neither.
+    caps: Caps,
+    /// Live subscriptions' wake-ups by number (`None`: free for reuse).
+    subs: Vec<Option<Arc<Watch>>>,
+    free_subs: Vec<u32>,
     /// When online devices fall due for an offline check (lazy: stale
     /// entries are skipped when popped).
     due: BinaryHeap<Reverse<(u64, MailboxId)>>,
-    next_sub: u64,
 }
 
 impl Table {
@@ -199,17 +136,53 @@ impl Table {
         let Some(d) = self.devices.get(mailbox) else {
             return;
         };
-        for cap in d.caps.iter() {
+        for &slot in d.caps.iter() {
             for w in self
                 .caps
-                .get(cap)
+                .get(slot)
                 .into_iter()
                 .flat_map(|c| c.watchers.iter())
             {
-                w.watch.mark(w.index);
+                if let Some(Some(watch)) = self.subs.get(w.sub as usize) {
+                    watch.mark(w.index);
+                }
             }
         }
     }
+
+    /// A number for a new subscription; `None` if 2^32 are live.
+    fn add_sub(&mut self, watch: Arc<Watch>) -> Option<u32> {
+        if let Some(id) = self.free_subs.pop() {
+            *self.subs.get_mut(id as usize)? = Some(watch);
+            return Some(id);
+        }
+        let id = u32::try_from(self.subs.len()).ok()?;
+        self.subs.push(Some(watch));
+        Some(id)
+    }
+
+    /// Subscription `sub` stops watching `slots`, and its number is free.
+    fn unwatch(&mut self, sub: u32, slots: &[SlotId]) {
+        for &slot in slots {
+            if let Some(cap) = self.caps.get_mut(slot) {
+                cap.watchers.remove_sub(sub);
+            }
+            self.caps.release(slot);
+        }
+        if let Some(entry) = self.subs.get_mut(sub as usize) {
+            if entry.take().is_some() {
+                self.free_subs.push(sub);
+            }
+        }
+    }
+}
+
+/// The table cannot take more capabilities (2^32 slots).
+fn full() -> WireError {
+    WireError::new(
+        ErrorCode::QuotaExceeded,
+        "the relay holds as many presence capabilities as it can",
+    )
 }
 
 /// The relay's presence table.
@@ -222,23 +195,16 @@ pub struct Presence {
 /// A subscription's capabilities, dropped from the table when it ends.
 pub struct Subscription {
     presence: Arc<Presence>,
-    id: u64,
-    hashes: Vec<TokenHash>,
+    id: u32,
+    /// The slot of each capability presented, in order.
+    slots: Box<[SlotId]>,
     /// What changed, for the stream to send.
     pub watch: Arc<Watch>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut t = self.presence.table();
-        for h in &self.hashes {
-            if let Some(cap) = t.caps.get_mut(h) {
-                cap.watchers.remove_sub(self.id);
-                if cap.watchers.is_empty() && cap.owner.is_none() {
-                    t.caps.remove(h);
-                }
-            }
-        }
+        self.presence.table().unwatch(self.id, &self.slots);
     }
 }
 
@@ -286,25 +252,34 @@ impl Presence {
         // A hash another mailbox already published stays theirs.
         new.retain(|h| {
             t.caps
-                .get(h)
+                .find(h)
+                .and_then(|id| t.caps.get(id))
                 .and_then(|c| c.owner)
                 .is_none_or(|m| m == mailbox)
         });
+        if t.caps.room() < new.len() {
+            return Err(full());
+        }
+        let mut slots = Vec::with_capacity(new.len());
+        for h in &new {
+            if let Some(id) = t.caps.entry(*h) {
+                if let Some(cap) = t.caps.get_mut(id) {
+                    cap.owner = Some(mailbox);
+                }
+                slots.push(id);
+            }
+        }
+        let kept: HashSet<SlotId> = slots.iter().copied().collect();
         let old = {
             let d = t.devices.entry(mailbox).or_default();
             d.hide_last_seen = p.hide_last_seen;
-            std::mem::replace(&mut d.caps, new.iter().copied().collect())
+            std::mem::replace(&mut d.caps, slots.into_boxed_slice())
         };
-        for h in old.iter().filter(|h| !new.contains(*h)) {
-            if let Some(cap) = t.caps.get_mut(h) {
+        for &id in old.iter().filter(|id| !kept.contains(*id)) {
+            if let Some(cap) = t.caps.get_mut(id) {
                 cap.owner = None;
-                if cap.watchers.is_empty() {
-                    t.caps.remove(h);
-                }
             }
-        }
-        for h in &new {
-            t.caps.entry(*h).or_default().owner = Some(mailbox);
+            t.caps.release(id);
         }
         // Everyone watching learns the state under the new rules (last
         // seen may have been hidden or shown).
@@ -382,28 +357,35 @@ impl Presence {
                 "a presence capability is 32 bytes",
             ));
         }
-        let hashes: Vec<TokenHash> = capabilities.iter().map(|c| capability_hash(c)).collect();
         let watch = Arc::new(Watch::default());
         let mut t = self.table();
-        let id = t.next_sub;
-        t.next_sub += 1;
-        for (i, h) in hashes.iter().enumerate() {
+        if t.caps.room() < capabilities.len() {
+            return Err(full());
+        }
+        let id = t.add_sub(Arc::clone(&watch)).ok_or_else(full)?;
+        let mut slots = Vec::with_capacity(capabilities.len());
+        for (i, c) in capabilities.iter().enumerate() {
+            let Some(slot) = t.caps.entry(capability_hash(c)) else {
+                // Not reached: there was room for every one.
+                t.unwatch(id, &slots);
+                return Err(full());
+            };
             let index = i as u32;
-            let cap = t.caps.entry(*h).or_default();
-            cap.watchers.push(Watcher {
-                sub: id,
-                index,
-                watch: Arc::clone(&watch),
-            });
+            let Some(cap) = t.caps.get_mut(slot) else {
+                t.unwatch(id, &slots);
+                return Err(full());
+            };
+            cap.watchers.push(Watcher { sub: id, index });
             if cap.owner.is_some() {
                 watch.mark(index);
             }
+            slots.push(slot);
         }
         drop(t);
         Ok(Subscription {
             presence: Arc::clone(self),
             id,
-            hashes,
+            slots: slots.into_boxed_slice(),
             watch,
         })
     }
@@ -411,9 +393,9 @@ impl Presence {
     /// The current state behind `sub`'s capability at `index`, if it is
     /// still published.
     pub fn state(&self, sub: &Subscription, index: u32) -> Option<pb::PresenceUpdate> {
-        let h = sub.hashes.get(index as usize)?;
+        let slot = *sub.slots.get(index as usize)?;
         let t = self.table();
-        let mailbox = t.caps.get(h)?.owner?;
+        let mailbox = t.caps.get(slot)?.owner?;
         Some(t.devices.get(&mailbox)?.update(index))
     }
 

@@ -49,10 +49,13 @@ pub async fn serve(
         let _ = send.reset(1u32.into());
         return;
     };
-    let sub = match decode_message::<pb::PresenceSubscribe>(&body)
+    // The frame (34 bytes a capability) is let go here, not kept for the
+    // stream's life: the table holds what the subscription needs.
+    let subscribed = decode_message::<pb::PresenceSubscribe>(&body)
         .map_err(|e| WireError::new(ErrorCode::Malformed, e.to_string()))
-        .and_then(|s| presence.subscribe(&s.capabilities))
-    {
+        .and_then(|s| presence.subscribe(&s.capabilities));
+    drop(body);
+    let sub = match subscribed {
         Ok(sub) => sub,
         Err(e) => {
             let _ = write_frame(&mut send, &refuse(e)).await;

@@ -148,3 +148,49 @@ fn ending_a_subscription_forgets_its_watchers_and_malformed_input_is_refused() {
     };
     assert!(p.publish([1; 16], &bad).is_err());
 }
+
+/// Slots are shared by every holder of a hash, survive while anything
+/// refers to them, and are freed (and reused) once nothing does: a
+/// capability presented twice, two subscriptions on one capability, and
+/// an owner dropping a hash from its set.
+#[test]
+fn capability_slots_are_shared_freed_and_reused() {
+    let (p, _clock) = table();
+    let twice = p.subscribe(&[cap(1), cap(1), cap(2)]).expect("subscribed");
+    let other = p.subscribe(&[cap(2)]).expect("subscribed");
+    publish(&p, [1; 16], &[1, 2], false);
+    let mut got = updates(&p, &twice);
+    got.sort();
+    assert_eq!(got, [(0, false, 0), (1, false, 0), (2, false, 0)]);
+    assert_eq!(updates(&p, &other), [(0, false, 0)]);
+    drop(twice);
+    p.heartbeat([1; 16]);
+    assert_eq!(
+        updates(&p, &other),
+        [(0, true, 0)],
+        "the shared slot lives on"
+    );
+    // The owner drops hash 2: its slot is kept while `other` watches it,
+    // and tells nothing more.
+    publish(&p, [1; 16], &[1], false);
+    assert!(updates(&p, &other).is_empty());
+    assert_eq!(p.state(&other, 0), None);
+    drop(other);
+    publish(&p, [1; 16], &[], false);
+    assert!(p.table().caps.is_empty(), "every slot freed");
+    // Freed slots and subscription numbers are reused, and work.
+    publish(&p, [2; 16], &[3], false);
+    let again = p.subscribe(&[cap(3)]).expect("subscribed");
+    assert_eq!(updates(&p, &again), [(0, false, 0)]);
+    p.heartbeat([2; 16]);
+    assert_eq!(updates(&p, &again), [(0, true, 0)]);
+    assert!(p.table().subs.len() <= 2, "subscription numbers reused");
+}
+
+/// What performance.md counts on: a capability's watchers fit in 16 bytes
+/// and its slot in 72.
+#[test]
+fn a_capability_slot_stays_small() {
+    assert_eq!(std::mem::size_of::<caps::Watchers>(), 16);
+    assert!(std::mem::size_of::<caps::Slot>() <= 72);
+}
