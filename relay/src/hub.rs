@@ -228,7 +228,7 @@ impl Hub {
             }
         }
         if let Some(f) = self.idle.get() {
-            idle.iter().for_each(|m| f(m));
+            idle.iter().for_each(f);
         }
         if let Some(f) = self.fleet.get() {
             targets.iter().for_each(|(m, _)| f.stored(m));
