@@ -165,7 +165,7 @@ impl Client {
                 }
                 tree.apply_batch(batch)?;
             }
-            db.flush_async().await?;
+            crate::store::flush_db(&db).await?;
         }
         // The key file last: a restore cut short leaves no account, and
         // can be run again.

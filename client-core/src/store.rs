@@ -19,7 +19,10 @@ use sled::{Db, Tree};
 use std::path::Path;
 use tern_crypto::StoreKey;
 
+mod flush;
 mod receipts;
+
+pub(crate) use flush::flush_db;
 
 /// Identity key of a contact's device: how contacts are keyed.
 pub type ContactId = [u8; 32];
@@ -374,10 +377,10 @@ impl LocalStore {
         }
     }
 
-    /// Make everything written so far durable.
+    /// Make everything written so far durable (not through sled's
+    /// `flush_async`: the docs of store/flush.rs say why).
     pub async fn flush(&self) -> Result<(), ClientError> {
-        self.db.flush_async().await?;
-        Ok(())
+        flush_db(&self.db).await
     }
 
     /// The encrypted account pickle.

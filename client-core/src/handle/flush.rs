@@ -146,7 +146,7 @@ impl Task {
                     // receipt sealed under a fresh ratchet key that reached
                     // the peer while the key died with a crash would make
                     // everything the peer sends next undecryptable.
-                    if let Err(e) = db.flush_async().await {
+                    if let Err(e) = crate::store::flush_db(&db).await {
                         warn!("flushing the store before a deposit: {e}");
                         return Round {
                             pairwise: Vec::new(),
