@@ -118,12 +118,6 @@ pub fn listen(home: &Path) -> Lines {
 impl Lines {
     /// Ctrl-C, as a person stops it.
     pub fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
+        crate::process::interrupt(&mut self.child);
     }
 }

@@ -62,13 +62,7 @@ impl Listen {
 
     /// Ctrl-C, as a person stops it; it must exit cleanly.
     pub fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
+        crate::process::interrupt(&mut self.child);
     }
 }
 

@@ -284,6 +284,28 @@ pub fn received(home: &Path) -> Vec<(String, String)> {
 /// The last lines a relay wrote to stderr (its logs).
 type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
+/// Ctrl-C to `child`, as a person stops it; it must exit cleanly.
+pub fn interrupt(child: &mut Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A loopback UDP port nothing listens on now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The certificate fingerprint a relay URL pins (`?fp=`).
+pub fn url_fingerprint(url: &str) -> String {
+    url.split_once("?fp=").unwrap().1.to_string()
+}
+
 /// JSON lines a `tern ... --json` command printed, parsed.
 pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()

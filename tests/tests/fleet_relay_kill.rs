@@ -13,13 +13,12 @@
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_tests::listen::Listen;
-use tern_tests::process::{ok, tern, RelayProcess};
+use tern_tests::process::{free_udp_port, ok, tern, url_fingerprint, RelayProcess};
 use tern_tests::redis_cluster::RedisCluster;
 
 /// The identity files an operator copies to every relay of a fleet.
@@ -29,19 +28,6 @@ const MAX_SENDS: usize = 400;
 /// Messages Alice must be shown before the kill, and after it.
 const BEFORE: usize = 10;
 const AFTER: usize = 10;
-
-/// A loopback UDP port nothing listens on now.
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn fingerprint(url: &str) -> String {
-    url.split_once("?fp=").unwrap().1.to_string()
-}
 
 /// The texts among `lines` that are messages, in the order shown.
 fn texts(lines: &[Value]) -> Vec<String> {
@@ -86,7 +72,7 @@ fn relay_a_killed_under_load_alice_moves_to_relay_b_and_nothing_is_lost_or_shown
     let seeds = cluster.seeds();
     let dir = tempfile::tempdir().unwrap();
     let (a_data, b_data) = (dir.path().join("relay-a"), dir.path().join("relay-b"));
-    let (a_port, b_port) = (free_port(), free_port());
+    let (a_port, b_port) = (free_udp_port(), free_udp_port());
     let mut relay_a = RelayProcess::start_on_redis_at(&a_data, a_port, &seeds, 0);
     std::fs::create_dir_all(&b_data).unwrap();
     for file in IDENTITY_FILES {
@@ -94,7 +80,7 @@ fn relay_a_killed_under_load_alice_moves_to_relay_b_and_nothing_is_lost_or_shown
     }
     let fleet = format!(
         "tern://127.0.0.1:{a_port},127.0.0.1:{b_port}?fp={}",
-        fingerprint(relay_a.url())
+        url_fingerprint(relay_a.url())
     );
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     ok(&alice, &["init", "--relay", &fleet, "--name", "alice"]);
@@ -108,7 +94,10 @@ fn relay_a_killed_under_load_alice_moves_to_relay_b_and_nothing_is_lost_or_shown
         l.iter().any(|v| v["type"] == "contact")
     });
     let _relay_b = RelayProcess::start_on_redis_at(&b_data, b_port, &seeds, 0);
-    assert_eq!(fingerprint(_relay_b.url()), fingerprint(relay_a.url()));
+    assert_eq!(
+        url_fingerprint(_relay_b.url()),
+        url_fingerprint(relay_a.url())
+    );
 
     // Bob sends all along, through whichever relay of the fleet he reaches.
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,28 +13,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Instant;
 use tern_protocol::url::RelayUrl;
 use tern_tests::listen::Listen;
-use tern_tests::process::{ok, relay_cmd, run_bounded, RelayProcess};
+use tern_tests::process::{
+    free_udp_port, ok, relay_cmd, run_bounded, url_fingerprint, RelayProcess,
+};
 
 /// The identity files an operator copies to every relay of a fleet.
 const IDENTITY_FILES: [&str; 3] = ["cert.der", "key.der", "reset.key"];
-
-fn fingerprint(url: &str) -> String {
-    url.split_once("?fp=").unwrap().1.to_string()
-}
-
-/// A loopback UDP port nothing listens on now.
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn messages(lines: &[Value]) -> Vec<&str> {
     lines
@@ -55,7 +43,7 @@ fn relays_with_the_same_identity_files_present_one_certificate() {
     }
     let b = RelayProcess::start_in(&b_data);
     assert_ne!(a.port(), b.port());
-    assert_eq!(fingerprint(a.url()), fingerprint(b.url()));
+    assert_eq!(url_fingerprint(a.url()), url_fingerprint(b.url()));
 
     // `url --fleet` prints the one URL that names both.
     let fleet = format!("127.0.0.1:{},127.0.0.1:{}", a.port(), b.port());
@@ -67,14 +55,17 @@ fn relays_with_the_same_identity_files_present_one_certificate() {
     );
     assert!(out.status.success(), "{out:?}");
     let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(url, format!("tern://{fleet}?fp={}", fingerprint(a.url())));
+    assert_eq!(
+        url,
+        format!("tern://{fleet}?fp={}", url_fingerprint(a.url()))
+    );
     let parsed: RelayUrl = url.parse().unwrap();
     assert_eq!(parsed.addrs().len(), 2);
 
     // A client pinning that fingerprint registers on either relay.
     for (name, port) in [("via-a", a.port()), ("via-b", b.port())] {
         let home = dir.path().join(name);
-        let one = format!("tern://127.0.0.1:{port}?fp={}", fingerprint(a.url()));
+        let one = format!("tern://127.0.0.1:{port}?fp={}", url_fingerprint(a.url()));
         ok(&home, &["init", "--relay", &one, "--name", name]);
     }
 }
@@ -87,11 +78,11 @@ fn init(home: &Path, url: &str, name: &str) {
 fn a_listening_client_moves_to_the_fleets_other_address_when_its_relay_dies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
-    let (first, second) = (free_port(), free_port());
+    let (first, second) = (free_udp_port(), free_udp_port());
     let mut relay = RelayProcess::start_on(&data, first);
     let fleet = format!(
         "tern://127.0.0.1:{first},127.0.0.1:{second}?fp={}",
-        fingerprint(relay.url())
+        url_fingerprint(relay.url())
     );
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     init(&alice, &fleet, "alice");
