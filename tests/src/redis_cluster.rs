@@ -57,18 +57,18 @@ fn require(bin: &str) {
 }
 
 /// A loopback port free for TCP, whose cluster bus port (+10000) is free
-/// too.
+/// too. Both are drawn below the kernel's ephemeral range (32768 and up
+/// by default): a port from `bind(0)` is released before redis-server
+/// takes it, and in that gap any socket the machine opens may be given it,
+/// and then the node cannot start.
 fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
     for _ in 0..1000 {
-        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = l.local_addr() else { continue };
-        let port = addr.port();
-        if !(1024..55_000).contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        let port = rng.gen_range(10_000..22_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
             return port;
         }
     }
