@@ -113,9 +113,36 @@ pub const FLEET_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// See [`FLEET_KEEP_ALIVE`].
 pub const FLEET_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// A presence watcher's keep-alive on a lone relay: a watcher that misses
+/// a relay's death for a while only shows presence late (it opens again and
+/// gets every state at once), and 10,000 watchers pinging every 4 s were
+/// half of an idle relay's packets (issue 16). 15 s stays inside the 30 s
+/// UDP mapping timeout of the strictest home routers.
+pub const WATCH_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A presence watcher gives a silent lone relay up after this long (the
+/// relay's own idle timeout, 60 s by default, is longer).
+pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How closely a connection watches its relay for silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Liveness {
+    /// Mail, sends and control: a keep-alive every 4 s, given up after
+    /// 12 s of silence.
+    #[default]
+    Prompt,
+    /// Presence watching: [`WATCH_KEEP_ALIVE`], [`WATCH_IDLE_TIMEOUT`].
+    Watch,
+}
+
 /// The QUIC client configuration for `url`; `alternatives` when there is
-/// another address to move to, which makes liveness checks tighter.
-fn client_config(url: &RelayUrl, alternatives: bool) -> Result<quinn::ClientConfig, ClientError> {
+/// another address to move to, which makes liveness checks tighter
+/// whatever `liveness` asks (moving to a live relay of the fleet quickly
+/// is what a fleet is for).
+fn client_config(
+    url: &RelayUrl,
+    alternatives: bool,
+    liveness: Liveness,
+) -> Result<quinn::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
         fingerprint: url.fingerprint,
@@ -135,10 +162,10 @@ fn client_config(url: &RelayUrl, alternatives: bool) -> Result<quinn::ClientConf
     // A relay that vanishes without a word is given up on after 12 s (the
     // relay's own idle timeout is longer); keep-alives hold a quiet
     // connection open well inside that.
-    let (keep_alive, idle) = if alternatives {
-        (FLEET_KEEP_ALIVE, FLEET_IDLE_TIMEOUT)
-    } else {
-        (Duration::from_secs(4), Duration::from_secs(12))
+    let (keep_alive, idle) = match (alternatives, liveness) {
+        (true, _) => (FLEET_KEEP_ALIVE, FLEET_IDLE_TIMEOUT),
+        (false, Liveness::Prompt) => (Duration::from_secs(4), Duration::from_secs(12)),
+        (false, Liveness::Watch) => (WATCH_KEEP_ALIVE, WATCH_IDLE_TIMEOUT),
     };
     transport.keep_alive_interval(Some(keep_alive));
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
@@ -222,8 +249,17 @@ impl Dialer {
     /// authenticated and control connections, never for sends. A fleet's
     /// addresses are tried in random order ([`fleet_dial`]).
     pub async fn connect(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
+        self.connect_with(url, Liveness::Prompt).await
+    }
+
+    /// [`Dialer::connect`] with the keep-alive pace of `liveness`.
+    pub async fn connect_with(
+        &mut self,
+        url: &RelayUrl,
+        liveness: Liveness,
+    ) -> Result<RelayLink, ClientError> {
         let addrs = fleet_dial::candidates(url, &self.failures).await?;
-        let config = client_config(url, addrs.len() > 1)?;
+        let config = client_config(url, addrs.len() > 1, liveness)?;
         let this = self.clone();
         fleet_dial::race(addrs, &self.failures, move |addr| {
             let endpoint = this.family_endpoint(url, addr.is_ipv6());
@@ -254,9 +290,19 @@ impl Dialer {
     /// [`Spacing`] gap from the last authentication, from an endpoint of
     /// its own on a fresh ephemeral UDP port, used for nothing else.
     pub async fn connect_unlinked(&mut self, url: &RelayUrl) -> Result<RelayLink, ClientError> {
+        self.connect_unlinked_with(url, Liveness::Prompt).await
+    }
+
+    /// [`Dialer::connect_unlinked`] with the keep-alive pace of `liveness`
+    /// (presence watchers: [`Liveness::Watch`]).
+    pub async fn connect_unlinked_with(
+        &mut self,
+        url: &RelayUrl,
+        liveness: Liveness,
+    ) -> Result<RelayLink, ClientError> {
         self.spacing.before_send().await;
         let addrs = fleet_dial::candidates(url, &self.failures).await?;
-        let config = client_config(url, addrs.len() > 1)?;
+        let config = client_config(url, addrs.len() > 1, liveness)?;
         let this = self.clone();
         fleet_dial::race(addrs, &self.failures, move |addr| {
             // Each attempt on a socket of its own; kept until its

@@ -1,13 +1,14 @@
 //! Watching contacts' presence: one presence stream per relay that holds
 //! grants, each on a connection of its own that never authenticates
-//! ([`Dialer::connect_unlinked`]), so the relay cannot tie the watcher to
-//! its mailbox. Updates come as the relay pushes them; a stream that
-//! breaks is opened again after a backoff.
+//! ([`Dialer::connect_unlinked_with`]), so the relay cannot tie the watcher
+//! to its mailbox. Watcher connections keep the slower keep-alive pace of
+//! [`Liveness::Watch`]. Updates come as the relay pushes them; a stream
+//! that breaks is opened again after a backoff.
 
 use super::HeldGrant;
 use crate::backoff::Backoff;
 use crate::error::ClientError;
-use crate::transport::{Dialer, RelayLink};
+use crate::transport::{Dialer, Liveness, RelayLink};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tern_protocol::frame::decode_message;
@@ -77,7 +78,7 @@ async fn watch_relay(dialer: Dialer, url: String, grants: Vec<HeldGrant>, out: m
     loop {
         let mut d = dialer.clone();
         let result: Result<(), ClientError> = async {
-            let link = d.connect_unlinked(&parsed).await?;
+            let link = d.connect_unlinked_with(&parsed, Liveness::Watch).await?;
             let (_send, mut recv) = subscribe(&link, &caps).await?;
             while let Some(u) = next_update(&mut recv).await? {
                 backoff.reset();
