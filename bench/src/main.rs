@@ -38,6 +38,13 @@ use tern_protocol::limits::DEFAULT_MAX_ENVELOPE;
 use tokio::runtime::Handle;
 use traffic::Mode;
 
+/// The allocator the shipped relay binary uses (`tern-relay`'s
+/// `main.rs`), so a relay run as a child (`serve`, `--spawn-relay`) is
+/// measured as it is deployed: glibc's malloc costs a relay CPU and
+/// fragments its RSS differently.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator and benchmarks for the Tern relay (loopback only).
 #[derive(Parser, Debug)]
 #[command(name = "tern-bench", version)]
@@ -128,8 +135,9 @@ enum Workload {
     /// (from a backup); restore time per run and relay bytes per message.
     HistoryRestore(HistoryRestoreArgs),
     /// Presence: N devices on their own authenticated connections, each
-    /// granting and watching 50 contacts; relay RSS over the same idle
-    /// connections without presence, relay CPU idle and at 1% of devices
+    /// granting and watching 50 contacts over a watcher connection of its
+    /// own; relay RSS over the same idle connections without presence (and
+    /// over the mailbox connections alone), relay CPU idle and at 1% of devices
     /// changing state per second, and change-to-watcher latency p50/p99.
     /// Use --spawn-relay for figures of the relay alone.
     Presence(PresenceArgs),
@@ -159,6 +167,13 @@ struct PresenceArgs {
     /// Seconds to settle before each measurement.
     #[arg(long, default_value_t = 5)]
     hold: u64,
+    /// Seconds the idle connections are held before the baseline is
+    /// sampled: long enough for keep-alives to bring each authenticated
+    /// connection to the memory it keeps for good (quinn's event channel
+    /// takes its second block after ~32 datagrams: ~2 minutes of 4 s
+    /// keep-alives), so later growth is not mistaken for presence.
+    #[arg(long, default_value_t = 120)]
+    settle: u64,
     /// Bound on opening the connections, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -827,11 +842,11 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 mode: None,
                 params: json!({
                     "devices": a.devices, "contacts": presence::CONTACTS, "churn": a.churn,
-                    "seconds": a.seconds, "runs": runs,
+                    "seconds": a.seconds, "runs": runs, "settle": a.settle,
                     "watch": format!("{:?}", a.watch),
                 }),
                 notes: vec![format!(
-                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; {}; baseline = the same authenticated connections before presence",
+                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; {}; baseline = the same connections (mailbox and watcher) held idle for --settle s before any presence request; over mailbox connections = against the authenticated connections alone, before the watcher connections opened",
                     presence::CONTACTS,
                     tern_relay::presence::PresenceConfig::default().grace_ms / 1000,
                     match a.watch {
@@ -849,6 +864,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     churn: a.churn,
                     seconds: a.seconds,
                     hold: Duration::from_secs(a.hold),
+                    settle: Duration::from_secs(a.settle),
                     grace: Duration::from_millis(
                         tern_relay::presence::PresenceConfig::default().grace_ms,
                     ),

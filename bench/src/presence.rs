@@ -1,22 +1,29 @@
 //! Presence at scale: N devices, each on its own authenticated QUIC
 //! connection, each granting 50 contacts (the next 50 devices) a capability
 //! and watching its own 50 contacts. Measured on the relay (run it as a
-//! child, `--spawn-relay`, for figures of the relay alone): RSS with the
-//! idle connections alone (the baseline), RSS with presence on top
-//! (published capabilities, subscriptions, heartbeats), CPU idle and at a
-//! churn of `churn` (1% by default) of devices changing state per second,
-//! and the time from a state change to its watchers seeing it: from the
-//! beat for online, from last beat + grace for offline.
+//! child, `--spawn-relay`, for figures of the relay alone): RSS and CPU
+//! with the devices' connections idle and no presence (the baseline), RSS
+//! with presence on top (published capabilities, subscriptions,
+//! heartbeats), CPU idle and at a churn of `churn` (1% by default) of
+//! devices changing state per second, and the time from a state change to
+//! its watchers seeing it: from the beat for online, from last beat +
+//! grace for offline.
 //!
 //! Watching is as a real client does it (`tern_client::presence::watch`):
-//! each device opens a connection of its own that never authenticates and
-//! carries one presence stream with its 50 capabilities, so the relay
-//! holds N more connections. The load generator's watcher connections
-//! share a client UDP socket per 256 (a real client's has one of its own;
-//! the relay's state per connection is the same, and what is measured is
-//! the relay). [`WatchMode::Multiplexed`] packs 1,000 capabilities (20
-//! devices' worth) in a presence stream, 4 streams per connection, for
-//! comparison with the first figures (which had 12 a connection).
+//! each device has a second connection that never authenticates (so the
+//! relay cannot tie it to the mailbox), at the watcher's keep-alive pace
+//! ([`Liveness::Watch`]), carrying one presence stream with its 50
+//! capabilities. The baseline holds both of each device's connections
+//! idle, before any presence request: "the same idle connections without
+//! presence". RSS with the mailbox connections alone, before the watcher
+//! connections open, is reported beside it (`over mailbox connections`),
+//! so what the second connection costs is in the figures too. The load
+//! generator's watcher connections share a client UDP socket per 256 (a
+//! real client's has one of its own; the relay's state per connection is
+//! the same, and what is measured is the relay).
+//! [`WatchMode::Multiplexed`] packs 1,000 capabilities (20 devices' worth)
+//! in a presence stream, 4 streams per connection, for comparison with the
+//! first figures (which had 12 a connection).
 
 use crate::progress::Progress;
 use crate::relay::BenchRelay;
@@ -28,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_client::presence::{capability_hash, owner, watch};
-use tern_client::transport::{Dialer, RelayLink};
+use tern_client::transport::{Dialer, Liveness, RelayLink};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -64,6 +71,8 @@ pub struct PresencePlan {
     pub seconds: u64,
     /// Seconds to hold before each measurement.
     pub hold: Duration,
+    /// How long the idle connections are held before the baseline.
+    pub settle: Duration,
     /// The relay's grace period (it must match the relay's config).
     pub grace: Duration,
     /// Bound on opening the connections.
@@ -167,77 +176,82 @@ impl Seen {
     }
 }
 
-/// Each device's watcher on a connection of its own (`held` holds the
-/// devices' capabilities in order, [`CONTACTS`] each), 256 connections
-/// per load-generator socket, 64 opening at a time.
-async fn watch_per_device(
+/// Open `count` watcher connections as a real watcher does (never
+/// authenticated, [`Liveness::Watch`]), 256 per load-generator socket,
+/// 64 opening at a time. They stay idle until [`subscribe_all`].
+async fn open_watchers(
     relay: &BenchRelay,
-    held: &[([u8; 32], usize)],
-    seen: &Seen,
+    count: usize,
     timeout: Duration,
-) -> anyhow::Result<(JoinSet<()>, Vec<Dialer>)> {
-    let devices = held.len() / CONTACTS;
-    let progress = Progress::new(devices as u64, "watching");
+) -> anyhow::Result<(Vec<RelayLink>, Vec<Dialer>)> {
+    let progress = Progress::new(count as u64, "watcher connections");
     progress.set_prefix("presence watch".to_string());
     let deadline = tokio::time::Instant::now() + timeout;
     let gate = Arc::new(Semaphore::new(64));
     let mut opening = JoinSet::new();
     let mut dialers = Vec::new();
-    for socket in held.chunks(CONTACTS * CONNS_PER_SOCKET) {
+    for socket in 0..count.div_ceil(CONNS_PER_SOCKET) {
         let dialer = Dialer::default();
-        for device in socket.chunks(CONTACTS) {
-            let caps: Vec<[u8; 32]> = device.iter().map(|(c, _)| *c).collect();
-            let owners: Vec<usize> = device.iter().map(|(_, o)| *o).collect();
+        let here = CONNS_PER_SOCKET.min(count - socket * CONNS_PER_SOCKET);
+        for k in 0..here {
             let (mut dialer, url, gate) = (dialer.clone(), relay.url.clone(), Arc::clone(&gate));
             let count = progress.count.clone();
             opening.spawn(async move {
                 let _permit = gate.acquire_owned().await?;
-                let open = async {
-                    let link = dialer.connect(&url).await?;
-                    let (send, recv) = watch::subscribe(&link, &caps).await?;
-                    anyhow::Ok((send, recv))
-                };
-                let (send, recv) = tokio::time::timeout_at(deadline, open)
+                let open = dialer.connect_with(&url, Liveness::Watch);
+                let link = tokio::time::timeout_at(deadline, open)
                     .await
-                    .map_err(|_| anyhow!("opening a watcher timed out"))??;
+                    .map_err(|_| anyhow!("opening a watcher connection timed out"))??;
                 count.fetch_add(1, Relaxed);
-                anyhow::Ok((send, recv, owners))
+                anyhow::Ok((socket * CONNS_PER_SOCKET + k, link))
             });
         }
         dialers.push(dialer);
     }
-    let mut watchers = JoinSet::new();
+    let mut links: Vec<Option<RelayLink>> = vec![None; count];
     while let Some(opened) = opening.join_next().await {
-        let (send, recv, owners) = opened.map_err(|e| anyhow!("watch task: {e}"))??;
-        seen.spawn(&mut watchers, send, recv, owners);
+        let (i, link) = opened.map_err(|e| anyhow!("watcher task: {e}"))??;
+        links[i] = Some(link);
     }
     progress.finish();
-    Ok((watchers, dialers))
+    Ok((links.into_iter().flatten().collect(), dialers))
 }
 
-/// Watchers multiplexed: streams of 1,000 capabilities, 4 per connection.
-async fn watch_multiplexed(
-    relay: &BenchRelay,
+/// Open the presence streams on the watcher connections: `held` holds the
+/// watched capabilities in order, `per_stream` to a stream, `per_conn`
+/// streams to a connection (one of [`CONTACTS`] per device when
+/// watching as a real client does).
+async fn subscribe_all(
+    links: &[RelayLink],
     held: &[([u8; 32], usize)],
+    (per_stream, per_conn): (usize, usize),
     seen: &Seen,
     timeout: Duration,
-) -> anyhow::Result<(JoinSet<()>, Vec<Dialer>)> {
-    let mut watchers = JoinSet::new();
-    let mut dialers = Vec::new();
-    for conn_chunk in held.chunks(CAPS_PER_STREAM * STREAMS_PER_CONN) {
-        let mut dialer = Dialer::default();
-        let link = dialer.connect_unlinked(&relay.url).await?;
-        dialers.push(dialer);
-        for chunk in conn_chunk.chunks(CAPS_PER_STREAM) {
+) -> anyhow::Result<JoinSet<()>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut opening = JoinSet::new();
+    for (link, conn_caps) in links.iter().zip(held.chunks(per_stream * per_conn)) {
+        for chunk in conn_caps.chunks(per_stream) {
             let caps: Vec<[u8; 32]> = chunk.iter().map(|(c, _)| *c).collect();
             let owners: Vec<usize> = chunk.iter().map(|(_, o)| *o).collect();
-            let (send, recv) = tokio::time::timeout(timeout, watch::subscribe(&link, &caps))
-                .await
-                .map_err(|_| anyhow!("opening a presence stream timed out"))??;
-            seen.spawn(&mut watchers, send, recv, owners);
+            let (link, gate) = (link.clone(), Arc::clone(&gate));
+            opening.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let (send, recv) =
+                    tokio::time::timeout_at(deadline, watch::subscribe(&link, &caps))
+                        .await
+                        .map_err(|_| anyhow!("opening a presence stream timed out"))??;
+                anyhow::Ok((send, recv, owners))
+            });
         }
     }
-    Ok((watchers, dialers))
+    let mut watchers = JoinSet::new();
+    while let Some(opened) = opening.join_next().await {
+        let (send, recv, owners) = opened.map_err(|e| anyhow!("subscribe task: {e}"))??;
+        seen.spawn(&mut watchers, send, recv, owners);
+    }
+    Ok(watchers)
 }
 
 /// Open `n` authenticated connections, 256 per client socket.
@@ -320,7 +334,22 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let n = plan.devices.max(CONTACTS + 1);
     let links = open(relay, n, plan.timeout).await?;
     tokio::time::sleep(plan.hold).await;
+    let mailboxes_only = relay.sample();
+
+    // The watchers' connections, idle: with the devices' own, the same
+    // connections as with presence, which is the baseline.
+    let watcher_conns = match plan.watch {
+        WatchMode::PerDevice => n,
+        WatchMode::Multiplexed => (n * CONTACTS).div_ceil(CAPS_PER_STREAM * STREAMS_PER_CONN),
+    };
+    let (watcher_links, _watcher_dialers) =
+        open_watchers(relay, watcher_conns, plan.timeout).await?;
+    tokio::time::sleep(plan.settle.max(plan.hold)).await;
+    let base_at = Instant::now();
+    let base_start = relay.sample();
+    tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
     let baseline = relay.sample();
+    let base_idle = crate::proc::usage(&base_start, &baseline, base_at.elapsed());
 
     // Publish: device i grants its k-th contact, device (i + k + 1) % n.
     let gate = Arc::new(Semaphore::new(256));
@@ -359,10 +388,11 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         off_lat: Arc::new(Mutex::new(Latency::new())),
         updates: Arc::new(AtomicU64::new(0)),
     };
-    let (mut watchers, _watcher_dialers) = match plan.watch {
-        WatchMode::PerDevice => watch_per_device(relay, &held, &seen, plan.timeout).await?,
-        WatchMode::Multiplexed => watch_multiplexed(relay, &held, &seen, plan.timeout).await?,
+    let shape = match plan.watch {
+        WatchMode::PerDevice => (CONTACTS, 1),
+        WatchMode::Multiplexed => (CAPS_PER_STREAM, STREAMS_PER_CONN),
     };
+    let mut watchers = subscribe_all(&watcher_links, &held, shape, &seen, plan.timeout).await?;
     let Seen {
         on_lat,
         off_lat,
@@ -445,7 +475,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     stop.store(true, Relaxed);
     watchers.abort_all();
     beats.abort_all();
-    for l in &links {
+    for l in links.iter().chain(&watcher_links) {
         l.close();
     }
     let rss_mib = |s: &crate::proc::Sample| s.rss as f64 / (1 << 20) as f64;
@@ -458,9 +488,16 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         values: vec![
             ("devices", n as f64),
             ("watched caps", (n * CONTACTS) as f64),
+            ("watcher connections", watcher_links.len() as f64),
+            ("mailbox connections rss MiB", rss_mib(&mailboxes_only)),
             ("baseline rss MiB", rss_mib(&baseline)),
             ("presence rss MiB", rss_mib(&idle_end)),
             ("over baseline MiB", rss_mib(&idle_end) - rss_mib(&baseline)),
+            (
+                "over mailbox connections MiB",
+                rss_mib(&idle_end) - rss_mib(&mailboxes_only),
+            ),
+            ("baseline relay cores", base_idle.relay_cores),
             ("idle relay cores", idle.relay_cores),
             ("churn relay cores", churn.relay_cores),
             ("flips", flips as f64),
