@@ -15,7 +15,7 @@
 //!    hand: `sends` messages back to back (each sent once the previous is
 //!    everywhere, so its acks arrive during the next fan-out), then `sends`
 //!    to a group at rest (each sent once every member acked the previous
-//!    one, plus [`SPACING`]), with the CPU each side spends per delivery;
+//!    one, plus [`SPACING_MS`] ms), with the CPU each side spends per delivery;
 //! 3. throughput: `burst` messages from `senders` concurrent sender
 //!    connections, as fast as their durable answers allow; group messages
 //!    per second from the first send to the last member's last envelope.
@@ -49,6 +49,9 @@ pub struct FanoutPlan {
     pub burst: usize,
     /// Concurrent sender connections in phase 3.
     pub senders: usize,
+    /// At rest, the pause after every member acked the previous message
+    /// ([`SPACING_MS`] ms by default).
+    pub spacing: Duration,
     /// Bound on the whole run.
     pub timeout: Duration,
 }
@@ -61,8 +64,9 @@ pub struct FanoutPlan {
 const MEMBERS_PER_SOCKET: usize = 50;
 
 /// How long a spaced latency send waits after every member has acked
-/// everything before it, for the relay to take those acks.
-const SPACING: Duration = Duration::from_millis(20);
+/// everything before it, for the relay to take those acks (the default
+/// of `--spacing-ms`).
+pub const SPACING_MS: u64 = 20;
 
 /// Send one group message; the time to its durable answer, in ns.
 async fn timed_send(
@@ -302,7 +306,7 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
     }
     // 2b, spaced: each message goes to a group at rest, as a real group's
     // messages do (seconds apart): sent once every member has acked
-    // everything before it and SPACING has passed for the relay to take
+    // everything before it and the spacing has passed for the relay to take
     // those acks. The CPU figures are this phase's: every delivery here
     // costs a push and its own ack, as it does for a group at rest.
     let mut latency = Latency::new();
@@ -317,7 +321,7 @@ pub async fn run(relay: &BenchRelay, plan: FanoutPlan, label: String) -> anyhow:
         })
         .await
         .map_err(bound("waiting for acks"))?;
-        tokio::time::sleep(SPACING).await;
+        tokio::time::sleep(plan.spacing).await;
         let t0 = Instant::now();
         acked.record(timed_send(&mut stream, &send(i), deadline).await?);
         tokio::time::timeout_at(deadline, wait_all(i))

@@ -235,6 +235,10 @@ struct FanoutArgs {
     /// Sender connections sharing the burst.
     #[arg(long, default_value_t = 4)]
     senders: usize,
+    /// At rest: how long after every member has acked the previous
+    /// message the next is sent, in ms.
+    #[arg(long, default_value_t = fanout::SPACING_MS)]
+    spacing_ms: u64,
     /// Bound on each run, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -654,6 +658,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                 params: json!({
                     "members": a.members, "store": a.store, "sends": a.sends,
                     "burst": a.burst, "senders": a.senders, "runs": runs,
+                    "spacing_ms": a.spacing_ms,
                 }),
                 notes: vec![
                     format!(
@@ -670,12 +675,12 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     format!(
                         "latency: {} sends one at a time, from SendMany to the last member holding it \
                          (members subscribed, acking as the client does: 64 at a time or after 20 ms of quiet); \
-                         p50/p99: each send to a group at rest (every member has acked the previous message, then 20 ms); \
+                         p50/p99: each send to a group at rest (every member has acked the previous message, then {} ms); \
                          b2b: {} more, each sent as soon as the previous one is everywhere (its acks still arriving); \
                          ack = send to the durable SendMany answer; 1st = to the first member holding it; \
                          µs/dlv = CPU per delivery over the at-rest sends (relay: its threads; bench: the rest); \
                          group msgs/s: {} sends from {} connections, first send to the last member's last envelope",
-                        a.sends, a.sends, a.burst, a.senders
+                        a.sends, a.spacing_ms, a.sends, a.burst, a.senders
                     ),
                 ],
                 rows: Vec::new(),
@@ -689,6 +694,7 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     sends: a.sends,
                     burst: a.burst,
                     senders: a.senders,
+                    spacing: Duration::from_millis(a.spacing_ms),
                     timeout: Duration::from_secs(a.timeout),
                 };
                 let row = fanout::run(&relay, plan, format!("M={}", a.members)).await;

@@ -345,6 +345,9 @@ struct Work {
     durable: Option<(Ticket, Durable)>,
     fetch: Option<oneshot::Receiver<Result<Vec<pb::Envelope>, WireError>>>,
     sub: Option<Subscription>,
+    /// Envelopes taken from the subscription's hand-overs (kept, empty,
+    /// between wake-ups so its room is reused).
+    handed: Vec<pb::Envelope>,
     closing: bool,
 }
 
@@ -439,11 +442,11 @@ async fn messages<S: MailboxStore, C: Clock>(
             _ = notified(wake), if wake.is_some() => {
                 // Envelopes handed over with the wake-ups, then a plain
                 // wake-up if one came without (or one did not fit).
-                let (handed, plain) = work
+                let plain = work
                     .sub
                     .as_ref()
-                    .map_or((Vec::new(), true), |s| s.handed.take());
-                for env in handed {
+                    .is_none_or(|s| s.handed.take_into(&mut work.handed));
+                for env in work.handed.drain(..) {
                     machine.handle_handed(env);
                 }
                 if plain {

@@ -47,13 +47,23 @@ impl Handed {
     /// Take what arrived: the envelopes handed over, and whether a plain
     /// wake-up came too (the store may hold more than those).
     pub fn take(&self) -> (Vec<pb::Envelope>, bool) {
+        let mut out = Vec::new();
+        let plain = self.take_into(&mut out);
+        (out, plain)
+    }
+
+    /// As [`Self::take`], into `out` (which must be empty): the two
+    /// buffers trade places, so a subscription that takes into the same
+    /// buffer every time allocates nothing per hand-over.
+    pub fn take_into(&self, out: &mut Vec<pb::Envelope>) -> bool {
+        debug_assert!(out.is_empty());
         match self.inner.lock() {
-            Ok(mut h) => (
-                std::mem::take(&mut h.envelopes),
-                std::mem::replace(&mut h.plain, false),
-            ),
+            Ok(mut h) => {
+                std::mem::swap(&mut h.envelopes, out);
+                std::mem::replace(&mut h.plain, false)
+            }
             // Poisoned: read the store.
-            Err(_) => (Vec::new(), true),
+            Err(_) => true,
         }
     }
 
@@ -63,10 +73,10 @@ impl Handed {
         }
     }
 
-    fn hand(&self, env: &pb::Envelope) {
+    fn hand(&self, env: pb::Envelope) {
         if let Ok(mut h) = self.inner.lock() {
             if h.envelopes.len() < HANDED_BUFFER {
-                h.envelopes.push(env.clone());
+                h.envelopes.push(env);
             } else {
                 h.plain = true;
             }
@@ -219,10 +229,11 @@ impl Hub {
                     idle.push(*mailbox);
                     continue;
                 };
-                let mut env = env.clone();
-                env.seq = *seq;
+                // One copy per subscriber (the payload is shared).
                 for s in list {
-                    s.handed.hand(&env);
+                    let mut env = env.clone();
+                    env.seq = *seq;
+                    s.handed.hand(env);
                     s.wake.notify_one();
                 }
             }
@@ -347,6 +358,29 @@ mod tests {
         assert_eq!(seqs(&a2), (vec![5], false), "every subscriber of a mailbox");
         assert_eq!(seqs(&b), (vec![11], false));
         assert_eq!(*idle.lock().unwrap(), vec![3], "nobody subscribed to 3");
+    }
+
+    #[test]
+    fn taking_into_a_kept_buffer_trades_buffers_and_loses_nothing() {
+        let hub = Arc::new(Hub::default());
+        let sub = hub.subscribe([1; 16]);
+        let env = pb::Envelope::default();
+        let mut kept = Vec::new();
+        hub.stored_with(&[([1; 16], 1)], &env);
+        hub.stored_with(&[([1; 16], 2)], &env);
+        assert!(!sub.handed.take_into(&mut kept), "no plain wake-up came");
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        let room = kept.capacity();
+        kept.clear();
+        // The subscription now holds the empty buffer it was given; the
+        // next take hands back the one just drained, room and all.
+        assert!(!sub.handed.take_into(&mut kept));
+        assert!(kept.is_empty());
+        hub.stored_with(&[([1; 16], 3)], &env);
+        hub.stored(&[1; 16]);
+        assert!(sub.handed.take_into(&mut kept), "the plain wake-up is told");
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(kept.capacity(), room, "3 went into the room of 1 and 2");
     }
 
     type Deliver = Box<dyn Fn(&MailboxId) + Send + Sync>;
