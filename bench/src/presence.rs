@@ -4,7 +4,7 @@
 //! child, `--spawn-relay`, for figures of the relay alone): RSS and CPU
 //! with the devices' connections idle and no presence (the baseline), RSS
 //! with presence on top (published capabilities, subscriptions,
-//! heartbeats on a heartbeat stream per device, as a real owner beats), CPU idle and at a churn of `churn` (1% by default) of
+//! heartbeats), CPU idle and at a churn of `churn` (1% by default) of
 //! devices changing state per second, and the time from a state change to
 //! its watchers seeing it: from the beat for online, from last beat +
 //! grace for offline.
@@ -107,11 +107,10 @@ impl Expect {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// One beat for `owner` on its heartbeat stream, noting when it left.
-    async fn beat(&self, owner: usize, beats: &Beater) {
-        let mut beats = beats.lock().await;
+    /// One beat for `owner`, noting when it left.
+    async fn beat(&self, owner: usize, link: &RelayLink) {
         self.last_beat_ns[owner].store(self.now_ns(), Relaxed);
-        let _ = beats.beat().await;
+        let _ = owner::heartbeat(link).await;
     }
 
     fn set(&self, owner: usize, online: bool, at: Instant) {
@@ -120,10 +119,6 @@ impl Expect {
         self.online[owner].store(online, Relaxed);
     }
 }
-
-/// A device's heartbeat stream, as a real owner beats
-/// ([`owner::Beats`]); shared by its beat loop and the churn.
-type Beater = Arc<tokio::sync::Mutex<owner::Beats>>;
 
 /// What the watchers record, shared by their tasks.
 struct Seen {
@@ -318,7 +313,7 @@ async fn open(relay: &BenchRelay, n: usize, timeout: Duration) -> anyhow::Result
 async fn beat_loop(
     expect: Arc<Expect>,
     i: usize,
-    beats: Beater,
+    link: RelayLink,
     beating: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     every: Duration,
@@ -329,7 +324,7 @@ async fn beat_loop(
     while !stop.load(Relaxed) {
         tick.tick().await;
         if beating.load(Relaxed) {
-            expect.beat(i, &beats).await;
+            expect.beat(i, &link).await;
         }
     }
 }
@@ -369,12 +364,6 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     }
     while let Some(r) = pubs.join_next().await {
         r.map_err(|e| anyhow!("publish task: {e}"))??;
-    }
-    let mut beaters: Vec<Beater> = Vec::with_capacity(n);
-    for link in &links {
-        beaters.push(Arc::new(tokio::sync::Mutex::new(
-            owner::Beats::open(link).await?,
-        )));
     }
 
     // Watch: device j holds cap(i, k) for i = j - k - 1; streams of 1,000.
@@ -422,12 +411,12 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let mut offline: std::collections::VecDeque<usize> =
         (0..n).filter(|i| !starts_online(*i)).collect();
     let mut beats = tokio::task::JoinSet::new();
-    for (i, beater) in beaters.iter().enumerate() {
+    for (i, link) in links.iter().enumerate() {
         let phase = every.mul_f64(i as f64 / n as f64);
         beats.spawn(beat_loop(
             Arc::clone(&expect),
             i,
-            Arc::clone(beater),
+            link.clone(),
             Arc::clone(&beating[i]),
             Arc::clone(&stop),
             every,
@@ -468,12 +457,12 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
                 expect.set(i, false, Instant::now());
                 offline.push_back(i);
             } else if let Some(i) = offline.pop_front() {
-                let beater = Arc::clone(&beaters[i]);
+                let link = links[i].clone();
                 let b = Arc::clone(&beating[i]);
                 let e = Arc::clone(&expect);
                 tokio::spawn(async move {
                     e.set(i, true, Instant::now());
-                    e.beat(i, &beater).await;
+                    e.beat(i, &link).await;
                     b.store(true, Relaxed);
                 });
             }

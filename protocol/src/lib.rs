@@ -45,12 +45,6 @@ pub const STREAM_MESSAGES: u8 = 2;
 /// `PresenceUpdate`s (docs/protocol.md §17). Never on an authenticated
 /// connection.
 pub const STREAM_PRESENCE: u8 = 3;
-/// First byte of a heartbeat stream: `PresenceHeartbeat` requests, each
-/// answered by one response, for the connection's life (docs/protocol.md
-/// §17), so a beat does not open and close a stream of its own.
-pub const STREAM_BEATS: u8 = 4;
-/// Largest frame on a heartbeat stream (a heartbeat request is 2 bytes).
-pub const MAX_BEAT_FRAME: usize = 64;
 /// Length of a presence capability in bytes.
 pub const PRESENCE_CAPABILITY_LEN: usize = 32;
 

@@ -33,7 +33,7 @@ use tern_protocol::{ErrorCode, WireError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 
-use tern_protocol::{STREAM_BEATS, STREAM_CONTROL, STREAM_MESSAGES, STREAM_PRESENCE};
+use tern_protocol::{STREAM_CONTROL, STREAM_MESSAGES, STREAM_PRESENCE};
 
 /// How long a new stream may take to say what kind it is.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,7 +148,6 @@ async fn stream<S: MailboxStore, C: Clock>(
             ))
             .await
         }
-        STREAM_BEATS => Box::pin(crate::presence::beats::serve(shared, state, send, recv)).await,
         _ => {
             let frame = pb::RelayFrame::error(WireError::new(
                 ErrorCode::Unsupported,

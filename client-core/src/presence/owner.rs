@@ -1,16 +1,12 @@
 //! The owner's side of presence, on the authenticated home connection:
 //! publish the capability hashes (and whether last seen is hidden),
 //! register or clear the push endpoint, and beat while connected, well
-//! inside the relay's grace period, on one heartbeat stream ([`Beats`])
-//! for the connection's life. Runs in a task of its own on a clone
+//! inside the relay's grace period. Runs in a task of its own on a clone
 //! of the home link; it ends when the link does.
 
 use crate::error::ClientError;
 use crate::transport::RelayLink;
-use crate::transport::REQUEST_TIMEOUT;
 use std::time::Duration;
-use tern_protocol::frame::decode_message;
-use tern_protocol::io::{read_frame, write_frame};
 use tern_protocol::pb::{self, control_request::Request, control_response::Response};
 use tokio::sync::mpsc;
 
@@ -73,58 +69,6 @@ pub async fn heartbeat(link: &RelayLink) -> Result<pb::PresenceAlive, ClientErro
     }
 }
 
-/// A heartbeat stream on the home connection (stream kind 4): every beat
-/// a request and an answer on one stream, rather than a control stream
-/// opened and closed per beat.
-pub struct Beats {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-impl Beats {
-    /// Open the stream on `link`.
-    pub async fn open(link: &RelayLink) -> Result<Self, ClientError> {
-        let (mut send, recv) = link.open_raw_stream().await?;
-        send.write_all(&[tern_protocol::STREAM_BEATS])
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        Ok(Beats { send, recv })
-    }
-
-    /// One heartbeat; the relay's answer (within [`REQUEST_TIMEOUT`]).
-    pub async fn beat(&mut self) -> Result<pb::PresenceAlive, ClientError> {
-        let req = pb::ControlRequest {
-            request: Some(Request::PresenceHeartbeat(pb::PresenceHeartbeat {})),
-        };
-        let exchange = async {
-            write_frame(&mut self.send, &req)
-                .await
-                .map_err(|e| broken(e.to_string()))?;
-            read_frame(&mut self.recv, MAX_ANSWER)
-                .await
-                .map_err(|e| broken(e.to_string()))?
-                .ok_or_else(|| broken("the relay ended it".into()))
-        };
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| broken("no answer in time".into()))??;
-        let answer: pb::ControlResponse =
-            decode_message(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        match answer.response {
-            Some(Response::PresenceAlive(a)) => Ok(a),
-            Some(other) => Err(unexpected(other)),
-            None => Err(ClientError::Protocol("an empty heartbeat answer".into())),
-        }
-    }
-}
-
-/// Largest answer read from a heartbeat stream.
-const MAX_ANSWER: usize = 4 * 1024;
-
-fn broken(e: String) -> ClientError {
-    ClientError::Protocol(format!("heartbeat stream: {e}"))
-}
-
 /// What the owner task starts with.
 pub struct OwnerPlan {
     /// Capability hashes to publish.
@@ -146,24 +90,8 @@ pub async fn run(link: RelayLink, plan: OwnerPlan, news: mpsc::Sender<OwnerNews>
             let _ = news.send(OwnerNews::PushRefused(e.to_string())).await;
         }
     }
-    // Beats go on one stream; a relay without heartbeat streams (or one
-    // that broke it) gets them as control requests instead.
-    let mut beats = Beats::open(&link).await.ok();
     loop {
-        let on_stream = match beats.as_mut() {
-            Some(b) => Some(b.beat().await),
-            None => None,
-        };
-        let beat = match on_stream {
-            Some(Ok(alive)) => Ok(alive),
-            Some(Err(e)) => {
-                tracing::debug!("heartbeat stream given up: {e}");
-                beats = None;
-                heartbeat(&link).await
-            }
-            None => heartbeat(&link).await,
-        };
-        let alive = match beat {
+        let alive = match heartbeat(&link).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!("presence heartbeats stop: {e}");

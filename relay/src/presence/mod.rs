@@ -16,7 +16,6 @@
 //! presented a capability. It never learns which mailbox the watcher owns:
 //! subscriptions are refused on authenticated connections.
 
-pub mod beats;
 mod caps;
 pub mod control;
 pub mod stream;
