@@ -47,6 +47,14 @@ pub const STREAM_MESSAGES: u8 = 2;
 pub const STREAM_PRESENCE: u8 = 3;
 /// Length of a presence capability in bytes.
 pub const PRESENCE_CAPABILITY_LEN: usize = 32;
+/// A QUIC DATAGRAM frame holding exactly this one byte, on an
+/// authenticated connection, is a presence heartbeat (docs/protocol.md
+/// §17): unanswered and never retransmitted, sent in place of the
+/// connection's keep-alive. Any other datagram is dropped unread.
+pub const DATAGRAM_HEARTBEAT: u8 = 1;
+/// Bytes of datagrams a relay buffers per connection, and so the largest
+/// datagram it takes (QUIC's `max_datagram_frame_size`).
+pub const MAX_DATAGRAM_BUFFER: usize = 64;
 
 /// Length of a mailbox id in bytes.
 pub const MAILBOX_ID_LEN: usize = 16;

@@ -92,7 +92,17 @@ pub async fn serve<S: MailboxStore, C: Clock>(shared: Arc<Shared<S, C>>, conn: q
         shared.core.rates().connection(Instant::now()),
     ));
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let next = tokio::select! {
+            s = conn.accept_bi() => s,
+            d = conn.read_datagram() => match d {
+                Ok(d) => {
+                    datagram(&shared, &state, &d);
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let (send, recv) = match next {
             Ok(s) => s,
             Err(e) => {
                 debug!("connection ended: {e}");
@@ -161,6 +171,22 @@ async fn stream<S: MailboxStore, C: Clock>(
 
 /// Over its rate, a connection's reading pauses until it is allowed again
 /// (at most a second), so QUIC flow control pushes back on the peer.
+/// One QUIC datagram from the peer: a heartbeat from an authenticated
+/// owner counts (docs/protocol.md §17); anything else, or a datagram over
+/// the connection's rate, is dropped without a word (datagrams are never
+/// answered).
+fn datagram<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, state: &ConnState, body: &[u8]) {
+    if body != [tern_protocol::DATAGRAM_HEARTBEAT] {
+        return;
+    }
+    let Some(mailbox) = state.mailbox() else {
+        return;
+    };
+    if state.rate.check_at(Instant::now()).is_ok() {
+        shared.presence.heartbeat(mailbox);
+    }
+}
+
 async fn throttle(limited: Option<&WireError>) {
     if let Some(e) = limited {
         let pause = Duration::from_millis(e.retry_after_ms.clamp(1, 1_000));

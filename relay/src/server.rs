@@ -122,6 +122,10 @@ fn transport(config: &RelayConfig) -> quinn::TransportConfig {
     // (connection.rs): quinn keeps state for every stream a peer may open.
     t.max_concurrent_bidi_streams(l.streams_before_auth().into());
     t.max_concurrent_uni_streams(0u32.into());
+    // Datagrams carry only heartbeats, one byte each: buffer a few, never
+    // the megabyte quinn would hold by default for a peer to fill.
+    t.datagram_receive_buffer_size(Some(tern_protocol::MAX_DATAGRAM_BUFFER));
+    t.datagram_send_buffer_size(0);
     let idle = Duration::from_secs(l.idle_timeout_secs);
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     // Bound what one slow or hostile peer can make the relay buffer.

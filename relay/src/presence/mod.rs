@@ -75,6 +75,9 @@ struct Device {
     caps: Box<[SlotId]>,
     online: bool,
     last_beat_ms: u64,
+    /// When its one live entry in [`Table::due`] falls due (others for it
+    /// there are stale).
+    due_ms: u64,
     hide_last_seen: bool,
 }
 
@@ -126,8 +129,10 @@ struct Table {
     /// Live subscriptions' wake-ups by number (`None`: free for reuse).
     subs: Vec<Option<Arc<Watch>>>,
     free_subs: Vec<u32>,
-    /// When online devices fall due for an offline check (lazy: stale
-    /// entries are skipped when popped).
+    /// When online devices fall due for an offline check: one live entry
+    /// per online device, pushed when it comes online and moved on by the
+    /// sweep while it beats, so a beat only writes a timestamp (entries
+    /// left by an earlier time online are skipped when popped).
     due: BinaryHeap<Reverse<(u64, MailboxId)>>,
 }
 
@@ -294,12 +299,14 @@ impl Presence {
         let mut t = self.table();
         let d = t.devices.entry(mailbox).or_default();
         d.last_beat_ms = now;
-        let came_online = !d.online;
-        d.online = true;
-        t.due.push(Reverse((now.saturating_add(grace), mailbox)));
-        if came_online {
-            t.changed(&mailbox);
+        if d.online {
+            return;
         }
+        d.online = true;
+        let due = now.saturating_add(grace);
+        d.due_ms = due;
+        t.due.push(Reverse((due, mailbox)));
+        t.changed(&mailbox);
     }
 
     /// Mark offline every device whose grace period ran out; returns how
@@ -314,11 +321,20 @@ impl Presence {
                 break;
             }
             t.due.pop();
-            if let Some(d) = t.devices.get_mut(&mailbox) {
-                if d.online && d.last_beat_ms.saturating_add(grace) <= now {
-                    d.online = false;
-                    went.push(mailbox);
-                }
+            let Some(d) = t.devices.get_mut(&mailbox) else {
+                continue;
+            };
+            if !d.online || d.due_ms != at {
+                continue;
+            }
+            let until = d.last_beat_ms.saturating_add(grace);
+            if until <= now {
+                d.online = false;
+                went.push(mailbox);
+            } else {
+                // It beat since: look again when that beat's grace runs out.
+                d.due_ms = until;
+                t.due.push(Reverse((until, mailbox)));
             }
         }
         for m in &went {

@@ -194,3 +194,40 @@ fn a_capability_slot_stays_small() {
     assert_eq!(std::mem::size_of::<caps::Watchers>(), 16);
     assert!(std::mem::size_of::<caps::Slot>() <= 72);
 }
+
+#[test]
+fn beats_keep_one_deadline_per_device_however_often_they_come() {
+    let (p, clock) = table();
+    publish(&p, [1; 16], &[7], false);
+    publish(&p, [2; 16], &[8], false);
+    let sub = p.subscribe(&[cap(7), cap(8)]).expect("subscribed");
+    updates(&p, &sub);
+    // A beat every 4 s (the keep-alive's pace) for three grace periods.
+    for _ in 0..(3 * GRACE / 4_000) {
+        p.heartbeat([1; 16]);
+        p.heartbeat([2; 16]);
+        assert_eq!(p.tick(), 0);
+        clock.advance(4_000);
+    }
+    assert!(
+        p.table().due.len() <= 2,
+        "{} deadlines for two devices",
+        p.table().due.len()
+    );
+    assert_eq!(updates(&p, &sub), [(0, true, 0), (1, true, 0)]);
+    // Device 2 stops; device 1 flaps off and back on.
+    clock.advance(GRACE);
+    assert_eq!(p.tick(), 2);
+    p.heartbeat([1; 16]);
+    clock.advance(GRACE - 1);
+    assert_eq!(p.tick(), 0, "back online: a fresh grace period");
+    assert_eq!(p.table().due.len(), 1);
+    clock.advance(1);
+    assert_eq!(p.tick(), 1);
+    assert!(p.table().due.is_empty());
+    let seen: Vec<(u32, bool)> = updates(&p, &sub)
+        .into_iter()
+        .map(|(i, on, _)| (i, on))
+        .collect();
+    assert_eq!(seen, [(0, false), (1, false)], "latest states, coalesced");
+}
