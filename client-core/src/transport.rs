@@ -113,6 +113,13 @@ pub const FLEET_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// See [`FLEET_KEEP_ALIVE`].
 pub const FLEET_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Mail, sends and control on a lone relay: a keep-alive every 4 s, the
+/// relay given up after 12 s of silence. A device sharing presence beats
+/// just inside this keep-alive, in its place (`presence::owner::beat_pace`).
+pub const PROMPT_KEEP_ALIVE: Duration = Duration::from_secs(4);
+/// See [`PROMPT_KEEP_ALIVE`].
+pub const PROMPT_IDLE_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// A presence watcher's keep-alive on a lone relay: a watcher that misses
 /// a relay's death for a while only shows presence late (it opens again and
 /// gets every state at once), and 10,000 watchers pinging every 4 s were
@@ -126,23 +133,23 @@ pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// How closely a connection watches its relay for silence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Liveness {
-    /// Mail, sends and control: a keep-alive every 4 s, given up after
-    /// 12 s of silence.
+    /// Mail, sends and control: [`PROMPT_KEEP_ALIVE`],
+    /// [`PROMPT_IDLE_TIMEOUT`].
     #[default]
     Prompt,
     /// Presence watching: [`WATCH_KEEP_ALIVE`], [`WATCH_IDLE_TIMEOUT`].
     Watch,
 }
 
-/// The QUIC client configuration for `url`; `alternatives` when there is
-/// another address to move to, which makes liveness checks tighter
-/// whatever `liveness` asks (moving to a live relay of the fleet quickly
-/// is what a fleet is for).
+/// The QUIC client configuration for `url`, and its keep-alive interval;
+/// `alternatives` when there is another address to move to, which makes
+/// liveness checks tighter whatever `liveness` asks (moving to a live
+/// relay of the fleet quickly is what a fleet is for).
 fn client_config(
     url: &RelayUrl,
     alternatives: bool,
     liveness: Liveness,
-) -> Result<quinn::ClientConfig, ClientError> {
+) -> Result<(quinn::ClientConfig, Duration), ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
         fingerprint: url.fingerprint,
@@ -164,14 +171,18 @@ fn client_config(
     // connection open well inside that.
     let (keep_alive, idle) = match (alternatives, liveness) {
         (true, _) => (FLEET_KEEP_ALIVE, FLEET_IDLE_TIMEOUT),
-        (false, Liveness::Prompt) => (Duration::from_secs(4), Duration::from_secs(12)),
+        (false, Liveness::Prompt) => (PROMPT_KEEP_ALIVE, PROMPT_IDLE_TIMEOUT),
         (false, Liveness::Watch) => (WATCH_KEEP_ALIVE, WATCH_IDLE_TIMEOUT),
     };
     transport.keep_alive_interval(Some(keep_alive));
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Heartbeat datagrams go out (quinn sends datagrams only on a
+    // connection that could take them too); the relay sends none.
+    transport.datagram_receive_buffer_size(Some(tern_protocol::MAX_DATAGRAM_BUFFER));
+    transport.datagram_send_buffer_size(tern_protocol::MAX_DATAGRAM_BUFFER);
     config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok((config, keep_alive))
 }
 
 /// QUIC endpoints for reaching relays. Authenticated and control
@@ -259,12 +270,12 @@ impl Dialer {
         liveness: Liveness,
     ) -> Result<RelayLink, ClientError> {
         let addrs = fleet_dial::candidates(url, &self.failures).await?;
-        let config = client_config(url, addrs.len() > 1, liveness)?;
+        let (config, keep_alive) = client_config(url, addrs.len() > 1, liveness)?;
         let this = self.clone();
         fleet_dial::race(addrs, &self.failures, move |addr| {
             let endpoint = this.family_endpoint(url, addr.is_ipv6());
             let (url, config) = (url.clone(), config.clone());
-            async move { dial(&endpoint?, &url, addr, config).await }
+            async move { dial(&endpoint?, &url, addr, config, keep_alive).await }
         })
         .await
     }
@@ -302,7 +313,7 @@ impl Dialer {
     ) -> Result<RelayLink, ClientError> {
         self.spacing.before_send().await;
         let addrs = fleet_dial::candidates(url, &self.failures).await?;
-        let config = client_config(url, addrs.len() > 1, liveness)?;
+        let (config, keep_alive) = client_config(url, addrs.len() > 1, liveness)?;
         let this = self.clone();
         fleet_dial::race(addrs, &self.failures, move |addr| {
             // Each attempt on a socket of its own; kept until its
@@ -313,7 +324,7 @@ impl Dialer {
                 kept.push(e.clone());
             });
             let (url, config) = (url.clone(), config.clone());
-            async move { dial(&endpoint?, &url, addr, config).await }
+            async move { dial(&endpoint?, &url, addr, config, keep_alive).await }
         })
         .await
     }
@@ -345,12 +356,13 @@ fn fresh_endpoint(url: &RelayUrl, v6: bool) -> Result<quinn::Endpoint, ClientErr
 }
 
 /// Connect from `endpoint` to the relay at `addr`, pinning `url`'s
-/// certificate.
+/// certificate; `config` sends a keep-alive every `keep_alive`.
 async fn dial(
     endpoint: &quinn::Endpoint,
     url: &RelayUrl,
     addr: SocketAddr,
     config: quinn::ClientConfig,
+    keep_alive: Duration,
 ) -> Result<RelayLink, ClientError> {
     let unreachable = |reason: String| unreachable(url, reason);
     let connecting = endpoint
@@ -363,6 +375,7 @@ async fn dial(
     Ok(RelayLink {
         conn,
         relay: url.authority(),
+        keep_alive,
     })
 }
 
@@ -371,6 +384,7 @@ async fn dial(
 pub struct RelayLink {
     conn: quinn::Connection,
     relay: String,
+    keep_alive: Duration,
 }
 
 impl RelayLink {
@@ -521,6 +535,37 @@ impl RelayLink {
     /// kind byte and frames themselves (fuzzers, protocol conformance tests).
     pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
         self.conn.open_bi().await.map_err(|e| self.broken(e))
+    }
+
+    /// How long this connection stays silent before it sends a QUIC
+    /// keep-alive (quinn counts from the last packet it received).
+    pub fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    /// Send one presence heartbeat as a QUIC datagram
+    /// ([`tern_protocol::DATAGRAM_HEARTBEAT`]): unanswered, never
+    /// retransmitted. `Ok(false)` if the relay takes no datagrams (a relay
+    /// from before them): beat on a control stream instead.
+    pub fn beat_datagram(&self) -> Result<bool, ClientError> {
+        use quinn::SendDatagramError as E;
+        let beat = Bytes::from_static(&[tern_protocol::DATAGRAM_HEARTBEAT]);
+        match self.conn.send_datagram(beat) {
+            Ok(()) => Ok(true),
+            Err(E::UnsupportedByPeer | E::Disabled | E::TooLarge) => Ok(false),
+            Err(E::ConnectionLost(e)) => Err(self.broken(e)),
+        }
+    }
+
+    /// quinn's counters for this connection (packets and frames each way),
+    /// for benchmarks.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// A raw datagram, for tools and tests that write their own.
+    pub fn send_raw_datagram(&self, body: Bytes) -> Result<(), ClientError> {
+        self.conn.send_datagram(body).map_err(|e| self.broken(e))
     }
 
     /// The relay's address on this connection.
