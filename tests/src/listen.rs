@@ -60,6 +60,21 @@ impl Listen {
         got
     }
 
+    /// The lines it prints within `wait` (for what must not happen).
+    pub fn during(&self, wait: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            got.push(
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("listen printed {l:?}: {e}")),
+            );
+        }
+        got
+    }
+
     /// Ctrl-C, as a person stops it; it must exit cleanly.
     pub fn interrupt(mut self) {
         crate::process::interrupt(&mut self.child);

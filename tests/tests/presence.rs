@@ -79,6 +79,13 @@ fn presence_flips_with_the_grace_period_for_granted_contacts_only() {
         l.iter()
             .any(|l| is_presence(l, "alice", true) && l["last_seen"].is_null())
     });
+    // Her beats (datagrams, after the first) keep her online past the
+    // grace period.
+    let quiet = bob.during(Duration::from_millis(2 * GRACE_MS));
+    assert!(
+        !quiet.iter().any(|l| is_presence(l, "alice", false)),
+        "alice went offline while listening: {quiet:?}"
+    );
     // Beside the running listen, `tern presence` answers from it.
     let p = presence_of(&b, "alice");
     assert_eq!(p["online"], true, "{p}");

@@ -86,3 +86,63 @@ async fn online_at_the_first_beat_offline_after_the_injected_grace_and_strangers
         Err(e) => panic!("opening the stream failed: {e}"),
     }
 }
+
+/// Send datagram beats on `link` until the watcher hears `index` online
+/// (a datagram may be lost; loopback rarely does).
+async fn beat_until_online(link: &tern_client::transport::RelayLink, recv: &mut quinn::RecvStream) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(link.beat_datagram().unwrap(), "the relay takes datagrams");
+        match tokio::time::timeout(Duration::from_millis(250), next_update(recv)).await {
+            Ok(u) => {
+                let u = u.expect("a good frame").expect("the stream goes on");
+                assert!(u.online, "{u:?}");
+                return;
+            }
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "never online"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagram_beats_count_from_the_owner_only_and_nothing_else_in_a_datagram_does() {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let relay = TestRelay::start_with(Some(clock.clone()), Limits::default()).await;
+    let (_d1, link) = connect(relay.url()).await;
+    let device = DeviceAccount::new();
+    let mailbox = link.register(device.signing_key()).await.unwrap();
+    link.authenticate(&mailbox, |m| device.sign(m))
+        .await
+        .unwrap();
+    let granted = random32();
+    owner::publish(
+        &link,
+        &[tern_client::presence::capability_hash(&granted)],
+        false,
+    )
+    .await
+    .unwrap();
+    let (_d2, watcher) = connect(relay.url()).await;
+    let (_s, mut recv) = subscribe(&watcher, &[granted]).await.unwrap();
+    assert!(!update(&mut recv).await.online);
+
+    // A datagram beat, with no answered beat before it, brings it online.
+    beat_until_online(&link, &mut recv).await;
+
+    // Just before the grace runs out, datagrams that are not the owner's
+    // beat: another byte, a longer one, and a beat from a connection that
+    // never authenticated. None of them counts, so the grace runs out.
+    clock.advance(GRACE_MS - 1);
+    link.send_raw_datagram(bytes::Bytes::from_static(&[2]))
+        .unwrap();
+    link.send_raw_datagram(bytes::Bytes::from_static(&[1, 1]))
+        .unwrap();
+    assert!(watcher.beat_datagram().unwrap());
+    clock.advance(1);
+    assert!(!update(&mut recv).await.online, "offline: nothing counted");
+
+    // The owner's connection took no harm: datagram beats count again.
+    beat_until_online(&link, &mut recv).await;
+    let alive = owner::heartbeat(&link).await.unwrap();
+    assert_eq!(alive.grace_ms, GRACE_MS);
+}
