@@ -852,8 +852,12 @@ async fn run(cli: Cli, relay_rt: Handle) -> anyhow::Result<()> {
                     "watch": format!("{:?}", a.watch),
                 }),
                 notes: vec![format!(
-                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats every grace/3 (grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; {}; baseline = the same connections (mailbox and watcher) held idle for --settle s before any presence request; over mailbox connections = against the authenticated connections alone, before the watcher connections opened",
+                    "each device: own QUIC connection, registered + authenticated, publishes {} capability hashes and beats as the client does (an answered beat on a control stream, then a datagram every {} ms, just inside the connection's keep-alive; grace {} s, the default); 20% start offline; churn alternates an online device going quiet and an offline one beating again; {}; baseline = the same connections (mailbox and watcher) held idle for --settle s before any presence request; over mailbox connections = against the authenticated connections alone, before the watcher connections opened",
                     presence::CONTACTS,
+                    tern_client::presence::owner::beat_pace(
+                        tern_relay::presence::PresenceConfig::default().grace_ms,
+                        tern_client::transport::PROMPT_KEEP_ALIVE,
+                    ).as_millis(),
                     tern_relay::presence::PresenceConfig::default().grace_ms / 1000,
                     match a.watch {
                         presence::WatchMode::PerDevice => "watching as a real client: each device also opens an unauthenticated connection carrying one presence stream with its capabilities (load-generator sockets shared, 256 connections each)",

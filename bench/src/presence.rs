@@ -107,10 +107,18 @@ impl Expect {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// One beat for `owner`, noting when it left.
+    /// One answered beat for `owner` on a control stream (a client's first
+    /// on a connection: [`owner::Beats::start`]), noting when it left.
     async fn beat(&self, owner: usize, link: &RelayLink) {
         self.last_beat_ns[owner].store(self.now_ns(), Relaxed);
         let _ = owner::heartbeat(link).await;
+    }
+
+    /// One datagram beat for `owner` (a client's beats after its first),
+    /// noting when it left.
+    fn beat_datagram(&self, owner: usize, link: &RelayLink) {
+        self.last_beat_ns[owner].store(self.now_ns(), Relaxed);
+        let _ = link.beat_datagram();
     }
 
     fn set(&self, owner: usize, online: bool, at: Instant) {
@@ -309,7 +317,30 @@ async fn open(relay: &BenchRelay, n: usize, timeout: Duration) -> anyhow::Result
     Ok(links)
 }
 
-/// Beat for `owner` every grace/3 while `beating`; stops with `stop`.
+/// What the load generator's connections counted so far, from quinn (on
+/// loopback, what the relay received and sent): UDP datagrams sent and
+/// received, keep-alive PINGs and QUIC datagrams (beats) sent.
+fn packets(sets: &[&[RelayLink]]) -> [u64; 4] {
+    let mut c = [0; 4];
+    for l in sets.iter().flat_map(|s| s.iter()) {
+        let s = l.stats();
+        c[0] += s.udp_tx.datagrams;
+        c[1] += s.udp_rx.datagrams;
+        c[2] += s.frame_tx.ping;
+        c[3] += s.frame_tx.datagram;
+    }
+    c
+}
+
+/// Counters `after - before`, per second over `wall`.
+fn per_sec(before: [u64; 4], after: [u64; 4], wall: Duration) -> [f64; 4] {
+    let secs = wall.as_secs_f64().max(1e-9);
+    [0, 1, 2, 3].map(|i| after[i].saturating_sub(before[i]) as f64 / secs)
+}
+
+/// Beat for `owner` at the client's pace while `beating`, as a client
+/// does: first on a control stream, then datagrams (a device that comes
+/// back makes its answered beat itself); stops with `stop`.
 async fn beat_loop(
     expect: Arc<Expect>,
     i: usize,
@@ -321,10 +352,17 @@ async fn beat_loop(
 ) {
     tokio::time::sleep(phase).await;
     let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     while !stop.load(Relaxed) {
         tick.tick().await;
-        if beating.load(Relaxed) {
+        if !beating.load(Relaxed) {
+            continue;
+        }
+        if std::mem::take(&mut first) {
             expect.beat(i, &link).await;
+        } else {
+            expect.beat_datagram(i, &link);
         }
     }
 }
@@ -347,8 +385,11 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     tokio::time::sleep(plan.settle.max(plan.hold)).await;
     let base_at = Instant::now();
     let base_start = relay.sample();
+    let all: [&[RelayLink]; 2] = [&links, &watcher_links];
+    let base_pkts = packets(&all);
     tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
     let baseline = relay.sample();
+    let base_pkts = per_sec(base_pkts, packets(&all), base_at.elapsed());
     let base_idle = crate::proc::usage(&base_start, &baseline, base_at.elapsed());
 
     // Publish: device i grants its k-th contact, device (i + k + 1) % n.
@@ -400,8 +441,11 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         ..
     } = seen;
 
-    // Everyone online, beating every grace/3 (spread over the interval).
-    let every = plan.grace / 3;
+    // Everyone online, beating at the client's pace (just inside the
+    // connection's keep-alive), spread over the interval.
+    let every = links.first().map_or(plan.grace / 3, |l| {
+        owner::beat_pace(plan.grace.as_millis() as u64, l.keep_alive())
+    });
     let stop = Arc::new(AtomicBool::new(false));
     // A fifth start offline: the pool churn brings back.
     let starts_online = |i: usize| i % 5 != 0;
@@ -411,8 +455,12 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let mut offline: std::collections::VecDeque<usize> =
         (0..n).filter(|i| !starts_online(*i)).collect();
     let mut beats = tokio::task::JoinSet::new();
+    // The first beats (answered, each telling 50 watchers) spread over
+    // grace/3, as a start at the control pace did: all at once, they are
+    // a storm of 400,000 updates the measurement would start inside.
+    let spread = plan.grace / 3;
     for (i, link) in links.iter().enumerate() {
-        let phase = every.mul_f64(i as f64 / n as f64);
+        let phase = spread.mul_f64(i as f64 / n as f64);
         beats.spawn(beat_loop(
             Arc::clone(&expect),
             i,
@@ -424,11 +472,13 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         ));
         expect.set(i, starts_online(i), Instant::now());
     }
-    tokio::time::sleep(every + plan.hold).await;
+    tokio::time::sleep(spread.max(every) + plan.hold).await;
     let idle_start = relay.sample();
     let idle_at = Instant::now();
+    let idle_pkts = packets(&all);
     tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
     let idle_end = relay.sample();
+    let idle_pkts = per_sec(idle_pkts, packets(&all), idle_at.elapsed());
     let idle = crate::proc::usage(&idle_start, &idle_end, idle_at.elapsed());
 
     // Churn: every 100 ms, a tenth of the per-second share flips.
@@ -437,6 +487,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let mut next = 0usize;
     let churn_start = relay.sample();
     let churn_at = Instant::now();
+    let churn_pkts = packets(&all);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut flips = 0u64;
     while churn_at.elapsed() < Duration::from_secs(plan.seconds) {
@@ -469,6 +520,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
         }
     }
     let churn_end = relay.sample();
+    let churn_pkts = per_sec(churn_pkts, packets(&all), churn_at.elapsed());
     let churn = crate::proc::usage(&churn_start, &churn_end, churn_at.elapsed());
     // Let the last offline flips come due.
     tokio::time::sleep(plan.grace + Duration::from_secs(2)).await;
@@ -500,6 +552,14 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
             ("baseline relay cores", base_idle.relay_cores),
             ("idle relay cores", idle.relay_cores),
             ("churn relay cores", churn.relay_cores),
+            ("baseline relay rx pkts/s", base_pkts[0]),
+            ("baseline relay tx pkts/s", base_pkts[1]),
+            ("idle relay rx pkts/s", idle_pkts[0]),
+            ("idle relay tx pkts/s", idle_pkts[1]),
+            ("idle pings/s", idle_pkts[2]),
+            ("idle beats/s", idle_pkts[3]),
+            ("churn relay rx pkts/s", churn_pkts[0]),
+            ("churn relay tx pkts/s", churn_pkts[1]),
             ("flips", flips as f64),
             ("updates", updates.load(Relaxed) as f64),
             ("online p50 ms", on.ms(0.5)),
