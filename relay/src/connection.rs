@@ -169,8 +169,6 @@ async fn stream<S: MailboxStore, C: Clock>(
     }
 }
 
-/// Over its rate, a connection's reading pauses until it is allowed again
-/// (at most a second), so QUIC flow control pushes back on the peer.
 /// One QUIC datagram from the peer: a heartbeat from an authenticated
 /// owner counts (docs/protocol.md §17); anything else, or a datagram over
 /// the connection's rate, is dropped without a word (datagrams are never
@@ -187,6 +185,8 @@ fn datagram<S: MailboxStore, C: Clock>(shared: &Shared<S, C>, state: &ConnState,
     }
 }
 
+/// Over its rate, a connection's reading pauses until it is allowed again
+/// (at most a second), so QUIC flow control pushes back on the peer.
 async fn throttle(limited: Option<&WireError>) {
     if let Some(e) = limited {
         let pause = Duration::from_millis(e.retry_after_ms.clamp(1, 1_000));
