@@ -81,6 +81,12 @@ pub struct PresencePlan {
     pub watch: WatchMode,
 }
 
+/// The shortest window an idle figure (baseline, idle with presence) is
+/// measured over: a whole keep-alive period of the slowest connections
+/// (watchers, 15 s). Their keep-alives come in bursts, since they opened
+/// together; a 5 s window saw a burst or none.
+const IDLE_WINDOW: Duration = tern_client::transport::WATCH_KEEP_ALIVE;
+
 /// The capability device `owner` gives its `k`-th contact.
 fn cap(owner: usize, k: usize) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -387,7 +393,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let base_start = relay.sample();
     let all: [&[RelayLink]; 2] = [&links, &watcher_links];
     let base_pkts = packets(&all);
-    tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
+    tokio::time::sleep(plan.hold.max(IDLE_WINDOW)).await;
     let baseline = relay.sample();
     let base_pkts = per_sec(base_pkts, packets(&all), base_at.elapsed());
     let base_idle = crate::proc::usage(&base_start, &baseline, base_at.elapsed());
@@ -476,7 +482,7 @@ pub async fn run(relay: &BenchRelay, plan: PresencePlan, label: String) -> anyho
     let idle_start = relay.sample();
     let idle_at = Instant::now();
     let idle_pkts = packets(&all);
-    tokio::time::sleep(plan.hold.max(Duration::from_secs(5))).await;
+    tokio::time::sleep(plan.hold.max(IDLE_WINDOW)).await;
     let idle_end = relay.sample();
     let idle_pkts = per_sec(idle_pkts, packets(&all), idle_at.elapsed());
     let idle = crate::proc::usage(&idle_start, &idle_end, idle_at.elapsed());
