@@ -10,6 +10,7 @@ use std::time::Duration;
 use tern_client::error::ClientError;
 use tern_client::presence::owner;
 use tern_client::presence::watch::{next_update, subscribe};
+use tern_client::transport::{Dialer, RelayLink};
 use tern_crypto::DeviceAccount;
 use tern_protocol::pb;
 use tern_protocol::ErrorCode;
@@ -29,28 +30,36 @@ async fn update(recv: &mut quinn::RecvStream) -> pb::PresenceUpdate {
         .expect("the stream goes on")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn online_at_the_first_beat_offline_after_the_injected_grace_and_strangers_hear_nothing() {
-    let clock = ManualClock::new(1_800_000_000_000);
-    let relay = TestRelay::start_with(Some(clock.clone()), Limits::default()).await;
-    // The owner: a mailbox, authenticated.
-    let (_d1, link) = connect(relay.url()).await;
+/// The owner (a mailbox, authenticated) that published `granted`'s hash,
+/// and a watcher on a connection that never authenticated; the dialers
+/// must outlive the connections.
+async fn owner_and_watcher(
+    relay: &TestRelay,
+    granted: &[u8; 32],
+) -> ([Dialer; 2], RelayLink, RelayLink) {
+    let (d1, link) = connect(relay.url()).await;
     let device = DeviceAccount::new();
     let mailbox = link.register(device.signing_key()).await.unwrap();
     link.authenticate(&mailbox, |m| device.sign(m))
         .await
         .unwrap();
-    let (granted, stranger) = (random32(), random32());
     owner::publish(
         &link,
-        &[tern_client::presence::capability_hash(&granted)],
+        &[tern_client::presence::capability_hash(granted)],
         false,
     )
     .await
     .unwrap();
+    let (d2, watcher) = connect(relay.url()).await;
+    ([d1, d2], link, watcher)
+}
 
-    // A watcher on a connection that never authenticated.
-    let (_d2, watcher) = connect(relay.url()).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_at_the_first_beat_offline_after_the_injected_grace_and_strangers_hear_nothing() {
+    let clock = ManualClock::new(1_800_000_000_000);
+    let relay = TestRelay::start_with(Some(clock.clone()), Limits::default()).await;
+    let (granted, stranger) = (random32(), random32());
+    let (_dialers, link, watcher) = owner_and_watcher(&relay, &granted).await;
     let (_s, mut recv) = subscribe(&watcher, &[stranger, granted]).await.unwrap();
     let first = update(&mut recv).await;
     assert_eq!(
@@ -89,7 +98,7 @@ async fn online_at_the_first_beat_offline_after_the_injected_grace_and_strangers
 
 /// Send datagram beats on `link` until the watcher hears `index` online
 /// (a datagram may be lost; loopback rarely does).
-async fn beat_until_online(link: &tern_client::transport::RelayLink, recv: &mut quinn::RecvStream) {
+async fn beat_until_online(link: &RelayLink, recv: &mut quinn::RecvStream) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         assert!(link.beat_datagram().unwrap(), "the relay takes datagrams");
@@ -108,21 +117,8 @@ async fn beat_until_online(link: &tern_client::transport::RelayLink, recv: &mut 
 async fn datagram_beats_count_from_the_owner_only_and_nothing_else_in_a_datagram_does() {
     let clock = ManualClock::new(1_800_000_000_000);
     let relay = TestRelay::start_with(Some(clock.clone()), Limits::default()).await;
-    let (_d1, link) = connect(relay.url()).await;
-    let device = DeviceAccount::new();
-    let mailbox = link.register(device.signing_key()).await.unwrap();
-    link.authenticate(&mailbox, |m| device.sign(m))
-        .await
-        .unwrap();
     let granted = random32();
-    owner::publish(
-        &link,
-        &[tern_client::presence::capability_hash(&granted)],
-        false,
-    )
-    .await
-    .unwrap();
-    let (_d2, watcher) = connect(relay.url()).await;
+    let (_dialers, link, watcher) = owner_and_watcher(&relay, &granted).await;
     let (_s, mut recv) = subscribe(&watcher, &[granted]).await.unwrap();
     assert!(!update(&mut recv).await.online);
 
